@@ -1,0 +1,1 @@
+"""oshu-vault operator: VaultSession reconciler and pod injection webhook (kopf)."""

@@ -1,0 +1,58 @@
+"""Names shared by the operator, the injected pods, the chart, the demo and the tests.
+
+One home for every label, annotation, env var, volume and path name, so the webhook,
+the reconciler and the docs cannot drift apart. YAML (chart, manifests) cannot import
+this module; tests check that the YAML agrees with it.
+"""
+
+from __future__ import annotations
+
+GROUP = "vault.oshu.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "VaultSession"
+PLURAL = "vaultsessions"
+SINGULAR = "vaultsession"
+SHORT_NAMES = ("vsess",)  # "vs" is Istio's VirtualService
+
+# --- Pod opt-in -------------------------------------------------------------------------
+#: Label that opts a pod in and names its VaultSession. The webhook configuration's
+#: objectSelector filters on it server-side, so unrelated pods never reach the operator.
+LABEL_SESSION = f"{GROUP}/session"
+#: The same key as an annotation is accepted too; when both are set they must agree.
+ANNOTATION_SESSION = f"{GROUP}/session"
+#: Optional comma-separated list of app containers to inject (default: all).
+ANNOTATION_CONTAINERS = f"{GROUP}/containers"
+#: Written by the webhook: a JSON record of what was injected.
+ANNOTATION_INJECTED = f"{GROUP}/injected"
+
+# --- Objects the operator owns ---------------------------------------------------------------
+SESSION_SECRET_PREFIX = "oshu-vault-session-"
+#: Keys inside the session Secret.
+KEY_SESSION_FILE = "session.json"
+KEY_CA_CERT = "ca.crt"
+KEY_CA_KEY = "ca.key"
+KEY_CA_BUNDLE = "ca-bundle.pem"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "oshu-vault-operator"
+LABEL_SESSION_OWNER = f"{GROUP}/owner-session"
+FINALIZER = f"{GROUP}/revoke"
+
+# --- What the webhook injects -------------------------------------------------------------
+SIDECAR_CONTAINER = "oshu-vault-proxy"
+VOLUME_SESSION = "oshu-vault-session"  # sidecar only: session file + CA key
+VOLUME_CA = "oshu-vault-ca"  # app containers: CA cert + bundle only
+SESSION_MOUNT_DIR = "/var/run/oshu-vault/session"
+CA_MOUNT_DIR = "/var/run/oshu-vault/ca"
+CA_CERT_PATH = f"{CA_MOUNT_DIR}/{KEY_CA_CERT}"
+CA_BUNDLE_PATH = f"{CA_MOUNT_DIR}/{KEY_CA_BUNDLE}"
+
+#: Env vars pointing at the combined bundle (Mozilla roots + session CA): these
+#: variables replace the client's default roots rather than adding to them.
+ENV_CA_BUNDLE_VARS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO", "AWS_CA_BUNDLE")
+#: Node adds this CA to its built-in roots.
+ENV_NODE_EXTRA_CA = "NODE_EXTRA_CA_CERTS"
+#: Node's built-in fetch ignores proxy variables unless this is set.
+ENV_NODE_USE_ENV_PROXY = "NODE_USE_ENV_PROXY"
+ENV_PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
+ENV_NO_PROXY_VARS = ("NO_PROXY", "no_proxy")

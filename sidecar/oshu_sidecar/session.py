@@ -1,0 +1,208 @@
+"""The session file: the one contract between the operator (writer) and the sidecar (reader).
+
+The operator renders a VaultSession into this JSON document and stores it in the
+session Secret; the sidecar loads (and hot-reloads) it. Both sides import this module,
+so the schema lives here and only here. Documented in docs/session-file.md.
+
+Error messages never contain a secret value: they name the secret instead.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets as _secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+from .hosts import HostPattern, HostPatternError, parse_patterns
+
+SCHEMA_VERSION = 1
+SEALED_PREFIX = "SEALED_"
+#: Random bytes behind each sealed token (160 bits, hex-encoded).
+SEALED_RANDOM_BYTES = 20
+#: Where a secret's sealed token may be substituted; "headers" is the only default.
+LOCATIONS = frozenset({"headers", "query", "body"})
+DEFAULT_LOCATIONS = frozenset({"headers"})
+#: Shorter values cannot be scrubbed from responses without mangling ordinary text.
+MIN_VALUE_LENGTH = 8
+MAX_VALUE_LENGTH = 8192
+
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SEALED_RE = re.compile(r"^SEALED_[A-Za-z0-9_-]{22,128}$")
+_VALUE_RE = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$")  # printable ASCII, no edge spaces
+
+
+class SessionError(ValueError):
+    """The session document is unusable; the message says which field and why."""
+
+
+def new_sealed_token() -> str:
+    """Mint a sealed token: worthless on its own, unguessable, fixed format."""
+    return SEALED_PREFIX + _secrets.token_hex(SEALED_RANDOM_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class SecretBinding:
+    """One real secret, its sealed stand-in and where it may be sent."""
+
+    name: str
+    sealed: str
+    value: str = field(repr=False)
+    hosts: tuple[HostPattern, ...]
+    locations: frozenset[str] = DEFAULT_LOCATIONS
+
+    def allowed_for(self, host: str, port: int) -> bool:
+        return any(p.matches(host, port) for p in self.hosts)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "sealed": self.sealed,
+            "value": self.value,
+            "hosts": [str(h) for h in self.hosts],
+        }
+        if self.locations != DEFAULT_LOCATIONS:
+            out["locations"] = sorted(self.locations)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A parsed, validated session document."""
+
+    session: str
+    secrets: tuple[SecretBinding, ...]
+    expires_at: datetime | None = None
+    egress: tuple[HostPattern, ...] | None = None
+    revoked: bool = False
+
+    def is_expired(self, now: datetime | None = None) -> bool:
+        if self.expires_at is None:
+            return False
+        return (now or datetime.now(timezone.utc)) >= self.expires_at
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"schemaVersion": SCHEMA_VERSION, "session": self.session}
+        if self.expires_at is not None:
+            out["expiresAt"] = format_time(self.expires_at)
+        if self.revoked:
+            out["revoked"] = True
+        if self.egress is not None:
+            out["egress"] = [str(h) for h in self.egress]
+        out["secrets"] = [s.to_dict() for s in self.secrets]
+        return out
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False).encode() + b"\n"
+
+
+def format_time(value: datetime) -> str:
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: object, what: str) -> datetime:
+    if not isinstance(value, str):
+        raise SessionError(f"{what} must be an RFC 3339 timestamp string")
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise SessionError(f"{what} is not an RFC 3339 timestamp: {value!r}") from None
+    if parsed.tzinfo is None:
+        raise SessionError(f"{what} must carry a timezone (e.g. a trailing Z)")
+    return parsed.astimezone(timezone.utc)
+
+
+def _parse_secret(raw: object, index: int) -> SecretBinding:
+    where = f"secrets[{index}]"
+    if not isinstance(raw, Mapping):
+        raise SessionError(f"{where} must be an object")
+    name = raw.get("name")
+    if not isinstance(name, str) or not _ENV_NAME_RE.match(name):
+        raise SessionError(f"{where}.name must be a valid environment variable name")
+    where = f"secret {name}"
+    sealed = raw.get("sealed")
+    if not isinstance(sealed, str) or not _SEALED_RE.match(sealed):
+        raise SessionError(f"{where}: sealed must look like SEALED_ followed by 22-128 URL-safe characters")
+    value = raw.get("value")
+    if not isinstance(value, str) or not value:
+        raise SessionError(f"{where}: value must be a non-empty string")
+    if not MIN_VALUE_LENGTH <= len(value) <= MAX_VALUE_LENGTH:
+        raise SessionError(
+            f"{where}: value must be {MIN_VALUE_LENGTH}-{MAX_VALUE_LENGTH} characters long"
+            " (shorter values cannot be scrubbed from responses safely)"
+        )
+    if not _VALUE_RE.match(value):
+        raise SessionError(f"{where}: value must be printable ASCII without line breaks or edge spaces")
+    if SEALED_PREFIX in value:
+        raise SessionError(f"{where}: value must not contain a sealed token")
+    try:
+        hosts = parse_patterns(raw.get("hosts"), f"{where}: hosts")
+    except HostPatternError as e:
+        raise SessionError(str(e)) from None
+    if not hosts:
+        raise SessionError(f"{where}: hosts must list at least one host")
+    locations_raw = raw.get("locations", sorted(DEFAULT_LOCATIONS))
+    if not isinstance(locations_raw, list) or not all(isinstance(x, str) for x in locations_raw):
+        raise SessionError(f"{where}: locations must be a list of strings")
+    locations = frozenset(locations_raw)
+    if not locations or not locations <= LOCATIONS:
+        raise SessionError(f"{where}: locations must be a non-empty subset of {sorted(LOCATIONS)}")
+    return SecretBinding(name=name, sealed=sealed, value=value, hosts=hosts, locations=locations)
+
+
+def parse_session(doc: object) -> Session:
+    """Validate a decoded JSON document and return the Session it describes."""
+    if not isinstance(doc, Mapping):
+        raise SessionError("session document must be a JSON object")
+    version = doc.get("schemaVersion", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise SessionError(f"unsupported schemaVersion {version!r} (this build reads {SCHEMA_VERSION})")
+    name = doc.get("session")
+    if not isinstance(name, str) or not name:
+        raise SessionError("session must be a non-empty string naming the session")
+    expires_at = None if doc.get("expiresAt") is None else parse_time(doc["expiresAt"], "expiresAt")
+    revoked = doc.get("revoked", False)
+    if not isinstance(revoked, bool):
+        raise SessionError("revoked must be true or false")
+    egress = None
+    if doc.get("egress") is not None:
+        try:
+            egress = parse_patterns(doc["egress"], "egress")
+        except HostPatternError as e:
+            raise SessionError(str(e)) from None
+    raw_secrets = doc.get("secrets", [])
+    if not isinstance(raw_secrets, list):
+        raise SessionError("secrets must be a list")
+    bindings = tuple(_parse_secret(raw, i) for i, raw in enumerate(raw_secrets))
+    names = [b.name for b in bindings]
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        raise SessionError(f"secret name {dup} appears more than once")
+    tokens = [b.sealed for b in bindings]
+    for i, a in enumerate(tokens):
+        for j, b in enumerate(tokens):
+            if i != j and a in b:
+                raise SessionError(f"sealed tokens of {names[i]} and {names[j]} overlap")
+    return Session(session=name, secrets=bindings, expires_at=expires_at, egress=egress, revoked=revoked)
+
+
+def loads_session(data: bytes | str) -> Session:
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SessionError(f"session file is not valid JSON: {e.__class__.__name__} at {getattr(e, 'pos', '?')}") from None
+    return parse_session(doc)
+
+
+def load_session_file(path: str | Path) -> Session:
+    """Read and validate a session file; errors name the path, never a value."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise SessionError(f"cannot read session file {path}: {e.strerror or e}") from None
+    try:
+        return loads_session(data)
+    except SessionError as e:
+        raise SessionError(f"{path}: {e}") from None
