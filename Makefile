@@ -1,0 +1,38 @@
+# The two commands of the README: `make demo` and `make test`. Everything else is setup they
+# pull in, so a fresh machine needs nothing installed by hand.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+NODE_STAMP := tests/node/node_modules/.installed
+
+.PHONY: demo test setup node binaries bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+node: $(NODE_STAMP)
+
+$(NODE_STAMP): tests/node/package.json tests/node/package-lock.json
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# kube-apiserver, kube-controller-manager, kubectl, etcd and helm, built from the Go module
+# proxy once per version into ~/.cache/oshu-vault (override with OSHU_CACHE_DIR).
+binaries: setup
+	$(PY) -m oshu_localkube build
+
+test: setup node binaries
+	$(PY) -m pytest
+
+demo: setup binaries
+	$(PY) hack/demo.py
+
+bench: setup
+	bench/run
+
+clean:
+	rm -rf $(VENV) tests/node/node_modules
