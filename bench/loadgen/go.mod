@@ -1,0 +1,3 @@
+module oshu.dev/bench/loadgen
+
+go 1.22

@@ -1,0 +1,172 @@
+"""Turns measurement dicts into the printed table, the ratios and the target check."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+OURS = "oshu-sidecar"
+Getter = Callable[[dict], Optional[float]]
+
+
+def _g(*path: str) -> Getter:
+    def get(r: dict) -> Optional[float]:
+        v = r
+        for p in path:
+            if not isinstance(v, dict) or v.get(p) is None:
+                return None
+            v = v[p]
+        return float(v)
+    return get
+
+
+def _scaled(get: Getter, k: float) -> Getter:
+    return lambda r: None if get(r) is None else get(r) * k
+
+
+def _errors(r: dict) -> Optional[float]:
+    total = 0
+    for key in ("low", "high", "fresh", "sse"):
+        if key in r:
+            total += r[key]["errors"]["count"]
+    return total
+
+
+ROWS: list[tuple[str, Getter, str]] = [
+    # label, getter, format
+    ("req/s, 1 conn", _g("low", "rps"), "{:,.0f}"),
+    ("req/s, 32 conns", _g("high", "rps"), "{:,.0f}"),
+    ("p50 latency, 1 conn (ms)", _scaled(_g("low", "latency", "p50_us"), 1e-3), "{:.3f}"),
+    ("p99 latency, 1 conn (ms)", _scaled(_g("low", "latency", "p99_us"), 1e-3), "{:.3f}"),
+    ("p50 latency, 32 conns (ms)", _scaled(_g("high", "latency", "p50_us"), 1e-3), "{:.2f}"),
+    ("p99 latency, 32 conns (ms)", _scaled(_g("high", "latency", "p99_us"), 1e-3), "{:.2f}"),
+    ("proxy CPU/req, 1 conn (us)", _g("low", "proxy_cpu_us_per_req"), "{:.0f}"),
+    ("proxy CPU/req, 32 conns (us)", _g("high", "proxy_cpu_us_per_req"), "{:.0f}"),
+    ("fresh CONNECT+TLS+resp p50 (ms)", _scaled(_g("fresh", "response", "p50_us"), 1e-3), "{:.2f}"),
+    ("fresh CONNECT+TLS+resp p99 (ms)", _scaled(_g("fresh", "response", "p99_us"), 1e-3), "{:.2f}"),
+    ("SSE event delay p50 (ms)", _scaled(_g("sse", "delay", "p50_us"), 1e-3), "{:.3f}"),
+    ("SSE event delay max (ms)", _scaled(_g("sse", "delay", "max_us"), 1e-3), "{:.3f}"),
+    ("RSS idle (MB)", _scaled(_g("mem_idle", "rss"), 1 / 2**20), "{:.1f}"),
+    ("RSS under load (MB)", _scaled(_g("mem_load", "rss"), 1 / 2**20), "{:.1f}"),
+    ("PSS under load (MB)", _scaled(_g("mem_load", "pss"), 1 / 2**20), "{:.1f}"),
+    ("processes", _g("mem_load", "processes"), "{:.0f}"),
+    ("ready: /readyz (ms)", _scaled(_g("readyz_s"), 1e3), "{:.0f}"),
+    ("ready: first proxied resp (ms)", _scaled(_g("first_response_s"), 1e3), "{:.0f}"),
+    ("upstream CPU/req, 32 conns (us)", _g("high", "upstream_cpu_us_per_req"), "{:.0f}"),
+    ("client CPU/req, 32 conns (us)", _g("high", "client_cpu_us_per_req"), "{:.0f}"),
+    ("errors", _errors, "{:.0f}"),
+]
+
+
+def _fmt(v: Optional[float], fmt: str) -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def table(results: list[dict]) -> str:
+    names = [r["target"] for r in results]
+    width0 = max(len(r[0]) for r in ROWS)
+    cells = [[_fmt(get(r), fmt) for r in results] for _, get, fmt in ROWS]
+    widths = [max(len(n), *(len(c[i]) for c in cells)) for i, n in enumerate(names)]
+    out = ["| " + "metric".ljust(width0) + " | " + " | ".join(n.rjust(w) for n, w in zip(names, widths)) + " |",
+           "|" + "-" * (width0 + 2) + "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|"]
+    for (label, _, _), row in zip(ROWS, cells):
+        out.append("| " + label.ljust(width0) + " | "
+                   + " | ".join(c.rjust(w) for c, w in zip(row, widths)) + " |")
+    return "\n".join(out)
+
+
+def _ratio(a: Optional[float], b: Optional[float]) -> str:
+    if a is None or b is None or b == 0:
+        return "-"
+    return f"{a / b:.2f}x"
+
+
+def ratios(results: list[dict]) -> str:
+    by = {r["target"]: r for r in results}
+    direct = by.get("direct")
+    proxies = [r for r in results if r["target"] != "direct"]
+    lines = []
+    rps1, rps32 = _g("low", "rps"), _g("high", "rps")
+    p50 = _g("low", "latency", "p50_us")
+    sse = _g("sse", "delay", "p50_us")
+    fresh = _g("fresh", "response", "p50_us")
+    cpu = _g("high", "proxy_cpu_us_per_req")
+    if direct:
+        lines.append("vs direct (throughput kept; latency and SSE delay added):")
+        for r in proxies:
+            added = (p50(r) - p50(direct)) / 1e3 if p50(r) is not None and p50(direct) else None
+            sse_added = (sse(r) - sse(direct)) / 1e3 if sse(r) is not None and sse(direct) else None
+            fresh_added = (fresh(r) - fresh(direct)) / 1e3 if fresh(r) is not None and fresh(direct) else None
+            lines.append(
+                f"  {r['target']:<13} req/s {_ratio(rps1(r), rps1(direct))} (1 conn), "
+                f"{_ratio(rps32(r), rps32(direct))} (32 conns); "
+                f"+{_fmt(added, '{:.3f}')} ms p50 (1 conn); "
+                f"+{_fmt(fresh_added, '{:.2f}')} ms fresh conn; "
+                f"+{_fmt(sse_added, '{:.3f}')} ms SSE delay")
+    ours = by.get(OURS)
+    peers = [r for r in proxies if r["target"] != OURS]
+    if ours and peers:
+        lines.append(f"{OURS} vs peers (>1x = ours better):")
+        for p in peers:
+            lines.append(
+                f"  vs {p['target']:<10} req/s {_ratio(rps1(ours), rps1(p))} (1 conn), "
+                f"{_ratio(rps32(ours), rps32(p))} (32 conns); "
+                f"CPU/req {_ratio(cpu(p), cpu(ours))} less; "
+                f"p50 1 conn {_ratio(p50(p), p50(ours))} lower")
+    elif len(peers) >= 2:
+        a, b = peers[0], peers[1]
+        lines.append(f"{b['target']} vs {a['target']}: req/s {_ratio(rps32(b), rps32(a))} (32 conns), "
+                     f"CPU/req {_ratio(cpu(a), cpu(b))} less")
+    return "\n".join(lines)
+
+
+def targets_check(results: list[dict]) -> str:
+    """The issue's performance targets, checked for the sidecar."""
+    by = {r["target"]: r for r in results}
+    ours, direct = by.get(OURS), by.get("direct")
+    if not ours:
+        return ""
+    rps32, cpu = _g("high", "rps"), _g("high", "proxy_cpu_us_per_req")
+    p50, sse = _g("low", "latency", "p50_us"), _g("sse", "delay", "p50_us")
+    checks: list[tuple[str, Optional[bool], str]] = []
+
+    def add(label: str, ok: Optional[bool], detail: str) -> None:
+        checks.append((label, ok, detail))
+
+    if "mitmproxy" in by and rps32(by["mitmproxy"]):
+        r = rps32(ours) / rps32(by["mitmproxy"])
+        add("req/s @32 >= 10x mitmproxy", r >= 10, f"{r:.1f}x")
+    if "proxy.py" in by and rps32(by["proxy.py"]):
+        r = rps32(ours) / rps32(by["proxy.py"])
+        add("req/s @32 >= proxy.py", r >= 1, f"{r:.2f}x")
+    if cpu(ours) is not None:
+        add("proxy CPU <= 100 us/req", cpu(ours) <= 100, f"{cpu(ours):.0f} us")
+    if direct and p50(ours) is not None and p50(direct) is not None:
+        d = (p50(ours) - p50(direct)) / 1e3
+        add("p50 added latency < 0.3 ms @1", d < 0.3, f"{d:.3f} ms")
+    f = _g("fresh", "response", "p50_us")(ours)
+    if f is not None:
+        add("fresh connection < 2 ms", f / 1e3 < 2, f"{f / 1e3:.2f} ms")
+    if sse(ours) is not None:
+        d = sse(ours) / 1e3 - (sse(direct) / 1e3 if direct and sse(direct) is not None else 0)
+        add("SSE forwarded within 2 ms", d < 2, f"+{d:.3f} ms vs direct")
+    if ours.get("readyz_s") is not None:
+        add("ready < 0.5 s", ours["readyz_s"] < 0.5, f"{ours['readyz_s'] * 1e3:.0f} ms")
+    rss = _g("mem_idle", "rss")(ours)
+    if rss is not None:
+        add("RSS idle < 50 MB", rss < 50 * 2**20, f"{rss / 2**20:.1f} MB")
+    lines = ["issue targets for oshu-sidecar:"]
+    for label, ok, detail in checks:
+        lines.append(f"  [{'PASS' if ok else 'MISS'}] {label}: {detail}")
+    return "\n".join(lines)
+
+
+def error_notes(results: list[dict]) -> str:
+    """Errors mean a number is not to be trusted (e.g. 403: the swap did not happen)."""
+    lines = []
+    for r in results:
+        for key in ("low", "high", "fresh", "sse"):
+            e = r.get(key, {}).get("errors")
+            if e and e["count"]:
+                lines.append(f"WARNING {r['target']} {key}: {e['count']} errors {e['by_kind']} "
+                             f"e.g. {e['samples'][:2]}")
+    return "\n".join(lines)
