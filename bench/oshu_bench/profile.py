@@ -19,7 +19,7 @@ from .loadgen import Loadgen, Route
 def _record(py_spy: Path, pid: int, out: Path, fmt: str, seconds: float, rate: int) -> subprocess.Popen:
     return subprocess.Popen(
         [str(py_spy), "record", "--pid", str(pid), "--subprocesses", "--rate", str(rate),
-         "--duration", str(int(seconds)), "--format", fmt, "--output", str(out), "--nonblocking"],
+         "--duration", str(int(seconds)), "--format", fmt, "--output", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -51,23 +51,28 @@ def _frames(stack: str) -> list[str]:
     return [f for f in stack.split(";") if "(" in f]
 
 
-def _short(frame: str) -> str:
+def _short(frame: str, line: bool = True) -> str:
     func, _, loc = frame.partition(" (")
     loc = loc.rstrip(")")
-    for marker in ("site-packages/", "lib/python3", "sidecar/"):
+    for marker in ("site-packages/", "lib/python3.", "sidecar/"):
         if marker in loc:
             loc = loc.split(marker, 1)[1]
+            if marker == "lib/python3.":
+                loc = loc.split("/", 1)[-1]
             break
+    if not line:
+        loc = loc.rsplit(":", 1)[0]
     return f"{func} ({loc})"
 
 
 def summarize(stacks: Path, top: int = 25) -> dict:
-    self_count: Counter[str] = Counter()
+    """Self and inclusive sample shares by function, and self by source line."""
+    by_line: Counter[str] = Counter()
+    by_func: Counter[str] = Counter()
     incl: Counter[str] = Counter()
-    by_file: Counter[str] = Counter()
     total = 0
-    for line in stacks.read_text(errors="replace").splitlines():
-        stack, _, n = line.rpartition(" ")
+    for text in stacks.read_text(errors="replace").splitlines():
+        stack, _, n = text.rpartition(" ")
         if not n.isdigit():
             continue
         count = int(n)
@@ -75,24 +80,25 @@ def summarize(stacks: Path, top: int = 25) -> dict:
         total += count
         if not frames:
             continue
-        self_count[_short(frames[-1])] += count
-        for f in set(frames):
-            incl[_short(f)] += count
-        leaf_file = frames[-1].partition(" (")[2].split(":")[0]
-        by_file[_short(f"x ({leaf_file}:0)").split(" (", 1)[1].rsplit(":", 1)[0]] += count
+        by_line[_short(frames[-1])] += count
+        by_func[_short(frames[-1], line=False)] += count
+        for f in {_short(f, line=False) for f in frames}:
+            incl[f] += count
 
     def pct(c: Counter[str]) -> list[tuple[str, float]]:
         return [(k, 100 * v / total) for k, v in c.most_common(top)] if total else []
 
-    return {"samples": total, "self": pct(self_count), "inclusive": pct(incl), "self_by_file": pct(by_file)}
+    return {"samples": total, "self_by_function": pct(by_func), "self_by_line": pct(by_line),
+            "inclusive": pct(incl)}
 
 
-def render(summary: dict, top: int = 20) -> str:
+def render(summary: dict, top: int = 15) -> str:
     lines = [f"py-spy samples: {summary['samples']}"]
-    for key, title in (("self", "self time (where the CPU is)"),
-                       ("self_by_file", "self time by file"),
-                       ("inclusive", "inclusive time (what it is doing)")):
+    for key, title in (("self_by_function", "self time by function (where the CPU goes)"),
+                       ("self_by_line", "self time by line"),
+                       ("inclusive", "inclusive time by function, event-loop roots left out")):
         lines.append(f"  top {title}:")
-        for name, p in summary[key][:top]:
+        shown = [(n, p) for n, p in summary[key] if not (key == "inclusive" and p >= 95)]
+        for name, p in shown[:top]:
             lines.append(f"    {p:5.1f}%  {name}")
     return "\n".join(lines)
