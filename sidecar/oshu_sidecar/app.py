@@ -1,0 +1,130 @@
+"""The sidecar's lifecycle: load, start listeners, watch the session, stop cleanly.
+
+`Sidecar` wires the pieces (policy from the session watcher, leaf cache, upstream pool,
+proxy, admin endpoints, metrics) and owns their start/stop order, aiohttp-style.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from .admin import AdminServer, build_app
+from .certs import LeafCache
+from .config import Config
+from .logs import log, sink
+from .metrics import Metrics
+from .pki import CertificateAuthority
+from .policy import Policy
+from .server import Proxy
+from .session import SessionError
+from .sessionwatch import SessionWatcher
+from .upstream import Router, UpstreamPool, client_context
+
+
+class StartupError(RuntimeError):
+    """The sidecar cannot start; the message says what to fix."""
+
+
+def load_ca(cfg: Config) -> CertificateAuthority:
+    try:
+        cert = Path(cfg.ca_cert).read_bytes()
+    except OSError as e:
+        raise StartupError(f"cannot read --ca-cert {cfg.ca_cert}: {e.strerror or e}") from None
+    try:
+        key = Path(cfg.ca_key).read_bytes()
+    except OSError as e:
+        raise StartupError(f"cannot read --ca-key {cfg.ca_key}: {e.strerror or e}") from None
+    try:
+        return CertificateAuthority.from_pem(cert, key)
+    except (ValueError, TypeError) as e:
+        raise StartupError(f"unusable CA in --ca-cert/--ca-key: {e}") from None
+
+
+class Sidecar:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.metrics = Metrics()
+        self.proxy: Proxy | None = None
+        self.admin: AdminServer | None = None
+        self.watcher: SessionWatcher | None = None
+        self.pool: UpstreamPool | None = None
+        self.ready = False
+        self._stopped = asyncio.Event()
+
+    def _on_policy(self, policy: Policy) -> None:
+        m = self.metrics
+        m.set_session(policy.name)
+        m.session_revoked.set(1 if policy.revoked_reason else 0)
+        m.session_load_error.set(0)
+        m.bind_expiry(lambda: self.watcher.policy.seconds_until_expiry()  # type: ignore[union-attr]
+                      if self.watcher and self.watcher.policy else float("inf"))
+        if self.proxy is not None:
+            self.proxy.set_policy(policy)
+
+    def _on_result(self, result: str) -> None:
+        self.metrics.session_reloads.labels(result).inc()
+        if result == "error":
+            self.metrics.session_load_error.set(1)
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        loop = asyncio.get_running_loop()
+        sink.attach(loop)
+        ca = load_ca(cfg)
+        self.watcher = SessionWatcher(cfg.session_file, self._on_policy, cfg.reload_interval, self._on_result)
+        try:
+            policy = self.watcher.load_initial()
+        except SessionError as e:
+            raise StartupError(str(e)) from None
+        try:
+            ssl_ctx = client_context(cfg.upstream_ca_files)
+        except (OSError, ValueError) as e:
+            raise StartupError(f"unusable --upstream-ca-file: {e}") from None
+        m = self.metrics
+        self.pool = UpstreamPool(loop, ssl_ctx, Router(cfg.connect_to, cfg.resolve), cfg.connect_timeout,
+                                 on_open=m.upstream_conns.inc, on_close=m.upstream_conns.dec)
+        leaves = LeafCache(ca, on_mint=m.leaves_minted.inc)
+        self.proxy = Proxy(cfg, policy, m, leaves, self.pool, loop)
+        try:
+            await self.proxy.start()
+        except OSError as e:
+            raise StartupError(f"cannot listen on {cfg.listen[0]}:{cfg.listen[1]}: {e.strerror or e}") from None
+        self.admin = AdminServer(build_app(m, lambda: self.ready, self._status), *cfg.admin_listen)
+        try:
+            await self.admin.start()
+        except OSError as e:
+            raise StartupError(f"cannot listen on {cfg.admin_listen[0]}:{cfg.admin_listen[1]}: {e.strerror or e}") from None
+        self.watcher.start()
+        self.ready = True
+        assert self.proxy.address and self.admin.address
+        log(logging.INFO, "listening", listen=_fmt(self.proxy.address), admin=_fmt(self.admin.address),
+            session=policy.name, secrets=[s.name for s in policy.session.secrets])
+
+    def _status(self) -> dict[str, object]:
+        policy = self.watcher.policy if self.watcher else None
+        if policy is None:
+            return {}
+        inactive = policy.inactive()
+        return {"session": policy.name, "state": inactive.code if inactive else "active"}
+
+    async def stop(self) -> None:
+        self.ready = False
+        if self.watcher is not None:
+            await self.watcher.stop()
+        if self.proxy is not None:
+            await self.proxy.stop(self.cfg.drain_timeout)
+        if self.admin is not None:
+            await self.admin.stop()
+        log(logging.INFO, "stopped")
+        sink.flush()
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+def _fmt(addr: tuple[str, int]) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

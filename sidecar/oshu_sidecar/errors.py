@@ -1,0 +1,54 @@
+"""Error responses the proxy itself sends: a status and `{"error": {"code", "message"}}`.
+
+Codes are stable (clients and tests match on them); messages are for humans and name
+hosts and secrets, never a secret value. `X-Oshu-Error` carries the code too, so a
+client that cannot read a CONNECT response body still sees why.
+"""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+
+#: Every error code the proxy emits, with the status it goes with.
+CODES: dict[str, int] = {
+    "bad_request": 400,
+    "not_a_proxy_request": 400,
+    "egress_denied": 403,
+    "plaintext_secret": 403,
+    "session_expired": 403,
+    "session_revoked": 403,
+    "request_timeout": 408,
+    "host_mismatch": 421,
+    "headers_too_large": 431,
+    "not_implemented": 501,
+    "upstream_unreachable": 502,
+    "upstream_tls_error": 502,
+    "upstream_protocol_error": 502,
+    "upstream_timeout": 504,
+    "http_version_not_supported": 505,
+    "internal_error": 500,
+}
+
+
+def error_body(code: str, message: str) -> bytes:
+    return json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":")).encode() + b"\n"
+
+
+def error_response(status: int, code: str, message: str, close: bool = False) -> bytes:
+    """A complete HTTP/1.1 response carrying a JSON error."""
+    body = error_body(code, message)
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = "Error"
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        f"X-Oshu-Error: {code}\r\n"
+        "Cache-Control: no-store\r\n"
+        + ("Connection: close\r\n" if close else "")
+        + "\r\n"
+    )
+    return head.encode("latin-1") + body

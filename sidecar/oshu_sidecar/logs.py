@@ -1,0 +1,156 @@
+"""Structured logs: JSON lines on stderr, plus one cheap audit line per proxied request.
+
+Ordinary events go through `logging` with a JSON formatter (`log(...)` adds fields).
+The audit line is built by hand from pre-escaped parts -- it runs once per request, so
+it avoids `json.dumps` and datetime formatting -- and lines are batched: written at most
+every few milliseconds, or at once for warnings and errors, keeping order.
+
+Nothing here ever receives a secret value: callers pass names of secrets and the path
+with query values removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from json.encoder import encode_basestring_ascii as _q  # type: ignore[attr-defined]
+from typing import Any
+
+LOGGER_NAME = "oshu.sidecar"
+logger = logging.getLogger(LOGGER_NAME)
+
+_FLUSH_DELAY = 0.02
+
+
+class LineSink:
+    """Batches complete lines to a file descriptor; flushes on a short timer or on demand."""
+
+    def __init__(self, fd: int | None = None) -> None:
+        self.fd = sys.stderr.fileno() if fd is None else fd
+        self._pending: list[str] = []
+        self._scheduled = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def attach(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """Batch lines on `loop` (None: write every line immediately)."""
+        self.flush()
+        self.loop = loop
+
+    def write(self, line: str, urgent: bool = False) -> None:
+        self._pending.append(line)
+        if urgent or self.loop is None or self.loop.is_closed():
+            self.flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            self.loop.call_later(_FLUSH_DELAY, self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if not self._pending:
+            return
+        data = ("\n".join(self._pending) + "\n").encode("utf-8", "replace")
+        self._pending.clear()
+        try:
+            while data:
+                n = os.write(self.fd, data)
+                data = data[n:]
+        except BlockingIOError:  # stderr is a non-blocking pipe that is full: drop rather than stall
+            pass
+        except OSError:
+            pass
+
+
+sink = LineSink()
+
+
+class _Clock:
+    """ISO-8601 timestamps with milliseconds; the seconds part is formatted once per second."""
+
+    __slots__ = ("_sec", "_text")
+
+    def __init__(self) -> None:
+        self._sec = -1
+        self._text = ""
+
+    def now(self) -> str:
+        t = time.time()
+        sec = int(t)
+        if sec != self._sec:
+            self._sec = sec
+            self._text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        return f"{self._text}.{int((t - sec) * 1000):03d}Z"
+
+
+clock = _Clock()
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ts, level, logger, msg and any `fields` passed via `extra`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": clock.now(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if fields:
+            out.update(fields)
+        if record.exc_info and record.exc_info[0] is not None:
+            out["error"] = f"{record.exc_info[0].__name__}: {record.exc_info[1]}"
+        return json.dumps(out, default=str, separators=(",", ":"))
+
+
+class SinkHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sink.write(self.format(record), urgent=record.levelno >= logging.WARNING)
+        except Exception:  # pragma: no cover - logging must never take the proxy down
+            self.handleError(record)
+
+
+def setup_logging(level: str = "info") -> None:
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = SinkHandler()
+    handler.setFormatter(JsonFormatter())
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # Third-party chatter (aiohttp access logs, asyncio debug) stays out of the audit stream.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def log(level: int, msg: str, **fields: Any) -> None:
+    """Log an event with structured fields."""
+    if logger.isEnabledFor(level):
+        logger.log(level, msg, extra={"fields": fields})
+
+
+class AuditLog:
+    """The per-request audit line; disabled when the level is above INFO."""
+
+    __slots__ = ("enabled", "_prefix")
+
+    def __init__(self, session: str) -> None:
+        self.enabled = logger.isEnabledFor(logging.INFO)
+        self.set_session(session)
+
+    def set_session(self, session: str) -> None:
+        self._prefix = f',"level":"info","logger":"{LOGGER_NAME}.audit","msg":"request","session":{_q(session)}'
+
+    def request(self, host: str, method: str, path: str, status: int, outcome: str, bytes_in: int,
+                bytes_out: int, duration: float, secrets: list[str] | tuple[str, ...], scheme: str) -> None:
+        if not self.enabled:
+            return
+        sink.write(
+            f'{{"ts":"{clock.now()}"{self._prefix},"scheme":"{scheme}","host":{_q(host)},'
+            f'"method":{_q(method)},"path":{_q(path)},"status":{status},"outcome":"{outcome}",'
+            f'"bytes_in":{bytes_in},"bytes_out":{bytes_out},"duration_ms":{duration * 1000:.3f},'
+            f'"secrets":{json.dumps(list(secrets)) if secrets else "[]"}}}'
+        )

@@ -1,0 +1,145 @@
+"""Policy: every decision the proxy makes about a host or a request, as pure functions.
+
+Built once per session (re)load from a `Session`, so the hot path does dictionary
+lookups instead of pattern matching: per host:port it caches a `HostPlan` (intercept or
+tunnel, egress allowed, which secrets may be substituted there and where).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from .hosts import HostPattern, any_match
+from .session import SEALED_PREFIX, Session, format_time
+
+SEALED_MARK = SEALED_PREFIX.encode()
+#: Distinct host:port plans kept per policy; beyond that the cache is reset (bounded memory).
+PLAN_CACHE_SIZE = 4096
+OTHER_HOST_LABEL = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class Substitution:
+    """One secret as the byte strings the substitution code needs."""
+
+    name: str
+    sealed: bytes
+    value: bytes
+    query_value: bytes  # percent-encoded form for a query string
+    locations: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class HostPlan:
+    """What the proxy does for one host:port under the current session."""
+
+    host: str
+    port: int
+    intercept: bool
+    egress_allowed: bool
+    header_subs: tuple[Substitution, ...]
+    query_subs: tuple[Substitution, ...]
+    body_subs: tuple[Substitution, ...]
+    label: str  # host label for metrics: the host if the session names it, else "other"
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a request is refused: HTTP status, stable error code, human message."""
+
+    status: int
+    code: str
+    message: str
+
+
+class Policy:
+    """Decisions for one loaded session; immutable once built (a reload builds a new one)."""
+
+    def __init__(self, session: Session, revoked_reason: str | None = None) -> None:
+        self.session = session
+        self.name = session.session
+        self.subs = tuple(
+            Substitution(
+                name=s.name,
+                sealed=s.sealed.encode(),
+                value=s.value.encode(),
+                query_value=quote(s.value, safe="").encode(),
+                locations=s.locations,
+            )
+            for s in session.secrets
+        )
+        self.tokens = tuple(s.sealed for s in self.subs)
+        # Longest value first, so a value containing another is replaced whole.
+        self.scrub_pairs: tuple[tuple[bytes, bytes, str], ...] = tuple(
+            sorted(((s.value, s.sealed, s.name) for s in self.subs), key=lambda p: -len(p[0]))
+        )
+        self._secret_hosts: tuple[HostPattern, ...] = tuple(p for s in session.secrets for p in s.hosts)
+        self._egress = session.egress
+        self.expires_at: float | None = session.expires_at.timestamp() if session.expires_at else None
+        if revoked_reason is None and session.revoked:
+            revoked_reason = f"session {self.name} has been revoked"
+        self.revoked_reason = revoked_reason
+        self._plans: dict[tuple[str, int], HostPlan] = {}
+
+    # -- hosts ------------------------------------------------------------------------
+    def plan(self, host: str, port: int) -> HostPlan:
+        key = (host, port)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._build_plan(host, port)
+            if len(self._plans) >= PLAN_CACHE_SIZE:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
+
+    def _build_plan(self, host: str, port: int) -> HostPlan:
+        allowed = [s for s, b in zip(self.subs, self.session.secrets) if b.allowed_for(host, port)]
+        intercept = bool(allowed)
+        in_egress = self._egress is not None and any_match(self._egress, host, port)
+        egress_allowed = intercept or self._egress is None or in_egress
+        named = intercept or in_egress
+        return HostPlan(
+            host=host,
+            port=port,
+            intercept=intercept,
+            egress_allowed=egress_allowed,
+            header_subs=tuple(s for s in allowed if "headers" in s.locations),
+            query_subs=tuple(s for s in allowed if "query" in s.locations),
+            body_subs=tuple(s for s in allowed if "body" in s.locations),
+            label=(host if port == 443 else f"{host}:{port}") if named else OTHER_HOST_LABEL,
+        )
+
+    # -- session state ----------------------------------------------------------------
+    def inactive(self, now: float | None = None) -> Refusal | None:
+        """Why substitution is off (revoked or expired), or None while the session is live."""
+        if self.revoked_reason is not None:
+            return Refusal(403, "session_revoked", f"{self.revoked_reason}; sealed tokens are no longer honoured")
+        if self.expires_at is not None and (now if now is not None else time.time()) >= self.expires_at:
+            assert self.session.expires_at is not None
+            return Refusal(403, "session_expired",
+                           f"session {self.name} expired at {format_time(self.session.expires_at)};"
+                           " sealed tokens are no longer honoured")
+        return None
+
+    def seconds_until_expiry(self, now: float | None = None) -> float:
+        if self.expires_at is None:
+            return float("inf")
+        return self.expires_at - (now if now is not None else time.time())
+
+    def tokens_in(self, data: bytes) -> list[str]:
+        """Names of the secrets whose sealed token appears in `data`."""
+        if SEALED_MARK not in data:
+            return []
+        return [s.name for s in self.subs if s.sealed in data]
+
+
+def egress_refusal(host: str, port: int) -> Refusal:
+    where = host if port == 443 else f"{host}:{port}"
+    return Refusal(403, "egress_denied", f"host {where} is not in this session's egress allowlist")
+
+
+def plaintext_refusal(names: list[str]) -> Refusal:
+    return Refusal(403, "plaintext_secret",
+                   f"refusing to send sealed token(s) of {', '.join(names)} over plain http://; use https://")

@@ -1,0 +1,223 @@
+"""Upstream connections: verified TLS, address overrides, and a keep-alive pool.
+
+TLS to upstreams is always verified against the system roots plus any
+`--upstream-ca-file`s, with SNI and hostname checks against the requested HOST even when
+`--resolve`/`--connect-to` send the bytes elsewhere (curl's semantics). There is
+deliberately no way to switch verification off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Callable
+
+import certifi
+
+from .channel import Channel
+from .config import ConnectTo, Resolve
+
+
+class UpstreamError(Exception):
+    """Could not reach or trust an upstream; maps to a 502/504 JSON error. Never sent anything."""
+
+    def __init__(self, code: str, message: str, status: int = 502) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+def client_context(extra_ca_files: tuple[str, ...] = ()) -> ssl.SSLContext:
+    """Verifying client context: system roots (certifi if the system has none) + extra CA files."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    if ctx.cert_store_stats().get("x509_ca", 0) == 0:
+        ctx.load_verify_locations(cafile=certifi.where())
+    for path in extra_ca_files:
+        ctx.load_verify_locations(cafile=path)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["http/1.1"])
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    return ctx
+
+
+class Router:
+    """Where to actually connect for HOST:PORT, applying --connect-to then --resolve like curl."""
+
+    def __init__(self, connect_to: tuple[ConnectTo, ...] = (), resolve: tuple[Resolve, ...] = ()) -> None:
+        self.connect_to = connect_to
+        self.resolve = resolve
+        self._cache: dict[tuple[str, int], tuple[str, int]] = {}
+
+    def route(self, host: str, port: int) -> tuple[str, int]:
+        key = (host, port)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        chost, cport = host, port
+        for rule in self.connect_to:
+            if (not rule.host or rule.host == host) and (not rule.port or rule.port == port):
+                chost = rule.connect_host or host
+                cport = rule.connect_port or port
+                break
+        for r in self.resolve:
+            if (r.host == "*" or r.host == chost) and r.port == cport:
+                chost = r.addresses[0]
+                break
+        if len(self._cache) > 4096:
+            self._cache.clear()
+        self._cache[key] = (chost, cport)
+        return chost, cport
+
+
+class UpstreamConn(Channel):
+    """A connection to one upstream; knows its pool key so it can be returned and evicted."""
+
+    __slots__ = ("key", "idle", "pool")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, key: tuple[bool, str, int], pool: "UpstreamPool") -> None:
+        super().__init__(loop)
+        self.key = key
+        self.idle = False
+        self.pool = pool
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.pool.opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.idle:  # an idle upstream must not talk: drop the connection rather than mis-frame
+            self.pool.evict(self)
+            self.abort()
+            return
+        super().data_received(data)
+
+    def eof_received(self) -> bool | None:
+        if self.idle:
+            self.pool.evict(self)
+        return super().eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.pool.evict(self)
+        self.pool.closed(self)
+        super().connection_lost(exc)
+
+
+class UpstreamPool:
+    """Keep-alive connections per (tls, host, port); LIFO reuse, bounded idle count and age."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, ssl_ctx: ssl.SSLContext, router: Router,
+                 connect_timeout: float = 10.0, max_idle_per_key: int = 64, idle_ttl: float = 30.0,
+                 on_open: Callable[[], None] | None = None, on_close: Callable[[], None] | None = None) -> None:
+        self.loop = loop
+        self.ssl_ctx = ssl_ctx
+        self.router = router
+        self.connect_timeout = connect_timeout
+        self.max_idle_per_key = max_idle_per_key
+        self.idle_ttl = idle_ttl
+        self.on_open = on_open
+        self.on_close = on_close
+        self._idle: dict[tuple[bool, str, int], dict[UpstreamConn, float]] = {}
+        self._all: set[UpstreamConn] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    # -- bookkeeping ------------------------------------------------------------------
+    def opened(self, conn: UpstreamConn) -> None:
+        self._all.add(conn)
+        if self.on_open:
+            self.on_open()
+
+    def closed(self, conn: UpstreamConn) -> None:
+        if conn in self._all:
+            self._all.discard(conn)
+            if self.on_close:
+                self.on_close()
+
+    def evict(self, conn: UpstreamConn) -> None:
+        conn.idle = False
+        idle = self._idle.get(conn.key)
+        if idle is not None:
+            idle.pop(conn, None)
+
+    # -- acquire / release ------------------------------------------------------------
+    async def acquire(self, tls: bool, host: str, port: int) -> tuple[UpstreamConn, bool]:
+        """A connection to host:port (TLS-verified if `tls`), and whether it was reused."""
+        key = (tls, host, port)
+        idle = self._idle.get(key)
+        while idle:
+            conn, _ = idle.popitem()
+            conn.idle = False
+            if not conn.closed and not conn.eof and not conn.buf:
+                return conn, True
+            conn.abort()
+        return await self.connect(key), False
+
+    def release(self, conn: UpstreamConn) -> None:
+        """Return a connection whose exchange completed cleanly; it becomes idle and reusable."""
+        if conn.closed or conn.eof or conn.buf or conn.peer is not None:
+            conn.abort()
+            return
+        idle = self._idle.setdefault(conn.key, {})
+        if len(idle) >= self.max_idle_per_key:
+            conn.close()
+            return
+        conn.idle = True
+        conn.deadline = 0.0
+        idle[conn] = self.loop.time()
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(self.idle_ttl / 2, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        cutoff = self.loop.time() - self.idle_ttl
+        pending = False
+        for idle in self._idle.values():
+            for conn, since in list(idle.items()):
+                if since < cutoff:
+                    idle.pop(conn, None)
+                    conn.idle = False
+                    conn.close()
+            pending = pending or bool(idle)
+        if pending:
+            self._sweeper = self.loop.call_later(self.idle_ttl / 2, self._sweep)
+
+    async def connect(self, key: tuple[bool, str, int]) -> UpstreamConn:
+        tls, host, port = key
+        chost, cport = self.router.route(host, port)
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await self.loop.create_connection(
+                    lambda: UpstreamConn(self.loop, key, self),
+                    chost, cport,
+                    ssl=self.ssl_ctx if tls else None,
+                    server_hostname=host if tls else None,
+                    ssl_handshake_timeout=self.connect_timeout if tls else None,
+                )
+        except ssl.SSLCertVerificationError as e:
+            raise UpstreamError("upstream_tls_error",
+                                f"TLS verification of upstream {host}:{port} failed: {e.verify_message}") from None
+        except ssl.SSLError as e:
+            raise UpstreamError("upstream_tls_error",
+                                f"TLS handshake with upstream {host}:{port} failed: {e.reason or e.__class__.__name__}") from None
+        except TimeoutError:
+            raise UpstreamError("upstream_timeout", f"connecting to upstream {host}:{port} timed out", 504) from None
+        except OSError as e:
+            raise UpstreamError("upstream_unreachable",
+                                f"cannot connect to upstream {host}:{port}: {e.strerror or e.__class__.__name__}") from None
+        if not tls:
+            conn.keep_open_on_eof = True
+        return conn  # type: ignore[return-value]
+
+    async def open_tunnel(self, host: str, port: int) -> Channel:
+        """A plain TCP connection for a blind CONNECT tunnel (never pooled)."""
+        conn = await self.connect((False, host, port))
+        conn.keep_open_on_eof = True
+        return conn
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for conn in list(self._all):
+            conn.abort()
+        self._idle.clear()
