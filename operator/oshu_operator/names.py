@@ -56,3 +56,48 @@ ENV_NODE_EXTRA_CA = "NODE_EXTRA_CA_CERTS"
 ENV_NODE_USE_ENV_PROXY = "NODE_USE_ENV_PROXY"
 ENV_PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
 ENV_NO_PROXY_VARS = ("NO_PROXY", "no_proxy")
+
+# --- The injected sidecar's command line ---------------------------------------------------
+#: The proxy listens on loopback only: no other pod may use this pod's keys.
+SIDECAR_PROXY_PORT = 15080
+#: Health (/readyz) and metrics only. Bound on all interfaces in injected pods because
+#: kubelet probes come from the node, not from inside the pod's network namespace.
+SIDECAR_ADMIN_PORT = 15090
+SIDECAR_ADMIN_PORT_NAME = "oshu-admin"
+SIDECAR_READY_PATH = "/readyz"
+#: Non-root UID/GID the sidecar runs as (distroless "nonroot"); the image uses the same.
+SIDECAR_UID = 65532
+SESSION_FILE_PATH = f"{SESSION_MOUNT_DIR}/{KEY_SESSION_FILE}"
+SESSION_CA_CERT_PATH = f"{SESSION_MOUNT_DIR}/{KEY_CA_CERT}"
+SESSION_CA_KEY_PATH = f"{SESSION_MOUNT_DIR}/{KEY_CA_KEY}"
+#: Writable scratch space for the sidecar (read-only root filesystem).
+VOLUME_TMP = "oshu-vault-tmp"
+TMP_MOUNT_DIR = "/tmp"
+
+# --- Admission ----------------------------------------------------------------------------
+#: Namespaces the webhook never touches, whatever the selectors say.
+SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
+#: Webhook entry name inside the MutatingWebhookConfiguration (must be a DNS name).
+WEBHOOK_NAME = f"inject.pods.{GROUP}"
+#: kopf handler id == URL path of the injection endpoint.
+WEBHOOK_HANDLER_ID = "inject"
+WEBHOOK_PATH = f"/{WEBHOOK_HANDLER_ID}"
+#: Name of the configuration the operator registers itself in --dev-webhook mode.
+DEV_WEBHOOK_CONFIG = "oshu-vault-dev"
+
+# --- Status / events ----------------------------------------------------------------------
+CONDITION_READY = "Ready"
+PHASE_READY = "Ready"
+PHASE_PENDING = "Pending"  # a referenced Secret or key is missing or unusable
+PHASE_INVALID = "Invalid"  # the spec cannot be turned into a session
+PHASE_EXPIRED = "Expired"
+PHASES = (PHASE_READY, PHASE_PENDING, PHASE_INVALID, PHASE_EXPIRED)
+#: reportingComponent of the Events the operator posts.
+EVENT_COMPONENT = "oshu-vault-operator"
+
+#: Env names the injection sets itself: a VaultSession secret may not use them (CRD CEL + reconciler).
+RESERVED_ENV_NAMES = (
+    *ENV_PROXY_VARS, *ENV_NO_PROXY_VARS, *ENV_CA_BUNDLE_VARS, ENV_NODE_EXTRA_CA, ENV_NODE_USE_ENV_PROXY,
+)
+#: Type of the session Secret: tells it apart from user Secrets at a glance.
+SESSION_SECRET_TYPE = f"{GROUP}/session"

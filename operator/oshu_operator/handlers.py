@@ -1,0 +1,90 @@
+"""The kopf handlers: small, each delegating to the reconciler or the admission logic.
+
+Built per Runtime into a registry of their own (no module-level global state), so tests
+and embedders can run several operators in one process.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from . import names as n
+from .injection import SessionView
+from .reconciler import RetryLater
+from .runtime import Runtime
+from .webhookconfig import EPHEMERAL_HANDLER_ID
+
+SESSIONS = (n.GROUP, n.VERSION, n.PLURAL)
+
+
+def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    # --- lifecycle -------------------------------------------------------------------------
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return rt.connection_info(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        await rt.configure(settings)
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        await rt.cleanup()
+
+    # --- indices: sessions for admission, and which sessions use which Secret ------------
+    @kopf.index(*SESSIONS, registry=registry)
+    def sessions(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[Any, SessionView]:
+        return {(namespace, name): SessionView.from_body(body)}
+
+    @kopf.index(*SESSIONS, registry=registry)
+    def sessions_by_secret(spec: kopf.Spec, namespace: str, name: str, **_: Any) -> dict[Any, str]:
+        refs = {(s.get("secretKeyRef") or {}).get("name") for s in spec.get("secrets") or []}
+        return {(namespace, ref): name for ref in refs if isinstance(ref, str)}
+
+    # --- reconcile ---------------------------------------------------------------------------
+    @kopf.on.resume(*SESSIONS, registry=registry)
+    @kopf.on.create(*SESSIONS, registry=registry)
+    @kopf.on.update(*SESSIONS, field="spec", registry=registry)
+    async def reconcile(namespace: str, name: str, **_: Any) -> None:
+        try:
+            await rt.reconciler.reconcile(namespace, name)
+        except RetryLater as e:
+            raise kopf.TemporaryError(str(e), delay=e.delay) from None
+
+    @kopf.on.delete(*SESSIONS, registry=registry)
+    async def revoke(body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
+        try:
+            remaining = await rt.reconciler.revoke(namespace, name, body)
+        except RetryLater as e:
+            raise kopf.TemporaryError(str(e), delay=e.delay) from None
+        if remaining > 0:
+            raise kopf.TemporaryError("session revoked; waiting for kubelets to sync it into running pods",
+                                      delay=remaining)
+
+    @kopf.on.event("", "v1", "secrets", registry=registry)
+    def secret_changed(namespace: str, name: str, sessions_by_secret: kopf.Index[Any, str], **_: Any) -> None:
+        for session in set(sessions_by_secret.get((namespace, name), ())):
+            rt.reconciler.trigger(namespace, session)
+
+    # --- admission -----------------------------------------------------------------------
+    @kopf.on.mutate("", "v1", "pods", id=n.WEBHOOK_HANDLER_ID, operations=["CREATE"], registry=registry)
+    async def inject(body: kopf.Body, namespace: str | None, patch: kopf.Patch, warnings: list[str],
+                     dryrun: bool, sessions: kopf.Index[Any, SessionView], **_: Any) -> None:
+        def lookup(ns: str, name: str) -> SessionView | None:
+            return next(iter(sessions.get((ns, name), ())), None)
+
+        plan = await rt.admission.inject(dict(body), namespace, lookup, dryrun=dryrun)
+        if plan is not None:
+            warnings.extend(plan.warnings)
+            patch.fns.append(plan.apply)
+
+    @kopf.on.mutate("", "v1", "pods", id=EPHEMERAL_HANDLER_ID, subresource="ephemeralcontainers",
+                    operations=["UPDATE"], registry=registry)
+    def ephemeral(body: kopf.Body, old: kopf.Body | None, namespace: str | None, **_: Any) -> None:
+        rt.admission.check_ephemeral(dict(body), dict(old) if old is not None else None, namespace)
+
+    return registry

@@ -1,0 +1,188 @@
+"""What goes into a session Secret: sealed tokens, the session CA, the CA bundle, the session file.
+
+Pure functions, no API calls: the reconciler gathers inputs (spec, resolved values, the
+previous Secret and status) and these decide what to keep and what to mint. Keeping is the
+rule: a sealed token lives as long as its secret name stays in the session, and the CA lives
+until it expires or no longer covers the session's hosts.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import ipaddress
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Iterable, Mapping
+
+import certifi
+from cryptography import x509
+from oshu_sidecar.hosts import HostPattern
+from oshu_sidecar.pki import CertificateAuthority, KeyPair, new_ca
+from oshu_sidecar.session import new_sealed_token
+
+from .names import KEY_CA_BUNDLE, KEY_CA_CERT, KEY_CA_KEY, KEY_SESSION_FILE
+
+_SEALED_RE = re.compile(r"^SEALED_[A-Za-z0-9_-]{22,128}$")
+#: A CA is renewed once less than this share of its lifetime is left.
+CA_RENEW_FRACTION = 1 / 3
+#: Sessions with a ttl get a CA that outlives the session by this much (clock skew).
+CA_TTL_SLACK = timedelta(minutes=10)
+
+
+# --- sealed tokens ------------------------------------------------------------------------
+
+def tokens_from_session_file(data: bytes | None) -> dict[str, str]:
+    """Sealed tokens recorded in a previous session file; tolerant of revoked/partial files."""
+    if not data:
+        return {}
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return {}
+    out: dict[str, str] = {}
+    for entry in doc.get("secrets") or [] if isinstance(doc, dict) else []:
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("sealed"), str):
+            out[entry["name"]] = entry["sealed"]
+    return out
+
+
+def stable_tokens(names: Iterable[str], *sources: Mapping[str, object] | None) -> dict[str, str]:
+    """One sealed token per name: the first well-formed one any source remembers, else a new one.
+
+    Sources are consulted in order (status first, then the previous session file), so a
+    lost Secret or a lost status alone never changes a token.
+    """
+    out: dict[str, str] = {}
+    used: set[str] = set()
+    for name in names:
+        token = None
+        for source in sources:
+            candidate = (source or {}).get(name)
+            if isinstance(candidate, str) and _SEALED_RE.match(candidate) and candidate not in used:
+                token = candidate
+                break
+        if token is None or any(token in u or u in token for u in used):
+            token = new_sealed_token()
+        out[name] = token
+        used.add(token)
+    return out
+
+
+# --- session CA ---------------------------------------------------------------------------
+
+def constraint_names(hosts: Iterable[HostPattern]) -> list[str] | None:
+    """DNS subtrees for the CA's name constraints, or None when constraints cannot be used.
+
+    Every tested client (curl, requests, httpx, aiohttp, Node) honours DNS name constraints
+    (tests/operator/test_name_constraints.py). A leaf for an IP literal carries the IP as its
+    common name, which OpenSSL checks against the DNS subtrees and rejects, so a session with
+    an IP-literal host gets an unconstrained CA.
+    """
+    names: set[str] = set()
+    for h in hosts:
+        try:
+            ipaddress.ip_address(h.host)
+        except ValueError:
+            names.add(h.host)
+            continue
+        return None
+    return sorted(names)
+
+
+def ca_validity(expires_at: datetime | None, now: datetime, default: timedelta) -> timedelta:
+    if expires_at is None:
+        return default
+    return max(expires_at - now, timedelta(0)) + CA_TTL_SLACK
+
+
+@dataclass(frozen=True, slots=True)
+class CAState:
+    pair: KeyPair
+    not_after: datetime
+    minted: bool
+
+
+def _covers(cert: x509.Certificate, wanted: list[str] | None) -> bool:
+    try:
+        nc = cert.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        return wanted is None
+    if wanted is None:
+        return False
+    permitted = {n.value for n in nc.permitted_subtrees or [] if isinstance(n, x509.DNSName)}
+    return set(wanted) <= permitted
+
+
+def choose_ca(
+    existing_cert: bytes | None,
+    existing_key: bytes | None,
+    *,
+    common_name: str,
+    hosts: Iterable[HostPattern],
+    expires_at: datetime | None,
+    now: datetime,
+    default_validity: timedelta,
+) -> CAState:
+    """Keep the previous CA while it is valid, covers the hosts and has life left; else mint one."""
+    hosts = list(hosts)
+    wanted = constraint_names(hosts)
+    if existing_cert and existing_key:
+        try:
+            ca = CertificateAuthority.from_pem(existing_cert, existing_key)
+            cert = ca.cert
+            lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+            left = cert.not_valid_after_utc - now
+            # A ttl session's CA only has to outlive the session; others renew with a third left.
+            enough = left >= expires_at - now if expires_at else left > lifetime * CA_RENEW_FRACTION
+            covered = not hosts or _covers(cert, wanted)
+            if covered and enough:
+                return CAState(KeyPair(existing_cert, existing_key), cert.not_valid_after_utc, minted=False)
+        except ValueError:
+            pass  # unreadable or mismatched: replace it
+    validity = ca_validity(expires_at, now, default_validity)
+    pair = new_ca(common_name, validity=validity, permitted_dns=wanted or None, now=now)
+    return CAState(pair, now + validity, minted=True)
+
+
+@functools.cache
+def mozilla_roots() -> bytes:
+    return open(certifi.where(), "rb").read()
+
+
+def ca_bundle(ca_cert_pem: bytes) -> bytes:
+    """Mozilla roots plus the session CA: for clients whose CA variable replaces the system roots."""
+    roots = mozilla_roots()
+    if not roots.endswith(b"\n"):
+        roots += b"\n"
+    return roots + b"# oshu-vault session CA\n" + ca_cert_pem
+
+
+# --- the Secret's data --------------------------------------------------------------------
+
+def secret_data(session_file: bytes, ca: KeyPair) -> dict[str, str]:
+    """The `data` map of the session Secret (base64, as the API wants it)."""
+    raw = {
+        KEY_SESSION_FILE: session_file,
+        KEY_CA_CERT: ca.cert_pem,
+        KEY_CA_KEY: ca.key_pem,
+        KEY_CA_BUNDLE: ca_bundle(ca.cert_pem),
+    }
+    return {k: base64.b64encode(v).decode("ascii") for k, v in raw.items()}
+
+
+def decode_data(data: Mapping[str, str] | None, key: str) -> bytes | None:
+    value = (data or {}).get(key)
+    if not value:
+        return None
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError:
+        return None
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+

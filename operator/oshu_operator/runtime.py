@@ -1,0 +1,147 @@
+"""The running operator's parts, wired together: API client, reconciler, admission, webhook TLS.
+
+One `Runtime` per process. kopf handlers (handlers.py) close over it; the CLI builds it,
+runs kopf and the health server around it, and closes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import kopf
+
+from . import tls, webhookconfig
+from . import names as n
+from .admission import Admission
+from .config import OperatorConfig
+from .kube import Kube, in_cluster
+from .metrics import Metrics
+from .reconciler import Reconciler
+from .server import AdmissionServer
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(self, config: OperatorConfig, kube: Kube, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.kube = kube
+        self.metrics = metrics or Metrics()
+        self.reconciler = Reconciler(config, kube, self.metrics)
+        self.admission = Admission(config, kube, self.metrics)
+        self.kopf_ready = asyncio.Event()
+        self.webhook_ready = asyncio.Event()
+        self._tls_dir: tempfile.TemporaryDirectory[str] | None = None
+
+    # --- readiness -----------------------------------------------------------------------
+    def readiness(self) -> dict[str, bool]:
+        return {"operator": self.kopf_ready.is_set(), "webhook": self.webhook_ready.is_set()}
+
+    # --- kopf credentials: the same source as the kubernetes-asyncio client ---------------
+    def connection_info(self, **kwargs: Any) -> kopf.ConnectionInfo | None:
+        if self.config.kubeconfig is None and in_cluster():
+            return kopf.login_with_service_account(**kwargs)
+        cfg = self.kube.api.configuration
+        auth = (cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken")
+        token = auth.split(" ", 1)[1] if auth and " " in auth else auth
+        return kopf.ConnectionInfo(
+            server=cfg.host,
+            ca_path=cfg.ssl_ca_cert,
+            insecure=not cfg.verify_ssl,
+            certificate_path=cfg.cert_file,
+            private_key_path=cfg.key_file,
+            scheme="Bearer" if token else None,
+            token=token,
+        )
+
+    # --- kopf settings --------------------------------------------------------------------
+    async def configure(self, settings: kopf.OperatorSettings) -> None:
+        settings.persistence.finalizer = n.FINALIZER
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=n.GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=n.GROUP, key="last-handled-configuration")
+        settings.posting.enabled = True
+        settings.posting.loggers = False  # Events are the reconciler's own, written for users
+        settings.posting.reporting_component = n.EVENT_COMPONENT
+        # The operator never needs its own session Secrets in the watch stream (large, and
+        # written by itself): only the Secrets users reference.
+        settings.watching.label_selectors[("v1", "secrets")] = f"{n.LABEL_MANAGED_BY}!={n.MANAGED_BY}"
+        settings.watching.server_timeout = 300
+        settings.execution.max_workers = 4
+        settings.admission.managed = None  # the configuration is ours (dev) or the chart's
+        settings.admission.server = await self._admission_server()
+
+    async def _admission_server(self) -> AdmissionServer:
+        cfg = self.config
+        cafile_data: bytes | None = None
+        certfile, keyfile = cfg.webhook_cert_file, cfg.webhook_key_file
+        host = cfg.webhook_host
+        if cfg.dev_webhook:
+            host = "127.0.0.1"
+            pair = tls.mint(["127.0.0.1", "localhost"])
+            certfile, keyfile = self._write_pair(pair)
+            cafile_data = pair.ca_pem
+        elif cfg.webhook_tls_secret and not certfile:
+            ns, name = cfg.webhook_tls_secret.split("/", 1)
+            svc_ns, svc = (cfg.webhook_service or f"{ns}/oshu-vault-webhook").split("/", 1)
+            pair = await tls.ensure_in_secret(self.kube, ns, name, tls.service_names(svc, svc_ns))
+            certfile, keyfile = self._write_pair(pair)
+            cafile_data = pair.ca_pem
+        if not certfile or not keyfile:
+            raise SystemExit("oshu-operator: the webhook needs --dev-webhook, --webhook-tls-secret, "
+                             "or --webhook-cert-file with --webhook-key-file")
+        return AdmissionServer(
+            metrics=self.metrics, on_serving=self._on_serving,
+            addr=host, port=cfg.webhook_port or None, certfile=certfile, pkeyfile=keyfile,
+            cadata=cafile_data, file_check_interval=30.0,
+        )
+
+    def _write_pair(self, pair: tls.ServingCert) -> tuple[str, str]:
+        if self._tls_dir is None:
+            self._tls_dir = tempfile.TemporaryDirectory(prefix="oshu-webhook-")
+        cert, key = pair.write(Path(self._tls_dir.name))
+        return str(cert), str(key)
+
+    async def _on_serving(self, client_config: dict[str, Any]) -> None:
+        cfg = self.config
+        ca_pem = None
+        if client_config.get("caBundle"):
+            ca_pem = base64.b64decode(client_config["caBundle"])
+        if cfg.dev_webhook:
+            body = webhookconfig.configuration(cfg.dev_webhook_config, cfg, {"url": client_config["url"]}, ca_pem)
+            await self.kube.put_mutating_webhook(body)
+            log.info("webhook configuration registered",
+                     extra={"configuration": cfg.dev_webhook_config, "url": client_config["url"]})
+        elif cfg.webhook_config_name and ca_pem:
+            await self._patch_ca_bundle(cfg.webhook_config_name, ca_pem)
+        self.webhook_ready.set()
+
+    async def _patch_ca_bundle(self, name: str, ca_pem: bytes) -> None:
+        for attempt in range(60):
+            current = await self.kube.get_mutating_webhook(name)
+            if current is not None:
+                ops = webhookconfig.ca_bundle_patch(current, ca_pem)
+                if ops:
+                    await self.kube.patch_mutating_webhook(name, ops)
+                    log.info("webhook caBundle updated", extra={"configuration": name})
+                return
+            if attempt == 0:
+                log.warning("webhook configuration not found yet; waiting", extra={"configuration": name})
+            await asyncio.sleep(2)
+        raise RuntimeError(f"MutatingWebhookConfiguration {name} does not exist")
+
+    async def cleanup(self) -> None:
+        """Graceful stop. A registered dev webhook configuration stays: with failurePolicy Fail,
+        a labelled pod is refused while no operator serves it rather than started without its proxy."""
+        await self.reconciler.close()
+
+    async def close(self) -> None:
+        await self.kube.close()
+        if self._tls_dir is not None:
+            self._tls_dir.cleanup()
+            self._tls_dir = None

@@ -1,0 +1,46 @@
+"""kopf's webhook server, plus what the operator does around it: timing and registration.
+
+`AdmissionServer` wraps every admission review to record its latency and to fill in the
+object's namespace from the request (a pod created by a controller may arrive without
+it), and once the server listens it calls `on_serving` with kopf's client config (the
+dev mode registers the webhook configuration there, the in-cluster mode its caBundle).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import kopf
+
+from .metrics import Metrics
+
+OnServing = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class AdmissionServer(kopf.WebhookServer):
+    def __init__(self, *, metrics: Metrics, on_serving: OnServing, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._metrics = metrics
+        self._on_serving = on_serving
+
+    async def __call__(self, fn: Any) -> AsyncIterator[Any]:
+        histogram = self._metrics.admission_seconds
+
+        async def timed(request: dict[str, Any], **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                req = request.get("request") or {}
+                namespace = req.get("namespace")
+                for key in ("object", "oldObject"):
+                    obj = req.get(key)
+                    if namespace and isinstance(obj, dict):
+                        meta = obj.setdefault("metadata", {})
+                        meta.setdefault("namespace", namespace)
+                return await fn(request, **kwargs)
+            finally:
+                histogram.observe(time.perf_counter() - started)
+
+        async for client_config in super().__call__(timed):
+            await self._on_serving(dict(client_config))
+            yield client_config

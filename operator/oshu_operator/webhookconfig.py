@@ -1,0 +1,94 @@
+"""The MutatingWebhookConfiguration for pod injection, built in one place.
+
+In --dev-webhook mode the operator registers it itself with a URL client config; in a
+cluster the chart renders the same webhooks with a Service client config (the chart's
+test compares its template with `webhooks()`), and the operator only fills in caBundle
+when it manages the webhook's TLS itself.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from . import names as n
+from .config import OperatorConfig
+
+#: Path of the ephemeral-container check (kopf handler id).
+EPHEMERAL_HANDLER_ID = "ephemeral"
+EPHEMERAL_WEBHOOK_NAME = f"ephemeral.pods.{n.GROUP}"
+TIMEOUT_SECONDS = 10
+
+
+def _client_config(base: dict[str, Any], path: str, ca_pem: bytes | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "url" in base:
+        out["url"] = base["url"].rstrip("/") + path
+    else:
+        out["service"] = dict(base["service"], path=path)
+    if ca_pem:
+        out["caBundle"] = base64.b64encode(ca_pem).decode("ascii")
+    return out
+
+
+def namespace_selector(cfg: OperatorConfig) -> dict[str, Any]:
+    excluded = sorted({*n.SYSTEM_NAMESPACES, *([cfg.own_namespace] if cfg.own_namespace else [])})
+    exprs: list[dict[str, Any]] = [{"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": excluded}]
+    if cfg.namespaces:
+        exprs.append({"key": "kubernetes.io/metadata.name", "operator": "In", "values": sorted(cfg.namespaces)})
+    return {"matchExpressions": exprs}
+
+
+def object_selector() -> dict[str, Any]:
+    """Only pods carrying the session label reach the webhook: filtered by the API server."""
+    return {"matchExpressions": [{"key": n.LABEL_SESSION, "operator": "Exists"}]}
+
+
+def webhooks(cfg: OperatorConfig, base: dict[str, Any], ca_pem: bytes | None) -> list[dict[str, Any]]:
+    common = {
+        "admissionReviewVersions": ["v1"],
+        "sideEffects": "None",
+        "failurePolicy": cfg.failure_policy,
+        "matchPolicy": "Equivalent",
+        "timeoutSeconds": TIMEOUT_SECONDS,
+        "namespaceSelector": namespace_selector(cfg),
+        "objectSelector": object_selector(),
+    }
+    return [
+        {
+            "name": n.WEBHOOK_NAME,
+            "clientConfig": _client_config(base, n.WEBHOOK_PATH, ca_pem),
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                       "resources": ["pods"], "scope": "Namespaced"}],
+            # Another webhook adding containers after us gets them injected too.
+            "reinvocationPolicy": "IfNeeded",
+            **common,
+        },
+        {
+            "name": EPHEMERAL_WEBHOOK_NAME,
+            "clientConfig": _client_config(base, f"/{EPHEMERAL_HANDLER_ID}", ca_pem),
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"],
+                       "resources": ["pods/ephemeralcontainers"], "scope": "Namespaced"}],
+            "reinvocationPolicy": "Never",
+            **common,
+        },
+    ]
+
+
+def configuration(name: str, cfg: OperatorConfig, base: dict[str, Any], ca_pem: bytes | None) -> dict[str, Any]:
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name, "labels": {n.LABEL_MANAGED_BY: n.MANAGED_BY}},
+        "webhooks": webhooks(cfg, base, ca_pem),
+    }
+
+
+def ca_bundle_patch(current: dict[str, Any], ca_pem: bytes) -> list[dict[str, Any]]:
+    """JSON patch setting caBundle on every webhook of an existing configuration (chart-owned)."""
+    value = base64.b64encode(ca_pem).decode("ascii")
+    ops = []
+    for i, hook in enumerate(current.get("webhooks") or []):
+        if (hook.get("clientConfig") or {}).get("caBundle") != value:
+            ops.append({"op": "add", "path": f"/webhooks/{i}/clientConfig/caBundle", "value": value})
+    return ops
