@@ -150,9 +150,7 @@ def _lower_priority() -> None:
 
 def _module_info(module: str, work: str, env: dict[str, str]) -> dict:
     """``go list -m -json`` of a dependency, resolved in our module (version and release time)."""
-    result = subprocess.run(
-        ["go", "list", "-m", "-json", module], cwd=work, env=env, capture_output=True, text=True
-    )
+    result = subprocess.run(["go", "list", "-m", "-json", module], cwd=work, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise BuildError(f"go list -m {module} failed:\n{result.stderr[-2000:]}")
     return json.loads(result.stdout)

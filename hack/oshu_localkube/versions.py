@@ -81,9 +81,7 @@ def required_version(go_module_dir: str, module: str) -> str:
     try:
         return _requirements(go_module_dir)[module]
     except KeyError:
-        raise LookupError(
-            f"{module} is not required in {go_modules_dir() / go_module_dir / 'go.mod'}"
-        ) from None
+        raise LookupError(f"{module} is not required in {go_modules_dir() / go_module_dir / 'go.mod'}") from None
 
 
 def staging_version(kubernetes_version: str) -> str:

@@ -1,0 +1,79 @@
+"""pytest fixtures for a real local control plane.
+
+- ``kube_cluster`` (session): a started :class:`LocalCluster`, stopped after the session.
+  With ``OSHU_KUBE_CLUSTER_DIR`` set to the state dir of a cluster started by
+  ``oshu-local-cluster start``, that cluster is reused (and left running) instead.
+- ``kube_binaries`` (session): ``{tool: Path}`` of the pinned etcd, kube-apiserver,
+  kube-controller-manager, kubectl and helm, for tests that need a binary but no cluster
+  (``helm lint``/``helm template``...).
+- ``kube_namespace`` (function): a fresh namespace whose ``default`` ServiceAccount exists
+  (pods are admitted only then); deleted after the test.
+
+Missing binaries are built once after collection, outside any test's timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from . import build
+from .cluster import KUBE_TOOLS, ClusterError, LocalCluster, wait_for
+
+ATTACH_VARIABLE = "OSHU_KUBE_CLUSTER_DIR"
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build missing binaries before the first test: a cold build takes far longer than a test timeout."""
+    if session.config.option.collectonly:
+        return
+    wanted = {"kube_cluster", "kube_binaries"}
+    if any(wanted & set(getattr(item, "fixturenames", ())) for item in session.items):
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+
+        def log(message: str) -> None:
+            if reporter is not None:
+                reporter.write_line(f"oshu-localkube: {message}")
+
+        build.ensure_built(KUBE_TOOLS, log=log)
+
+
+@pytest.fixture(scope="session")
+def kube_binaries() -> dict[str, Path]:
+    return build.ensure_built(KUBE_TOOLS)
+
+
+@pytest.fixture(scope="session")
+def kube_cluster() -> Iterator[LocalCluster]:
+    attached = os.environ.get(ATTACH_VARIABLE)
+    if attached:
+        cluster = LocalCluster.attach(attached)
+        if not cluster.is_ready():
+            raise ClusterError(f"{ATTACH_VARIABLE}={attached}: that cluster is not ready")
+        yield cluster
+        return
+    with LocalCluster() as cluster:
+        yield cluster
+
+
+def _namespace_name(test_name: str) -> str:
+    stem = re.sub(r"[^a-z0-9-]+", "-", test_name.lower()).strip("-")[:40].strip("-") or "test"
+    return f"{stem}-{secrets.token_hex(3)}"
+
+
+@pytest.fixture
+def kube_namespace(kube_cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    name = _namespace_name(request.node.name)
+    kube_cluster.kubectl("create", "namespace", name)
+    wait_for(
+        lambda: kube_cluster.request(f"/api/v1/namespaces/{name}/serviceaccounts/default")[0] == 200,
+        timeout=60,
+        what=f"ServiceAccount default in namespace {name}",
+    )
+    yield name
+    kube_cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
