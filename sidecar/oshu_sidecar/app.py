@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from pathlib import Path
 
 from .admin import AdminServer, build_app
@@ -15,7 +16,6 @@ from .certs import LeafCache
 from .config import Config
 from .logs import log, sink
 from .metrics import Metrics
-from .pki import CertificateAuthority
 from .policy import Policy
 from .server import Proxy
 from .session import SessionError
@@ -27,7 +27,11 @@ class StartupError(RuntimeError):
     """The sidecar cannot start; the message says what to fix."""
 
 
-def load_ca(cfg: Config) -> CertificateAuthority:
+def load_ca(cfg: Config) -> tuple[bytes, bytes]:
+    """Read the CA and check, with the ssl module alone, that certificate and key parse and match.
+
+    (`cryptography` is only imported when the first leaf is minted.)
+    """
     try:
         cert = Path(cfg.ca_cert).read_bytes()
     except OSError as e:
@@ -36,10 +40,12 @@ def load_ca(cfg: Config) -> CertificateAuthority:
         key = Path(cfg.ca_key).read_bytes()
     except OSError as e:
         raise StartupError(f"cannot read --ca-key {cfg.ca_key}: {e.strerror or e}") from None
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        return CertificateAuthority.from_pem(cert, key)
-    except (ValueError, TypeError) as e:
-        raise StartupError(f"unusable CA in --ca-cert/--ca-key: {e}") from None
+        probe.load_cert_chain(cfg.ca_cert, cfg.ca_key)
+    except ssl.SSLError as e:
+        raise StartupError(f"unusable CA in --ca-cert/--ca-key (not PEM, or key does not match): {e.reason or e}") from None
+    return cert, key
 
 
 class Sidecar:
@@ -63,6 +69,10 @@ class Sidecar:
         if self.proxy is not None:
             self.proxy.set_policy(policy)
 
+    def _upstream_opened(self) -> None:
+        self.metrics.upstream_conns.inc()
+        self.metrics.upstream_opened.inc()
+
     def _on_result(self, result: str) -> None:
         self.metrics.session_reloads.labels(result).inc()
         if result == "error":
@@ -72,7 +82,7 @@ class Sidecar:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
         sink.attach(loop)
-        ca = load_ca(cfg)
+        ca_cert, ca_key = load_ca(cfg)
         self.watcher = SessionWatcher(cfg.session_file, self._on_policy, cfg.reload_interval, self._on_result)
         try:
             policy = self.watcher.load_initial()
@@ -84,8 +94,8 @@ class Sidecar:
             raise StartupError(f"unusable --upstream-ca-file: {e}") from None
         m = self.metrics
         self.pool = UpstreamPool(loop, ssl_ctx, Router(cfg.connect_to, cfg.resolve), cfg.connect_timeout,
-                                 on_open=m.upstream_conns.inc, on_close=m.upstream_conns.dec)
-        leaves = LeafCache(ca, on_mint=m.leaves_minted.inc)
+                                 on_open=self._upstream_opened, on_close=m.upstream_conns.dec)
+        leaves = LeafCache(ca_cert, ca_key, on_mint=m.leaves_minted.inc)
         self.proxy = Proxy(cfg, policy, m, leaves, self.pool, loop)
         try:
             await self.proxy.start()

@@ -14,9 +14,10 @@ import ssl
 import tempfile
 import time
 from collections import OrderedDict
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from .pki import CertificateAuthority, KeyPair
+if TYPE_CHECKING:  # pki pulls in `cryptography` (~10 MB resident): imported on first mint only
+    from .pki import CertificateAuthority, KeyPair
 
 #: Leaves are re-minted when less than this much validity is left.
 RENEW_BEFORE = 3600.0
@@ -34,7 +35,7 @@ def sni_of(sslobj: object) -> str | None:
     return getattr(sslobj, SNI_ATTR, None)
 
 
-def _load_chain(ctx: ssl.SSLContext, pair: KeyPair) -> None:
+def _load_chain(ctx: ssl.SSLContext, pair: "KeyPair") -> None:
     """Load a PEM cert+key into `ctx` without the key ever touching a filesystem (memfd on Linux)."""
     pem = pair.cert_pem + pair.key_pem
     if hasattr(os, "memfd_create"):
@@ -51,7 +52,7 @@ def _load_chain(ctx: ssl.SSLContext, pair: KeyPair) -> None:
         ctx.load_cert_chain(f.name)
 
 
-def server_context(pair: KeyPair) -> ssl.SSLContext:
+def server_context(pair: "KeyPair") -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_alpn_protocols(["http/1.1"])
@@ -61,25 +62,35 @@ def server_context(pair: KeyPair) -> ssl.SSLContext:
 
 
 class LeafCache:
-    """name -> server SSLContext with a leaf for that name, minted on demand in an executor."""
+    """name -> server SSLContext with a leaf for that name, minted on demand in an executor.
 
-    def __init__(self, ca: CertificateAuthority, on_mint: Callable[[], None] | None = None,
+    Holds the CA as PEM and parses it (importing `cryptography`) on the first mint, so an
+    idle sidecar never pays for the X.509 machinery.
+    """
+
+    def __init__(self, ca_cert_pem: bytes, ca_key_pem: bytes, on_mint: Callable[[], None] | None = None,
                  max_entries: int = MAX_CACHED) -> None:
-        self.ca = ca
+        self._ca_pem = (ca_cert_pem, ca_key_pem)
+        self._ca: "CertificateAuthority | None" = None
         self.on_mint = on_mint
         self.max_entries = max_entries
         self._cache: OrderedDict[str, tuple[ssl.SSLContext, float]] = OrderedDict()
         self._pending: dict[str, asyncio.Future[ssl.SSLContext]] = {}
 
-    def replace_ca(self, ca: CertificateAuthority) -> None:
+    def replace_ca(self, ca_cert_pem: bytes, ca_key_pem: bytes) -> None:
         """A new CA (rotated by the operator): forget every leaf minted from the old one."""
-        self.ca = ca
+        self._ca_pem = (ca_cert_pem, ca_key_pem)
+        self._ca = None
         self._cache.clear()
 
     def _mint(self, name: str) -> tuple[ssl.SSLContext, float]:
-        pair = self.ca.issue_leaf([name])
-        from cryptography import x509  # imported here: only minting needs it
+        from cryptography import x509
 
+        from .pki import CertificateAuthority
+
+        if self._ca is None:
+            self._ca = CertificateAuthority.from_pem(*self._ca_pem)
+        pair = self._ca.issue_leaf([name])
         not_after = x509.load_pem_x509_certificate(pair.cert_pem).not_valid_after_utc.timestamp()
         return server_context(pair), not_after
 

@@ -135,10 +135,11 @@ def log(level: int, msg: str, **fields: Any) -> None:
 class AuditLog:
     """The per-request audit line; disabled when the level is above INFO."""
 
-    __slots__ = ("enabled", "_prefix")
+    __slots__ = ("enabled", "_prefix", "_names")
 
     def __init__(self, session: str) -> None:
         self.enabled = logger.isEnabledFor(logging.INFO)
+        self._names: dict[tuple[str, ...], str] = {(): "[]"}
         self.set_session(session)
 
     def set_session(self, session: str) -> None:
@@ -152,5 +153,14 @@ class AuditLog:
             f'{{"ts":"{clock.now()}"{self._prefix},"scheme":"{scheme}","host":{_q(host)},'
             f'"method":{_q(method)},"path":{_q(path)},"status":{status},"outcome":"{outcome}",'
             f'"bytes_in":{bytes_in},"bytes_out":{bytes_out},"duration_ms":{duration * 1000:.3f},'
-            f'"secrets":{json.dumps(list(secrets)) if secrets else "[]"}}}'
+            f'"secrets":{self._secrets_json(secrets)}}}'
         )
+
+    def _secrets_json(self, secrets: list[str] | tuple[str, ...]) -> str:
+        key = tuple(secrets)
+        text = self._names.get(key)
+        if text is None:
+            if len(self._names) > 256:
+                self._names.clear()
+            text = self._names[key] = json.dumps(list(key))
+        return text

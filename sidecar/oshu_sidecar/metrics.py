@@ -32,6 +32,8 @@ class Metrics:
                                           buckets=LATENCY_BUCKETS, registry=r)
         self.open_connections = Gauge("oshu_open_connections", "Open connections by side.",
                                       ["side"], registry=r)
+        self.connections_opened = Counter("oshu_connections_opened", "Connections opened, by side (pool reuse shows here).",
+                                          ["side"], registry=r)
         self.tunnels = Counter("oshu_tunnels", "CONNECT tunnels by mode (intercept or blind).",
                                ["mode"], registry=r)
         self.leaves_minted = Counter("oshu_leaf_certificates_minted", "Leaf certificates minted from the session CA.",
@@ -49,6 +51,8 @@ class Metrics:
         self.session_info = Gauge("oshu_session_info", "The loaded session.", ["session"], registry=r)
         self.client_conns = self.open_connections.labels("client")
         self.upstream_conns = self.open_connections.labels("upstream")
+        self.client_opened = self.connections_opened.labels("client")
+        self.upstream_opened = self.connections_opened.labels("upstream")
         self._requests: dict[tuple[str, str], object] = {}
         self._subs: dict[tuple[str, str], object] = {}
         self._refusals: dict[str, object] = {}

@@ -12,6 +12,7 @@ Every refusal is a JSON error (errors.py) and leaves the proxy serving everyone 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import re
@@ -91,6 +92,7 @@ def split_absolute(target: bytes, scheme: bytes) -> tuple[bytes, bytes] | None:
     return authority, path
 
 
+@functools.lru_cache(maxsize=1024)
 def _display(host: str, port: int, default: int) -> str:
     h = f"[{host}]" if ":" in host else host
     return h if port == default else f"{h}:{port}"
@@ -112,6 +114,7 @@ class ClientConn(Channel):
         super().connection_made(transport)
         proxy = self.proxy
         proxy.metrics.client_conns.inc()
+        proxy.metrics.client_opened.inc()
         proxy.deadlines.channels.add(self)
         proxy.clients.add(self)
         self.task = proxy.loop.create_task(proxy.serve(self))
@@ -165,6 +168,7 @@ class Proxy:
         self.clients: set[ClientConn] = set()
         self.server: asyncio.AbstractServer | None = None
         self.address: tuple[str, int] | None = None
+        self._authorities: dict[bytes, tuple[str, int]] = {}  # Host field value -> parsed (host, port)
 
     def set_policy(self, policy: Policy) -> None:
         self.policy = policy
@@ -489,10 +493,16 @@ class Proxy:
             path = parts[1]
         if req.host is None:
             return bad_request("missing Host header")
-        try:
-            hhost, hport = parse_authority(req.host, 443)
-        except HttpError as e:
-            return e
+        authority = self._authorities.get(req.host)
+        if authority is None:
+            try:
+                authority = parse_authority(req.host, 443)
+            except HttpError as e:
+                return e
+            if len(self._authorities) >= 1024:
+                self._authorities.clear()
+            self._authorities[req.host] = authority
+        hhost, hport = authority
         if hhost != host or hport != port:
             return _mismatch(host, port, "Host header")
         if not sni_ok:
