@@ -23,39 +23,40 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     # --- lifecycle -------------------------------------------------------------------------
-    @kopf.on.login(registry=registry)
+    @kopf.on.login(id="login", registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         return rt.connection_info(**kwargs)
 
-    @kopf.on.startup(registry=registry)
+    @kopf.on.startup(id="configure", registry=registry)
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         await rt.configure(settings)
 
-    @kopf.on.cleanup(registry=registry)
+    @kopf.on.cleanup(id="cleanup", registry=registry)
     async def cleanup(**_: Any) -> None:
         await rt.cleanup()
 
     # --- indices: sessions for admission, and which sessions use which Secret ------------
-    @kopf.index(*SESSIONS, registry=registry)
-    def sessions(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[Any, SessionView]:
+    # Indexers and handlers are all coroutines: sync ones would run in kopf's thread pool.
+    @kopf.index(*SESSIONS, id="sessions", registry=registry)
+    async def sessions(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[Any, SessionView]:
         return {(namespace, name): SessionView.from_body(body)}
 
-    @kopf.index(*SESSIONS, registry=registry)
-    def sessions_by_secret(spec: kopf.Spec, namespace: str, name: str, **_: Any) -> dict[Any, str]:
+    @kopf.index(*SESSIONS, id="sessions_by_secret", registry=registry)
+    async def sessions_by_secret(spec: kopf.Spec, namespace: str, name: str, **_: Any) -> dict[Any, str]:
         refs = {(s.get("secretKeyRef") or {}).get("name") for s in spec.get("secrets") or []}
         return {(namespace, ref): name for ref in refs if isinstance(ref, str)}
 
     # --- reconcile ---------------------------------------------------------------------------
-    @kopf.on.resume(*SESSIONS, registry=registry)
-    @kopf.on.create(*SESSIONS, registry=registry)
-    @kopf.on.update(*SESSIONS, field="spec", registry=registry)
+    @kopf.on.resume(*SESSIONS, id="reconcile", registry=registry)
+    @kopf.on.create(*SESSIONS, id="reconcile", registry=registry)
+    @kopf.on.update(*SESSIONS, id="reconcile", field="spec", registry=registry)
     async def reconcile(namespace: str, name: str, **_: Any) -> None:
         try:
             await rt.reconciler.reconcile(namespace, name)
         except RetryLater as e:
             raise kopf.TemporaryError(str(e), delay=e.delay) from None
 
-    @kopf.on.delete(*SESSIONS, registry=registry)
+    @kopf.on.delete(*SESSIONS, id="revoke", registry=registry)
     async def revoke(body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
         try:
             remaining = await rt.reconciler.revoke(namespace, name, body)
@@ -65,8 +66,8 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
             raise kopf.TemporaryError("session revoked; waiting for kubelets to sync it into running pods",
                                       delay=remaining)
 
-    @kopf.on.event("", "v1", "secrets", registry=registry)
-    def secret_changed(namespace: str, name: str, sessions_by_secret: kopf.Index[Any, str], **_: Any) -> None:
+    @kopf.on.event("", "v1", "secrets", id="secret_changed", registry=registry)
+    async def secret_changed(namespace: str, name: str, sessions_by_secret: kopf.Index[Any, str], **_: Any) -> None:
         for session in set(sessions_by_secret.get((namespace, name), ())):
             rt.reconciler.trigger(namespace, session)
 
@@ -84,7 +85,7 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
 
     @kopf.on.mutate("", "v1", "pods", id=EPHEMERAL_HANDLER_ID, subresource="ephemeralcontainers",
                     operations=["UPDATE"], registry=registry)
-    def ephemeral(body: kopf.Body, old: kopf.Body | None, namespace: str | None, **_: Any) -> None:
+    async def ephemeral(body: kopf.Body, old: kopf.Body | None, namespace: str | None, **_: Any) -> None:
         rt.admission.check_ephemeral(dict(body), dict(old) if old is not None else None, namespace)
 
     return registry

@@ -99,7 +99,6 @@ def _probe(period: int, failures: int) -> dict[str, Any]:
     return {
         "httpGet": {"path": n.SIDECAR_READY_PATH, "port": n.SIDECAR_ADMIN_PORT, "scheme": "HTTP"},
         "periodSeconds": period, "failureThreshold": failures, "timeoutSeconds": 1, "successThreshold": 1,
-        "initialDelaySeconds": 0,
     }
 
 

@@ -8,6 +8,8 @@ import sys
 from datetime import datetime, timezone
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+#: kopf attaches its whole settings object to per-object records: noise, not information.
+_KOPF_EXTRAS = {"settings"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -18,8 +20,11 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        ref = getattr(record, "k8s_ref", None)
+        if isinstance(ref, dict) and ref.get("name"):
+            out["object"] = f"{ref.get('namespace') or ''}/{ref['name']}".lstrip("/")
         for key, value in vars(record).items():
-            if key in _STANDARD or key.startswith("k8s_") or key.startswith("_"):
+            if key in _STANDARD or key in _KOPF_EXTRAS or key.startswith("k8s_") or key.startswith("_"):
                 continue
             out[key] = value if isinstance(value, (str, int, float, bool, type(None), list, dict)) else str(value)
         if record.exc_info:

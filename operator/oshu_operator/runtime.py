@@ -74,6 +74,9 @@ class Runtime:
         settings.watching.server_timeout = 300
         settings.execution.max_workers = 4
         settings.admission.managed = None  # the configuration is ours (dev) or the chart's
+        # The CRD is installed before the operator (chart crds/, install.yaml): no need to watch
+        # CRDs or namespaces, so no RBAC for them (kopf would retry 403s on every start).
+        settings.scanning.disabled = True
         settings.admission.server = await self._admission_server()
 
     async def _admission_server(self) -> AdmissionServer:

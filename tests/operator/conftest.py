@@ -10,3 +10,63 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))  # operator_clients, operator_kube (importlib mode)
+
+from typing import Callable, Iterator
+
+import pytest
+
+from oshu_operator.testing import CRD_PATH, OperatorProcess
+
+from operator_kube import Kube, real_value, wait_for
+
+#: Never pulled (no kubelet here): the tests check the stored pod spec names it.
+SIDECAR_IMAGE = "registry.test/oshu-vault-sidecar:test"
+DEV_CONFIG = "oshu-vault-test"
+
+
+@pytest.fixture(scope="session")
+def kube(kube_cluster) -> Kube:
+    kube_cluster.kubectl("apply", "-f", str(CRD_PATH))
+    kube_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                         "crd/vaultsessions.vault.oshu.dev")
+    return Kube(kube_cluster)
+
+
+@pytest.fixture(scope="session")
+def operator(kube_cluster, kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(
+        kube_cluster.kubeconfig,
+        directory=tmp_path_factory.mktemp("operator"),
+        webhook_config=DEV_CONFIG,
+        revocation_grace="2s",
+        log_level="DEBUG",  # the leak scan reads the most verbose log there is
+        args=["--sidecar-image", SIDECAR_IMAGE, "--resync-interval", "30s"],
+    )
+    op.start()
+    yield op
+    op.stop()
+    kube_cluster.kubectl("delete", "mutatingwebhookconfiguration", DEV_CONFIG, "--ignore-not-found", check=False)
+
+
+@pytest.fixture
+def ns(kube_namespace: str, operator: OperatorProcess) -> str:
+    """A fresh namespace with the operator running."""
+    return kube_namespace
+
+
+@pytest.fixture(scope="session")
+def real_values() -> set[str]:
+    """Every real secret value any test put in the cluster: the leak scan looks for all of them."""
+    return set()
+
+
+@pytest.fixture
+def real(real_values: set[str]) -> Callable[..., str]:
+    def make(prefix: str = "sk-real") -> str:
+        value = real_value(prefix)
+        real_values.add(value)
+        return value
+    return make
+
+
+__all__ = ["SIDECAR_IMAGE", "wait_for"]
