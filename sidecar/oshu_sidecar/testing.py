@@ -170,6 +170,7 @@ class Recorded:
     body: bytes
     scheme: str
     chunks: int = 0  # body pieces as read by the server (for streaming checks)
+    raw_path: str = ""  # the request target exactly as sent (query not decoded)
 
     def header(self, name: str) -> str | None:
         name = name.lower()
@@ -298,7 +299,7 @@ class Upstream:
     # recording
     def _record(self, request: web.Request, body: bytes, chunks: int = 0) -> Recorded:
         rec = Recorded(request.method, request.path, request.query_string, list(request.headers.items()), body,
-                       request.scheme, chunks)
+                       request.scheme, chunks, request.raw_path)
         with self._cond:
             self.requests.append(rec)
             self._cond.notify_all()
