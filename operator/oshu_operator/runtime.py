@@ -92,7 +92,8 @@ class Runtime:
         elif cfg.webhook_tls_secret and not certfile:
             ns, name = cfg.webhook_tls_secret.split("/", 1)
             svc_ns, svc = (cfg.webhook_service or f"{ns}/oshu-vault-webhook").split("/", 1)
-            pair = await tls.ensure_in_secret(self.kube, ns, name, tls.service_names(svc, svc_ns))
+            pair = await tls.ensure_in_secret(self.kube, ns, name, tls.service_names(svc, svc_ns),
+                                              owner=await self._webhook_config_owner())
             certfile, keyfile = self._write_pair(pair)
             cafile_data = pair.ca_pem
         if not certfile or not keyfile:
@@ -103,6 +104,15 @@ class Runtime:
             addr=host, port=cfg.webhook_port or None, certfile=certfile, pkeyfile=keyfile,
             cadata=cafile_data, file_check_interval=30.0,
         )
+
+    async def _webhook_config_owner(self) -> dict[str, Any] | None:
+        """ownerReference to the (chart's) webhook configuration, if it exists already."""
+        name = self.config.webhook_config_name
+        current = await self.kube.get_mutating_webhook(name) if name else None
+        if current is None:
+            return None
+        return {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+                "name": current["metadata"]["name"], "uid": current["metadata"]["uid"]}
 
     def _write_pair(self, pair: tls.ServingCert) -> tuple[str, str]:
         if self._tls_dir is None:

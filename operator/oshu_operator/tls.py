@@ -73,8 +73,13 @@ def service_names(service: str, namespace: str) -> list[str]:
     return [f"{service}.{namespace}.svc", f"{service}.{namespace}.svc.cluster.local", f"{service}.{namespace}", service]
 
 
-async def ensure_in_secret(kube: Kube, namespace: str, name: str, names: list[str]) -> ServingCert:
-    """The serving pair from Secret namespace/name, (re)made if missing, expiring or for other names."""
+async def ensure_in_secret(kube: Kube, namespace: str, name: str, names: list[str],
+                           owner: dict[str, Any] | None = None) -> ServingCert:
+    """The serving pair from Secret namespace/name, (re)made if missing, expiring or for other names.
+
+    `owner` (an ownerReference, e.g. to the chart's webhook configuration) makes the garbage
+    collector delete the Secret with it, so uninstalling leaves no certificate behind.
+    """
     for _ in range(5):
         secret = await kube.get_secret(namespace, name)
         data = (secret or {}).get("data") or {}
@@ -87,7 +92,8 @@ async def ensure_in_secret(kube: Kube, namespace: str, name: str, names: list[st
         pair = mint(names)
         body: dict[str, Any] = {
             "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-            "metadata": {"name": name, "namespace": namespace, "labels": {LABEL_MANAGED_BY: MANAGED_BY}},
+            "metadata": {"name": name, "namespace": namespace, "labels": {LABEL_MANAGED_BY: MANAGED_BY},
+                         **({"ownerReferences": [owner]} if owner else {})},
             "data": {k: base64.b64encode(v).decode() for k, v in
                      (("ca.crt", pair.ca_pem), ("tls.crt", pair.cert_pem), ("tls.key", pair.key_pem))},
         }
