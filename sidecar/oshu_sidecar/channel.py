@@ -255,6 +255,12 @@ class Channel(asyncio.Protocol):
                 head = bytes(buf[: i + 4])
                 del buf[: i + 4]
                 return head
+            i = buf.find(b"\n\n")
+            if i >= 0:  # bare-LF line endings: hand the head over so the parser rejects it now
+                self.deadline = 0.0
+                head = bytes(buf[: i + 2])
+                del buf[: i + 2]
+                return head
             if len(buf) > max_size:
                 self.deadline = 0.0
                 raise HeadTooLarge("header block too large")

@@ -65,6 +65,7 @@ class RequestHead:
     #: True when the raw head can be forwarded as-is (no hop-by-hop or proxy fields).
     clean: bool = True
     basic_auth: bool = False
+    expect_continue: bool = False
     connection_tokens: frozenset[bytes] = field(default_factory=frozenset)
 
 
@@ -113,6 +114,8 @@ def _content_length(value: bytes, current: int | None) -> int:
 
 def parse_request_head(raw: bytes) -> RequestHead:
     """Parse a complete request head (ending in CRLFCRLF) or raise HttpError(400)."""
+    if not raw.endswith(b"\r\n\r\n"):
+        raise bad_request("header lines must end in CRLF")
     eol = raw.find(b"\r\n")
     parts = raw[:eol].split(b" ")
     if len(parts) != 3:
@@ -142,6 +145,8 @@ def parse_request_head(raw: bytes) -> RequestHead:
         elif lname == b"authorization":
             if value[:6].lower() == b"basic ":
                 req.basic_auth = True
+        elif lname == b"expect":
+            req.expect_continue = value.lower() == b"100-continue"
         elif lname in HOP_BY_HOP or lname.startswith(b"proxy-"):
             req.clean = False
             if lname == b"transfer-encoding":

@@ -420,7 +420,8 @@ class Proxy:
         upstream_framing = req.framing
         if req.framing == LENGTH:
             n = req.content_length
-            if len(conn.buf) >= n or (body_subs and n <= BODY_BUFFER_LIMIT):
+            # (With Expect: 100-continue the client waits for upstream's go-ahead: never buffer then.)
+            if len(conn.buf) >= n or (body_subs and n <= BODY_BUFFER_LIMIT and not req.expect_continue):
                 body = await conn.read_exactly(n)
                 ex.bytes_in = n
                 if body_subs:

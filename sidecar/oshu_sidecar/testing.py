@@ -63,8 +63,8 @@ __all__ = [
 
 DEFAULT_HOST = "api.oshu.test"
 #: Variables `client_env` sets or clears; anything proxy-related inherited from the caller is dropped.
-PROXY_ENV_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy",
-                  "NO_PROXY", "no_proxy")
+PROXY_ENV_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "WSS_PROXY", "wss_proxy",
+                  "WS_PROXY", "ws_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy")
 _START_TIMEOUT = 20.0
 
 
@@ -390,7 +390,7 @@ class Upstream:
         self._record(request, b"")
         ws = web.WebSocketResponse()
         await ws.prepare(request)
-        await ws.send_str(json.dumps({"headers": [[k, v] for k, v in request.headers.items()]}))
+        await ws.send_str("hello")  # the handshake headers are in self.requests, not echoed into frames
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
                 with self._cond:
@@ -404,12 +404,13 @@ class Upstream:
         """Echo the value of header `?header=` back in a response header and in the body.
 
         `split=N` streams the body in N-byte chunked pieces (values cross chunk boundaries),
-        `gzip=1` compresses it, `length=1` sends one Content-Length body.
+        `gzip=1` compresses it, `pad=N` prefixes N filler bytes; otherwise one Content-Length body.
         """
         body_in = await request.read()
         self._record(request, body_in)
         value = request.headers.get(request.query.get("header", "x-api-key"), "")
-        text = f'{{"you sent": "{value}", "again": "{value}"}}\n'.encode()
+        pad = b"." * int(request.query.get("pad", "0"))
+        text = pad + f'{{"you sent": "{value}", "again": "{value}"}}\n'.encode()
         headers = {"X-Echo": value, "Content-Type": "application/json"}
         if request.query.get("gzip") == "1":
             data = gzip.compress(text)
@@ -613,6 +614,7 @@ class SidecarProcess:
         url = self.proxy_url
         env.update({
             "HTTPS_PROXY": url, "https_proxy": url, "HTTP_PROXY": url, "http_proxy": url,
+            "WSS_PROXY": url, "wss_proxy": url, "WS_PROXY": url, "ws_proxy": url,  # aiohttp's WebSocket client
             "NO_PROXY": "", "no_proxy": "",
             "SSL_CERT_FILE": str(bundle), "REQUESTS_CA_BUNDLE": str(bundle), "CURL_CA_BUNDLE": str(bundle),
             "NODE_EXTRA_CA_CERTS": str(bundle),
