@@ -70,3 +70,13 @@ def real(real_values: set[str]) -> Callable[..., str]:
 
 
 __all__ = ["SIDECAR_IMAGE", "wait_for"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The leak scan runs last, so it sees everything every other operator test left behind."""
+    last = [i for i in items if i.get_closest_marker("leak_scan")]
+    items[:] = [i for i in items if i not in last] + last
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "leak_scan: scans the cluster and logs for real secret values (runs last)")
