@@ -57,13 +57,14 @@ app.kubernetes.io/part-of: oshu-vault
 {{- printf "%s-webhook" (include "oshu-vault.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* Cluster-scoped names carry the namespace too, so two releases never collide. */}}
+{{/* Cluster-scoped objects (webhook configuration, ClusterRoles) take the full name too: give
+two releases in different namespaces different names (or fullnameOverride). */}}
 {{- define "oshu-vault.webhookConfigName" -}}
-{{- printf "%s-%s" .Release.Namespace (include "oshu-vault.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- include "oshu-vault.fullname" . }}
 {{- end }}
 
 {{- define "oshu-vault.clusterRoleName" -}}
-{{- printf "%s-%s" .Release.Namespace (include "oshu-vault.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- include "oshu-vault.fullname" . }}
 {{- end }}
 
 {{- define "oshu-vault.tlsSecretName" -}}

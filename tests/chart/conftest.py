@@ -1,0 +1,49 @@
+"""Fixtures for the chart tests: the pinned helm, rendering, and namespaces to install into."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from oshu_e2e import chart
+from oshu_localkube import LocalCluster
+
+
+@pytest.fixture(scope="session")
+def helm(kube_binaries: dict[str, Path]) -> Path:
+    return kube_binaries["helm"]
+
+
+Render = Callable[..., list[chart.Doc]]
+
+
+@pytest.fixture(scope="session")
+def render(helm: Path) -> Render:
+    """render(values=None, release="oshu-vault", namespace="oshu-system") -> rendered objects (CRDs included)."""
+
+    def _render(values: dict[str, Any] | None = None, *, release: str = "oshu-vault", namespace: str = "oshu-system",
+                tests: bool = False) -> list[chart.Doc]:
+        extra = ["--include-crds"] + ([] if tests else ["--skip-tests"])
+        return chart.documents(chart.template(helm, release=release, namespace=namespace, values=values, extra=extra))
+
+    return _render
+
+
+@pytest.fixture
+def fresh_namespace(kube_cluster: LocalCluster) -> Iterator[Callable[[str], str]]:
+    """fresh_namespace(stem) -> a new namespace name (created); all deleted after the test."""
+    made: list[str] = []
+
+    def _make(stem: str) -> str:
+        name = f"{stem}-{secrets.token_hex(3)}"
+        kube_cluster.kubectl("create", "namespace", name)
+        made.append(name)
+        return name
+
+    yield _make
+    for name in made:
+        kube_cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
