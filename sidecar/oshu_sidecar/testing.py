@@ -623,8 +623,8 @@ class SidecarProcess:
 
     # session file
     def write_session(self, session: Session | Mapping[str, Any] | bytes | str) -> None:
-        """Replace the session atomically, the way kubelet updates a mounted Secret."""
-        swap_k8s_secret_dir(self.session_dir, {"session.json": _session_bytes(session)})
+        """Replace the session atomically, the way kubelet updates a mounted Secret (recreating it if deleted)."""
+        write_k8s_secret_dir(self.session_dir, {"session.json": _session_bytes(session)})
 
     def delete_session(self) -> None:
         """Remove the session file (and its data dir): the sidecar must revoke."""
