@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import profile, report, scenario, upstream
+from . import profile, report, rounds, scenario, upstream
 from .certs import make_pki
 from .loadgen import Loadgen, Route
 from .targets import ALL, BENCH_DIR, REPO, Context, clean_env
@@ -32,6 +32,8 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--targets", default=",".join(ALL),
                    help=f"comma-separated subset of: {', '.join(ALL)}")
     p.add_argument("--load-seconds", type=float, help="override the length of each load phase")
+    p.add_argument("--rounds", type=int, help="round-robin repetitions, medians reported "
+                   "(default 3, --quick 1)")
     p.add_argument("--profile", action="store_true",
                    help="after the table, py-spy the sidecar under the 32-connection load")
     p.add_argument("--profile-target", default=report.OURS, choices=[n for n in ALL if n != "direct"])
@@ -97,17 +99,23 @@ def main(argv: list[str] | None = None) -> int:
     ups = upstream.start(workdir, pki, HOST, secret, args.nginx, args.loadgen)
     ctx = Context(workdir, pki, ups, sealed, secret, args.peers_python, args.project_python)
     lg = Loadgen(args.loadgen, sealed)
-    results, failures = [], {}
+    n_rounds = max(1, min(args.rounds or (1 if args.quick else 3), 10))
+    per_target: dict[str, list[dict]] = {name: [] for name in wanted}
+    failures: dict[str, str] = {}
     machine = _machine()
     try:
-        for name in wanted:
-            print(f"measuring {name}", file=sys.stderr)
-            try:
-                results.append(scenario.measure(ALL[name], ctx, lg, plan,
-                                                log=lambda m: print(m, file=sys.stderr)))
-            except Exception as e:  # one target failing must not hide the others
-                failures[name] = str(e)
-                print(f"  {name} FAILED: {e}", file=sys.stderr)
+        for rnd in range(n_rounds):
+            for name in wanted:
+                if name in failures:
+                    continue
+                print(f"round {rnd + 1}/{n_rounds}: {name}", file=sys.stderr)
+                try:
+                    per_target[name].append(scenario.measure(ALL[name], ctx, lg, plan,
+                                                             log=lambda m: print(m, file=sys.stderr)))
+                except Exception as e:  # one target failing must not hide the others
+                    failures[name] = str(e)
+                    print(f"  {name} FAILED: {e}", file=sys.stderr)
+        results = [rounds.merge(per_target[n]) for n in wanted if per_target[n]]
         prof = None
         if args.profile and args.profile_target not in skipped:
             prof = _profile(args, ctx, lg, workdir)
@@ -115,8 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         ups.stop()
 
     header = (f"oshu-vault proxy benchmark, {started:%Y-%m-%d %H:%M}, {'quick' if args.quick else 'full'} run "
-              f"({plan.load_s:g}s per load phase)\n{machine}")
-    text = [header, "", report.table(results), "", report.ratios(results)]
+              f"({plan.load_s:g}s per load phase, median of {n_rounds} round{'s' if n_rounds > 1 else ''})\n{machine}")
+    text = [header, "", report.table(results)]
+    if report.spread(results):
+        text += [report.spread(results)]
+    text += ["", report.ratios(results)]
     errors = report.error_notes(results)
     if errors:
         text += ["", errors]
@@ -127,10 +138,13 @@ def main(argv: list[str] | None = None) -> int:
         text.append(f"\n{name}: not measured: {why}")
     if prof:
         text += ["", f"profile of {args.profile_target} under 32 connections "
-                 f"({prof['raw']['rps']:,.0f} req/s while sampled, "
-                 f"{prof['raw']['cpu_share_of_one_core']:.0%} of one core):",
+                 f"({prof['stacks.txt']['rps']:,.0f} req/s while sampled, "
+                 f"{prof['stacks.txt']['cpu_share_of_one_core']:.0%} of one core, "
+                 f"{prof['stacks.txt']['sys_share']:.0%} of it in the kernel):",
                  profile.render(prof["summary"]),
-                 f"  stacks: {prof['raw']['file']}\n  flamegraph: {prof['flamegraph']['file']}"]
+                 profile.render_native(prof["native"]),
+                 f"  stacks: {prof['stacks.txt']['file']}\n  native: {prof['native.txt']['file']}\n"
+                 f"  flamegraph: {prof['flamegraph.svg']['file']}"]
     output = "\n".join(text)
     print(output)
 
@@ -139,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / f"{stamp}.txt").write_text(output + "\n")
     (args.out / f"{stamp}.json").write_text(json.dumps(
         {"started": started.isoformat(), "machine": machine, "plan": plan.__dict__,
-         "results": results, "skipped": skipped, "failures": failures, "profile": prof}, indent=2))
+         "results": results, "rounds": per_target, "skipped": skipped, "failures": failures, "profile": prof}, indent=2))
     print(f"\nresults: {args.out / stamp}.{{txt,json}}", file=sys.stderr)
     if args.keep_workdir:
         print(f"workdir kept: {workdir}", file=sys.stderr)

@@ -34,17 +34,23 @@ def tree(pid: int) -> list[int]:
     return seen
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the whole tree, in seconds."""
-    total = 0
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(utime, stime) of the whole tree, in seconds."""
+    user = system = 0
     for p in tree(pid):
         try:
             stat = Path(f"/proc/{p}/stat").read_text()
         except (FileNotFoundError, ProcessLookupError):
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
-    return total / _TICK
+        user += int(fields[11])  # utime (field 14)
+        system += int(fields[12])  # stime (field 15)
+    return user / _TICK, system / _TICK
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the whole tree, in seconds."""
+    return sum(cpu_times(pid))
 
 
 def memory_bytes(pid: int) -> dict[str, int]:

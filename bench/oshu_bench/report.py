@@ -41,6 +41,8 @@ ROWS: list[tuple[str, Getter, str]] = [
     ("p99 latency, 32 conns (ms)", _scaled(_g("high", "latency", "p99_us"), 1e-3), "{:.2f}"),
     ("proxy CPU/req, 1 conn (us)", _g("low", "proxy_cpu_us_per_req"), "{:.0f}"),
     ("proxy CPU/req, 32 conns (us)", _g("high", "proxy_cpu_us_per_req"), "{:.0f}"),
+    ("  kernel (sys) share, 32 conns (%)", _scaled(_g("high", "proxy_sys_share"), 100), "{:.0f}"),
+    ("  cores busy, 32 conns", _g("high", "proxy_cores_busy"), "{:.2f}"),
     ("fresh CONNECT+TLS+resp p50 (ms)", _scaled(_g("fresh", "response", "p50_us"), 1e-3), "{:.2f}"),
     ("fresh CONNECT+TLS+resp p99 (ms)", _scaled(_g("fresh", "response", "p99_us"), 1e-3), "{:.2f}"),
     ("SSE event delay p50 (ms)", _scaled(_g("sse", "delay", "p50_us"), 1e-3), "{:.3f}"),
@@ -170,3 +172,13 @@ def error_notes(results: list[dict]) -> str:
                 lines.append(f"WARNING {r['target']} {key}: {e['count']} errors {e['by_kind']} "
                              f"e.g. {e['samples'][:2]}")
     return "\n".join(lines)
+
+
+def spread(results: list[dict]) -> str:
+    """req/s range over rounds: how much the shared machine moved the numbers."""
+    parts = []
+    for r in results:
+        s = r.get("spread", {}).get("high") or []
+        if len(s) > 1:
+            parts.append(f"{r['target']} {min(s):,.0f}-{max(s):,.0f}")
+    return ("req/s at 32 conns, min-max over rounds: " + ", ".join(parts)) if parts else ""

@@ -30,8 +30,8 @@ class Plan:
 
     @staticmethod
     def full() -> "Plan":
-        return Plan(warmup_s=1.0, load_s=5.0, conns_low=1, conns_high=32,
-                    fresh_n=100, sse_events=40, sse_interval_ms=25, settle_s=0.5)
+        return Plan(warmup_s=1.0, load_s=3.0, conns_low=1, conns_high=32,
+                    fresh_n=60, sse_events=30, sse_interval_ms=25, settle_s=0.5)
 
     @staticmethod
     def quick() -> "Plan":
@@ -73,14 +73,17 @@ class Running:
 
 def _load(lg: Loadgen, route: Route, conns: int, seconds: float,
           proxy_pid: int | None, upstream_pid: int) -> dict:
-    cpu0 = procstat.cpu_seconds(proxy_pid) if proxy_pid else 0.0
+    cpu0 = procstat.cpu_times(proxy_pid) if proxy_pid else (0.0, 0.0)
     up0 = procstat.cpu_seconds(upstream_pid)
     res = lg.run("load", route, "-conns", str(conns), "-duration", f"{seconds}s",
                  timeout=seconds + 60)
     n = max(res["requests"], 1)
     if proxy_pid:
-        res["proxy_cpu_s"] = procstat.cpu_seconds(proxy_pid) - cpu0
+        user, system = (b - a for a, b in zip(cpu0, procstat.cpu_times(proxy_pid)))
+        res["proxy_cpu_s"] = user + system
         res["proxy_cpu_us_per_req"] = res["proxy_cpu_s"] / n * 1e6
+        res["proxy_sys_share"] = system / res["proxy_cpu_s"] if res["proxy_cpu_s"] else None
+        res["proxy_cores_busy"] = res["proxy_cpu_s"] / res["elapsed_s"]
     res["upstream_cpu_us_per_req"] = (procstat.cpu_seconds(upstream_pid) - up0) / n * 1e6
     res["client_cpu_us_per_req"] = res["client_cpu_s"] / n * 1e6
     return res
