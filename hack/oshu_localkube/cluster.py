@@ -125,10 +125,13 @@ except (OSError, AttributeError):  # not Linux
 
 
 def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the thread that started us exits (pytest killed hard)."""
+    """In the child: die with the thread that started us (a test session killed hard).
+
+    SIGKILL, not SIGTERM: the owner is gone, its state is garbage, and a graceful apiserver
+    shutdown with etcd going away at the same time can take many seconds."""
     PR_SET_PDEATHSIG = 1
     if _PRCTL is not None:
-        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
+        _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGKILL))
 
 
 def _tail(path: Path, lines: int = 25) -> str:
@@ -373,6 +376,7 @@ class LocalCluster:
         self._spawn("kube-apiserver", self._apiserver_args(certs))
         self._wait(deadline, "kube-apiserver /readyz", lambda: self._http_ok("/readyz"))
 
+        # Only now: started earlier, it exits on finding RBAC not yet bootstrapped.
         self._spawn("kube-controller-manager", self._controller_manager_args(certs))
         # The ServiceAccount controller creating "default" proves the controller-manager
         # is up, authorised and reconciling: what namespaces in tests depend on.
