@@ -19,7 +19,7 @@ from .metrics import Metrics
 from .policy import Policy
 from .server import Proxy
 from .session import SessionError
-from .sessionwatch import SessionWatcher
+from .sessionwatch import SessionWatcher, file_signature
 from .upstream import Router, UpstreamPool, client_context
 
 
@@ -56,6 +56,8 @@ class Sidecar:
         self.admin: AdminServer | None = None
         self.watcher: SessionWatcher | None = None
         self.pool: UpstreamPool | None = None
+        self.leaves: LeafCache | None = None
+        self._ca_signature: tuple[object, object] = (None, None)
         self.ready = False
         self._stopped = asyncio.Event()
 
@@ -96,6 +98,9 @@ class Sidecar:
         self.pool = UpstreamPool(loop, ssl_ctx, Router(cfg.connect_to, cfg.resolve), cfg.connect_timeout,
                                  on_open=self._upstream_opened, on_close=m.upstream_conns.dec)
         leaves = LeafCache(ca_cert, ca_key, on_mint=m.leaves_minted.inc)
+        self.leaves = leaves
+        self._ca_signature = (file_signature(cfg.ca_cert), file_signature(cfg.ca_key))
+        self.watcher.also_poll.append(self._poll_ca)
         self.proxy = Proxy(cfg, policy, m, leaves, self.pool, loop)
         try:
             await self.proxy.start()
@@ -111,6 +116,20 @@ class Sidecar:
         assert self.proxy.address and self.admin.address
         log(logging.INFO, "listening", listen=_fmt(self.proxy.address), admin=_fmt(self.admin.address),
             session=policy.name, secrets=[s.name for s in policy.session.secrets])
+
+    def _poll_ca(self) -> None:
+        """Pick up a rotated CA (same Secret volume as the session file); keep the old one if unusable."""
+        sig = (file_signature(self.cfg.ca_cert), file_signature(self.cfg.ca_key))
+        if sig == self._ca_signature or None in sig:
+            return
+        self._ca_signature = sig
+        try:
+            cert, key = load_ca(self.cfg)
+        except StartupError as e:
+            log(logging.ERROR, "CA change rejected; still minting from the previous CA", error=str(e))
+            return
+        self.leaves.replace_ca(cert, key)
+        log(logging.INFO, "CA reloaded; leaf certificates will be re-minted")
 
     def _status(self) -> dict[str, object]:
         policy = self.watcher.policy if self.watcher else None

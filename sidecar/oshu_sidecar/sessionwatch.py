@@ -50,6 +50,8 @@ class SessionWatcher:
         self.load_error: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._was_expired = False
+        #: Further checks run on the same tick (the CA files live in the same mounted Secret).
+        self.also_poll: list[Callable[[], None]] = []
 
     def load_initial(self) -> Policy:
         """First load; raises SessionError (the caller exits non-zero) if unusable."""
@@ -111,10 +113,11 @@ class SessionWatcher:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            try:
-                self.poll()
-            except Exception:  # never let the watcher die: the proxy must keep its last good state
-                logging.getLogger("oshu.sidecar").exception("session watcher poll failed")
+            for poll in (self.poll, *self.also_poll):
+                try:
+                    poll()
+                except Exception:  # never let the watcher die: the proxy must keep its last good state
+                    logging.getLogger("oshu.sidecar").exception("session watcher poll failed")
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self.run())

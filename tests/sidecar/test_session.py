@@ -212,3 +212,21 @@ def test_session_expires_while_running(make_sidecar, upstream: Upstream) -> None
     status, body = wait_until_status(sc, key.sealed, 403)
     assert status == 403 and error_of(body)["code"] == "session_expired"
     sc.wait_for_log(lambda r: r.get("msg") == "session expired", timeout=WAIT)
+
+
+def test_rotated_ca_is_picked_up(make_sidecar, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+    key = new_secret("API_KEY", [HOST])
+    sc = make_sidecar(new_session(key))
+    old_env = sc.client_env()
+    assert curl(old_env, f"https://{HOST}/echo/old-ca", "-H", f"x-api-key: {key.sealed}")[0] == 200
+    new = new_ca("rotated session CA")
+    for path, data in ((sc.ca_key_file, new.key_pem), (sc.ca_cert_file, new.cert_pem)):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    sc.ca = new  # so client_env() builds a bundle with the new CA only
+    sc.wait_for_log(lambda r: r.get("msg") == "CA reloaded; leaf certificates will be re-minted", timeout=WAIT)
+    assert curl(sc.client_env(), f"https://{HOST}/echo/new-ca", "-H", f"x-api-key: {key.sealed}")[0] == 200
+    assert upstream.last.header("x-api-key") == key.value
+    assert "SSL certificate problem" in curl(old_env, f"https://{HOST}/echo/stale")[3]
+    assert sc.metric("oshu_leaf_certificates_minted_total") == 2
