@@ -48,6 +48,13 @@ def cpu_times(pid: int) -> tuple[float, float]:
     return user / _TICK, system / _TICK
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds spent by every process on the machine (all cores), from /proc/stat."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / _TICK
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of the whole tree, in seconds."""
     return sum(cpu_times(pid))

@@ -55,6 +55,7 @@ ROWS: list[tuple[str, Getter, str]] = [
     ("ready: first proxied resp (ms)", _scaled(_g("first_response_s"), 1e3), "{:.0f}"),
     ("upstream CPU/req, 32 conns (us)", _g("high", "upstream_cpu_us_per_req"), "{:.0f}"),
     ("client CPU/req, 32 conns (us)", _g("high", "client_cpu_us_per_req"), "{:.0f}"),
+    ("other load on the machine, 32 conns (cores)", _g("high", "other_cores_busy"), "{:.2f}"),
     ("errors", _errors, "{:.0f}"),
 ]
 

@@ -75,8 +75,11 @@ def _load(lg: Loadgen, route: Route, conns: int, seconds: float,
           proxy_pid: int | None, upstream_pid: int) -> dict:
     cpu0 = procstat.cpu_times(proxy_pid) if proxy_pid else (0.0, 0.0)
     up0 = procstat.cpu_seconds(upstream_pid)
+    busy0, wall0 = procstat.machine_busy_seconds(), time.perf_counter()
     res = lg.run("load", route, "-conns", str(conns), "-duration", f"{seconds}s",
                  timeout=seconds + 60)
+    busy, wall = procstat.machine_busy_seconds() - busy0, time.perf_counter() - wall0
+    up_cpu = procstat.cpu_seconds(upstream_pid) - up0
     n = max(res["requests"], 1)
     if proxy_pid:
         user, system = (b - a for a, b in zip(cpu0, procstat.cpu_times(proxy_pid)))
@@ -84,7 +87,10 @@ def _load(lg: Loadgen, route: Route, conns: int, seconds: float,
         res["proxy_cpu_us_per_req"] = res["proxy_cpu_s"] / n * 1e6
         res["proxy_sys_share"] = system / res["proxy_cpu_s"] if res["proxy_cpu_s"] else None
         res["proxy_cores_busy"] = res["proxy_cpu_s"] / res["elapsed_s"]
-    res["upstream_cpu_us_per_req"] = (procstat.cpu_seconds(upstream_pid) - up0) / n * 1e6
+    res["upstream_cpu_us_per_req"] = up_cpu / n * 1e6
+    # Whatever else ran on the shared machine meanwhile, in cores: how contended the numbers are.
+    ours = res.get("proxy_cpu_s", 0.0) + up_cpu + res["client_cpu_s"]
+    res["other_cores_busy"] = max(0.0, busy - ours) / wall
     res["client_cpu_us_per_req"] = res["client_cpu_s"] / n * 1e6
     return res
 
