@@ -105,22 +105,18 @@ def _remove_leftovers(final_dir: Path) -> None:
 
 
 def _go_build(spec: Tool, output: Path) -> None:
-    """``go build`` the tool inside a private copy of our pinning module."""
-    module_dir = versions.go_modules_dir() / spec.go_module_dir
-    with tempfile.TemporaryDirectory(prefix="oshu-gomod-") as work:
-        # A copy, so -mod=mod never rewrites the committed go.mod/go.sum.
-        for name in ("go.mod", "go.sum"):
-            shutil.copy2(module_dir / name, Path(work) / name)
-        env = _go_env()
-        ldflags = " ".join(["-s", "-w", *_version_ldflags(spec, work, env)])
-        command = [
-            "go", "build", "-trimpath", "-p", str(_jobs()), "-ldflags", ldflags,
-            "-o", str(output), spec.package,
-        ]  # fmt: skip
-        result = subprocess.run(
-            command, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, preexec_fn=_lower_priority,
-        )  # fmt: skip
+    """``go build`` the tool in our pinning module; go.sum is complete, so nothing is resolved anew."""
+    work = str(versions.go_modules_dir() / spec.go_module_dir)
+    env = _go_env()
+    ldflags = " ".join(["-s", "-w", *_version_ldflags(spec, work, env)])
+    command = [
+        "go", "build", "-trimpath", "-p", str(_jobs()), "-ldflags", ldflags,
+        "-o", str(output), spec.package,
+    ]  # fmt: skip
+    result = subprocess.run(
+        command, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, preexec_fn=_lower_priority,
+    )  # fmt: skip
     if result.returncode != 0 or not output.is_file():
         tail = "\n".join(result.stdout.splitlines()[-40:])
         raise BuildError(f"go build of {spec.name} {spec.version} failed ({result.returncode}):\n{tail}")
@@ -130,8 +126,10 @@ def _go_env() -> dict[str, str]:
     env = dict(os.environ)
     env["GOTOOLCHAIN"] = "local"  # the machine's Go; never fetch another toolchain
     env["CGO_ENABLED"] = "0"  # static binaries, no C toolchain needed
+    env["GOWORK"] = "off"  # our module alone, whatever go.work may sit above it
+    # Read-only: the committed go.mod/go.sum are the pin; a build never edits or re-resolves them.
     flags = [f for f in env.get("GOFLAGS", "").split() if not f.startswith("-mod=")]
-    env["GOFLAGS"] = " ".join([*flags, "-mod=mod"])
+    env["GOFLAGS"] = " ".join([*flags, "-mod=readonly"])
     return env
 
 
