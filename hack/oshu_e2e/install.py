@@ -76,13 +76,18 @@ class Installation:
                 self.cluster, self.namespace, self.service_account, self.workdir / "operator.kubeconfig")
         return self._kubeconfig
 
+    def _dir(self, name: str) -> Path:
+        path = self.workdir / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
     def _env(self) -> dict[str, str]:
         # POD_NAMESPACE comes from the downward API in the Deployment.
         return {**os.environ, "POD_NAMESPACE": self.namespace}
 
     def chart_operator(self) -> OperatorProcess:
         """The operator with the Deployment's arguments (in-cluster TLS mode), on loopback."""
-        op = OperatorProcess(self.kubeconfig(), directory=self.workdir / "chart-operator", env=self._env())
+        op = OperatorProcess(self.kubeconfig(), directory=self._dir("chart-operator"), env=self._env())
         op.args = [op.args[0], "-m", "oshu_operator", *chart.local_operator_args(self.docs, self.kubeconfig())]
         return op
 
@@ -91,12 +96,21 @@ class Installation:
         args = [a for a in chart.local_operator_args(self.docs, self.kubeconfig())
                 if a.partition("=")[0] not in _IN_CLUSTER_TLS and not a.startswith("--kubeconfig")]
         return OperatorProcess(self.kubeconfig(), webhook_config=self.webhook_config,
-                               directory=self.workdir / "dev-operator", env=self._env(),
+                               directory=self._dir("dev-operator"), env=self._env(),
                                args=[*args, *extra_args])
 
     # -- checks ----------------------------------------------------------------------------
     def webhook_configuration(self) -> Doc:
         return get_json(self.cluster, "mutatingwebhookconfiguration", self.webhook_config)
+
+    def restore_webhook_service(self) -> None:
+        """Point the configuration back at the chart's Service (as in a cluster), undoing what
+        `dev_operator()` changed, e.g. before a `helm upgrade`, which patches it."""
+        rendered = {h["name"]: h["clientConfig"] for h in chart.find(self.docs, "MutatingWebhookConfiguration")["webhooks"]}
+        ops = [{"op": "replace", "path": f"/webhooks/{i}/clientConfig", "value": rendered[hook["name"]]}
+               for i, hook in enumerate(self.webhook_configuration()["webhooks"])]
+        self.cluster.kubectl("patch", "mutatingwebhookconfiguration", self.webhook_config, "--type=json",
+                             "-p", json.dumps(ops))
 
     def assert_webhook_is_local(self) -> None:
         """Refuse to go on while the API server would call the webhook through its Service."""

@@ -1,4 +1,10 @@
-"""Fixtures for the chart tests: the pinned helm, rendering, and namespaces to install into."""
+"""Fixtures for the chart tests: the pinned helm, rendering, a control plane of their own.
+
+The install tests run a cluster-wide operator and register cluster-wide webhooks, as the chart
+does by default; sharing a control plane with another suite's operator (tests/operator runs
+one for the whole session) would have two operators reconcile the same VaultSessions. So they
+get their own local control plane (about 10 s to start), stopped after the last chart test.
+"""
 
 from __future__ import annotations
 
@@ -33,17 +39,23 @@ def render(helm: Path) -> Render:
     return _render
 
 
+@pytest.fixture(scope="session")
+def chart_cluster(kube_binaries: dict[str, Path]) -> Iterator[LocalCluster]:
+    with LocalCluster() as cluster:
+        yield cluster
+
+
 @pytest.fixture
-def fresh_namespace(kube_cluster: LocalCluster) -> Iterator[Callable[[str], str]]:
+def fresh_namespace(chart_cluster: LocalCluster) -> Iterator[Callable[[str], str]]:
     """fresh_namespace(stem) -> a new namespace name (created); all deleted after the test."""
     made: list[str] = []
 
     def _make(stem: str) -> str:
         name = f"{stem}-{secrets.token_hex(3)}"
-        kube_cluster.kubectl("create", "namespace", name)
+        chart_cluster.kubectl("create", "namespace", name)
         made.append(name)
         return name
 
     yield _make
     for name in made:
-        kube_cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+        chart_cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
