@@ -122,7 +122,7 @@ class Installation:
 
 # -- installing -----------------------------------------------------------------------------
 def helm_install(cluster: LocalCluster, release: str, namespace: str, values: dict[str, Any] | None = None,
-                 *, create_namespace: bool = False) -> tuple[Installation, float]:
+                 *, create_namespace: bool = False, workdir: Path | None = None) -> tuple[Installation, float]:
     """`helm install` the chart; returns the installation and how long helm took (seconds)."""
     docs = chart.documents(chart.template(cluster.helm_path, release=release, namespace=namespace, values=values,
                                           extra=["--include-crds", "--skip-tests"]))
@@ -133,7 +133,8 @@ def helm_install(cluster: LocalCluster, release: str, namespace: str, values: di
         args += ["--values", "-"]
     started = time.monotonic()
     cluster.helm(*args, input=json.dumps(values) if values else None)
-    return Installation(cluster, docs, "helm", release), time.monotonic() - started
+    seconds = time.monotonic() - started
+    return Installation(cluster, docs, "helm", release, **({"workdir": workdir} if workdir else {})), seconds
 
 
 def helm_upgrade(installation: Installation, values: dict[str, Any]) -> Installation:
@@ -147,11 +148,11 @@ def helm_upgrade(installation: Installation, values: dict[str, Any]) -> Installa
     return installation
 
 
-def kubectl_install(cluster: LocalCluster, manifest: Path = INSTALL_YAML) -> Installation:
+def kubectl_install(cluster: LocalCluster, manifest: Path = INSTALL_YAML, workdir: Path | None = None) -> Installation:
     cluster.kubectl("apply", "-f", str(manifest))
     docs = chart.documents(manifest.read_text())
     release = chart.find(docs, "Deployment")["metadata"]["labels"]["app.kubernetes.io/instance"]
-    return Installation(cluster, docs, "kubectl", release)
+    return Installation(cluster, docs, "kubectl", release, **({"workdir": workdir} if workdir else {}))
 
 
 # -- small API helpers ------------------------------------------------------------------------

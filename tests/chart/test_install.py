@@ -167,12 +167,13 @@ def assert_nothing_left(installation: Installation) -> None:
 
 
 # -- the tests ----------------------------------------------------------------------------------
-def test_helm_install_upgrade_uninstall(chart_cluster: LocalCluster, fresh_namespace, record_property) -> None:
+def test_helm_install_upgrade_uninstall(chart_cluster: LocalCluster, fresh_namespace, record_property,
+                                        tmp_path: Path) -> None:
     cluster = chart_cluster
     namespace = fresh_namespace("oshu-helm")
     agents = fresh_namespace("agents-helm")
     release = "vault-helm"
-    installation, seconds = install.helm_install(cluster, release, namespace)
+    installation, seconds = install.helm_install(cluster, release, namespace, workdir=tmp_path)
     try:
         record_property("helm_install_seconds", round(seconds, 2))
         print(f"helm install took {seconds:.2f}s")
@@ -221,7 +222,7 @@ def test_helm_install_upgrade_uninstall(chart_cluster: LocalCluster, fresh_names
         cluster.helm("uninstall", release, "-n", namespace, "--ignore-not-found", check=False)
 
 
-def test_kubectl_apply_install_yaml_then_delete(chart_cluster: LocalCluster, fresh_namespace) -> None:
+def test_kubectl_apply_install_yaml_then_delete(chart_cluster: LocalCluster, fresh_namespace, tmp_path: Path) -> None:
     cluster = chart_cluster
     agents = fresh_namespace("agents-kubectl")
     docs = chart.documents(INSTALL_YAML.read_text())
@@ -230,7 +231,7 @@ def test_kubectl_apply_install_yaml_then_delete(chart_cluster: LocalCluster, fre
         # Every object is accepted by the API server before anything is created for real.
         dry = cluster.kubectl("apply", "--dry-run=server", "-f", str(INSTALL_YAML))
         assert dry.stdout.count("(server dry run)") == len(docs), dry.stdout
-        installation = install.kubectl_install(cluster)
+        installation = install.kubectl_install(cluster, workdir=tmp_path)
         assert installation.namespace == "oshu-vault"
 
         run_chart_operator(installation)
