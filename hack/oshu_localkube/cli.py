@@ -49,24 +49,27 @@ def _start(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stop(args: argparse.Namespace) -> int:
-    state_dir = _state_dir(args)
+def _attached(args: argparse.Namespace) -> LocalCluster | None:
     try:
-        cluster = LocalCluster.attach(state_dir)
+        return LocalCluster.attach(_state_dir(args))
     except ClusterError:
-        print(f"no cluster running from {state_dir}", file=sys.stderr)
+        return None
+
+
+def _stop(args: argparse.Namespace) -> int:
+    cluster = _attached(args)
+    if cluster is None:
+        print(f"no cluster running from {_state_dir(args)}", file=sys.stderr)
         return 0
     cluster.stop()
-    print(f"stopped the cluster in {state_dir}", file=sys.stderr)
+    print(f"stopped the cluster in {cluster.state_dir}", file=sys.stderr)
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
-    state_dir = _state_dir(args)
-    try:
-        cluster = LocalCluster.attach(state_dir)
-    except ClusterError:
-        print(f"not running (no cluster recorded in {state_dir})", file=sys.stderr)
+    cluster = _attached(args)
+    if cluster is None:
+        print(f"not running (no cluster recorded in {_state_dir(args)})", file=sys.stderr)
         return 3
     report = cluster.describe()
     report["ready"] = cluster.is_ready()
