@@ -64,21 +64,17 @@ class Sidecar:
     def _on_policy(self, policy: Policy) -> None:
         m = self.metrics
         m.set_session(policy.name)
-        m.session_revoked.set(1 if policy.revoked_reason else 0)
-        m.session_load_error.set(0)
+        m.session_revoked = 1 if policy.revoked_reason else 0
+        m.session_load_error = 0
         m.bind_expiry(lambda: self.watcher.policy.seconds_until_expiry()  # type: ignore[union-attr]
                       if self.watcher and self.watcher.policy else float("inf"))
         if self.proxy is not None:
             self.proxy.set_policy(policy)
 
-    def _upstream_opened(self) -> None:
-        self.metrics.upstream_conns.inc()
-        self.metrics.upstream_opened.inc()
-
     def _on_result(self, result: str) -> None:
-        self.metrics.session_reloads.labels(result).inc()
+        self.metrics.reloaded(result)
         if result == "error":
-            self.metrics.session_load_error.set(1)
+            self.metrics.session_load_error = 1
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -96,8 +92,8 @@ class Sidecar:
             raise StartupError(f"unusable --upstream-ca-file: {e}") from None
         m = self.metrics
         self.pool = UpstreamPool(loop, ssl_ctx, Router(cfg.connect_to, cfg.resolve), cfg.connect_timeout,
-                                 on_open=self._upstream_opened, on_close=m.upstream_conns.dec)
-        leaves = LeafCache(ca_cert, ca_key, on_mint=m.leaves_minted.inc)
+                                 on_open=lambda: m.opened("upstream"), on_close=lambda: m.closed("upstream"))
+        leaves = LeafCache(ca_cert, ca_key, on_mint=m.leaf_minted)
         self.leaves = leaves
         self._ca_signature = (file_signature(cfg.ca_cert), file_signature(cfg.ca_key))
         self.watcher.also_poll.append(self._poll_ca)

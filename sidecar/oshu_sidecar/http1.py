@@ -1,16 +1,22 @@
-"""HTTP/1.1 message heads: strict parsing, hop-by-hop filtering, serialization, body framing.
+"""HTTP/1.1 message heads: strict parsing, hop-by-hop filtering, rewriting, body framing.
 
-Only heads are parsed; bodies are forwarded as they arrive (`ChunkedDecoder` tracks
-chunked framing without buffering). Parsing is strict on purpose: the proxy sits between
-an untrusted client and upstreams that may parse differently, so anything ambiguous
-(bare LF, obs-fold, control characters, conflicting Content-Length/Transfer-Encoding)
-is rejected rather than guessed at -- the classic request-smuggling openings.
+Only heads are parsed, and only as far as the proxy needs: one regex validates the whole
+header block, a second finds the few fields that matter (framing, Host, Connection,
+hop-by-hop, Proxy-*). An outgoing head is the incoming one with a handful of slice edits
+(`edit_head`): lines dropped, values replaced, lines appended. Nothing walks every field
+in Python on the hot path.
+
+Parsing is strict on purpose: the proxy sits between an untrusted client and upstreams
+that may parse differently, so anything ambiguous (bare CR/LF, obs-fold, control
+characters, conflicting Content-Length/Transfer-Encoding, two Hosts) is rejected rather
+than guessed at -- the classic request-smuggling openings. Bodies are forwarded as they
+arrive (`ChunkedDecoder` tracks chunked framing without buffering).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from typing import Sequence
 
 from .channel import Channel, ChannelClosed, HeadTooLarge
 
@@ -22,18 +28,29 @@ _METHOD_RE = re.compile(_TCHAR + rb"+")
 _TARGET_RE = re.compile(rb"[\x21-\x7e]+")
 _FIELD_VALUE_RE = re.compile(_FIELD_VALUE)
 _STATUS_RE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
+_HOP = rb"connection|keep-alive|te|trailer|transfer-encoding|upgrade|proxy-" + _TCHAR + rb"*"
+# The fields the proxy acts on; everything else passes through untouched.
+_REQUEST_SPECIAL_RE = re.compile(
+    rb"\r\n(host|content-length|expect|authorization|accept-encoding|" + _HOP + rb"):", re.I)
+_RESPONSE_SPECIAL_RE = re.compile(rb"\r\n(content-length|content-encoding|" + _HOP + rb"):", re.I)
 
 #: Never forwarded in either direction (RFC 9110 7.6.1), plus the proxy-only fields.
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade",
     b"proxy-connection", b"proxy-authorization", b"proxy-authenticate",
 })
+#: Connection options that are not field names (anything else a Connection field lists is dropped too).
+_CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"}) | HOP_BY_HOP
 
 # Framing of a message body.
 NO_BODY = 0
 LENGTH = 1
 CHUNKED = 2
 UNTIL_CLOSE = 3
+
+Span = tuple[int, int]
+Edit = tuple[int, int, bytes]
+_NO_TOKENS: frozenset[bytes] = frozenset()
 
 
 class HttpError(Exception):
@@ -50,57 +67,95 @@ def bad_request(message: str) -> HttpError:
     return HttpError(400, "bad_request", message)
 
 
-@dataclass(slots=True)
 class RequestHead:
-    method: bytes
-    target: bytes
-    version: bytes
-    fields: list[tuple[bytes, bytes]]
-    raw: bytes
-    host: bytes | None = None
-    framing: int = NO_BODY
-    content_length: int = 0
-    keep_alive: bool = True
-    websocket: bool = False
-    #: True when the raw head can be forwarded as-is (no hop-by-hop or proxy fields).
-    clean: bool = True
-    basic_auth: bool = False
-    expect_continue: bool = False
-    connection_tokens: frozenset[bytes] = field(default_factory=frozenset)
+    """A validated request head: what the proxy decides on, and where in `raw` things are."""
+
+    __slots__ = ("method", "target", "version", "raw", "line_end", "host", "host_spans", "framing",
+                 "content_length", "length_spans", "keep_alive", "websocket", "expect_continue", "authorization",
+                 "accept_encoding", "drop", "connection_tokens")
+
+    def __init__(self, method: bytes, target: bytes, version: bytes, raw: bytes, line_end: int) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.raw = raw
+        self.line_end = line_end  # index of the CRLF that ends the request line
+        self.host: bytes | None = None
+        self.host_spans: Sequence[Span] = ()
+        self.framing = NO_BODY
+        self.content_length = 0
+        self.length_spans: Sequence[Span] = ()  # Content-Length lines
+        self.keep_alive = version == b"HTTP/1.1"  # HTTP/1.0 clients are closed after one exchange
+        self.websocket = False
+        self.expect_continue = False
+        self.authorization: Span | None = None  # value span of an `Authorization: Basic` field
+        self.accept_encoding: Sequence[Span] = ()
+        self.drop: Sequence[Span] = ()  # hop-by-hop, Proxy-* and Connection-named lines: never forwarded
+        self.connection_tokens: frozenset[bytes] = _NO_TOKENS
+
+    @property
+    def basic_auth(self) -> bool:
+        return self.authorization is not None
+
+    @property
+    def clean(self) -> bool:
+        """Nothing in the head that must not be forwarded."""
+        return not self.drop
+
+    @property
+    def fields(self) -> list[tuple[bytes, bytes]]:
+        """All fields as (name, value); not used on the hot path."""
+        return split_fields(self.raw, self.line_end + 2)
 
 
-@dataclass(slots=True)
 class ResponseHead:
-    status: int
-    reason: bytes
-    minor: int
-    fields: list[tuple[bytes, bytes]]
-    raw: bytes
-    framing: int = UNTIL_CLOSE
-    content_length: int = 0
-    keep_alive: bool = True
-    content_encoded: bool = False
-    clean: bool = True
-    connection_tokens: frozenset[bytes] = field(default_factory=frozenset)
+    """A validated upstream response head."""
+
+    __slots__ = ("status", "reason", "minor", "raw", "line_end", "framing", "content_length", "length_spans",
+                 "keep_alive", "content_encoded", "drop", "connection_tokens")
+
+    def __init__(self, status: int, reason: bytes, minor: int, raw: bytes, line_end: int) -> None:
+        self.status = status
+        self.reason = reason
+        self.minor = minor
+        self.raw = raw
+        self.line_end = line_end
+        self.framing = UNTIL_CLOSE
+        self.content_length = 0
+        self.length_spans: list[Span] = []
+        self.keep_alive = minor == 1
+        self.content_encoded = False
+        self.drop: list[tuple[int, int, bytes]] = []  # (start, end, lower-case name)
+        self.connection_tokens: frozenset[bytes] = _NO_TOKENS
+
+    @property
+    def clean(self) -> bool:
+        return not self.drop
+
+    @property
+    def fields(self) -> list[tuple[bytes, bytes]]:
+        return split_fields(self.raw, self.line_end + 2)
 
 
-def _split_fields(raw: bytes, start: int) -> list[tuple[bytes, bytes]]:
-    block = raw[start:-2]  # header lines, each ending in CRLF; drop the final empty line
-    if raw.count(b"\n") != raw.count(b"\r\n") or raw.count(b"\r") != raw.count(b"\r\n"):
-        raise bad_request("bare CR or LF in the header block")
-    if not _FIELDS_RE.fullmatch(block):
-        raise bad_request("malformed header field (invalid name, control character or line folding)")
+def split_fields(raw: bytes, start: int) -> list[tuple[bytes, bytes]]:
+    """(name, value) pairs of an already validated head, from `start` (first field line)."""
+    block = raw[start:-4]
     if not block:
         return []
     out = []
-    for line in block[:-2].split(b"\r\n"):  # validated above: every line is "name:value"
+    for line in block.split(b"\r\n"):
         name, _, value = line.partition(b":")
         out.append((name, value.strip(b" \t")))
     return out
 
 
-def _tokens(value: bytes) -> set[bytes]:
-    return {t.strip().lower() for t in value.split(b",") if t.strip()}
+def _validate_block(raw: bytes, start: int) -> None:
+    if not _FIELDS_RE.fullmatch(raw, start, len(raw) - 2):
+        raise bad_request("malformed header field (invalid name, control character, bare CR/LF or line folding)")
+
+
+def _tokens(value: bytes) -> frozenset[bytes]:
+    return frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
 
 
 def _content_length(value: bytes, current: int | None) -> int:
@@ -112,8 +167,21 @@ def _content_length(value: bytes, current: int | None) -> int:
     return n
 
 
+def _named_spans(raw: bytes, start: int, names: frozenset[bytes]) -> list[Span]:
+    """Spans of the lines whose field name is in `names` (rare path: Connection-named fields)."""
+    spans = []
+    pos = start
+    end = len(raw) - 2
+    while pos < end:
+        le = raw.find(b"\r\n", pos)
+        if raw[pos:raw.find(b":", pos, le)].lower() in names:
+            spans.append((pos, le + 2))
+        pos = le + 2
+    return spans
+
+
 def parse_request_head(raw: bytes) -> RequestHead:
-    """Parse a complete request head (ending in CRLFCRLF) or raise HttpError(400)."""
+    """Parse a complete request head (ending in CRLFCRLF) or raise HttpError(400/501/505)."""
     if not raw.endswith(b"\r\n\r\n"):
         raise bad_request("header lines must end in CRLF")
     eol = raw.find(b"\r\n")
@@ -123,39 +191,45 @@ def parse_request_head(raw: bytes) -> RequestHead:
     method, target, version = parts
     if not _METHOD_RE.fullmatch(method) or not _TARGET_RE.fullmatch(target):
         raise bad_request("malformed request line")
-    if version == b"HTTP/1.1":
-        keep_alive = True
-    elif version == b"HTTP/1.0":
-        keep_alive = False
-    else:
+    if version != b"HTTP/1.1" and version != b"HTTP/1.0":
         raise HttpError(505, "http_version_not_supported", "only HTTP/1.0 and HTTP/1.1 are supported")
-    fields = _split_fields(raw, eol + 2)
-    req = RequestHead(method=method, target=target, version=version, fields=fields, raw=raw, keep_alive=keep_alive)
+    _validate_block(raw, eol + 2)
+    req = RequestHead(method, target, version, raw, eol)
     length: int | None = None
     chunked = False
     upgrade = b""
-    for name, value in fields:
-        lname = name.lower()
-        if lname == b"host":
+    tokens: frozenset[bytes] = _NO_TOKENS
+    drop: list[Span] = []
+    for m in _REQUEST_SPECIAL_RE.finditer(raw, eol):
+        name = m.group(1).lower()
+        vs = m.end()
+        ve = raw.find(b"\r\n", vs)
+        span = (m.start() + 2, ve + 2)
+        value = raw[vs:ve].strip(b" \t")
+        if name == b"host":
             if req.host is not None:
                 raise bad_request("more than one Host field")
             req.host = value
-        elif lname == b"content-length":
+            req.host_spans = (span,)
+        elif name == b"content-length":
             length = _content_length(value, length)
-        elif lname == b"authorization":
+            req.length_spans = (*req.length_spans, span)
+        elif name == b"authorization":
             if value[:6].lower() == b"basic ":
-                req.basic_auth = True
-        elif lname == b"expect":
+                req.authorization = (vs, ve)
+        elif name == b"accept-encoding":
+            req.accept_encoding = (*req.accept_encoding, span)
+        elif name == b"expect":
             req.expect_continue = value.lower() == b"100-continue"
-        elif lname in HOP_BY_HOP or lname.startswith(b"proxy-"):
-            req.clean = False
-            if lname == b"transfer-encoding":
+        else:  # hop-by-hop or Proxy-*
+            drop.append(span)
+            if name == b"transfer-encoding":
                 if chunked or value.lower() != b"chunked":
                     raise HttpError(501, "not_implemented", "only Transfer-Encoding: chunked is supported")
                 chunked = True
-            elif lname == b"connection":
-                req.connection_tokens = req.connection_tokens | _tokens(value)
-            elif lname == b"upgrade":
+            elif name == b"connection":
+                tokens = tokens | _tokens(value)
+            elif name == b"upgrade":
                 upgrade = value.lower()
     if chunked:
         if length is not None:
@@ -164,56 +238,65 @@ def parse_request_head(raw: bytes) -> RequestHead:
     elif length:
         req.framing = LENGTH
         req.content_length = length
-    tokens = req.connection_tokens
     if tokens:
+        req.connection_tokens = tokens
         if b"close" in tokens:
-            req.keep_alive = False  # HTTP/1.0 clients are always closed after one exchange
-        if tokens - {b"close", b"keep-alive"}:
-            req.clean = False
+            req.keep_alive = False
         if b"upgrade" in tokens and upgrade == b"websocket":
             req.websocket = True
+        named = tokens - _CONNECTION_OPTIONS
+        if named:
+            drop.extend(_named_spans(raw, eol + 2, named))
+    if drop:
+        req.drop = drop
     return req
 
 
 def parse_response_head(raw: bytes, request_method: bytes) -> ResponseHead:
     """Parse an upstream response head; raises HttpError(502) on anything malformed."""
     eol = raw.find(b"\r\n")
-    m = _STATUS_RE.fullmatch(raw[:eol])
-    if m is None:
+    m = _STATUS_RE.fullmatch(raw, 0, eol) if eol > 0 else None
+    if m is None or not raw.endswith(b"\r\n\r\n"):
         raise HttpError(502, "upstream_protocol_error", "upstream sent a malformed status line")
-    try:
-        fields = _split_fields(raw, eol + 2)
-    except HttpError:
-        raise HttpError(502, "upstream_protocol_error", "upstream sent a malformed header block") from None
+    if not _FIELDS_RE.fullmatch(raw, eol + 2, len(raw) - 2):
+        raise HttpError(502, "upstream_protocol_error", "upstream sent a malformed header block")
     status = int(m.group(2))
-    resp = ResponseHead(status=status, reason=m.group(3) or b"", minor=int(m.group(1)), fields=fields, raw=raw,
-                        keep_alive=m.group(1) == b"1")
+    resp = ResponseHead(status, m.group(3) or b"", int(m.group(1)), raw, eol)
     length: int | None = None
     chunked = False
-    for name, value in fields:
-        lname = name.lower()
-        if lname == b"content-length":
+    tokens: frozenset[bytes] = frozenset()
+    for f in _RESPONSE_SPECIAL_RE.finditer(raw, eol):
+        name = f.group(1).lower()
+        vs = f.end()
+        ve = raw.find(b"\r\n", vs)
+        value = raw[vs:ve].strip(b" \t")
+        if name == b"content-length":
             try:
                 length = _content_length(value, length)
             except HttpError:
                 raise HttpError(502, "upstream_protocol_error", "upstream sent an invalid Content-Length") from None
-        elif lname == b"content-encoding":
+            resp.length_spans.append((f.start() + 2, ve + 2))
+        elif name == b"content-encoding":
             if value.lower() not in (b"identity", b""):
                 resp.content_encoded = True
-        elif lname in HOP_BY_HOP or lname.startswith(b"proxy-"):
-            resp.clean = False
-            if lname == b"transfer-encoding":
-                codings = [c.strip() for c in value.lower().split(b",")]
-                if codings != [b"chunked"]:
+        else:
+            resp.drop.append((f.start() + 2, ve + 2, name))
+            if name == b"transfer-encoding":
+                if [c.strip() for c in value.lower().split(b",")] != [b"chunked"] or chunked:
                     raise HttpError(502, "upstream_protocol_error",
                                     "upstream used a transfer coding other than chunked")
                 chunked = True
-            elif lname == b"connection":
-                resp.connection_tokens = resp.connection_tokens | _tokens(value)
-    if b"close" in resp.connection_tokens:
-        resp.keep_alive = False
-    elif b"keep-alive" in resp.connection_tokens and resp.minor == 0:
-        resp.keep_alive = True
+            elif name == b"connection":
+                tokens = tokens | _tokens(value)
+    if tokens:
+        resp.connection_tokens = tokens
+        if b"close" in tokens:
+            resp.keep_alive = False
+        elif b"keep-alive" in tokens and resp.minor == 0:
+            resp.keep_alive = True
+        named = tokens - _CONNECTION_OPTIONS
+        if named:
+            resp.drop.extend((s, e, b"") for s, e in _named_spans(raw, eol + 2, named))
     if request_method == b"HEAD" or status < 200 or status in (204, 304):
         resp.framing = NO_BODY
     elif chunked:
@@ -229,6 +312,37 @@ def parse_response_head(raw: bytes, request_method: bytes) -> ResponseHead:
     return resp
 
 
+def edit_head(raw: bytes, edits: list[Edit], extra: bytes = b"") -> bytes:
+    """`raw` with each (start, end) span replaced and `extra` lines appended before the blank line.
+
+    Spans come from the parser, so they are whole lines or values; overlapping ones (the
+    same line dropped for two reasons) are applied once.
+    """
+    if not edits and not extra:
+        return raw
+    out = []
+    pos = 0
+    for start, end, replacement in sorted(edits):
+        if start < pos:
+            continue
+        out.append(raw[pos:start])
+        out.append(replacement)
+        pos = end
+    end = len(raw) - 2
+    out.append(raw[pos:end] if pos <= end else b"")
+    out.append(extra)
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+def serialize_head(start_line: bytes, fields: list[tuple[bytes, bytes]], extra: bytes = b"") -> bytes:
+    """Start line, fields and `extra` (pre-formatted "Name: value\r\n" lines) as a head."""
+    parts = [start_line]
+    for name, value in fields:
+        parts.append(name + b": " + value)
+    return b"\r\n".join(parts) + b"\r\n" + extra + b"\r\n"
+
+
 def filter_fields(fields: list[tuple[bytes, bytes]], connection_tokens: frozenset[bytes],
                   keep: frozenset[bytes] = frozenset()) -> list[tuple[bytes, bytes]]:
     """Drop hop-by-hop fields, Proxy-* fields and fields named by Connection (except `keep`)."""
@@ -242,15 +356,6 @@ def filter_fields(fields: list[tuple[bytes, bytes]], connection_tokens: frozense
         else:
             out.append((name, value))
     return out
-
-
-def serialize_head(start_line: bytes, fields: list[tuple[bytes, bytes]], extra: bytes = b"") -> bytes:
-    """Start line, fields and `extra` (pre-formatted "Name: value\\r\\n" lines) as a head."""
-    parts = [start_line]
-    for name, value in fields:
-        parts.append(name + b": " + value)
-    head = b"\r\n".join(parts) + b"\r\n"
-    return head + extra + b"\r\n"
 
 
 def chunk(data: bytes) -> bytes:

@@ -1,91 +1,137 @@
-"""Prometheus metrics, with label children cached so the hot path does one dict lookup.
+"""Prometheus metrics kept as plain counters, exported by a collector at scrape time.
 
-Label values are host names the session names (others are folded into "other"),
-secret names, and fixed reason/outcome codes: never a secret value, never a path.
+The hot path does a dict increment per metric (no label lookup, no lock: everything runs
+on the event loop, and so does the /metrics handler); prometheus-client only formats the
+exposition. Label values are host names the session names (others are folded into
+"other"), secret names and fixed reason/outcome codes: never a secret value, never a path.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from bisect import bisect_left
+from typing import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
-
-disable_created_metrics()  # the *_created series only add noise for a per-pod sidecar
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 #: Upstream latency buckets (seconds): sub-millisecond local upstreams up to slow LLM calls.
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                   120.0, 300.0)
 
 
 class Metrics:
+    """All sidecar metrics; `render()` produces the Prometheus text format."""
+
     def __init__(self) -> None:
-        self.registry = r = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("oshu_requests", "Proxied HTTP requests by host and outcome.",
-                                ["host", "outcome"], registry=r)
-        self.substitutions = Counter("oshu_substitutions", "Sealed tokens replaced by real values, by secret and host.",
-                                     ["secret", "host"], registry=r)
-        self.scrubs = Counter("oshu_response_scrubs", "Responses in which a real value was replaced by its sealed token.",
-                              ["secret", "host"], registry=r)
-        self.refusals = Counter("oshu_refusals", "Requests and connections refused, by reason code.",
-                                ["reason"], registry=r)
-        self.upstream_latency = Histogram("oshu_upstream_latency_seconds",
-                                          "Time from sending a request upstream to its response head.",
-                                          buckets=LATENCY_BUCKETS, registry=r)
-        self.open_connections = Gauge("oshu_open_connections", "Open connections by side.",
-                                      ["side"], registry=r)
-        self.connections_opened = Counter("oshu_connections_opened", "Connections opened, by side (pool reuse shows here).",
-                                          ["side"], registry=r)
-        self.tunnels = Counter("oshu_tunnels", "CONNECT tunnels by mode (intercept or blind).",
-                               ["mode"], registry=r)
-        self.leaves_minted = Counter("oshu_leaf_certificates_minted", "Leaf certificates minted from the session CA.",
-                                     registry=r)
-        self.session_expiry = Gauge("oshu_session_expiry_seconds",
-                                    "Seconds until the session expires (+Inf without expiresAt; <= 0 once expired).",
-                                    registry=r)
-        self.session_revoked = Gauge("oshu_session_revoked", "1 once the session is revoked or its file deleted.",
-                                     registry=r)
-        self.session_reloads = Counter("oshu_session_reloads", "Session file (re)loads by result.", ["result"],
-                                       registry=r)
-        self.session_load_error = Gauge("oshu_session_load_error",
-                                        "1 while the newest session file content is unusable (the last good one is served).",
-                                        registry=r)
-        self.session_info = Gauge("oshu_session_info", "The loaded session.", ["session"], registry=r)
-        self.client_conns = self.open_connections.labels("client")
-        self.upstream_conns = self.open_connections.labels("upstream")
-        self.client_opened = self.connections_opened.labels("client")
-        self.upstream_opened = self.connections_opened.labels("upstream")
-        self._requests: dict[tuple[str, str], object] = {}
-        self._subs: dict[tuple[str, str], object] = {}
-        self._refusals: dict[str, object] = {}
+        self.requests: dict[tuple[str, str], int] = {}
+        self.substitutions: dict[tuple[str, str], int] = {}
+        self.scrubs: dict[tuple[str, str], int] = {}
+        self.refusals: dict[str, int] = {}
+        self.tunnels: dict[str, int] = {}
+        self.open_connections = {"client": 0, "upstream": 0}
+        self.connections_opened = {"client": 0, "upstream": 0}
+        self.session_reloads: dict[str, int] = {}
+        self.leaves_minted = 0
+        self.session_name = ""
+        self.session_revoked = 0
+        self.session_load_error = 0
+        self._latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self._latency_sum = 0.0
+        self._expiry: Callable[[], float] = lambda: float("inf")
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)  # type: ignore[arg-type]
 
-    def bind_expiry(self, seconds: Callable[[], float]) -> None:
-        self.session_expiry.set_function(seconds)
-
-    def set_session(self, name: str) -> None:
-        self.session_info.clear()
-        self.session_info.labels(name).set(1)
-
+    # -- hot path ---------------------------------------------------------------------
     def request(self, host: str, outcome: str) -> None:
-        child = self._requests.get((host, outcome))
-        if child is None:
-            child = self._requests[(host, outcome)] = self.requests.labels(host, outcome)
-        child.inc()  # type: ignore[attr-defined]
+        key = (host, outcome)
+        self.requests[key] = self.requests.get(key, 0) + 1
 
     def substituted(self, names: list[str], host: str) -> None:
         for name in names:
-            child = self._subs.get((name, host))
-            if child is None:
-                child = self._subs[(name, host)] = self.substitutions.labels(name, host)
-            child.inc()  # type: ignore[attr-defined]
+            key = (name, host)
+            self.substitutions[key] = self.substitutions.get(key, 0) + 1
 
     def scrubbed(self, names: list[str], host: str) -> None:
         for name in names:
-            self.scrubs.labels(name, host).inc()
+            key = (name, host)
+            self.scrubs[key] = self.scrubs.get(key, 0) + 1
 
     def refused(self, reason: str) -> None:
-        child = self._refusals.get(reason)
-        if child is None:
-            child = self._refusals[reason] = self.refusals.labels(reason)
-        child.inc()  # type: ignore[attr-defined]
+        self.refusals[reason] = self.refusals.get(reason, 0) + 1
+
+    def observe_latency(self, seconds: float) -> None:
+        self._latency_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self._latency_sum += seconds
+
+    def opened(self, side: str) -> None:
+        self.open_connections[side] += 1
+        self.connections_opened[side] += 1
+
+    def closed(self, side: str) -> None:
+        self.open_connections[side] -= 1
+
+    def tunnel(self, mode: str) -> None:
+        self.tunnels[mode] = self.tunnels.get(mode, 0) + 1
+
+    def leaf_minted(self) -> None:
+        self.leaves_minted += 1
+
+    # -- session ----------------------------------------------------------------------
+    def bind_expiry(self, seconds: Callable[[], float]) -> None:
+        self._expiry = seconds
+
+    def set_session(self, name: str) -> None:
+        self.session_name = name
+
+    def reloaded(self, result: str) -> None:
+        self.session_reloads[result] = self.session_reloads.get(result, 0) + 1
+
+    # -- exposition -------------------------------------------------------------------
+    def collect(self) -> Iterator[Metric]:
+        def counter(name: str, doc: str, labels: list[str], values: dict) -> CounterMetricFamily:  # type: ignore[type-arg]
+            fam = CounterMetricFamily(name, doc, labels=labels)
+            for key, value in sorted(values.items()):
+                fam.add_metric(list(key) if isinstance(key, tuple) else [key], value)
+            return fam
+
+        yield counter("oshu_requests", "Proxied HTTP requests by host and outcome.", ["host", "outcome"], self.requests)
+        yield counter("oshu_substitutions", "Requests in which a sealed token was replaced, by secret and host.",
+                      ["secret", "host"], self.substitutions)
+        yield counter("oshu_response_scrubs", "Responses in which a real value was replaced by its sealed token.",
+                      ["secret", "host"], self.scrubs)
+        yield counter("oshu_refusals", "Requests and connections refused, by reason code.", ["reason"], self.refusals)
+        yield counter("oshu_tunnels", "CONNECT tunnels by mode (intercept or blind).", ["mode"], self.tunnels)
+        yield counter("oshu_connections_opened", "Connections opened, by side (pool reuse shows here).", ["side"],
+                      self.connections_opened)
+        yield counter("oshu_session_reloads", "Session file (re)loads by result.", ["result"], self.session_reloads)
+        minted = CounterMetricFamily("oshu_leaf_certificates_minted", "Leaf certificates minted from the session CA.")
+        minted.add_metric([], self.leaves_minted)
+        yield minted
+        hist = HistogramMetricFamily("oshu_upstream_latency_seconds",
+                                     "Time from sending a request upstream to its response head.")
+        cumulative, buckets = 0, []
+        for bound, count in zip(LATENCY_BUCKETS + (float("inf"),), self._latency_counts):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        hist.add_metric([], buckets, self._latency_sum)
+        yield hist
+        conns = GaugeMetricFamily("oshu_open_connections", "Open connections by side.", labels=["side"])
+        for side, value in self.open_connections.items():
+            conns.add_metric([side], value)
+        yield conns
+        for name, doc, value in (
+            ("oshu_session_expiry_seconds",
+             "Seconds until the session expires (+Inf without expiresAt; <= 0 once expired).", self._expiry()),
+            ("oshu_session_revoked", "1 once the session is revoked or its file deleted.", self.session_revoked),
+            ("oshu_session_load_error",
+             "1 while the newest session file content is unusable (the last good one is served).",
+             self.session_load_error),
+        ):
+            yield GaugeMetricFamily(name, doc, value=value)
+        info = GaugeMetricFamily("oshu_session_info", "The loaded session.", labels=["session"])
+        if self.session_name:
+            info.add_metric([self.session_name], 1)
+        yield info
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -26,13 +26,13 @@ from .errors import error_response
 from .hosts import HostPatternError, normalize_host, split_host_port
 from .http1 import (
     CHUNKED, LAST_CHUNK, LENGTH, NO_BODY, UNTIL_CLOSE, ChunkedDecoder, HttpError, RequestHead, ResponseHead,
-    bad_request, chunk, filter_fields, parse_request_head, parse_response_head, serialize_head, serialize_trailers,
+    bad_request, chunk, edit_head, parse_request_head, parse_response_head, serialize_trailers,
 )
 from .logs import AuditLog, log
 from .metrics import Metrics
 from .policy import SEALED_MARK, HostPlan, Policy, Refusal, egress_refusal, plaintext_refusal
 from .substitute import (
-    StreamReplacer, redact_query, replace_all, substitute_fields, substitute_query, tokens_in_request,
+    StreamReplacer, redact_query, replace_all, substitute_head, substitute_query, tokens_in_request,
 )
 from .tunnel import CONNECT_OK, run_tunnel
 from .upstream import UpstreamConn, UpstreamError, UpstreamPool
@@ -49,7 +49,6 @@ _WS_UPGRADE = b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
 _TE_CHUNKED = b"Transfer-Encoding: chunked\r\n"
 _CONN_CLOSE = b"Connection: close\r\n"
 _KEEP_101 = frozenset({b"connection", b"upgrade"})
-_DROP_FOR_SUBST = frozenset({b"accept-encoding"})
 
 
 def parse_authority(text: bytes, default_port: int | None) -> tuple[str, int]:
@@ -113,8 +112,7 @@ class ClientConn(Channel):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         proxy = self.proxy
-        proxy.metrics.client_conns.inc()
-        proxy.metrics.client_opened.inc()
+        proxy.metrics.opened("client")
         proxy.deadlines.channels.add(self)
         proxy.clients.add(self)
         self.task = proxy.loop.create_task(proxy.serve(self))
@@ -122,7 +120,7 @@ class ClientConn(Channel):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         proxy = self.proxy
-        proxy.metrics.client_conns.dec()
+        proxy.metrics.closed("client")
         proxy.deadlines.channels.discard(self)
         proxy.clients.discard(self)
         up = self.upstream
@@ -298,7 +296,7 @@ class Proxy:
                            perf_counter() - t0, (), "https")
 
     async def _blind(self, conn: ClientConn, host: str, port: int) -> None:
-        self.metrics.tunnels.labels("blind").inc()
+        self.metrics.tunnel("blind")
         await run_tunnel(conn, self.pool, host, port)
 
     async def _intercept(self, conn: ClientConn, host: str, port: int, req: RequestHead, t0: float) -> None:
@@ -312,7 +310,7 @@ class Proxy:
             self._refuse_conn(conn, 400, "bad_request", "data sent before the CONNECT response")
             return
         conn.write(CONNECT_OK)
-        self.metrics.tunnels.labels("intercept").inc()
+        self.metrics.tunnel("intercept")
         try:
             transport = await self.loop.start_tls(conn.transport, conn, ctx, server_side=True,  # type: ignore[arg-type]
                                                   ssl_handshake_timeout=self.cfg.header_timeout)
@@ -392,12 +390,13 @@ class Proxy:
             return self._refuse(conn, req, ex, egress_refusal(host, port))
 
         # Sealed tokens: refuse over plaintext or when the session is no longer live; else substitute.
-        fields = req.fields
+        raw = req.raw
         target = path
         names: list[str] = ex.secrets
+        edits: list[tuple[int, int, bytes]] = []
         active = True
-        if SEALED_MARK in req.raw or req.basic_auth:
-            carried = tokens_in_request(policy, req.raw, req.fields, req.basic_auth)
+        if SEALED_MARK in raw or req.authorization is not None:
+            carried = tokens_in_request(policy, raw, req.authorization)
             if carried:
                 if not tls:
                     return self._refuse(conn, req, ex, plaintext_refusal(carried))
@@ -405,7 +404,7 @@ class Proxy:
                 if inactive is not None:
                     return self._refuse(conn, req, ex, inactive)
                 if plan.header_subs:
-                    fields = substitute_fields(fields, plan.header_subs, names)
+                    edits = substitute_head(raw, req.line_end + 2, req.authorization, plan.header_subs, names)
                 if plan.query_subs:
                     target = substitute_query(target, plan.query_subs, names)
         body_subs = plan.body_subs if tls else ()
@@ -439,29 +438,27 @@ class Proxy:
             if body_subs:
                 replacer = StreamReplacer(tuple((s.sealed, s.value, s.name) for s in body_subs))
 
-        # Upstream request head.
-        rewrite = not req.clean or names or target is not req.target or not tls or req.version != b"HTTP/1.1" \
-            or upstream_framing != req.framing or (req.framing == LENGTH and len(body) != req.content_length and not stream_body)
-        if rewrite:
-            drop = req.connection_tokens | _DROP_FOR_SUBST if names else req.connection_tokens
-            kept = filter_fields(fields, drop)
-            extra = b""
-            if not tls:
-                kept = [(k, v) for k, v in kept if k.lower() != b"host"]
-                extra += b"Host: " + _display(host, port, 80).encode() + b"\r\n"
-            if upstream_framing == CHUNKED:
-                kept = [(k, v) for k, v in kept if k.lower() != b"content-length"]
-                extra += _TE_CHUNKED
-            elif upstream_framing == LENGTH and len(body) != req.content_length and not stream_body:
-                kept = [(k, v) for k, v in kept if k.lower() != b"content-length"]
-                extra += b"Content-Length: %d\r\n" % len(body)
-            if names:
-                extra += _ACCEPT_IDENTITY  # so an echoed key arrives uncompressed and can be scrubbed
-            if req.websocket:
-                extra += _WS_UPGRADE
-            head = serialize_head(req.method + b" " + target + b" HTTP/1.1", kept, extra)
-        else:
-            head = req.raw
+        # Upstream request head: the client's head with slice edits (see http1.edit_head).
+        extra = b""
+        for start, end in req.drop:
+            edits.append((start, end, b""))
+        if not tls or target is not req.target or req.version != b"HTTP/1.1":
+            edits.append((0, req.line_end, req.method + b" " + target + b" HTTP/1.1"))
+        if not tls:  # Host comes from the absolute URL
+            edits.extend((start, end, b"") for start, end in req.host_spans)
+            extra += b"Host: " + _display(host, port, 80).encode() + b"\r\n"
+        if upstream_framing == CHUNKED:
+            edits.extend((start, end, b"") for start, end in req.length_spans)
+            extra += _TE_CHUNKED
+        elif upstream_framing == LENGTH and not stream_body and len(body) != req.content_length:
+            edits.extend((start, end, b"") for start, end in req.length_spans)
+            extra += b"Content-Length: %d\r\n" % len(body)
+        if names:  # so an echoed key arrives uncompressed and can be scrubbed
+            edits.extend((start, end, b"") for start, end in req.accept_encoding)
+            extra += _ACCEPT_IDENTITY
+        if req.websocket:
+            extra += _WS_UPGRADE
+        head = edit_head(raw, edits, extra)
 
         # Connect (pooled) and send.
         retryable = not stream_body
@@ -551,7 +548,7 @@ class Proxy:
                 upload.cancel()
             return self._refuse(conn, req, ex, HttpError(502, "upstream_protocol_error",
                                                          "upstream response head too large"), True)
-        self.metrics.upstream_latency.observe(perf_counter() - t_sent)
+        self.metrics.observe_latency(perf_counter() - t_sent)
         ex.status = resp.status
         keep_client = req.keep_alive
         try:
@@ -597,25 +594,15 @@ class Proxy:
                 raise ChannelClosed("upstream closed")
             resp = parse_response_head(raw, req.method)
             if 100 <= resp.status < 200 and resp.status != 101:
-                kept = filter_fields(resp.fields, resp.connection_tokens)
-                conn.write(serialize_head(b"HTTP/1.1 %d %b" % (resp.status, resp.reason), kept))
+                conn.write(_response_out(resp, self.policy.scrub_pairs, []))
                 continue
             return resp, raw
-
-    def _response_start(self, resp: ResponseHead, fields: list[tuple[bytes, bytes]], extra: bytes) -> bytes:
-        kept = filter_fields(fields, resp.connection_tokens)
-        return serialize_head(b"HTTP/1.1 %d %b" % (resp.status, resp.reason), kept, extra)
 
     async def _relay_response(self, conn: ClientConn, req: RequestHead, ex: Exchange, up: UpstreamConn,
                               resp: ResponseHead, rhead: bytes, policy: Policy, tls: bool) -> tuple[bool, bool]:
         """Stream the response to the client; returns (client keep-alive, upstream reusable)."""
         pairs = policy.scrub_pairs
         names = ex.scrubbed
-        fields = resp.fields
-        for value, _sealed, _name in pairs:
-            if value in rhead:
-                fields = [(k, replace_all(v, pairs, names)) for k, v in fields]
-                break
         keep_client = req.keep_alive
         up_ok = resp.keep_alive
         http10 = req.version == b"HTTP/1.0"
@@ -624,34 +611,29 @@ class Proxy:
         close_hdr = b"" if keep_client else _CONN_CLOSE
 
         if framing == NO_BODY:
-            if resp.clean and not names and resp.minor == 1 and keep_client:
-                conn.write(rhead)
-            else:
-                conn.write(self._response_start(resp, fields, close_hdr))
+            conn.write(_response_out(resp, pairs, names, close_hdr))
             return keep_client, up_ok
 
         if framing == LENGTH:
             n = resp.content_length
             if len(up.buf) >= n or (scrub and n <= BODY_BUFFER_LIMIT):
                 body = await up.read_exactly(n) if len(up.buf) < n else up.take(n)
+                changed = False
                 if scrub:
-                    before = len(names)
-                    body = replace_all(body, pairs, names)
-                    changed = len(names) != before or len(body) != n
-                else:
-                    changed = False
+                    for value, _sealed, _name in pairs:
+                        if value in body:
+                            body = replace_all(body, pairs, names)
+                            changed = len(body) != n
+                            break
                 ex.bytes_out = len(body)
-                if resp.clean and not names and resp.minor == 1 and keep_client:
-                    conn.write(rhead + body)
-                elif changed:
-                    fields = [(k, v) for k, v in fields if k.lower() != b"content-length"]
-                    conn.write(self._response_start(resp, fields, close_hdr + b"Content-Length: %d\r\n" % len(body))
-                               + body)
+                if changed:
+                    conn.write(_response_out(resp, pairs, names, close_hdr + b"Content-Length: %d\r\n" % len(body),
+                                             drop_length=True) + body)
                 else:
-                    conn.write(self._response_start(resp, fields, close_hdr) + body)
+                    conn.write(_response_out(resp, pairs, names, close_hdr) + body)
                 return keep_client, up_ok
             if not scrub:  # large and not scrubbable (compressed) or nothing to scrub: pass through
-                conn.write(self._response_start(resp, fields, close_hdr))
+                conn.write(_response_out(resp, pairs, names, close_hdr))
                 remaining = n
                 while remaining:
                     if not up.buf:
@@ -668,12 +650,11 @@ class Proxy:
                 return keep_client, up_ok
 
         # Streaming with re-framing: chunked to HTTP/1.1 clients, close-delimited to HTTP/1.0 ones.
-        fields = [(k, v) for k, v in fields if k.lower() != b"content-length"]
         if http10:
             keep_client = False
-            conn.write(self._response_start(resp, fields, _CONN_CLOSE))
+            conn.write(_response_out(resp, pairs, names, _CONN_CLOSE, drop_length=True))
         else:
-            conn.write(self._response_start(resp, fields, close_hdr + _TE_CHUNKED))
+            conn.write(_response_out(resp, pairs, names, close_hdr + _TE_CHUNKED, drop_length=True))
         replacer = StreamReplacer(pairs) if scrub else None
         if framing == CHUNKED:
             decoder = ChunkedDecoder(up)
@@ -732,9 +713,7 @@ class Proxy:
             up.abort()
             return self._refuse(conn, req, ex, HttpError(502, "upstream_protocol_error",
                                                          "upstream switched protocols without a WebSocket request"), True)
-        fields = [(k, replace_all(v, policy.scrub_pairs, ex.scrubbed)) for k, v in resp.fields]
-        kept = filter_fields(fields, resp.connection_tokens - _KEEP_101, keep=_KEEP_101)
-        conn.write(serialize_head(b"HTTP/1.1 101 %b" % (resp.reason or b"Switching Protocols"), kept))
+        conn.write(_response_out(resp, policy.scrub_pairs, ex.scrubbed, keep=_KEEP_101))
         self._finish(ex)
         conn.upstream = None
         await link(conn, up)
@@ -787,6 +766,23 @@ class Proxy:
         except (ChannelClosed, ConnectionError, HttpError):
             up.abort()
             raise
+
+
+def _response_out(resp: ResponseHead, pairs: tuple[tuple[bytes, bytes, str], ...], names: list[str],
+                  extra: bytes = b"", drop_length: bool = False, keep: frozenset[bytes] = frozenset()) -> bytes:
+    """The head sent to the client: hop-by-hop lines dropped, HTTP/1.1, `extra` lines, values scrubbed."""
+    edits = [(start, end, b"") for start, end, name in resp.drop if name not in keep]
+    if drop_length:
+        edits.extend((start, end, b"") for start, end in resp.length_spans)
+    if resp.minor != 1:
+        edits.append((0, resp.line_end, b"HTTP/1.1 %d %b" % (resp.status, resp.reason)))
+    head = edit_head(resp.raw, edits, extra)
+    for value, sealed, name in pairs:
+        if value in head:
+            head = head.replace(value, sealed)
+            if name not in names:
+                names.append(name)
+    return head
 
 
 def _mismatch(host: str, port: int, what: str) -> Refusal:

@@ -28,16 +28,17 @@ def decode_basic(value: bytes) -> bytes | None:
         return None
 
 
-def tokens_in_request(policy: Policy, raw_head: bytes, fields: Iterable[tuple[bytes, bytes]],
-                      basic_auth: bool) -> list[str]:
-    """Names of the session's secrets whose sealed token the request head carries anywhere."""
+def tokens_in_request(policy: Policy, raw_head: bytes, authorization: tuple[int, int] | None) -> list[str]:
+    """Names of the session's secrets whose sealed token the request head carries anywhere.
+
+    `authorization` is the value span of an `Authorization: Basic` field, whose decoded
+    credentials are searched too.
+    """
     names = policy.tokens_in(raw_head)
-    if basic_auth:
-        for name, value in fields:
-            if name.lower() == b"authorization":
-                creds = decode_basic(value)
-                if creds is not None:
-                    names.extend(n for n in policy.tokens_in(creds) if n not in names)
+    if authorization is not None:
+        creds = decode_basic(raw_head[authorization[0]:authorization[1]].strip(b" \t"))
+        if creds is not None:
+            names.extend(n for n in policy.tokens_in(creds) if n not in names)
     return names
 
 
@@ -50,21 +51,34 @@ def _replace(data: bytes, subs: tuple[Substitution, ...], names: list[str], quer
     return data
 
 
-def substitute_fields(fields: list[tuple[bytes, bytes]], subs: tuple[Substitution, ...],
-                      names: list[str]) -> list[tuple[bytes, bytes]]:
-    """Header fields with sealed tokens of `subs` replaced; appends substituted names to `names`."""
-    out = []
-    for name, value in fields:
-        if SEALED_MARK in value:
-            value = _replace(value, subs, names)
-        elif value[:6].lower() == b"basic " and name.lower() == b"authorization":
-            creds = decode_basic(value)
-            if creds is not None and SEALED_MARK in creds:
-                replaced = _replace(creds, subs, names)
-                if replaced != creds:
-                    value = b"Basic " + base64.b64encode(replaced)
-        out.append((name, value))
-    return out
+def substitute_head(raw: bytes, start: int, authorization: tuple[int, int] | None,
+                    subs: tuple[Substitution, ...], names: list[str]) -> list[tuple[int, int, bytes]]:
+    """Edits (for `http1.edit_head`) replacing sealed tokens of `subs` in header values of `raw[start:]`.
+
+    Only values are touched (a token inside a field name stays as it is); the base64
+    credentials of `Authorization: Basic` are decoded, substituted and re-encoded.
+    Appends the names of substituted secrets to `names`.
+    """
+    edits = []
+    pos = raw.find(SEALED_MARK, start)
+    while pos != -1:
+        line_start = raw.rfind(b"\r\n", 0, pos) + 2
+        line_end = raw.find(b"\r\n", pos)
+        colon = raw.find(b":", line_start, line_end)
+        if 0 <= colon < pos:
+            value = raw[colon + 1:line_end]
+            replaced = _replace(value, subs, names)
+            if replaced != value:
+                edits.append((colon + 1, line_end, replaced))
+        pos = raw.find(SEALED_MARK, line_end)
+    if authorization is not None:
+        vs, ve = authorization
+        creds = decode_basic(raw[vs:ve].strip(b" \t"))
+        if creds is not None and SEALED_MARK in creds:
+            replaced = _replace(creds, subs, names)
+            if replaced != creds:
+                edits.append((vs, ve, b" Basic " + base64.b64encode(replaced)))
+    return edits
 
 
 def substitute_query(target: bytes, subs: tuple[Substitution, ...], names: list[str]) -> bytes:

@@ -12,12 +12,12 @@ from oshu_sidecar.channel import Channel
 from oshu_sidecar.config import ConfigError, load_config, parse_connect_to, parse_resolve
 from oshu_sidecar.errors import CODES, error_response
 from oshu_sidecar.http1 import (
-    CHUNKED, LENGTH, NO_BODY, UNTIL_CLOSE, ChunkedDecoder, HttpError, filter_fields, parse_request_head,
+    CHUNKED, LENGTH, NO_BODY, UNTIL_CLOSE, ChunkedDecoder, HttpError, edit_head, filter_fields, parse_request_head,
     parse_response_head,
 )
 from oshu_sidecar.policy import Policy
 from oshu_sidecar.substitute import (
-    StreamReplacer, decode_basic, redact_query, substitute_fields, substitute_query, tokens_in_request,
+    StreamReplacer, decode_basic, redact_query, substitute_head, substitute_query, tokens_in_request,
 )
 from oshu_sidecar.testing import new_secret, new_session
 from oshu_sidecar.upstream import Router
@@ -89,6 +89,7 @@ def test_request_head_fields() -> None:
     assert (req.method, req.target, req.host) == (b"POST", b"/a?b=c", b"api.x.test")
     assert req.framing == LENGTH and req.content_length == 12 and req.keep_alive and req.basic_auth and req.clean
     assert (b"X-Empty", b"") in req.fields and (b"X-Pad", b"v") in req.fields
+    assert req.authorization is not None and req.host_spans and req.length_spans
 
 
 def test_request_framing_and_connection() -> None:
@@ -209,15 +210,30 @@ def test_header_substitution_and_basic() -> None:
     policy = Policy(new_session(a, b))
     subs = policy.plan("api.x.test", 443).header_subs
     basic = b"Basic " + base64.b64encode(f"user:{a.sealed}".encode())
-    fields = [(b"X-Key", f"{a.sealed} and {b.sealed}".encode()), (b"Authorization", basic), (b"X-Plain", b"v")]
+    raw = (b"GET /" + a.sealed.encode() + b" HTTP/1.1\r\nX-Key: " + f"{a.sealed} and {b.sealed}".encode()
+           + b"\r\nAuthorization: " + basic + b"\r\n" + a.sealed.encode() + b"-name: v\r\nX-Plain: v\r\n\r\n")
+    req = parse_request_head(raw)
     names: list[str] = []
-    out = substitute_fields(fields, subs, names)
-    assert out[0] == (b"X-Key", f"{a.value} and {b.value}".encode())
-    assert decode_basic(out[1][1]) == f"user:{a.value}".encode()
-    assert out[2] == (b"X-Plain", b"v") and sorted(names) == ["A", "B"]
-    raw = b"GET / HTTP/1.1\r\nAuthorization: " + basic + b"\r\n\r\n"
-    assert tokens_in_request(policy, raw, [(b"Authorization", basic)], True) == ["A"]
+    out = parse_request_head(edit_head(raw, substitute_head(raw, req.line_end + 2, req.authorization, subs, names)))
+    fields = dict(out.fields)
+    assert fields[b"X-Key"] == f"{a.value} and {b.value}".encode()
+    assert decode_basic(fields[b"Authorization"]) == f"user:{a.value}".encode()
+    assert fields[a.sealed.encode() + b"-name"] == b"v"  # field names and the request line are not values
+    assert out.target == b"/" + a.sealed.encode()
+    assert fields[b"X-Plain"] == b"v" and sorted(names) == ["A", "B"]
+    only_basic = parse_request_head(b"GET / HTTP/1.1\r\nAuthorization: " + basic + b"\r\n\r\n")
+    assert tokens_in_request(policy, only_basic.raw, only_basic.authorization) == ["A"]
+    assert tokens_in_request(policy, only_basic.raw, None) == []
     assert decode_basic(b"Basic !!!") is None and decode_basic(b"Bearer x") is None
+
+
+def test_edit_head() -> None:
+    req = parse_request_head(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Gone\r\nX-Gone: 1\r\n"
+                             b"Proxy-Authorization: x\r\nX-Kept: 2\r\n\r\n")
+    out = edit_head(req.raw, [(s, e, b"") for s, e in req.drop] + [(0, req.line_end, b"GET /x HTTP/1.1")],
+                    b"Extra: 3\r\n")
+    assert out == b"GET /x HTTP/1.1\r\nHost: a\r\nX-Kept: 2\r\nExtra: 3\r\n\r\n"
+    assert edit_head(req.raw, []) is req.raw
 
 
 def test_query_substitution_and_redaction() -> None:
