@@ -255,7 +255,7 @@ def _copy_build_context(dockerfile: Dockerfile, dest: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def built(image, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, list[str]]:
+def built(image, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, list[str], Path]:
     """Replay the build stage's RUN on the host; return the venv and the final ENTRYPOINT."""
     name, dockerfile, _, _ = image
     work = tmp_path_factory.mktemp(f"image-{name}")
@@ -275,11 +275,11 @@ def built(image, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, l
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{name}: build stage failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     entrypoint = dockerfile.final.all("ENTRYPOINT")[-1].exec_form() or []
-    return name, venv, [entrypoint[0].replace("/opt/oshu-vault", str(venv)), *entrypoint[1:]]
+    return name, venv, [entrypoint[0].replace("/opt/oshu-vault", str(venv)), *entrypoint[1:]], wheels
 
 
 def test_entrypoint_starts_from_the_installed_package(built) -> None:
-    name, venv, entrypoint = built
+    name, venv, entrypoint, _ = built
     env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": "/nonexistent", "PYTHONDONTWRITEBYTECODE": "1"}
     proc = subprocess.run([*entrypoint, "--help"], capture_output=True, text=True, timeout=60, env=env, cwd="/")
     assert proc.returncode == 0, f"{name}: {entrypoint} --help failed:\n{proc.stderr[-3000:]}"
@@ -294,7 +294,7 @@ def test_entrypoint_starts_from_the_installed_package(built) -> None:
 
 
 def test_image_venv_holds_only_what_it_needs(built) -> None:
-    name, venv, _ = built
+    name, venv, _, _ = built
     for module in MUST_NOT_IMPORT[name]:
         proc = subprocess.run(
             [str(venv / "bin" / "python"), "-c", f"import {module}"],
@@ -304,3 +304,29 @@ def test_image_venv_holds_only_what_it_needs(built) -> None:
             f"the {name} image should not contain {module}"
         )
     assert not list((venv / "bin").glob("pip*")), f"the {name} image's venv should hold no pip"
+
+
+#: glibc of the Debian release the slim base is built on (bookworm: 2.36), newest tag first.
+MANYLINUX = ("manylinux_2_36", "manylinux_2_34", "manylinux_2_31", "manylinux_2_28", "manylinux_2_27",
+             "manylinux_2_24", "manylinux_2_17", "manylinux2014")
+
+
+def test_dependencies_have_binary_wheels_for_the_images_python(built, tmp_path: Path) -> None:
+    """The build above ran on the host's Python; the image's is the base tag's. Resolve the same
+    requirement for that interpreter and platform, binary wheels only, as the image build will."""
+    name, _, _, wheels = built
+    path, _, extra = IMAGES[name]
+    dockerfile = parse(path)
+    version = BASE_RE.match(dockerfile.global_args["PYTHON_IMAGE"])["version"]
+    major_minor = "".join(version.split(".")[:2])
+    (wheel,) = wheels.glob("oshu_vault-*.whl")
+    requirement = f"{wheel}[{extra}]" if extra else str(wheel)
+    platforms = [arg for tag in MANYLINUX for arg in ("--platform", f"{tag}_x86_64")]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--dest", str(tmp_path),
+         "--python-version", version, "--implementation", "cp", "--abi", f"cp{major_minor}", "--abi", "abi3",
+         "--abi", "none", *platforms, requirement],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{name}: no binary wheel for Python {version}:\n{proc.stderr[-3000:]}"
+    got = {p.name.split("-")[0].lower() for p in tmp_path.glob("*.whl")}
+    assert "aiohttp" in got and ("kopf" in got) == (extra == "operator"), got
