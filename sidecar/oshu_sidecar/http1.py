@@ -154,8 +154,17 @@ def _validate_block(raw: bytes, start: int) -> None:
         raise bad_request("malformed header field (invalid name, control character, bare CR/LF or line folding)")
 
 
+_TOKEN_CACHE: dict[bytes, frozenset[bytes]] = {}
+
+
 def _tokens(value: bytes) -> frozenset[bytes]:
-    return frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
+    """Connection options, lower-cased; the few distinct values seen in practice are cached."""
+    tokens = _TOKEN_CACHE.get(value)
+    if tokens is None:
+        tokens = frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
+        if len(_TOKEN_CACHE) < 256:
+            _TOKEN_CACHE[value] = tokens
+    return tokens
 
 
 def _content_length(value: bytes, current: int | None) -> int:

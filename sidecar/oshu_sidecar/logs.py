@@ -68,21 +68,26 @@ sink = LineSink()
 
 
 class _Clock:
-    """ISO-8601 timestamps with milliseconds; the seconds part is formatted once per second."""
+    """ISO-8601 timestamps with milliseconds, formatted at most once per millisecond."""
 
-    __slots__ = ("_sec", "_text")
+    __slots__ = ("_sec", "_text", "_ms", "_stamp")
 
     def __init__(self) -> None:
         self._sec = -1
         self._text = ""
+        self._ms = -1
+        self._stamp = ""
 
     def now(self) -> str:
-        t = time.time()
-        sec = int(t)
-        if sec != self._sec:
-            self._sec = sec
-            self._text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        return f"{self._text}.{int((t - sec) * 1000):03d}Z"
+        ms = int(time.time() * 1000)
+        if ms != self._ms:
+            self._ms = ms
+            sec = ms // 1000
+            if sec != self._sec:
+                self._sec = sec
+                self._text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+            self._stamp = f"{self._text}.{ms % 1000:03d}Z"
+        return self._stamp
 
 
 clock = _Clock()

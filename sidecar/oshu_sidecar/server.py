@@ -163,6 +163,7 @@ class Proxy:
         self.loop = loop
         self.audit = AuditLog(policy.name)
         self.deadlines = Deadlines(loop)
+        pool.deadlines = self.deadlines  # upstream reads (response heads) have deadlines too
         self.clients: set[ClientConn] = set()
         self.server: asyncio.AbstractServer | None = None
         self.address: tuple[str, int] | None = None

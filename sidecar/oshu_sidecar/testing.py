@@ -5,7 +5,7 @@
 - `Upstream`: a local HTTPS (and plain HTTP) aiohttp server on 127.0.0.1, in a background
   thread, with its own CA, recording every request it receives. Endpoints: /echo, /sse,
   /upload, /redirect, /ws, /reflect (echoes a header value back: "the upstream leaks the
-  key"), /status/{code}, /bytes, /close.
+  key"), /status/{code}, /bytes, /close (close-delimited), /gate (answers after `release()`).
 - `SidecarProcess`: runs `python -m oshu_sidecar` as a subprocess with a session file laid
   out like a mounted Kubernetes Secret (`..data` symlink), maps test host names to the
   upstream with `--connect-to`, waits for /readyz, captures stderr, stops cleanly.
@@ -287,6 +287,7 @@ class Upstream:
         r.add_route("*", "/status/{code}", self._status)
         r.add_get("/bytes", self._bytes)
         r.add_get("/close", self._close)
+        r.add_get("/gate", self._gated)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         tls = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context())
@@ -440,6 +441,16 @@ class Upstream:
         pattern = (request.query.get("fill", "x") * 1024).encode()[:1024]
         data = (pattern * (n // 1024 + 1))[:n]
         return web.Response(body=data, content_type="application/octet-stream")
+
+    async def _gated(self, request: web.Request) -> web.Response:
+        """Answers only once the test calls `release()` (at most 30 s): a slow upstream."""
+        self._record(request, b"")
+        assert self._gate is not None
+        try:
+            await asyncio.wait_for(self._gate.acquire(), 30)
+        except asyncio.TimeoutError:
+            pass
+        return web.json_response({"released": True})
 
     async def _close(self, request: web.Request) -> web.StreamResponse:
         """A close-delimited response (no Content-Length, no chunking)."""

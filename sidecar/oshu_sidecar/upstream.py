@@ -14,7 +14,7 @@ from typing import Callable
 
 import certifi
 
-from .channel import Channel
+from .channel import Channel, Deadlines
 from .config import ConnectTo, Resolve
 
 
@@ -120,14 +120,19 @@ class UpstreamPool:
         self._idle: dict[tuple[bool, str, int], dict[UpstreamConn, float]] = {}
         self._all: set[UpstreamConn] = set()
         self._sweeper: asyncio.TimerHandle | None = None
+        self.deadlines: Deadlines | None = None  # set by the proxy: expires slow upstream reads
 
     # -- bookkeeping ------------------------------------------------------------------
     def opened(self, conn: UpstreamConn) -> None:
         self._all.add(conn)
+        if self.deadlines is not None:
+            self.deadlines.channels.add(conn)
         if self.on_open:
             self.on_open()
 
     def closed(self, conn: UpstreamConn) -> None:
+        if self.deadlines is not None:
+            self.deadlines.channels.discard(conn)
         if conn in self._all:
             self._all.discard(conn)
             if self.on_close:

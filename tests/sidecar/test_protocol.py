@@ -123,6 +123,18 @@ def test_slow_headers_are_cut_off(make_sidecar, upstream: Upstream) -> None:  # 
     still_serving(sc, upstream, key)
 
 
+def test_upstream_too_slow_gets_504(make_sidecar, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+    key = new_secret("API_KEY", [HOST])
+    sc = make_sidecar(new_session(key), extra_args=["--upstream-timeout", "1"])
+    try:
+        status, _, body, err = curl(sc.client_env(), f"https://{HOST}/gate", "-H", f"x-api-key: {key.sealed}")
+    finally:
+        upstream.release()
+    assert status == 504, err
+    assert error_code(body) == "upstream_timeout"
+    still_serving(sc, upstream, key)
+
+
 # -- request bodies ----------------------------------------------------------------------------
 def test_chunked_upload_is_streamed(sidecar: SidecarProcess, upstream: Upstream) -> None:
     """The upstream sees the first chunk while the client is still holding back the rest."""
