@@ -11,7 +11,7 @@ import logging
 import ssl
 from pathlib import Path
 
-from .admin import AdminServer, build_app
+from .admin import AdminApp, AdminServer
 from .certs import LeafCache
 from .config import Config
 from .logs import log, sink
@@ -102,7 +102,7 @@ class Sidecar:
             await self.proxy.start()
         except OSError as e:
             raise StartupError(f"cannot listen on {cfg.listen[0]}:{cfg.listen[1]}: {e.strerror or e}") from None
-        self.admin = AdminServer(build_app(m, lambda: self.ready, self._status), *cfg.admin_listen)
+        self.admin = AdminServer(AdminApp(m, lambda: self.ready, self._status), *cfg.admin_listen)
         try:
             await self.admin.start()
         except OSError as e:

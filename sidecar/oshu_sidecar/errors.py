@@ -28,6 +28,8 @@ CODES: dict[str, int] = {
     "upstream_timeout": 504,
     "http_version_not_supported": 505,
     "internal_error": 500,
+    "not_found": 404,  # admin listener only
+    "method_not_allowed": 405,  # admin listener only
 }
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # prometheus-client is imported on the first scrape: an unscraped sidecar never pays for it
+    from prometheus_client.core import Metric
 
 #: Upstream latency buckets (seconds): sub-millisecond local upstreams up to slow LLM calls.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -38,8 +40,7 @@ class Metrics:
         self._latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self._latency_sum = 0.0
         self._expiry: Callable[[], float] = lambda: float("inf")
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self)  # type: ignore[arg-type]
+        self._registry: object | None = None
 
     # -- hot path ---------------------------------------------------------------------
     def request(self, host: str, outcome: str) -> None:
@@ -87,7 +88,9 @@ class Metrics:
         self.session_reloads[result] = self.session_reloads.get(result, 0) + 1
 
     # -- exposition -------------------------------------------------------------------
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterator["Metric"]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
         def counter(name: str, doc: str, labels: list[str], values: dict) -> CounterMetricFamily:  # type: ignore[type-arg]
             fam = CounterMetricFamily(name, doc, labels=labels)
             for key, value in sorted(values.items()):
@@ -134,4 +137,10 @@ class Metrics:
         yield info
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        if self._registry is None:
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(self)  # type: ignore[arg-type]
+            self._registry = registry
+        return generate_latest(self._registry)  # type: ignore[arg-type]

@@ -9,6 +9,8 @@ deliberately no way to switch verification off.
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import ssl
 from typing import Callable
 
@@ -16,6 +18,8 @@ import certifi
 
 from .channel import Channel, Deadlines
 from .config import ConnectTo, Resolve
+
+_HASH_LINK_RE = re.compile(r"[0-9a-f]{8}\.[0-9]+")
 
 
 class UpstreamError(Exception):
@@ -28,10 +32,34 @@ class UpstreamError(Exception):
         self.status = status
 
 
+def _has_hash_links(directory: str) -> bool:
+    """True if `directory` is an OpenSSL hashed CA directory (c_rehash links like 1a2b3c4d.0)."""
+    try:
+        with os.scandir(directory) as entries:
+            return any(_HASH_LINK_RE.fullmatch(e.name) for e in entries)
+    except OSError:
+        return False
+
+
 def client_context(extra_ca_files: tuple[str, ...] = ()) -> ssl.SSLContext:
-    """Verifying client context: system roots (certifi if the system has none) + extra CA files."""
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    if ctx.cert_store_stats().get("x509_ca", 0) == 0:
+    """Verifying client context: system roots + extra CA files; verification cannot be turned off.
+
+    System roots come from where OpenSSL looks by default (SSL_CERT_FILE / SSL_CERT_DIR
+    honoured). A hashed CA directory is preferred because OpenSSL then loads a root only
+    when a chain needs it (start-up stays fast, memory small); otherwise the CA bundle
+    file; otherwise certifi's bundle, so a minimal image still verifies public hosts.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname by construction
+    paths = ssl.get_default_verify_paths()
+    env_file = os.environ.get(paths.openssl_cafile_env) or None
+    env_dir = os.environ.get(paths.openssl_capath_env) or None
+    if env_file or env_dir:
+        ctx.load_verify_locations(cafile=env_file, capath=env_dir)
+    elif paths.capath and _has_hash_links(paths.capath):
+        ctx.load_verify_locations(capath=paths.capath)
+    elif paths.cafile:
+        ctx.load_verify_locations(cafile=paths.cafile)
+    else:
         ctx.load_verify_locations(cafile=certifi.where())
     for path in extra_ca_files:
         ctx.load_verify_locations(cafile=path)
