@@ -178,6 +178,9 @@ def test_helm_install_upgrade_uninstall(chart_cluster: LocalCluster, fresh_names
         record_property("helm_install_seconds", round(seconds, 2))
         print(f"helm install took {seconds:.2f}s")
         assert "STATUS: deployed" in cluster.helm("status", release, "-n", namespace).stdout
+        notes = cluster.helm("get", "notes", release, "-n", namespace).stdout
+        assert "rollout status deployment/vault-helm-oshu-vault" in notes and f"helm test {release}" in notes
+        assert f"{n.LABEL_SESSION}: agent" in notes and "kind: VaultSession" in notes
         deployment = chart.find(installation.docs, "Deployment")["metadata"]["name"]
         assert deployment == "vault-helm-oshu-vault"
         config = installation.webhook_configuration()
