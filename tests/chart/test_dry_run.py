@@ -26,6 +26,10 @@ def test_server_side_dry_run_of_every_rendered_object(chart_cluster: LocalCluste
                                                       variant: str) -> None:
     chart_cluster.kubectl("apply", "-f", str(CRD_FILE))
     namespace = fresh_namespace("chart-dry")
+    # The "restricted" Pod Security Standard: enforced on the test Pod, warned about for the
+    # Deployment's pod template (a warning fails the test below).
+    chart_cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted",
+                          "pod-security.kubernetes.io/warn=restricted")
     values = json.loads(json.dumps(VARIANTS[variant]).replace("WATCHED", fresh_namespace("chart-watched")))
     release = f"dry-{variant.split('+')[0]}"
     docs = [d for d in render(values, release=release, namespace=namespace, tests=True)
