@@ -329,4 +329,4 @@ def test_dependencies_have_binary_wheels_for_the_images_python(built, tmp_path: 
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{name}: no binary wheel for Python {version}:\n{proc.stderr[-3000:]}"
     got = {p.name.split("-")[0].lower() for p in tmp_path.glob("*.whl")}
-    assert "aiohttp" in got and ("kopf" in got) == (extra == "operator"), got
+    assert "oshu_vault" in got and ("kopf" in got) == (extra == "operator"), got
