@@ -174,12 +174,6 @@ class Channel(asyncio.Protocol):
             self.transport.resume_reading()  # type: ignore[union-attr]
         return data
 
-    async def read_some(self, n: int = 1 << 20) -> bytes:
-        """Up to `n` bytes; b"" at end of stream."""
-        if not self.buf:
-            await self.wait_data()
-        return self.take(n)
-
     async def read_exactly(self, n: int) -> bytes:
         while len(self.buf) < n:
             if self.eof:

@@ -344,14 +344,6 @@ def edit_head(raw: bytes, edits: list[Edit], extra: bytes = b"") -> bytes:
     return b"".join(out)
 
 
-def serialize_head(start_line: bytes, fields: list[tuple[bytes, bytes]], extra: bytes = b"") -> bytes:
-    """Start line, fields and `extra` (pre-formatted "Name: value\r\n" lines) as a head."""
-    parts = [start_line]
-    for name, value in fields:
-        parts.append(name + b": " + value)
-    return b"\r\n".join(parts) + b"\r\n" + extra + b"\r\n"
-
-
 def filter_fields(fields: list[tuple[bytes, bytes]], connection_tokens: frozenset[bytes],
                   keep: frozenset[bytes] = frozenset()) -> list[tuple[bytes, bytes]]:
     """Drop hop-by-hop fields, Proxy-* fields and fields named by Connection (except `keep`)."""
