@@ -384,6 +384,7 @@ class Proxy:
             if isinstance(mismatch, HttpError) or isinstance(mismatch, Refusal):
                 return self._refuse(conn, req, ex, mismatch)
             path = mismatch
+            ex.target = path
             if req.method == b"CONNECT":
                 return self._refuse(conn, req, ex, bad_request("CONNECT inside an intercepted connection"), True)
         assert path is not None
