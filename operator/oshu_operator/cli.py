@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lifetime of the CA of a session without ttl (default 720h; renewed with a third left)")
     g.add_argument("--resync-interval", type=_duration, default=_env("resync_interval", "10m"), metavar="DURATION",
                    help="re-check every session this often without events (default 10m)")
+    g.add_argument("--max-concurrent-reconciles", type=int, default=int(_env("max_concurrent_reconciles", "8")),
+                   metavar="N", help="sessions reconciled at once (default 8)")
     g.add_argument("--token-wait", type=_duration, default=_env("token_wait", "5s"), metavar="DURATION",
                    help="how long admission waits for a just-created session's tokens (default 5s)")
 
@@ -168,6 +170,7 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
         no_proxy=tuple(no_proxy),
         revocation_grace=args.revocation_grace, ca_validity=args.ca_validity,
         resync_interval=args.resync_interval, token_wait=args.token_wait,
+        max_concurrent_reconciles=max(1, args.max_concurrent_reconciles),
         peering=args.peering, log_level=args.log_level, log_format=args.log_format,
     )
 

@@ -60,6 +60,8 @@ class OperatorConfig:
     resync_interval: timedelta = timedelta(minutes=10)
     #: How long an admission request waits for a just-created session's tokens.
     token_wait: timedelta = timedelta(seconds=5)
+    #: Reconciles (and revocations) running at once.
+    max_concurrent_reconciles: int = 8
     peering: str | None = None
     log_level: str = "INFO"
     log_format: str = "json"

@@ -37,6 +37,7 @@ async def new_api_client(kubeconfig: str | None = None, context: str | None = No
     else:
         await config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg,
                                       persist_config=False)
+    cfg.connection_pool_maxsize = 16  # bounded: reconciles are bounded too (config.max_concurrent_reconciles)
     return client.ApiClient(configuration=cfg)
 
 
@@ -74,12 +75,17 @@ class Kube:
 
     # --- Secrets --------------------------------------------------------------------------
     async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        # Raw JSON: session Secrets are ~300 KiB (the CA bundle); skipping the client's model
+        # round trip saves two copies per read.
+        resp = await self.core.read_namespaced_secret(name, namespace, _preload_content=False)
         try:
-            return self._dict(await self.core.read_namespaced_secret(name, namespace))
-        except ApiException as e:
-            if e.status == 404:
+            if resp.status == 404:
                 return None
-            raise
+            if not 200 <= resp.status <= 299:
+                raise ApiException(status=resp.status, reason=resp.reason)
+            return await resp.json()
+        finally:
+            resp.release()
 
     async def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         return self._dict(await self.core.create_namespaced_secret(namespace, body))

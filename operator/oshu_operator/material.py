@@ -152,25 +152,39 @@ def mozilla_roots() -> bytes:
     return open(certifi.where(), "rb").read()
 
 
+@functools.cache
+def _bundle_head() -> bytes:
+    """Mozilla roots and a marker line, padded with newlines to a multiple of 3 bytes so that
+    its base64 can be computed once and prefixed to the base64 of any session CA."""
+    head = mozilla_roots()
+    if not head.endswith(b"\n"):
+        head += b"\n"
+    head += b"# oshu-vault session CA\n"
+    return head + b"\n" * (-len(head) % 3)
+
+
+@functools.cache
+def _bundle_head_b64() -> str:
+    return base64.b64encode(_bundle_head()).decode("ascii")
+
+
 def ca_bundle(ca_cert_pem: bytes) -> bytes:
     """Mozilla roots plus the session CA: for clients whose CA variable replaces the system roots."""
-    roots = mozilla_roots()
-    if not roots.endswith(b"\n"):
-        roots += b"\n"
-    return roots + b"# oshu-vault session CA\n" + ca_cert_pem
+    return _bundle_head() + ca_cert_pem
+
+
+def _ca_bundle_b64(ca_cert_pem: bytes) -> str:
+    return _bundle_head_b64() + base64.b64encode(ca_cert_pem).decode("ascii")
 
 
 # --- the Secret's data --------------------------------------------------------------------
 
 def secret_data(session_file: bytes, ca: KeyPair) -> dict[str, str]:
     """The `data` map of the session Secret (base64, as the API wants it)."""
-    raw = {
-        KEY_SESSION_FILE: session_file,
-        KEY_CA_CERT: ca.cert_pem,
-        KEY_CA_KEY: ca.key_pem,
-        KEY_CA_BUNDLE: ca_bundle(ca.cert_pem),
-    }
-    return {k: base64.b64encode(v).decode("ascii") for k, v in raw.items()}
+    raw = {KEY_SESSION_FILE: session_file, KEY_CA_CERT: ca.cert_pem, KEY_CA_KEY: ca.key_pem}
+    data = {k: base64.b64encode(v).decode("ascii") for k, v in raw.items()}
+    data[KEY_CA_BUNDLE] = _ca_bundle_b64(ca.cert_pem)
+    return data
 
 
 def decode_data(data: Mapping[str, str] | None, key: str) -> bytes | None:

@@ -70,6 +70,9 @@ class Reconciler:
         self._timers: dict[Key, tuple[float, asyncio.TimerHandle]] = {}
         self._failures: dict[Key, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Bounds the work in flight (each reconcile moves a ~300 KiB Secret): without it an
+        # operator restart would resume every session at once.
+        self._slots = asyncio.Semaphore(config.max_concurrent_reconciles)
         self.post_event: Callable[..., Awaitable[None]] = lambda *a, **k: events.post(self.kube, *a, **k)
 
     # --- scheduling -----------------------------------------------------------------------
@@ -126,7 +129,7 @@ class Reconciler:
     async def reconcile(self, namespace: str, name: str) -> Outcome | None:
         key = (namespace, name)
         started = time.perf_counter()
-        async with self._lock(key):
+        async with self._lock(key), self._slots:
             try:
                 outcome = await self._reconcile(namespace, name)
             except RetryLater as e:
@@ -323,7 +326,7 @@ class Reconciler:
         Returns the seconds still to wait (0 when the Secret is gone and deletion may proceed).
         """
         key = (namespace, name)
-        async with self._lock(key):
+        async with self._lock(key), self._slots:
             secret_name = session_secret_name(name)
             existing = await self.kube.get_secret(namespace, secret_name)
             now = material.utcnow()

@@ -158,3 +158,10 @@ def test_status_patch_conditions_and_token_removal():
     flipped = status_patch(applied, Outcome(n.PHASE_PENDING, "SecretNotFound", "m"), 3, NOW)
     assert flipped["conditions"][0]["status"] == "False"
     assert flipped["conditions"][0]["lastTransitionTime"] == "2026-11-26T12:00:00Z"
+
+
+def test_bundle_base64_shortcut_equals_the_plain_encoding():
+    pem = material.choose_ca(None, None, common_name="s", hosts=hosts("a.test"), expires_at=None, now=NOW,
+                             default_validity=timedelta(days=1)).pair.cert_pem
+    assert material._ca_bundle_b64(pem) == base64.b64encode(material.ca_bundle(pem)).decode()
+    assert base64.b64decode(material._ca_bundle_b64(pem)).endswith(pem)
