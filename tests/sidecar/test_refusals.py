@@ -216,3 +216,14 @@ def test_unreachable_upstream_gets_502(make_sidecar, upstream: Upstream) -> None
         resp = c.connect("gone.oshu.test:443")
     assert resp.status == 502 and error_of(resp.body)["code"] == "upstream_unreachable"
     assert_still_serving(sc, upstream, key)
+
+
+def test_resolve_reaches_the_upstream_and_still_verifies_the_name(make_sidecar, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+    """--resolve HOST:PORT:ADDR (curl's meaning), as the benchmark uses it; SNI and checks still use HOST."""
+    hostport = f"{HOST}:{upstream.port}"
+    key = new_secret("API_KEY", [hostport])
+    sc = make_sidecar(new_session(key), hosts=[], loopback_only=False,
+                      resolve=[f"{HOST}:{upstream.port}:127.0.0.1"])
+    status, _, _, err = curl(sc.client_env(), f"https://{hostport}/echo/resolved", "-H", f"x-api-key: {key.sealed}")
+    assert status == 200, err
+    assert upstream.last.header("x-api-key") == key.value and upstream.last.header("host") == hostport
