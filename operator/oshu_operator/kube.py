@@ -60,6 +60,19 @@ class Kube:
     async def close(self) -> None:
         await self.api.close()
 
+    async def api_resources(self, group: str, version: str) -> set[str]:
+        """Resource names served under group/version (discovery); empty if the group is unknown."""
+        resp = await self.api.call_api(f"/apis/{group}/{version}", "GET", auth_settings=["BearerToken"],
+                                       _preload_content=False)
+        try:
+            if resp.status == 404:
+                return set()
+            if not 200 <= resp.status <= 299:
+                raise ApiException(status=resp.status, reason=resp.reason)
+            return {r["name"] for r in (await resp.json()).get("resources", [])}
+        finally:
+            resp.release()
+
     # --- VaultSessions -------------------------------------------------------------------
     async def get_session(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

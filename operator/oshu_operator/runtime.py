@@ -61,6 +61,11 @@ class Runtime:
 
     # --- kopf settings --------------------------------------------------------------------
     async def configure(self, settings: kopf.OperatorSettings) -> None:
+        await self._require_crd()
+        # No runtime observation of CRDs/namespaces: the CRD is installed before the operator
+        # (checked above) and namespaces are exact names, so the operator needs no RBAC on
+        # customresourcedefinitions or namespaces.
+        settings.scanning.disabled = True
         settings.persistence.finalizer = n.FINALIZER
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=n.GROUP)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -78,6 +83,16 @@ class Runtime:
         # CRDs or namespaces, so no RBAC for them (kopf would retry 403s on every start).
         settings.scanning.disabled = True
         settings.admission.server = await self._admission_server()
+
+    async def _require_crd(self) -> None:
+        """Fail fast, with the fix in the message, when the VaultSession CRD is not served."""
+        try:
+            resources = await self.kube.api_resources(n.GROUP, n.VERSION)
+        except Exception as e:  # noqa: BLE001 - any failure here means we cannot work
+            raise kopf.PermanentError(f"cannot discover {n.API_VERSION}: {e}") from None
+        if n.PLURAL not in resources:
+            raise SystemExit(f"oshu-operator: the {n.PLURAL}.{n.GROUP} CRD is not installed; apply "
+                             "charts/oshu-vault/crds/vaultsessions.vault.oshu.dev.yaml (or install the chart) first")
 
     async def _admission_server(self) -> AdmissionServer:
         cfg = self.config
