@@ -214,3 +214,16 @@ def test_session_view_reads_a_vaultsession_body():
 
 def test_infra_env_covers_every_reserved_name():
     assert {k for k, _ in infra_env(["localhost"])} == set(n.RESERVED_ENV_NAMES)
+
+
+def test_injected_args_are_a_valid_sidecar_command_line():
+    from oshu_sidecar.config import load_config
+
+    cfg = load_config(sidecar_container(CFG.sidecar)["args"], environ={})
+    assert cfg.listen == ("127.0.0.1", n.SIDECAR_PROXY_PORT)
+    assert cfg.admin_listen == ("0.0.0.0", n.SIDECAR_ADMIN_PORT)
+    assert (cfg.session_file, cfg.ca_cert, cfg.ca_key) == (
+        n.SESSION_FILE_PATH, n.SESSION_CA_CERT_PATH, n.SESSION_CA_KEY_PATH)
+    # The sidecar's own defaults agree with the ports the webhook wires up.
+    defaults = load_config(["--session-file", "s", "--ca-cert", "c", "--ca-key", "k"], environ={})
+    assert defaults.listen[1] == n.SIDECAR_PROXY_PORT and defaults.admin_listen[1] == n.SIDECAR_ADMIN_PORT
