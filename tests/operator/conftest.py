@@ -17,10 +17,8 @@ import pytest
 
 from oshu_operator.testing import CRD_PATH, OperatorProcess
 
-from operator_kube import Kube, real_value, wait_for
+from operator_kube import SIDECAR_IMAGE, Kube, real_value
 
-#: Never pulled (no kubelet here): the tests check the stored pod spec names it.
-SIDECAR_IMAGE = "registry.test/oshu-vault-sidecar:test"
 DEV_CONFIG = "oshu-vault-test"
 
 
@@ -68,8 +66,6 @@ def real(real_values: set[str]) -> Callable[..., str]:
         return value
     return make
 
-
-__all__ = ["SIDECAR_IMAGE", "wait_for"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

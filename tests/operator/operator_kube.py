@@ -12,6 +12,9 @@ from typing import Any, Callable
 
 from oshu_operator import names as n
 
+#: Never pulled (no kubelet here): the tests check the stored pod spec names it.
+SIDECAR_IMAGE = "registry.test/oshu-vault-sidecar:test"
+
 
 @dataclass
 class Created:

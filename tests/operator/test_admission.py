@@ -11,8 +11,7 @@ from oshu_operator import names as n
 from oshu_operator.config import DEFAULT_NO_PROXY, SidecarConfig
 from oshu_operator.injection import CA_MOUNT, infra_env, sidecar_container, volumes
 
-from conftest import SIDECAR_IMAGE
-from operator_kube import pod, wait_for
+from operator_kube import SIDECAR_IMAGE, pod, wait_for
 
 
 @pytest.fixture
