@@ -46,8 +46,12 @@ def split_host_port(value: str, default_port: int = DEFAULT_PORT) -> tuple[str, 
         if rest and not rest.startswith(":"):
             raise HostPatternError(f"unexpected text after ']' in {value!r}")
         port_text = rest[1:] if rest else ""
+        if rest == ":":
+            raise HostPatternError(f"empty port in {value!r}")
     elif value.count(":") == 1:
         host, port_text = value.split(":")
+        if not port_text:
+            raise HostPatternError(f"empty port in {value!r}")
     else:
         host, port_text = value, ""
     if port_text:

@@ -116,7 +116,7 @@ def test_host_patterns(pattern, host, port, expected):
     assert HostPattern.parse(pattern).matches(host, port) is expected
 
 
-@pytest.mark.parametrize("bad", ["", "*", "*.com", "a..b", "-a.com", "a.com:0", "a.com:99999", "*.1.2.3.4"])
+@pytest.mark.parametrize("bad", ["", "*", "*.com", "a..b", "-a.com", "a.com:0", "a.com:", "[::1]:", "a.com:99999", "*.1.2.3.4"])
 def test_bad_host_patterns(bad):
     with pytest.raises(HostPatternError):
         HostPattern.parse(bad)
