@@ -39,8 +39,12 @@ HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade",
     b"proxy-connection", b"proxy-authorization", b"proxy-authenticate",
 })
-#: Connection options that are not field names (anything else a Connection field lists is dropped too).
-_CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"}) | HOP_BY_HOP
+#: Fields a Connection option can never remove: the proxy frames and routes the message by them,
+#: so dropping one would let the peer read the body differently (`Connection: content-length`
+#: turns the body into a second request the proxy never checked).
+_FRAMING_FIELDS = frozenset({b"content-length", b"host"})
+#: Connection options that do not name a field to drop (anything else a Connection field lists is dropped too).
+_CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"}) | HOP_BY_HOP | _FRAMING_FIELDS
 
 # Framing of a message body.
 NO_BODY = 0
