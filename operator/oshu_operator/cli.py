@@ -18,6 +18,7 @@ from typing import Sequence
 
 from .config import DEFAULT_NO_PROXY, OperatorConfig, SidecarConfig
 from .duration import DurationError, parse_duration
+from .names import SIDECAR_LOG_LEVELS, SIDECAR_PORT_RANGE
 
 log = logging.getLogger("oshu_operator")
 
@@ -51,6 +52,14 @@ def _listen(value: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _sidecar_port(value: str) -> int:
+    low, high = SIDECAR_PORT_RANGE
+    if not value.isdigit() or not low <= int(value) <= high:
+        raise argparse.ArgumentTypeError(
+            f"expected a port from {low} to {high} (the sidecar runs without privileges), got {value!r}")
+    return int(value)
 
 
 def _duration(value: str) -> timedelta:
@@ -113,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sidecar-memory-request", default=_env("sidecar_memory_request", d.memory_request))
     g.add_argument("--sidecar-cpu-limit", default=_env("sidecar_cpu_limit", d.cpu_limit))
     g.add_argument("--sidecar-memory-limit", default=_env("sidecar_memory_limit", d.memory_limit))
+    g.add_argument("--sidecar-proxy-port", type=_sidecar_port, default=_env("sidecar_proxy_port", str(d.proxy_port)),
+                   metavar="PORT", help=f"the proxy's port on the pod's loopback; HTTP(S)_PROXY of app containers "
+                                        f"point at it (default {d.proxy_port})")
+    g.add_argument("--sidecar-admin-port", type=_sidecar_port, default=_env("sidecar_admin_port", str(d.admin_port)),
+                   metavar="PORT", help=f"the sidecar's /readyz (kubelet probes) and /metrics on the pod IP "
+                                        f"(default {d.admin_port})")
+    g.add_argument("--sidecar-log-level", choices=SIDECAR_LOG_LEVELS,
+                   default=_env("sidecar_log_level", d.log_level), help=f"default {d.log_level}")
     g.add_argument("--no-proxy", default=_env("no_proxy", ",".join(DEFAULT_NO_PROXY)), metavar="LIST",
                    help="NO_PROXY given to app containers (comma-separated; the API server's address is added "
                         "in-cluster); default: " + ",".join(DEFAULT_NO_PROXY))
@@ -142,13 +159,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_env_choices(args: argparse.Namespace) -> None:
+    """argparse checks `choices` on the command line only, not on defaults (our OSHU_* values)."""
+    for action in build_parser()._actions:
+        value = getattr(args, action.dest, None)
+        if action.choices is not None and value is not None and value not in action.choices:
+            env = "OSHU_" + action.dest.upper()
+            raise SystemExit(f"oshu-operator: {env}={value!r}: expected one of {', '.join(map(str, action.choices))}")
+
+
 def config_from_args(args: argparse.Namespace) -> OperatorConfig:
+    _check_env_choices(args)
     if args.dev_webhook and (args.webhook_cert_file or args.webhook_tls_secret):
         raise SystemExit("oshu-operator: --dev-webhook makes its own certificate; drop the other TLS options")
     if bool(args.webhook_cert_file) != bool(args.webhook_key_file):
         raise SystemExit("oshu-operator: --webhook-cert-file and --webhook-key-file go together")
     if args.all_namespaces and args.namespaces:
         raise SystemExit("oshu-operator: --all-namespaces and --namespace exclude each other")
+    if args.sidecar_proxy_port == args.sidecar_admin_port:
+        raise SystemExit(f"oshu-operator: --sidecar-proxy-port and --sidecar-admin-port are both "
+                         f"{args.sidecar_proxy_port}; give them different ports")
     no_proxy = [x.strip() for x in args.no_proxy.split(",") if x.strip()]
     api_host = os.environ.get("KUBERNETES_SERVICE_HOST")
     if api_host and api_host not in no_proxy:
@@ -166,7 +196,9 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
         metrics_host=mhost, metrics_port=mport,
         sidecar=SidecarConfig(image=args.sidecar_image, pull_policy=args.sidecar_pull_policy,
                               cpu_request=args.sidecar_cpu_request, memory_request=args.sidecar_memory_request,
-                              cpu_limit=args.sidecar_cpu_limit, memory_limit=args.sidecar_memory_limit),
+                              cpu_limit=args.sidecar_cpu_limit, memory_limit=args.sidecar_memory_limit,
+                              proxy_port=args.sidecar_proxy_port, admin_port=args.sidecar_admin_port,
+                              log_level=args.sidecar_log_level),
         no_proxy=tuple(no_proxy),
         revocation_grace=args.revocation_grace, ca_validity=args.ca_validity,
         resync_interval=args.resync_interval, token_wait=args.token_wait,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from .names import SIDECAR_ADMIN_PORT, SIDECAR_PROXY_PORT
+
 #: Loopback, cluster-internal names and the API server's in-cluster names: traffic that must
 #: never go through the proxy (it would gain nothing and could break cluster access).
 DEFAULT_NO_PROXY = (
@@ -24,7 +26,16 @@ class SidecarConfig:
     memory_request: str = "64Mi"
     cpu_limit: str = "1"
     memory_limit: str = "256Mi"
+    #: Passed to the sidecar's --log-level (one of names.SIDECAR_LOG_LEVELS).
     log_level: str = "info"
+    #: Loopback port of the proxy; HTTP(S)_PROXY of app containers point at it.
+    proxy_port: int = SIDECAR_PROXY_PORT
+    #: /readyz (the kubelet's probes) and /metrics, on the pod IP.
+    admin_port: int = SIDECAR_ADMIN_PORT
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://127.0.0.1:{self.proxy_port}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,9 +15,6 @@ from typing import Any, Iterable, Iterator, Mapping
 from . import names as n
 from .config import OperatorConfig, SidecarConfig
 
-PROXY_URL = f"http://127.0.0.1:{n.SIDECAR_PROXY_PORT}"
-
-
 class Refused(Exception):
     """The pod must not be admitted; the message tells the user why and what to do."""
 
@@ -94,10 +91,10 @@ def session_name_of(pod: Mapping[str, Any]) -> str | None:
 
 # --- what gets injected ----------------------------------------------------------------------
 
-def _probe(period: int, failures: int) -> dict[str, Any]:
+def _probe(port: int, period: int, failures: int) -> dict[str, Any]:
     # Every field the API server would default is set, so a stored sidecar compares equal.
     return {
-        "httpGet": {"path": n.SIDECAR_READY_PATH, "port": n.SIDECAR_ADMIN_PORT, "scheme": "HTTP"},
+        "httpGet": {"path": n.SIDECAR_READY_PATH, "port": port, "scheme": "HTTP"},
         "periodSeconds": period, "failureThreshold": failures, "timeoutSeconds": 1, "successThreshold": 1,
     }
 
@@ -109,15 +106,16 @@ def sidecar_container(cfg: SidecarConfig) -> dict[str, Any]:
         "imagePullPolicy": cfg.pull_policy,
         "restartPolicy": "Always",  # native sidecar: starts before, outlives the app containers
         "args": [
-            "--listen", f"127.0.0.1:{n.SIDECAR_PROXY_PORT}",
-            "--admin-listen", f"0.0.0.0:{n.SIDECAR_ADMIN_PORT}",
+            "--listen", f"127.0.0.1:{cfg.proxy_port}",
+            "--admin-listen", f"0.0.0.0:{cfg.admin_port}",
             "--session-file", n.SESSION_FILE_PATH,
             "--ca-cert", n.SESSION_CA_CERT_PATH,
             "--ca-key", n.SESSION_CA_KEY_PATH,
+            "--log-level", cfg.log_level,
         ],
-        "ports": [{"name": n.SIDECAR_ADMIN_PORT_NAME, "containerPort": n.SIDECAR_ADMIN_PORT, "protocol": "TCP"}],
-        "startupProbe": _probe(period=1, failures=120),
-        "readinessProbe": _probe(period=5, failures=3),
+        "ports": [{"name": n.SIDECAR_ADMIN_PORT_NAME, "containerPort": cfg.admin_port, "protocol": "TCP"}],
+        "startupProbe": _probe(cfg.admin_port, period=1, failures=120),
+        "readinessProbe": _probe(cfg.admin_port, period=5, failures=3),
         "resources": {
             "requests": {"cpu": cfg.cpu_request, "memory": cfg.memory_request},
             "limits": {"cpu": cfg.cpu_limit, "memory": cfg.memory_limit},
@@ -157,11 +155,11 @@ def volumes(session_secret: str) -> list[dict[str, Any]]:
 CA_MOUNT = {"name": n.VOLUME_CA, "mountPath": n.CA_MOUNT_DIR, "readOnly": True}
 
 
-def infra_env(no_proxy: Iterable[str]) -> list[tuple[str, str]]:
+def infra_env(no_proxy: Iterable[str], proxy_url: str) -> list[tuple[str, str]]:
     """Proxy and CA variables for app containers, in injection order."""
     no_proxy_value = ",".join(dict.fromkeys(no_proxy))
     return [
-        *((var, PROXY_URL) for var in n.ENV_PROXY_VARS),
+        *((var, proxy_url) for var in n.ENV_PROXY_VARS),
         *((var, no_proxy_value) for var in n.ENV_NO_PROXY_VARS),
         (n.ENV_NODE_EXTRA_CA, n.CA_CERT_PATH),
         (n.ENV_NODE_USE_ENV_PROXY, "1"),
@@ -300,7 +298,7 @@ def plan(pod: Mapping[str, Any], session: SessionView, cfg: OperatorConfig) -> P
     mounts: dict[str, bool] = {}
     kept: dict[str, list[str]] = {}
     warnings: list[str] = []
-    wanted_env = [(name, session.tokens[name]) for name in session.env_names] + infra_env(cfg.no_proxy)
+    wanted_env = [(name, session.tokens[name]) for name in session.env_names] + infra_env(cfg.no_proxy, cfg.sidecar.proxy_url)
     for c in _containers(spec):
         cname = c.get("name")
         if cname not in targets:

@@ -58,11 +58,18 @@ ENV_PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
 ENV_NO_PROXY_VARS = ("NO_PROXY", "no_proxy")
 
 # --- The injected sidecar's command line ---------------------------------------------------
-#: The proxy listens on loopback only: no other pod may use this pod's keys.
+#: Default proxy port (`--sidecar-proxy-port`). The proxy listens on loopback only: no
+#: other pod may use this pod's keys.
 SIDECAR_PROXY_PORT = 15080
-#: Health (/readyz) and metrics only. Bound on all interfaces in injected pods because
-#: kubelet probes come from the node, not from inside the pod's network namespace.
+#: Default admin port (`--sidecar-admin-port`): health (/readyz) and metrics only. Bound on
+#: all interfaces in injected pods because kubelet probes come from the node, not from
+#: inside the pod's network namespace.
 SIDECAR_ADMIN_PORT = 15090
+#: Ports the injected sidecar may be given: it runs as non-root with every capability
+#: dropped, so it cannot bind a privileged port.
+SIDECAR_PORT_RANGE = (1024, 65535)
+#: The sidecar's own --log-level choices.
+SIDECAR_LOG_LEVELS = ("debug", "info", "warning", "error")
 SIDECAR_ADMIN_PORT_NAME = "oshu-admin"
 SIDECAR_READY_PATH = "/readyz"
 #: Non-root UID/GID the sidecar runs as (distroless "nonroot"); the image uses the same.

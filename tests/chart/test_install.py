@@ -74,8 +74,8 @@ def run_chart_operator(installation: Installation) -> None:
     _assert_log_clean(op)
 
 
-def inject_example_pod(installation: Installation, op: OperatorProcess, namespace: str, pod_name: str = "agent"
-                       ) -> dict:
+def inject_example_pod(installation: Installation, op: OperatorProcess, namespace: str, pod_name: str = "agent",
+                       proxy_port: int = n.SIDECAR_PROXY_PORT) -> dict:
     """Apply the example Secret + VaultSession + labelled Pod into `namespace`; return the stored Pod."""
     cluster = installation.cluster
     installation.assert_webhook_is_local()
@@ -95,7 +95,7 @@ def inject_example_pod(installation: Installation, op: OperatorProcess, namespac
     (app,) = spec["containers"]
     env = {e["name"]: e.get("value") for e in app["env"]}
     assert env["ANTHROPIC_API_KEY"] == sealed
-    assert env["HTTPS_PROXY"] == env["https_proxy"] == f"http://127.0.0.1:{n.SIDECAR_PROXY_PORT}"
+    assert env["HTTPS_PROXY"] == env["https_proxy"] == f"http://127.0.0.1:{proxy_port}"
     assert env["SSL_CERT_FILE"] == n.CA_BUNDLE_PATH and env["NODE_EXTRA_CA_CERTS"] == n.CA_CERT_PATH
     assert {m["mountPath"] for m in app["volumeMounts"]} == {n.CA_MOUNT_DIR}
     assert json.loads(stored["metadata"]["annotations"][n.ANNOTATION_INJECTED])
@@ -193,17 +193,19 @@ def test_helm_install_upgrade_uninstall(chart_cluster: LocalCluster, fresh_names
         _assert_log_clean(op, examples.real_key(examples.load()))
 
         # Back to the in-cluster state (Service + the operator's caBundle), then helm upgrade with
-        # changed values: new sidecar image, webhook settings, log level.
+        # changed values: new sidecar image, ports and log level, webhook settings, log level.
         installation.restore_webhook_service()
         run_chart_operator(installation)
         ca_bundles = [h["clientConfig"]["caBundle"] for h in installation.webhook_configuration()["webhooks"]]
-        values = {"sidecar": {"image": {"tag": "0.2.0"}}, "operator": {"logLevel": "debug"},
+        values = {"sidecar": {"image": {"tag": "0.2.0"}, "proxyPort": 16080, "adminPort": 16090, "logLevel": "debug"},
+                  "operator": {"logLevel": "debug"},
                   "webhook": {"failurePolicy": "Ignore", "timeoutSeconds": 5}}
         install.helm_upgrade(installation, values)
         spec = get_json(cluster, "deployment", deployment, namespace)["spec"]["template"]["spec"]
         args = spec["containers"][0]["args"]
         assert "--sidecar-image=oshu-vault-sidecar:0.2.0" in args and "--log-level=DEBUG" in args
         assert "--failure-policy=Ignore" in args
+        assert {"--sidecar-proxy-port=16080", "--sidecar-admin-port=16090", "--sidecar-log-level=debug"} <= set(args)
         live = installation.webhook_configuration()["webhooks"]
         assert {(h["failurePolicy"], h["timeoutSeconds"]) for h in live} == {("Ignore", 5)}
         assert [h["clientConfig"]["caBundle"] for h in live] == ca_bundles, "helm upgrade dropped the caBundle"
@@ -213,9 +215,11 @@ def test_helm_install_upgrade_uninstall(chart_cluster: LocalCluster, fresh_names
         # The upgraded release, run again: its pods get the new sidecar image.
         run_chart_operator(installation)
         with installation.dev_operator(["--revocation-grace=2s"]) as op:
-            pod = inject_example_pod(installation, op, agents, pod_name="agent-after-upgrade")
+            pod = inject_example_pod(installation, op, agents, pod_name="agent-after-upgrade", proxy_port=16080)
             (sidecar,) = pod["spec"]["initContainers"]
             assert sidecar["image"] == "oshu-vault-sidecar:0.2.0"
+            assert "127.0.0.1:16080" in sidecar["args"] and sidecar["args"][sidecar["args"].index("--log-level") + 1] == "debug"
+            assert sidecar["readinessProbe"]["httpGet"]["port"] == 16090
             remove_session(installation, agents)
         _assert_log_clean(op)
 

@@ -6,6 +6,7 @@ chart must agree with, so a renamed flag or a changed selector fails here, not i
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from oshu_e2e import chart
 from oshu_e2e.paths import CHART_DIR
 from oshu_operator import names as n
 from oshu_operator.cli import build_parser, config_from_args
-from oshu_operator.config import DEFAULT_NO_PROXY, OperatorConfig
+from oshu_operator.config import DEFAULT_NO_PROXY, OperatorConfig, SidecarConfig
 from oshu_operator.webhookconfig import webhooks
 
 NAMESPACED = {"watchNamespaces": ["team-a", "team-b"]}
@@ -27,6 +28,7 @@ EVERYTHING = {
     "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
     "watchNamespaces": ["agents"],
     "operator": {"image": {"repository": "registry.example/oshu-vault-operator", "digest": "sha256:" + "a" * 64}},
+    "sidecar": {"proxyPort": 16080, "adminPort": 16090, "logLevel": "debug"},
 }
 VARIANTS = {"defaults": None, "namespaced": NAMESPACED, "cert-manager": CERT_MANAGER, "everything": EVERYTHING}
 
@@ -164,6 +166,10 @@ def test_deployment_args_are_what_the_operator_cli_accepts(render, variant: str)
     assert config.sidecar.image == "oshu-vault-sidecar:0.1.0"
     assert config.no_proxy == DEFAULT_NO_PROXY
     assert (config.sidecar.cpu_request, config.sidecar.memory_limit) == ("50m", "256Mi")
+    sidecar = values.get("sidecar") or {}
+    assert (config.sidecar.proxy_port, config.sidecar.admin_port, config.sidecar.log_level) == (
+        sidecar.get("proxyPort", n.SIDECAR_PROXY_PORT), sidecar.get("adminPort", n.SIDECAR_ADMIN_PORT),
+        sidecar.get("logLevel", "info"))
     if (values.get("webhook") or {}).get("tls", {}).get("mode") == "cert-manager":
         assert config.webhook_cert_file and config.webhook_tls_secret is None and config.webhook_config_name is None
         deployment = chart.find(docs, "Deployment")["spec"]["template"]["spec"]
@@ -178,6 +184,25 @@ def test_deployment_args_are_what_the_operator_cli_accepts(render, variant: str)
 def test_default_no_proxy_is_the_operators() -> None:
     values = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
     assert tuple(values["sidecar"]["noProxy"]) == DEFAULT_NO_PROXY
+
+
+def test_default_sidecar_ports_and_log_level_are_the_operators() -> None:
+    sidecar = yaml.safe_load((CHART_DIR / "values.yaml").read_text())["sidecar"]
+    default = SidecarConfig()
+    assert (sidecar["proxyPort"], sidecar["adminPort"], sidecar["logLevel"]) == (
+        default.proxy_port, default.admin_port, default.log_level)
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())["properties"]["sidecar"]["properties"]
+    assert tuple(schema["logLevel"]["enum"]) == n.SIDECAR_LOG_LEVELS
+    for port in ("proxyPort", "adminPort"):
+        assert (schema[port]["minimum"], schema[port]["maximum"]) == n.SIDECAR_PORT_RANGE
+
+
+@pytest.mark.parametrize("ports", [("proxyPort", "adminPort"), ("adminPort", "proxyPort")])
+def test_the_sidecar_ports_must_differ(helm: Path, ports: tuple[str, str]) -> None:
+    with pytest.raises(chart.RenderError) as failure:
+        chart.template(helm, release="oshu-vault", namespace="oshu-system",
+                       set_values=[f"sidecar.{ports[0]}=15090", f"sidecar.{ports[1]}=15090"])
+    assert "sidecar.proxyPort and sidecar.adminPort are both 15090" in str(failure.value), str(failure.value)
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -254,6 +279,10 @@ def test_optional_objects(render) -> None:
     ("watchNamespaces={Bad_NS}", "at '/watchNamespaces/0': 'Bad_NS' does not match pattern"),
     ("sidecar.resources.limits.cpu=lots", "at '/sidecar/resources/limits/cpu'"),
     ("metrics.port=70000", "at '/metrics/port'"),
+    ("sidecar.proxyPort=80", "at '/sidecar/proxyPort': minimum: got 80, want 1,024"),
+    ("sidecar.adminPort=65536", "at '/sidecar/adminPort': maximum: got 65,536, want 65,535"),
+    ("sidecar.proxyPort=http", "at '/sidecar/proxyPort': got string, want integer"),
+    ("sidecar.logLevel=verbose", "at '/sidecar/logLevel': value must be one of 'debug', 'info', 'warning', 'error'"),
 ])
 def test_schema_rejects_bad_values_readably(helm: Path, setting: str, message: str) -> None:
     with pytest.raises(chart.RenderError) as failure:

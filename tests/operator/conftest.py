@@ -17,7 +17,7 @@ import pytest
 
 from oshu_operator.testing import CRD_PATH, OperatorProcess
 
-from operator_kube import SIDECAR_IMAGE, Kube, real_value
+from operator_kube import SIDECAR_ARGS, Kube, real_value
 
 DEV_CONFIG = "oshu-vault-test"
 
@@ -38,7 +38,7 @@ def operator(kube_cluster, kube: Kube, tmp_path_factory: pytest.TempPathFactory)
         webhook_config=DEV_CONFIG,
         revocation_grace="2s",
         log_level="DEBUG",  # the leak scan reads the most verbose log there is
-        args=["--sidecar-image", SIDECAR_IMAGE, "--resync-interval", "30s"],
+        args=[*SIDECAR_ARGS, "--resync-interval", "30s"],
     )
     op.start()
     yield op

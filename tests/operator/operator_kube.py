@@ -11,9 +11,15 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from oshu_operator import names as n
+from oshu_operator.config import SidecarConfig
 
 #: Never pulled (no kubelet here): the tests check the stored pod spec names it.
 SIDECAR_IMAGE = "registry.test/oshu-vault-sidecar:test"
+#: The sidecar the tests' operator injects: non-default ports and log level, so every stored
+#: pod shows the --sidecar-* flags reaching the sidecar's args, probes and the proxy variables.
+SIDECAR = SidecarConfig(image=SIDECAR_IMAGE, proxy_port=15180, admin_port=15190, log_level="debug")
+SIDECAR_ARGS = ("--sidecar-image", SIDECAR.image, "--sidecar-proxy-port", str(SIDECAR.proxy_port),
+                "--sidecar-admin-port", str(SIDECAR.admin_port), "--sidecar-log-level", SIDECAR.log_level)
 
 
 @dataclass

@@ -8,10 +8,10 @@ import json
 import pytest
 
 from oshu_operator import names as n
-from oshu_operator.config import DEFAULT_NO_PROXY, SidecarConfig
+from oshu_operator.config import DEFAULT_NO_PROXY
 from oshu_operator.injection import CA_MOUNT, infra_env, sidecar_container, volumes
 
-from operator_kube import SIDECAR_IMAGE, pod, wait_for
+from operator_kube import SIDECAR, SIDECAR_IMAGE, pod, wait_for
 
 
 @pytest.fixture
@@ -34,12 +34,12 @@ def test_annotated_pod_gets_exactly_the_sidecar_env_and_volumes(kube, ns, sessio
     assert made.ok, made.error
     assert made.warnings == []
     spec = made.obj["spec"]
-    assert spec["initContainers"] == [sidecar_container(SidecarConfig(image=SIDECAR_IMAGE))]
+    assert spec["initContainers"] == [sidecar_container(SIDECAR)]
     ours = volumes("oshu-vault-session-claude")
     assert [v for v in spec["volumes"] if v["name"].startswith("oshu-vault")] == ours
     token = session["tokens"]["ANTHROPIC_API_KEY"]
     want_env = [{"name": "ANTHROPIC_API_KEY", "value": token}] + [
-        {"name": k, "value": v} for k, v in infra_env(DEFAULT_NO_PROXY)]
+        {"name": k, "value": v} for k, v in infra_env(DEFAULT_NO_PROXY, SIDECAR.proxy_url)]
     for c in spec["containers"]:
         before = spec_env if c["name"] == "agent" else []
         assert c["env"] == before + want_env
@@ -48,6 +48,23 @@ def test_annotated_pod_gets_exactly_the_sidecar_env_and_volumes(kube, ns, sessio
     record = json.loads(made.obj["metadata"]["annotations"][n.ANNOTATION_INJECTED])
     assert record["session"] == "claude" and record["containers"] == ["agent", "tool"]
     assert record["secrets"] == ["ANTHROPIC_API_KEY"] and record["sidecar"] == SIDECAR_IMAGE
+
+
+def test_stored_pod_has_the_configured_sidecar_ports_and_log_level(kube, ns, session):
+    """The operator runs with --sidecar-proxy-port/--sidecar-admin-port/--sidecar-log-level (conftest)."""
+    from oshu_sidecar.config import load_config
+
+    made = create(kube, ns, pod("agent", "claude"))
+    assert made.ok, made.error
+    (side,) = made.obj["spec"]["initContainers"]
+    parsed = load_config(side["args"], environ={})  # the sidecar's own parser takes the stored args
+    assert parsed.listen == ("127.0.0.1", SIDECAR.proxy_port) and parsed.admin_listen[1] == SIDECAR.admin_port
+    assert parsed.log_level == SIDECAR.log_level
+    assert side["startupProbe"]["httpGet"]["port"] == side["readinessProbe"]["httpGet"]["port"] == SIDECAR.admin_port
+    assert side["ports"][0]["containerPort"] == SIDECAR.admin_port
+    env = {e["name"]: e["value"] for e in made.obj["spec"]["containers"][0]["env"]}
+    assert {env[var] for var in n.ENV_PROXY_VARS} == {f"http://127.0.0.1:{SIDECAR.proxy_port}"}
+    assert SIDECAR.proxy_port != n.SIDECAR_PROXY_PORT and SIDECAR.admin_port != n.SIDECAR_ADMIN_PORT
 
 
 def test_injection_is_idempotent_through_the_api(kube, ns, session):
@@ -102,7 +119,7 @@ def test_existing_proxy_and_ca_variables_are_kept_with_a_warning(kube, ns, sessi
     assert made.ok, made.error
     env = {e["name"]: e["value"] for e in made.obj["spec"]["containers"][0]["env"]}
     assert env["HTTPS_PROXY"] == "http://corp-proxy:3128" and env["REQUESTS_CA_BUNDLE"] == "/etc/corp/ca.pem"
-    assert env["https_proxy"] == f"http://127.0.0.1:{n.SIDECAR_PROXY_PORT}"
+    assert env["https_proxy"] == SIDECAR.proxy_url
     assert any("HTTPS_PROXY" in w and "REQUESTS_CA_BUNDLE" in w and "kept" in w for w in made.warnings), made.warnings
 
 

@@ -50,6 +50,41 @@ def test_cli_rejects_contradictions_and_bad_values():
     assert cfg.namespaces == ("a", "b") and cfg.revocation_grace.total_seconds() == 120 and cfg.webhook_port == 0
 
 
+def test_sidecar_ports_and_log_level_from_flags_or_env(monkeypatch):
+    cfg = config_from_args(build_parser().parse_args([]))
+    assert (cfg.sidecar.proxy_port, cfg.sidecar.admin_port, cfg.sidecar.log_level) == (
+        n.SIDECAR_PROXY_PORT, n.SIDECAR_ADMIN_PORT, "info")
+    argv = ["--sidecar-proxy-port", "16080", "--sidecar-admin-port", "16090", "--sidecar-log-level", "debug"]
+    cfg = config_from_args(build_parser().parse_args(argv))
+    assert (cfg.sidecar.proxy_port, cfg.sidecar.admin_port, cfg.sidecar.log_level) == (16080, 16090, "debug")
+    assert cfg.sidecar.proxy_url == "http://127.0.0.1:16080"
+    monkeypatch.setenv("OSHU_SIDECAR_PROXY_PORT", "17080")
+    monkeypatch.setenv("OSHU_SIDECAR_ADMIN_PORT", "17090")
+    monkeypatch.setenv("OSHU_SIDECAR_LOG_LEVEL", "warning")
+    cfg = config_from_args(build_parser().parse_args([]))
+    assert (cfg.sidecar.proxy_port, cfg.sidecar.admin_port, cfg.sidecar.log_level) == (17080, 17090, "warning")
+    cfg = config_from_args(build_parser().parse_args(["--sidecar-proxy-port", "18080"]))  # the command line wins
+    assert cfg.sidecar.proxy_port == 18080
+
+
+@pytest.mark.parametrize(("argv", "env", "message"), [
+    (["--sidecar-proxy-port", "80"], {}, "from 1024 to 65535"),
+    (["--sidecar-admin-port", "65536"], {}, "from 1024 to 65535"),
+    (["--sidecar-admin-port", "http"], {}, "from 1024 to 65535"),
+    (["--sidecar-log-level", "verbose"], {}, "invalid choice"),
+    (["--sidecar-proxy-port", "15090"], {}, "give them different ports"),
+    ([], {"OSHU_SIDECAR_ADMIN_PORT": "15080"}, "give them different ports"),
+    ([], {"OSHU_SIDECAR_LOG_LEVEL": "verbose"}, "OSHU_SIDECAR_LOG_LEVEL='verbose': expected one of"),
+    ([], {"OSHU_FAILURE_POLICY": "Maybe"}, "OSHU_FAILURE_POLICY='Maybe': expected one of Fail, Ignore"),
+])
+def test_bad_sidecar_settings_are_refused_with_a_message(argv, env, message):
+    """Through the console script, as a user would meet them (flag or OSHU_* variable)."""
+    proc = subprocess.run([sys.executable, "-m", "oshu_operator", *argv, "--print-webhook-config", "x",
+                           "--webhook-service", "ns/svc"], capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", **env})
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+
+
 def test_print_webhook_config_matches_the_builder():
     exe = [sys.executable, "-m", "oshu_operator"]
     out = subprocess.run(exe + ["--print-webhook-config", "oshu-vault", "--webhook-service", "oshu/oshu-vault-webhook",

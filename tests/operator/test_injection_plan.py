@@ -60,6 +60,7 @@ def test_sidecar_volumes_env_and_record_are_exactly_as_designed():
     assert side["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert side["startupProbe"]["httpGet"]["port"] == n.SIDECAR_ADMIN_PORT
     assert "--listen" in side["args"] and f"127.0.0.1:{n.SIDECAR_PROXY_PORT}" in side["args"]
+    assert side["args"][-2:] == ["--log-level", "info"]
     assert side["resources"]["limits"] and side["resources"]["requests"]
     assert spec["volumes"] == volumes(n.SESSION_SECRET_PREFIX + "claude")
     ca_vol = next(v for v in spec["volumes"] if v["name"] == n.VOLUME_CA)
@@ -213,7 +214,7 @@ def test_session_view_reads_a_vaultsession_body():
 
 
 def test_infra_env_covers_every_reserved_name():
-    assert {k for k, _ in infra_env(["localhost"])} == set(n.RESERVED_ENV_NAMES)
+    assert {k for k, _ in infra_env(["localhost"], CFG.sidecar.proxy_url)} == set(n.RESERVED_ENV_NAMES)
 
 
 def test_injected_args_are_a_valid_sidecar_command_line():
@@ -227,3 +228,25 @@ def test_injected_args_are_a_valid_sidecar_command_line():
     # The sidecar's own defaults agree with the ports the webhook wires up.
     defaults = load_config(["--session-file", "s", "--ca-cert", "c", "--ca-key", "k"], environ={})
     assert defaults.listen[1] == n.SIDECAR_PROXY_PORT and defaults.admin_listen[1] == n.SIDECAR_ADMIN_PORT
+
+
+def test_configured_ports_and_log_level_reach_args_probes_and_env():
+    """Non-default --sidecar-proxy-port/--sidecar-admin-port/--sidecar-log-level, end to end in the plan."""
+    from dataclasses import replace
+
+    from oshu_sidecar.config import load_config
+
+    cfg = replace(CFG, sidecar=replace(CFG.sidecar, proxy_port=16080, admin_port=16090, log_level="debug"))
+    out = copy.deepcopy(pod())
+    plan(out, session(), cfg).apply(out)
+    (side,) = out["spec"]["initContainers"]
+    parsed = load_config(side["args"], environ={})
+    assert parsed.listen == ("127.0.0.1", 16080) and parsed.admin_listen == ("0.0.0.0", 16090)
+    assert parsed.log_level == "debug"
+    for probe in ("startupProbe", "readinessProbe"):
+        assert side[probe]["httpGet"]["port"] == 16090
+    assert side["ports"] == [{"name": n.SIDECAR_ADMIN_PORT_NAME, "containerPort": 16090, "protocol": "TCP"}]
+    for cname in ("agent", "helper"):
+        env = env_of(out, cname)
+        assert all(env[var] == "http://127.0.0.1:16080" for var in n.ENV_PROXY_VARS)
+    assert "15080" not in json.dumps(out) and "15090" not in json.dumps(out)

@@ -12,7 +12,7 @@ from oshu_operator import names as n
 from oshu_sidecar.pki import KeyPair
 from oshu_sidecar.testing import DEFAULT_HOST, SidecarProcess, Upstream
 
-from operator_kube import pod, wait_for
+from operator_kube import SIDECAR, pod, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -29,7 +29,7 @@ def client_env(injected_env: list[dict], sidecar: SidecarProcess, ca_dir) -> dic
     for e in injected_env:
         value = e["value"]
         value = value.replace(n.CA_MOUNT_DIR, str(ca_dir))
-        value = value.replace(f"http://127.0.0.1:{n.SIDECAR_PROXY_PORT}", sidecar.proxy_url)
+        value = value.replace(SIDECAR.proxy_url, sidecar.proxy_url)
         env[e["name"]] = value
     return {"PATH": "/usr/bin:/bin", "HOME": str(ca_dir)} | env
 
