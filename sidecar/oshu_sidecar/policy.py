@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from .hosts import HostPattern, any_match
+from .scrub import Scrubber
 from .session import SEALED_PREFIX, Session, format_time
 
 SEALED_MARK = SEALED_PREFIX.encode()
@@ -71,10 +72,8 @@ class Policy:
             for s in session.secrets
         )
         self.tokens = tuple(s.sealed for s in self.subs)
-        # Longest value first, so a value containing another is replaced whole.
-        self.scrub_pairs: tuple[tuple[bytes, bytes, str], ...] = tuple(
-            sorted(((s.value, s.sealed, s.name) for s in self.subs), key=lambda p: -len(p[0]))
-        )
+        #: Finds every real value of the session in responses (raw, escaped, base64) for scrubbing.
+        self.scrubber = Scrubber((s.value, s.sealed, s.name) for s in self.subs)
         self._secret_hosts: tuple[HostPattern, ...] = tuple(p for s in session.secrets for p in s.hosts)
         self._egress = session.egress
         self.expires_at: float | None = session.expires_at.timestamp() if session.expires_at else None

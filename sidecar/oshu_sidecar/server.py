@@ -31,6 +31,7 @@ from .http1 import (
 from .logs import AuditLog, log
 from .metrics import Metrics
 from .policy import SEALED_MARK, HostPlan, Policy, Refusal, egress_refusal, plaintext_refusal
+from .scrub import Scrubber
 from .substitute import (
     StreamReplacer, redact_query, replace_all, substitute_head, substitute_query, tokens_in_request,
 )
@@ -455,7 +456,10 @@ class Proxy:
         elif upstream_framing == LENGTH and not stream_body and len(body) != req.content_length:
             edits.extend((start, end, b"") for start, end in req.length_spans)
             extra += b"Content-Length: %d\r\n" % len(body)
-        if names:  # so an echoed key arrives uncompressed and can be scrubbed
+        if tls:
+            # Every response from an intercepted host must arrive uncompressed to be scrubbable: not
+            # only those to requests that carried a key (a streamed body is substituted after the head
+            # is sent, and a key an upstream stored earlier can be asked for without any token).
             edits.extend((start, end, b"") for start, end in req.accept_encoding)
             extra += _ACCEPT_IDENTITY
         if req.websocket:
@@ -596,46 +600,41 @@ class Proxy:
                 raise ChannelClosed("upstream closed")
             resp = parse_response_head(raw, req.method)
             if 100 <= resp.status < 200 and resp.status != 101:
-                conn.write(_response_out(resp, self.policy.scrub_pairs, []))
+                conn.write(_response_out(resp, self.policy.scrubber, []))
                 continue
             return resp, raw
 
     async def _relay_response(self, conn: ClientConn, req: RequestHead, ex: Exchange, up: UpstreamConn,
                               resp: ResponseHead, rhead: bytes, policy: Policy, tls: bool) -> tuple[bool, bool]:
         """Stream the response to the client; returns (client keep-alive, upstream reusable)."""
-        pairs = policy.scrub_pairs
+        scrubber = policy.scrubber
         names = ex.scrubbed
         keep_client = req.keep_alive
         up_ok = resp.keep_alive
         http10 = req.version == b"HTTP/1.0"
-        scrub = bool(pairs) and not resp.content_encoded
+        scrub = scrubber.active and not resp.content_encoded
         framing = resp.framing
         close_hdr = b"" if keep_client else _CONN_CLOSE
 
         if framing == NO_BODY:
-            conn.write(_response_out(resp, pairs, names, close_hdr))
+            conn.write(_response_out(resp, scrubber, names, close_hdr))
             return keep_client, up_ok
 
         if framing == LENGTH:
             n = resp.content_length
             if len(up.buf) >= n or (scrub and n <= BODY_BUFFER_LIMIT):
                 body = await up.read_exactly(n) if len(up.buf) < n else up.take(n)
-                changed = False
                 if scrub:
-                    for value, _sealed, _name in pairs:
-                        if value in body:
-                            body = replace_all(body, pairs, names)
-                            changed = len(body) != n
-                            break
+                    body = scrubber.scrub(body, names)
                 ex.bytes_out = len(body)
-                if changed:
-                    conn.write(_response_out(resp, pairs, names, close_hdr + b"Content-Length: %d\r\n" % len(body),
+                if len(body) != n:
+                    conn.write(_response_out(resp, scrubber, names, close_hdr + b"Content-Length: %d\r\n" % len(body),
                                              drop_length=True) + body)
                 else:
-                    conn.write(_response_out(resp, pairs, names, close_hdr) + body)
+                    conn.write(_response_out(resp, scrubber, names, close_hdr) + body)
                 return keep_client, up_ok
             if not scrub:  # large and not scrubbable (compressed) or nothing to scrub: pass through
-                conn.write(_response_out(resp, pairs, names, close_hdr))
+                conn.write(_response_out(resp, scrubber, names, close_hdr))
                 remaining = n
                 while remaining:
                     if not up.buf:
@@ -654,10 +653,10 @@ class Proxy:
         # Streaming with re-framing: chunked to HTTP/1.1 clients, close-delimited to HTTP/1.0 ones.
         if http10:
             keep_client = False
-            conn.write(_response_out(resp, pairs, names, _CONN_CLOSE, drop_length=True))
+            conn.write(_response_out(resp, scrubber, names, _CONN_CLOSE, drop_length=True))
         else:
-            conn.write(_response_out(resp, pairs, names, close_hdr + _TE_CHUNKED, drop_length=True))
-        replacer = StreamReplacer(pairs) if scrub else None
+            conn.write(_response_out(resp, scrubber, names, close_hdr + _TE_CHUNKED, drop_length=True))
+        replacer = scrubber.stream() if scrub else None
         if framing == CHUNKED:
             decoder = ChunkedDecoder(up)
             read = decoder.read
@@ -702,9 +701,8 @@ class Proxy:
             ex.bytes_out += len(tail)
             conn.write(tail if http10 else chunk(tail))
         if not http10:
-            if framing == CHUNKED and decoder.trailers:
-                trailers = [(k, replace_all(v, pairs, names)) for k, v in decoder.trailers]
-                conn.write(serialize_trailers(trailers))
+            if framing == CHUNKED and decoder.trailers:  # names and values scrubbed alike
+                conn.write(scrubber.scrub(serialize_trailers(decoder.trailers), names))
             else:
                 conn.write(LAST_CHUNK)
         return keep_client, up_ok
@@ -715,7 +713,7 @@ class Proxy:
             up.abort()
             return self._refuse(conn, req, ex, HttpError(502, "upstream_protocol_error",
                                                          "upstream switched protocols without a WebSocket request"), True)
-        conn.write(_response_out(resp, policy.scrub_pairs, ex.scrubbed, keep=_KEEP_101))
+        conn.write(_response_out(resp, policy.scrubber, ex.scrubbed, keep=_KEEP_101))
         self._finish(ex)
         conn.upstream = None
         await link(conn, up)
@@ -770,7 +768,7 @@ class Proxy:
             raise
 
 
-def _response_out(resp: ResponseHead, pairs: tuple[tuple[bytes, bytes, str], ...], names: list[str],
+def _response_out(resp: ResponseHead, scrubber: Scrubber, names: list[str],
                   extra: bytes = b"", drop_length: bool = False, keep: frozenset[bytes] = frozenset()) -> bytes:
     """The head sent to the client: hop-by-hop lines dropped, HTTP/1.1, `extra` lines, values scrubbed."""
     edits = [(start, end, b"") for start, end, name in resp.drop if name not in keep]
@@ -778,13 +776,7 @@ def _response_out(resp: ResponseHead, pairs: tuple[tuple[bytes, bytes, str], ...
         edits.extend((start, end, b"") for start, end in resp.length_spans)
     if resp.minor != 1:
         edits.append((0, resp.line_end, b"HTTP/1.1 %d %b" % (resp.status, resp.reason)))
-    head = edit_head(resp.raw, edits, extra)
-    for value, sealed, name in pairs:
-        if value in head:
-            head = head.replace(value, sealed)
-            if name not in names:
-                names.append(name)
-    return head
+    return scrubber.scrub(edit_head(resp.raw, edits, extra), names)
 
 
 def _mismatch(host: str, port: int, what: str) -> Refusal:

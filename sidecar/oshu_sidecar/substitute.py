@@ -1,9 +1,9 @@
-"""Substitution: sealed tokens out, real values in (requests); and the reverse (responses).
+"""Substitution: sealed tokens out, real values in, on requests.
 
 Requests: every header value (including the base64 `user:password` of
 `Authorization: Basic`), and -- only for secrets that opt in via `locations` -- the query
-string and the body. Responses: every real value of the session is replaced by its
-sealed token, in headers and body, streaming, including values split across reads.
+string and the body. (Responses, where real values go back to sealed tokens, are
+scrub.py's job.)
 
 Everything here works on bytes with plain `in`/`replace` (C speed); nothing is compiled
 per request. Callers pass the precomputed `Substitution`s of a `HostPlan`.
@@ -16,6 +16,7 @@ import binascii
 from typing import Iterable
 
 from .policy import SEALED_MARK, Policy, Substitution
+from .scrub import holdback
 
 
 def decode_basic(value: bytes) -> bytes | None:
@@ -109,24 +110,6 @@ def replace_all(data: bytes, pairs: tuple[tuple[bytes, bytes, str], ...], names:
     return data
 
 
-def _holdback(data: bytes, needles: Iterable[bytes]) -> int:
-    """Length of the longest suffix of `data` that is a proper prefix of some needle."""
-    best = 0
-    n = len(data)
-    for needle in needles:
-        span = min(len(needle) - 1, n)
-        if span <= best:
-            continue
-        first = needle[:1]
-        p = data.find(first, n - span)
-        while p != -1 and n - p > best:
-            if needle.startswith(data[p:]):
-                best = n - p
-                break
-            p = data.find(first, p + 1)
-    return best
-
-
 class StreamReplacer:
     """Replaces needles in a stream of pieces, including needles split across pieces.
 
@@ -148,7 +131,7 @@ class StreamReplacer:
             data = self.pending + data
             self.pending = b""
         data = replace_all(data, self.pairs, self.names)
-        keep = _holdback(data, self.needles)
+        keep = holdback(data, self.needles)
         if keep:
             self.pending = data[-keep:]
             return data[:-keep]

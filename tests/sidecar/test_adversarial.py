@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import html
 import json
 import socket
 import ssl
@@ -23,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterator
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, unquote
 
 import pytest
 
@@ -307,3 +308,389 @@ def test_bad_chunk_sizes_end_the_exchange(size_line: bytes, sidecar: SidecarProc
     assert not upstream.wait_for(lambda u: any(r.path == "/echo/smuggled" for r in u.requests), 1.0)
     assert all(r.path != "/echo/smuggled" and key.value.encode() not in r.body for r in upstream.requests)
     still_serving(sidecar, upstream, keys["API_KEY"])
+
+
+# -- Host, authority and SNI games ----------------------------------------------------------------
+HOST_FIELDS = {
+    "with :443": ("api.oshu.test:443", 200),
+    "trailing dot": ("api.oshu.test.", 200),
+    "upper case": ("API.OSHU.TEST", 200),
+    "other port": ("api.oshu.test:8443", 421),
+    "other host": ("other.oshu.test", 421),
+    "suffix trick": ("api.oshu.test.evil.test", 421),
+    "userinfo": ("api.oshu.test@evil.test", 400),
+    "IPv6 literal": ("[::1]", 421),
+    "IPv4 literal": ("127.0.0.1", 421),
+    "list": ("api.oshu.test, evil.test", 400),
+    "two ports": ("api.oshu.test:443:443", 400),
+    "empty": ("", 400),
+    "percent-encoded": ("api%2eoshu.test", 400),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOST_FIELDS))
+def test_host_field_tricks(case: str, sidecar: SidecarProcess, upstream: Upstream,
+                           keys: dict[str, SecretBinding]) -> None:
+    value, status = HOST_FIELDS[case]
+    key = keys["API_KEY"]
+    with tls_client(sidecar, f"{HOST}:443") as c:
+        resp = c.request("GET", "/echo/host", [("Host", value), ("x-api-key", key.sealed)])
+    assert resp.status == status
+    assert_clean(resp.raw_head + resp.body, keys)
+    if status == 200:
+        assert upstream.last.header("x-api-key") == key.value
+    else:
+        assert upstream.requests == []
+
+
+ABSOLUTE_TARGETS = {
+    "same host": ("https://api.oshu.test/echo/abs", 200),
+    "same host, :443": ("https://API.oshu.test:443/echo/abs", 200),
+    "other host": ("https://other.oshu.test/echo/abs", 421),
+    "userinfo": ("https://api.oshu.test@other.oshu.test/echo/abs", 400),
+    "userinfo with port": ("https://api.oshu.test:443@other.oshu.test/echo/abs", 400),
+    "http scheme": ("http://api.oshu.test/echo/abs", 400),
+    "scheme only": ("https:///echo/abs", 400),
+    "backslash": ("https://other.oshu.test\\@api.oshu.test/echo/abs", 400),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ABSOLUTE_TARGETS))
+def test_absolute_form_inside_the_tunnel(case: str, sidecar: SidecarProcess, upstream: Upstream,
+                                         keys: dict[str, SecretBinding]) -> None:
+    target, status = ABSOLUTE_TARGETS[case]
+    key = keys["API_KEY"]
+    with tls_client(sidecar, f"{HOST}:443") as c:
+        resp = c.request("GET", target, {"Host": HOST, "x-api-key": key.sealed})
+    assert resp.status == status
+    assert_clean(resp.raw_head + resp.body, keys)
+    if status == 200:
+        assert upstream.last.path == "/echo/abs" and upstream.last.header("x-api-key") == key.value
+    else:
+        assert upstream.requests == []
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_sni_games_on_session_resumption(version: ssl.TLSVersion, sidecar: SidecarProcess, upstream: Upstream,
+                                         keys: dict[str, SecretBinding]) -> None:
+    """Resuming a session with another SNI never gets a request anywhere but the CONNECT target.
+
+    TLS 1.3 uses the SNI of the new ClientHello: refused. In TLS 1.2 OpenSSL binds the SNI
+    to the session and reports the original one; that session was negotiated (and its SNI
+    checked) on a connection to this same CONNECT target, because every intercepted name has
+    its own server context and so its own ticket keys and session cache.
+    """
+    key = keys["API_KEY"]
+    ctx = ssl.create_default_context(cafile=str(sidecar.ca_cert_file))
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ctx.maximum_version = version
+    first = RawClient(sidecar.listen, timeout=TIMEOUT)
+    assert first.connect(f"{HOST}:443").status == 200
+    first.sock = ctx.wrap_socket(first.sock, server_hostname=HOST)
+    assert first.request("GET", "/echo/first", {"Host": HOST}).status == 200
+    saved = first.sock.session  # type: ignore[union-attr]
+    first.close()
+    with RawClient(sidecar.listen, timeout=TIMEOUT) as c:
+        assert c.connect(f"{HOST}:443").status == 200
+        c.sock = ctx.wrap_socket(c.sock, server_hostname=OTHER, session=saved)
+        assert c.sock.session_reused  # type: ignore[union-attr]
+        resp = c.request("GET", "/echo/resumed", {"Host": HOST, "x-api-key": key.sealed})
+    assert_clean(resp.raw_head + resp.body, keys)
+    if version == ssl.TLSVersion.TLSv1_3:
+        assert resp.status == 421 and error_code(resp) == "host_mismatch"
+        assert [r.path for r in upstream.requests] == ["/echo/first"]
+    else:
+        assert resp.status == 200
+        assert all(r.header("host") == HOST for r in upstream.requests)
+    # A resumed session never carries a name over to another CONNECT target.
+    with RawClient(sidecar.listen, timeout=TIMEOUT) as c:
+        assert c.connect(f"{OTHER}:443").status == 200
+        c.sock = ctx.wrap_socket(c.sock, server_hostname=OTHER, session=saved)
+        assert not c.sock.session_reused  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("offered,selected", [(["h2"], None), (["h2", "http/1.1"], "http/1.1"),
+                                              (["spdy/3", "h2c"], None)])
+def test_only_http11_is_negotiated(offered: list[str], selected: str | None, sidecar: SidecarProcess,
+                                   upstream: Upstream, keys: dict[str, SecretBinding]) -> None:
+    with tls_client(sidecar, f"{HOST}:443", alpn=offered) as c:
+        assert c.sock.selected_alpn_protocol() == selected  # type: ignore[union-attr]
+        if selected is None:  # a client that speaks HTTP/2 anyway gets an HTTP/1.1 error, not a parse
+            c.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            resp = c.response()
+            assert resp.status == 505 and c.closed_by_peer()
+        else:
+            assert c.request("GET", "/echo/alpn", {"Host": HOST}).status == 200
+    still_serving(sidecar, upstream, keys["API_KEY"])
+
+
+def test_h2c_upgrade_is_not_forwarded(sidecar: SidecarProcess, upstream: Upstream,
+                                      keys: dict[str, SecretBinding]) -> None:
+    key = keys["API_KEY"]
+    with tls_client(sidecar, f"{HOST}:443") as c:
+        resp = c.request("GET", "/echo/h2c", [("Host", HOST), ("Connection", "Upgrade, HTTP2-Settings"),
+                                               ("Upgrade", "h2c"), ("HTTP2-Settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+                                               ("x-api-key", key.sealed)])
+        assert resp.status == 200
+        again = c.request("GET", "/echo/h2c-after", {"Host": OTHER})  # later bytes are still parsed and checked
+    assert again.status == 421
+    names = {k.lower() for k, _ in upstream.last.headers}
+    assert not names & {"upgrade", "http2-settings", "connection"}
+    assert upstream.last.header("x-api-key") == key.value and len(upstream.requests) == 1
+
+
+def test_upgrade_without_connection_upgrade_stays_http(sidecar: SidecarProcess, upstream: Upstream,
+                                                       keys: dict[str, SecretBinding]) -> None:
+    """`Upgrade: websocket` alone is not a handshake: the connection stays parsed request by request."""
+    with tls_client(sidecar, f"{HOST}:443") as c:
+        resp = c.request("GET", "/ws", {"Host": HOST, "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+                                        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+        assert resp.status != 101
+        assert c.request("GET", "/echo/next", {"Host": OTHER, "x-api-key": keys["OTHER_KEY"].sealed}).status == 421
+    assert "/echo/next" not in [r.path for r in upstream.requests]
+
+
+def test_upstream_switching_protocols_unasked_is_refused(scripted) -> None:  # type: ignore[no-untyped-def]
+    """An upstream answering 101 to a plain request must not turn the connection into an unchecked pipe."""
+    key = new_secret("API_KEY", [HOST])
+    up, sc = scripted(lambda head, body: b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                                         b"Upgrade: websocket\r\n\r\n", key)
+    with tls_client(sc, f"{HOST}:443") as c:
+        resp = c.request("GET", "/plain", {"Host": HOST, "x-api-key": key.sealed})
+        assert resp.status == 502 and error_code(resp) == "upstream_protocol_error"
+        assert c.closed_by_peer()
+
+
+# -- CONNECT targets -----------------------------------------------------------------------------
+def test_connect_to_an_allowed_host_on_port_80_is_never_intercepted(sidecar: SidecarProcess, upstream: Upstream,
+                                                                    keys: dict[str, SecretBinding]) -> None:
+    """Port 80 of a secret's host is a blind tunnel: whatever is sent through it keeps the sealed token."""
+    key = keys["API_KEY"]
+    with RawClient(sidecar.listen, timeout=TIMEOUT) as c:
+        assert c.connect(f"{HOST}:80").status == 200
+        resp = c.request("GET", "/echo/port80", {"Host": HOST, "x-api-key": key.sealed})
+    assert resp.status == 200
+    assert upstream.last.scheme == "http" and upstream.last.header("x-api-key") == key.sealed
+    assert sidecar.metric("oshu_tunnels_total", mode="blind") is not None
+
+
+def test_plain_http_with_a_token_anywhere_is_refused(sidecar: SidecarProcess, upstream: Upstream,
+                                                     keys: dict[str, SecretBinding]) -> None:
+    key = keys["API_KEY"]
+    basic = base64.b64encode(f"u:{key.sealed}".encode()).decode()
+    attempts = [
+        ("GET", f"http://{HOST}/echo", {"x-api-key": key.sealed}),
+        ("GET", f"http://{HOST}/echo", {"Authorization": f"basic {basic}"}),
+        ("GET", f"http://{HOST}/echo?k={key.sealed}", {}),
+        ("GET", f"http://{HOST}:443/echo", {"x-api-key": key.sealed}),
+        ("GET", f"http://{HOST}/echo", {"Cookie": f"k={key.sealed}"}),
+    ]
+    for method, url, headers in attempts:
+        with RawClient(sidecar.listen, timeout=TIMEOUT) as c:
+            resp = c.request(method, url, {"Host": HOST, **headers})
+        assert resp.status == 403 and error_code(resp) == "plaintext_secret", url
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize("target", ["127.0.0.1:443", "localhost:443", "[::1]:443", "api.oshu.test:80",
+                                    "API.OSHU.TEST.evil.test:443", "2130706433:443"])
+def test_egress_allowlist_has_no_side_doors(target: str, make_sidecar, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+    key = new_secret("API_KEY", [HOST])
+    sc = make_sidecar(new_session(key, egress=[TUNNEL]))
+    with RawClient(sc.listen, timeout=TIMEOUT) as c:
+        resp = c.connect(target)
+    assert resp.status in (400, 403)
+    with RawClient(sc.listen, timeout=TIMEOUT) as c:
+        plain = c.request("GET", f"http://{target}/echo", {})
+    assert plain.status in (400, 403)
+    assert upstream.requests == []
+
+
+# -- response scrubbing evasions ------------------------------------------------------------------
+def read_until_close(c: RawClient, limit: int = 1 << 20) -> bytes:
+    """Every byte the proxy sends until it closes (the agent's whole view of the response)."""
+    data = c._buf
+    c._buf = b""
+    for _ in range(10000):
+        try:
+            piece = c.sock.recv(65536)
+        except (ConnectionError, ssl.SSLError, socket.timeout):
+            break
+        if not piece:
+            break
+        data += piece
+        if len(data) > limit:
+            break
+    return data
+
+
+def echo_everywhere(head: bytes, body: bytes) -> bytes:
+    """An upstream that puts the key it received in every corner of an HTTP/1.1 response."""
+    v = header_value(head, b"x-api-key")
+    payload = b'{"error": "invalid key ' + v + b'"}\n'
+    chunks = b"%x;ext=%b\r\n%b\r\n" % (1, v, payload[:1])
+    chunks += b"".join(b"1\r\n%b\r\n" % payload[i:i + 1] for i in range(1, len(payload)))
+    return (b"HTTP/1.1 103 Early Hints\r\nLink: </hint?k=" + v + b">\r\n\r\n"
+            b"HTTP/1.1 302 Found\r\nLocation: https://api.oshu.test/x?k=" + v + b"\r\n"
+            + v + b": in-a-name\r\nX-Echo: " + v + b"\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n"
+            + chunks + b"0\r\nX-T: " + v + b"\r\n" + v + b": trailer-name\r\n\r\n")
+
+
+def test_key_echoed_in_every_corner_of_a_response_is_scrubbed(scripted) -> None:  # type: ignore[no-untyped-def]
+    """Interim response, header name and value, Location, chunk extension, 1-byte chunks, trailer name and value."""
+    key = new_secret("API_KEY", [HOST])
+    up, sc = scripted(echo_everywhere, key)
+    with tls_client(sc, f"{HOST}:443") as c:
+        c.send(b"GET /leak HTTP/1.1\r\nHost: api.oshu.test\r\nx-api-key: %b\r\nConnection: close\r\n\r\n"
+               % key.sealed.encode())
+        seen = read_until_close(c)
+    assert up.received and header_value(up.received[0][0], b"x-api-key") == key.value.encode()
+    assert b"103 Early Hints" in seen and b"302 Found" in seen and b"trailer-name" in seen
+    assert_clean(seen, [key])
+    t = key.sealed.encode()  # what the agent sees instead: its own token, in every place
+    for where in (b"Link: </hint?k=" + t, b"Location: https://api.oshu.test/x?k=" + t, b"\r\n" + t + b": in-a-name",
+                  b"X-Echo: " + t, b"X-T: " + t, b"\r\n" + t + b": trailer-name"):
+        assert where in seen
+    assert b"ext=" not in seen  # chunk extensions are not forwarded at all
+
+
+def test_percent_encoded_query_value_echoed_in_a_redirect_is_scrubbed(sidecar: SidecarProcess, upstream: Upstream,
+                                                                      keys: dict[str, SecretBinding]) -> None:
+    """The proxy puts a query secret in percent-encoded; the upstream's redirect re-encodes it its own way.
+
+    Before: only the raw value was scrubbed, so `Location` carried the key with `+` for its spaces.
+    """
+    key = keys["QUERY_KEY"]  # "q-secret/with space+plus&amp": slash, space, plus, ampersand
+    with tls_client(sidecar, f"{HOST}:443") as c:
+        resp = c.request("GET", f"/redirect?to=/echo%3Fk%3D{key.sealed}", {"Host": HOST})
+        echoed = c.request("GET", f"/echo?k={key.sealed}", {"Host": HOST})
+    assert resp.status == 302
+    assert quote(key.value, safe="") in upstream.requests[0].raw_path
+    location = resp.header("location") or ""
+    assert key.sealed in location
+    assert_clean(resp.raw_head + resp.body + echoed.raw_head + echoed.body, keys)
+    for form in ("q-secret/with+space+plus&amp", "with space%2Bplus%26amp"):  # yarl's mixes
+        assert form.encode() not in resp.raw_head + resp.body + echoed.raw_head + echoed.body
+
+
+def escape_everywhere(head: bytes, body: bytes) -> bytes:
+    """An upstream echoing the query value of its request target under several common escapings, one per line."""
+    raw = head.split(b" ")[1].decode().split("k=", 1)[1]
+    value = unquote(raw)
+    js = json.dumps(value)[1:-1]
+    forms = [
+        raw, raw.lower(),  # as received; hex in lower case
+        quote_plus(value), quote(value, safe="/"), quote(value, safe="/&+<>'\""),  # other encoders' choices
+        js.replace("/", "\\/"),  # PHP's json_encode
+        js.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e"),  # Go's encoding/json
+        html.escape(value), value.replace(" ", "&#32;").replace("/", "&#x2F;"),  # HTML
+    ]
+    payload = "\n".join(forms).encode()
+    return (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%b"
+            % (len(payload), payload))
+
+
+def test_escaped_forms_of_a_key_are_scrubbed(scripted) -> None:  # type: ignore[no-untyped-def]
+    """Before: only the raw bytes of a value were recognized in responses."""
+    key = new_secret("QUERY_KEY", [HOST], value="a/b c+d&e<f>\"g'h", locations=["headers", "query"])
+    up, sc = scripted(escape_everywhere, key)
+    with tls_client(sc, f"{HOST}:443") as c:
+        resp = c.request("GET", f"/q?k={key.sealed}", {"Host": HOST})
+    assert resp.status == 400
+    assert up.received and quote(key.value, safe="").encode() in up.received[0][0]
+    assert resp.body.split(b"\n") == [key.sealed.encode()] * 9
+    assert_clean(resp.raw_head + resp.body, [key])
+
+
+@pytest.mark.parametrize("user", ["", "u", "uu", "user@example"])
+def test_basic_credentials_echoed_back_are_scrubbed(user: str, sidecar: SidecarProcess, upstream: Upstream,
+                                                    keys: dict[str, SecretBinding]) -> None:
+    """The proxy builds base64(user:key) itself; an upstream echoing the header must not hand it out.
+
+    Before: only the raw value was scrubbed, and base64 hides it at every alignment.
+    """
+    key = keys["API_KEY"]
+    creds = base64.b64encode(f"{user}:{key.sealed}".encode()).decode()
+    with tls_client(sidecar, f"{HOST}:443") as c:
+        resp = c.request("GET", "/reflect?header=authorization", {"Host": HOST, "Authorization": f"Basic {creds}"})
+    assert resp.status == 200
+    sent = upstream.last.header("authorization") or ""
+    assert base64.b64decode(sent.split()[1]) == f"{user}:{key.value}".encode()
+    assert_clean(resp.raw_head + resp.body, keys)
+
+
+def storing_upstream() -> Callable[[bytes, bytes], bytes]:
+    """Stores what is POSTed; GET returns it, gzip-compressed when the request accepts gzip (as servers do)."""
+    stored: list[bytes] = [b""]
+
+    def respond(head: bytes, body: bytes) -> bytes:
+        if head.startswith(b"POST"):
+            if b"transfer-encoding: chunked" in head.lower():
+                body = b"".join(body.split(b"\r\n")[1::2])  # dechunk (single-line chunks in these tests)
+            stored[0] = body
+        data, extra = stored[0], b""
+        if b"gzip" in header_value(head, b"accept-encoding"):
+            data, extra = gzip.compress(data), b"Content-Encoding: gzip\r\n"
+        return b"HTTP/1.1 200 OK\r\n%bContent-Length: %d\r\n\r\n%b" % (extra, len(data), data)
+    return respond
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_key_stored_by_the_upstream_cannot_come_back_compressed(framing: str, scripted) -> None:  # type: ignore[no-untyped-def]
+    """Store the key upstream via body substitution, then fetch it with `Accept-Encoding: gzip`.
+
+    Before: the proxy only asked for `identity` when it had substituted into headers, so a
+    streamed (chunked) body substitution, or any later request without a token, came back
+    gzip-compressed: unscrubbable.
+    """
+    key = new_secret("BODY_KEY", [HOST], locations=["body"])
+    up, sc = scripted(storing_upstream(), key)
+    note = b'{"note": "' + key.sealed.encode() + b'"}'
+    with tls_client(sc, f"{HOST}:443") as c:
+        if framing == "length":
+            c.send(b"POST /notes HTTP/1.1\r\nHost: api.oshu.test\r\nAccept-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%b"
+                   % (len(note), note))
+        else:
+            c.send(b"POST /notes HTTP/1.1\r\nHost: api.oshu.test\r\nAccept-Encoding: gzip\r\n"
+                   b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%b\r\n0\r\n\r\n" % (len(note), note))
+        posted = c.response()
+        fetched = c.request("GET", "/notes", {"Host": HOST, "Accept-Encoding": "gzip, br"})
+    assert key.value.encode() in up.received[0][1]  # the key really was stored upstream
+    for resp in (posted, fetched):
+        assert resp.status == 200
+        body = gzip.decompress(resp.body) if resp.header("content-encoding") == "gzip" else resp.body
+        assert body == note
+        assert_clean(resp.raw_head + body, [key])
+
+
+def test_scrubber_finds_every_form_split_at_every_point() -> None:
+    """Streaming: a recognized form split anywhere across two pieces is still replaced, and nothing else held."""
+    from oshu_sidecar.scrub import Scrubber
+
+    value, sealed = b"k3y/with space&more", b"SEALED_0123456789abcdefghijklmn"
+    scrubber = Scrubber([(value, sealed, "K")])
+    basic = base64.b64encode(b"user:" + value)
+    forms = [value, quote(value, safe="").encode(), quote(value, safe="").lower().encode(), quote_plus(value).encode(),
+             value.replace(b"/", b"\\/"), value.replace(b"&", b"&amp;"), value.replace(b"&", b"\\u0026")]
+    for form in forms + [basic]:
+        text = b'data: {"echo": "' + form + b'"}\n\n'
+        for cut in range(len(text) + 1):
+            stream = scrubber.stream()
+            out = stream.feed(text[:cut]) + stream.feed(text[cut:]) + stream.flush()
+            assert value not in out and form not in out, (form, cut)
+            assert stream.names == ["K"]
+    # A tail that cannot grow into a form is never held back (SSE events go out at once).
+    stream = scrubber.stream()
+    assert stream.feed(b"data: k3y/with spa\n\n") == b"data: k3y/with spa\n\n"
+    assert stream.feed(b"data: k3y%2Fwith%20") == b"data: "
+    assert stream.feed(b"nothing\n\n") == b"k3y%2Fwith%20nothing\n\n"
+
+
+def test_scrubbing_unreserved_values_compiles_nothing() -> None:
+    """The common case (keys of letters, digits, -._~) stays on plain `in` scans."""
+    from oshu_sidecar.scrub import Scrubber
+
+    scrubber = Scrubber([(b"sk-ant-api03_abc.DEF~ghi", b"SEALED_0123456789abcdefghijklmn", "K")])
+    assert scrubber.patterns == ()
+    assert all(isinstance(n, bytes) for n in scrubber.needles)
