@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NoReturn
 
 import kopf
 
@@ -73,12 +73,9 @@ class Admission:
             session = await self._session(namespace, name, lookup(namespace, name))
             result = injection.plan(body, session, self.config)
         except Refused as e:
-            self.metrics.injections.labels("refused").inc()
-            log.info("pod refused", extra={"namespace": namespace, "pod": _pod_name(body), "detail": str(e)})
-            raise kopf.AdmissionError(str(e), code=REFUSED) from None
+            self._refuse("refused", body, namespace, str(e))
         except NotReady as e:
-            self.metrics.injections.labels("not_ready").inc()
-            raise kopf.AdmissionError(str(e), code=REFUSED) from None
+            self._refuse("not_ready", body, namespace, str(e))
         self.metrics.injections.labels("injected").inc()
         if not dryrun:
             log.info("pod injected", extra={"namespace": namespace, "pod": _pod_name(body),
@@ -104,9 +101,15 @@ class Admission:
             elif any(m.get("name") in session_vols for m in c.get("volumeMounts") or []):
                 why = "mounts the session Secret, which holds the real keys"
             if why:
-                self.metrics.injections.labels("refused").inc()
-                raise kopf.AdmissionError(f"ephemeral container {c.get('name')} {why}; debug an app container instead",
-                                          code=REFUSED)
+                self._refuse("refused", body, namespace,
+                             f"ephemeral container {c.get('name')} {why}; debug an app container instead")
+
+    def _refuse(self, result: str, body: Mapping[str, Any], namespace: str | None, why: str) -> NoReturn:
+        """Count, log (INFO: a refusal is the webhook doing its job) and answer the API server."""
+        self.metrics.injections.labels(result).inc()
+        log.info("pod refused", extra={"namespace": namespace, "pod": _pod_name(body), "result": result,
+                                       "detail": why})
+        raise kopf.AdmissionError(why, code=REFUSED) from None
 
 
 def _pod_name(body: Mapping[str, Any]) -> str:

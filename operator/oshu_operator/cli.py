@@ -210,10 +210,13 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
 async def run(config: OperatorConfig) -> None:
     import kopf
 
-    from .handlers import build_registry
+    from . import logs
+    from .handlers import REFUSING_WEBHOOKS, WAITING_HANDLERS, build_registry
     from .health import HealthServer
     from .kube import Kube, new_api_client
     from .runtime import Runtime
+
+    logs.expect_outcomes(REFUSING_WEBHOOKS, WAITING_HANDLERS)
 
     kube = Kube(await new_api_client(config.kubeconfig, config.context))
     rt = Runtime(config, kube)

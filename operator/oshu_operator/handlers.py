@@ -6,6 +6,7 @@ and embedders can run several operators in one process.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import kopf
@@ -17,6 +18,14 @@ from .runtime import Runtime
 from .webhookconfig import EPHEMERAL_HANDLER_ID
 
 SESSIONS = (n.GROUP, n.VERSION, n.PLURAL)
+REVOKE_HANDLER_ID = "revoke"
+#: What the revoke handler tells kopf while a revoked session waits out --revocation-grace.
+REVOCATION_WAIT = "session revoked; waiting for kubelets to sync it into running pods"
+#: Outcomes kopf would log as errors that are the operator working as designed (logs.ExpectedOutcomes).
+REFUSING_WEBHOOKS = (n.WEBHOOK_HANDLER_ID, EPHEMERAL_HANDLER_ID)
+WAITING_HANDLERS = {REVOKE_HANDLER_ID: REVOCATION_WAIT}
+
+log = logging.getLogger(__name__)
 
 
 def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
@@ -56,15 +65,16 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         except RetryLater as e:
             raise kopf.TemporaryError(str(e), delay=e.delay) from None
 
-    @kopf.on.delete(*SESSIONS, id="revoke", registry=registry)
+    @kopf.on.delete(*SESSIONS, id=REVOKE_HANDLER_ID, registry=registry)
     async def revoke(body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
         try:
             remaining = await rt.reconciler.revoke(namespace, name, body)
         except RetryLater as e:
             raise kopf.TemporaryError(str(e), delay=e.delay) from None
         if remaining > 0:
-            raise kopf.TemporaryError("session revoked; waiting for kubelets to sync it into running pods",
-                                      delay=remaining)
+            log.info("revoked session kept for kubelets", extra={
+                "session": f"{namespace}/{name}", "delete_in_seconds": round(remaining, 1)})
+            raise kopf.TemporaryError(REVOCATION_WAIT, delay=remaining)
 
     @kopf.on.event("", "v1", "secrets", id="secret_changed", registry=registry)
     async def secret_changed(namespace: str, name: str, sessions_by_secret: kopf.Index[Any, str], **_: Any) -> None:

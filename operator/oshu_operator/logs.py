@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
@@ -30,6 +31,47 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             out["error"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str)
+
+
+class ExpectedOutcomes(logging.Filter):
+    """Keep kopf from logging the operator's deliberate outcomes as errors.
+
+    kopf logs every handler that raises at ERROR: an admission refusal is "Webhook 'inject'
+    failed permanently: <why>", a retry the handler asked for is "Handler 'revoke' failed
+    temporarily: <why>". A refused pod and a revoked session waiting out its grace period are
+    the product working, not failing, and the operator logs each of them itself at INFO with
+    structured fields ("pod refused", "revoked session kept for kubelets"). So kopf's record
+    of them goes to DEBUG: refusals by the `refusing` webhooks, and retries of the `waiting`
+    handlers (handler id -> the start of their message).
+
+    Anything else kopf says (an exception in a handler, an API error retried, a refusal by a
+    webhook not listed) stays at ERROR. kopf builds these messages itself (f-strings, no
+    args), so they are matched on their text, anchored on the handler id.
+    """
+
+    def __init__(self, refusing: Iterable[str], waiting: Mapping[str, str]) -> None:
+        super().__init__()
+        self._refusals = tuple(f"Webhook {hid!r} failed permanently: " for hid in refusing)
+        self._waits = tuple(f"Handler {hid!r} failed temporarily: {why}" for hid, why in waiting.items())
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.ERROR or not isinstance(record.msg, str):
+            return True
+        if not record.msg.startswith(self._refusals + self._waits):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        # The logger let the record through as an ERROR; drop it unless DEBUG is logged.
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def expect_outcomes(refusing: Iterable[str], waiting: Mapping[str, str]) -> ExpectedOutcomes:
+    """Install an ExpectedOutcomes filter on kopf's per-object logger (replacing an earlier one)."""
+    logger = logging.getLogger("kopf.objects")
+    for old in [f for f in logger.filters if isinstance(f, ExpectedOutcomes)]:
+        logger.removeFilter(old)
+    installed = ExpectedOutcomes(refusing, waiting)
+    logger.addFilter(installed)
+    return installed
 
 
 def setup(level: str = "INFO", fmt: str = "json") -> None:

@@ -182,6 +182,19 @@ def test_refusals_have_clear_messages(kube, ns, session, operator, what, make, m
     assert operator.get("/healthz")[0] == 200  # and the operator keeps serving
 
 
+def test_refusals_are_logged_as_info_not_as_errors(kube, ns, session, operator):
+    """A refusal is the webhook working: one INFO record of ours, kopf's own record at DEBUG."""
+    made = create(kube, ns, pod("refused-for-log", "claude", shareProcessNamespace=True))
+    assert not made.ok
+    mine = wait_for(lambda: operator.find_log(lambda r: r.get("msg") == "pod refused"
+                                              and r.get("pod") == "refused-for-log"), 10, "the refusal logged")
+    assert mine["level"] == "info" and mine["namespace"] == ns and "shareProcessNamespace" in mine["detail"]
+    kopfs = [r for r in operator.log_records() if "refused-for-log" in str(r.get("object"))
+             and "failed permanently" in str(r.get("msg"))]
+    assert [r["level"] for r in kopfs] == ["debug"], kopfs  # the operator under test logs at DEBUG
+    assert not [r for r in operator.log_records() if r.get("level") == "error" and "failed permanently" in r["msg"]]
+
+
 def test_expired_session_is_refused(kube, ns, real):
     kube.secret(ns, "anthropic", {"api-key": real()})
     kube.session(ns, "short", [{"name": "K", "secretKeyRef": {"name": "anthropic", "key": "api-key"},

@@ -174,7 +174,7 @@ def test_short_ttl_expires_and_revokes(kube, ns, real):
     assert any(e["reason"] == "Expired" for e in kube.events(ns))
 
 
-def test_deletion_revokes_before_cleanup(kube, ns, real):
+def test_deletion_revokes_before_cleanup(kube, ns, real, operator):
     kube.secret(ns, "anthropic", {"api-key": real()})
     kube.session(ns, "claude", [anthropic()])
     kube.wait_phase(ns, "claude", n.PHASE_READY)
@@ -186,6 +186,12 @@ def test_deletion_revokes_before_cleanup(kube, ns, real):
     wait_for(lambda: kube.get(n.PLURAL, "claude", ns) is None, 30, "VaultSession gone")
     assert kube.get("secret", "oshu-vault-session-claude", ns) is None
     assert any(e["reason"] == "Revoked" for e in kube.events(ns))
+    # The grace wait is expected: logged by the operator at INFO, never as an error.
+    wait = operator.find_log(lambda r: r.get("msg") == "revoked session kept for kubelets"
+                             and r.get("session") == f"{ns}/claude")
+    assert wait is not None and wait["level"] == "info" and 0 < wait["delete_in_seconds"] <= 2
+    assert not [r for r in operator.log_records() if r.get("level") == "error" and "failed temporarily" in r["msg"]
+                and f"{ns}/claude" in str(r.get("object"))]
 
 
 def test_operator_restart_keeps_tokens(kube, ns, real, operator):
