@@ -58,7 +58,9 @@ class Refusal:
 class Policy:
     """Decisions for one loaded session; immutable once built (a reload builds a new one)."""
 
-    def __init__(self, session: Session, revoked_reason: str | None = None) -> None:
+    def __init__(self, session: Session, revoked_reason: str | None = None,
+                 retired: tuple[tuple[bytes, bytes, str], ...] = ()) -> None:
+        """`retired`: (value, sealed, name) of secrets earlier sessions had and this one dropped; still scrubbed."""
         self.session = session
         self.name = session.session
         self.subs = tuple(
@@ -73,7 +75,8 @@ class Policy:
         )
         self.tokens = tuple(s.sealed for s in self.subs)
         #: Finds every real value of the session in responses (raw, escaped, base64) for scrubbing.
-        self.scrubber = Scrubber((s.value, s.sealed, s.name) for s in self.subs)
+        #: A rotated-out value can still be echoed (an upstream that stored it), so it stays scrubbed.
+        self.scrubber = Scrubber([(s.value, s.sealed, s.name) for s in self.subs] + list(retired))
         self._secret_hosts: tuple[HostPattern, ...] = tuple(p for s in session.secrets for p in s.hosts)
         self._egress = session.egress
         self.expires_at: float | None = session.expires_at.timestamp() if session.expires_at else None
@@ -98,7 +101,6 @@ class Policy:
         intercept = bool(allowed)
         in_egress = self._egress is not None and any_match(self._egress, host, port)
         egress_allowed = intercept or self._egress is None or in_egress
-        named = intercept or in_egress
         return HostPlan(
             host=host,
             port=port,
@@ -107,8 +109,19 @@ class Policy:
             header_subs=tuple(s for s in allowed if "headers" in s.locations),
             query_subs=tuple(s for s in allowed if "query" in s.locations),
             body_subs=tuple(s for s in allowed if "body" in s.locations),
-            label=(host if port == 443 else f"{host}:{port}") if named else OTHER_HOST_LABEL,
+            label=self._label(host, port),
         )
+
+    def _label(self, host: str, port: int) -> str:
+        """The metrics label: the session's pattern naming host:port (exact before wildcard), else "other".
+
+        A wildcard match is labelled with the pattern, not the host: `*.example.com` would
+        otherwise let a client mint one time series per made-up subdomain, without bound.
+        """
+        matches = [p for p in (*self._secret_hosts, *(self._egress or ())) if p.matches(host, port)]
+        if not matches:
+            return OTHER_HOST_LABEL
+        return str(min(matches, key=lambda p: p.wildcard))
 
     # -- session state ----------------------------------------------------------------
     def inactive(self, now: float | None = None) -> Refusal | None:

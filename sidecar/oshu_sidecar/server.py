@@ -517,6 +517,14 @@ class Proxy:
                        head: bytes, body: bytes, stream_body: bool, replacer: StreamReplacer | None,
                        retryable: bool, tls: bool, host: str, port: int, policy: Policy) -> bool:
         loop = self.loop
+        if ex.secrets:
+            # Substitution was decided when the head arrived; a buffered body or the upstream connect
+            # may have taken long since. A real key is never sent once the session is no longer live.
+            inactive = self.policy.inactive()
+            if inactive is not None:
+                self.pool.release(up)  # nothing was sent on it
+                ex.secrets.clear()
+                return self._refuse(conn, req, ex, inactive, True)
         up.write(head + body if body else head)
         t_sent = perf_counter()
         upload: asyncio.Task[None] | None = None
@@ -526,6 +534,9 @@ class Proxy:
         try:
             resp, rhead = await self._response_head(conn, up, req)
         except ChannelClosed:
+            stopped = _stopped(upload)
+            if stopped is not None:
+                return self._refuse(conn, req, ex, stopped.refusal, True)
             if reused and retryable and not up.buf and not conn.closed:
                 # A pooled connection the upstream had already closed: retry once on a fresh one.
                 up.abort()
@@ -734,6 +745,7 @@ class Proxy:
                     remaining -= len(data)
                     ex.bytes_in += len(data)
                     if replacer is not None:
+                        self._check_live()
                         data = replacer.feed(data)
                         if data:
                             up.write(chunk(data))
@@ -753,6 +765,7 @@ class Proxy:
                         break
                     ex.bytes_in += len(data)
                     if replacer is not None:
+                        self._check_live()
                         data = replacer.feed(data)
                     if data:
                         up.write(chunk(data))
@@ -766,6 +779,27 @@ class Proxy:
         except (ChannelClosed, ConnectionError, HttpError):
             up.abort()
             raise
+
+    def _check_live(self) -> None:
+        """Raise SubstitutionStopped once the session is revoked or expired (checked per streamed piece)."""
+        inactive = self.policy.inactive()
+        if inactive is not None:
+            raise SubstitutionStopped(inactive)
+
+
+class SubstitutionStopped(ChannelClosed):
+    """A streamed body was being substituted when the session stopped being live: the upload is cut."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
+
+
+def _stopped(upload: asyncio.Task[None] | None) -> SubstitutionStopped | None:
+    if upload is None or not upload.done() or upload.cancelled():
+        return None
+    exc = upload.exception()
+    return exc if isinstance(exc, SubstitutionStopped) else None
 
 
 def _response_out(resp: ResponseHead, scrubber: Scrubber, names: list[str],

@@ -9,6 +9,9 @@ changes). A poll is a single stat call, so a 0.5 s interval costs nothing and th
 - changed and invalid -> keep serving the last good session, log an error, set a metric
 - deleted             -> revoke (the last good session's tokens get 403s)
 - `"revoked": true`   -> revoke
+
+Values a reload drops (a rotated key) stay scrubbed from responses: an upstream may still
+echo one it stored (the last MAX_RETIRED are kept).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from .policy import Policy
 from .session import Session, SessionError, load_session_file
 
 Signature = tuple[int, int, int, int]
+#: Values of secrets dropped by a reload that are still scrubbed from responses (oldest forgotten first).
+MAX_RETIRED = 16
 
 
 def file_signature(path: str) -> Signature | None:
@@ -50,6 +55,7 @@ class SessionWatcher:
         self.load_error: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._was_expired = False
+        self.retired: dict[bytes, tuple[bytes, bytes, str]] = {}  # value -> (value, sealed, name)
         #: Further checks run on the same tick (the CA files live in the same mounted Secret).
         self.also_poll: list[Callable[[], None]] = []
 
@@ -63,8 +69,17 @@ class SessionWatcher:
         return self._install(session, None)
 
     def _install(self, session: Session, revoked_reason: str | None) -> Policy:
+        if self.last_good is not None:
+            for s in self.last_good.secrets:  # (re)inserted at the newest end
+                value = s.value.encode()
+                self.retired.pop(value, None)
+                self.retired[value] = (value, s.sealed.encode(), s.name)
+            for s in session.secrets:  # still (or again) a secret of the session
+                self.retired.pop(s.value.encode(), None)
+            while len(self.retired) > MAX_RETIRED:
+                del self.retired[next(iter(self.retired))]
         self.last_good = session
-        self.policy = Policy(session, revoked_reason)
+        self.policy = Policy(session, revoked_reason, tuple(self.retired.values()))
         self._was_expired = False
         self.on_change(self.policy)
         return self.policy

@@ -694,3 +694,121 @@ def test_scrubbing_unreserved_values_compiles_nothing() -> None:
     scrubber = Scrubber([(b"sk-ant-api03_abc.DEF~ghi", b"SEALED_0123456789abcdefghijklmn", "K")])
     assert scrubber.patterns == ()
     assert all(isinstance(n, bytes) for n in scrubber.needles)
+
+
+# -- expiry and revocation ------------------------------------------------------------------------
+def revoke(sc: SidecarProcess) -> None:
+    sc.delete_session()
+    sc.wait_for_log(lambda r: "revoked" in r.get("msg", ""), timeout=WAIT)
+
+
+def test_streamed_body_substitution_stops_at_revocation(make_sidecar, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+    """Start a chunked upload while the session is live, keep it going after revocation.
+
+    Before: the stream kept substituting the real key into every later chunk, forever
+    (bodies have no timeout).
+    """
+    key = new_secret("BODY_KEY", [HOST], locations=["headers", "body"])
+    sc = make_sidecar(new_session(key))
+    with tls_client(sc, f"{HOST}:443") as c:
+        c.send(b"POST /upload HTTP/1.1\r\nHost: api.oshu.test\r\nTransfer-Encoding: chunked\r\n\r\n")
+        piece = b"k=" + key.sealed.encode() + b"\n"
+        c.send(b"%x\r\n%b\r\n" % (len(piece), piece))
+        assert upstream.wait_for(lambda u: "upload:first-chunk" in u.events, WAIT)
+        revoke(sc)
+        c.send(b"%x\r\n%b\r\n0\r\n\r\n" % (len(piece), piece))
+        resp = c.response()
+    assert resp.status == 403 and error_code(resp) == "session_revoked"
+    assert all(r.body.count(key.value.encode()) <= 1 for r in upstream.requests)
+
+
+def test_slow_buffered_body_is_checked_again_before_sending(make_sidecar, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+    """A body the proxy buffers (to substitute into it) can take long to arrive: the session is checked again.
+
+    Before: head and body substitution were decided when the head arrived and sent with the
+    body whenever it completed, after revocation included.
+    """
+    key = new_secret("BODY_KEY", [HOST], locations=["headers", "body"])
+    sc = make_sidecar(new_session(key))
+    body = b'{"k": "' + key.sealed.encode() + b'"}'
+    with tls_client(sc, f"{HOST}:443") as c:
+        c.send(b"POST /echo/slow HTTP/1.1\r\nHost: api.oshu.test\r\nx-api-key: %b\r\nContent-Length: %d\r\n\r\n%b"
+               % (key.sealed.encode(), len(body), body[:5]))
+        revoke(sc)
+        c.send(body[5:])
+        resp = c.response()
+    assert resp.status == 403 and error_code(resp) == "session_revoked"
+    assert upstream.requests == []
+
+
+def test_expiry_boundary_is_inclusive() -> None:
+    """At `expiresAt` exactly the session is expired; a microsecond before it is not."""
+    key = new_secret("API_KEY", [HOST])
+    session = new_session(key, expires_in=3600)
+    policy = Policy(session)
+    assert policy.expires_at is not None
+    assert policy.inactive(now=policy.expires_at - 1e-6) is None
+    refusal = policy.inactive(now=policy.expires_at)
+    assert refusal is not None and refusal.code == "session_expired"
+    assert key.value not in refusal.message
+
+
+def test_malformed_session_file_then_deletion_still_revokes(make_sidecar, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+    key = new_secret("API_KEY", [HOST])
+    sc = make_sidecar(new_session(key))
+    sc.write_session(b'{"session": "agents/test", "secrets": [')  # truncated JSON
+    sc.wait_for_log(lambda r: "rejected" in r.get("msg", ""), timeout=WAIT)
+    with tls_client(sc, f"{HOST}:443") as c:  # the last good session is still served
+        assert c.request("GET", "/echo/kept", {"Host": HOST, "x-api-key": key.sealed}).status == 200
+    assert upstream.last.header("x-api-key") == key.value
+    sc.write_session(b'{"session": "agents/test", "secrets": [{"name": "K", "sealed": "x", "value": "%s"}]}'
+                     % key.value.encode())  # invalid, and carrying a value: the error must not echo it
+    sc.wait_for_log(lambda r: "sealed must look like" in r.get("error", ""), timeout=WAIT)
+    revoke(sc)
+    with tls_client(sc, f"{HOST}:443") as c:
+        resp = c.request("GET", "/echo/revoked", {"Host": HOST, "x-api-key": key.sealed})
+    assert resp.status == 403 and error_code(resp) == "session_revoked"
+    assert upstream.last.path == "/echo/kept"
+    assert sc.metric("oshu_session_revoked") == 1
+
+
+# -- exhaustion: metrics cardinality, connections, slow clients -----------------------------------
+def test_wildcard_hosts_do_not_mint_a_metric_series_each(make_sidecar, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+    """Made-up subdomains under a wildcard are counted under the pattern.
+
+    Before: each subdomain got its own `host` label, so a loop over random names grew the
+    metrics without bound (memory, and every scrape).
+    """
+    key = new_secret("WILD_KEY", ["*.wild.oshu.test"])
+    sc = make_sidecar(new_session(key, egress=["*.egress.oshu.test:80"]), hosts=[],
+                      connect_to=[f":80:127.0.0.1:{upstream.http_port}", f"::127.0.0.1:{upstream.port}"])
+    for i in range(12):
+        host = f"n{i}.wild.oshu.test"
+        with tls_client(sc, f"{host}:443") as c:
+            assert c.request("GET", "/echo/w", {"Host": host, "x-api-key": key.sealed}).status == 200
+        with RawClient(sc.listen, timeout=TIMEOUT) as c:
+            assert c.request("GET", f"http://n{i}.egress.oshu.test/echo/e", {}).status == 200
+    text = sc.metrics_text()
+    assert 'host="n0.wild.oshu.test"' not in text and 'host="n0.egress.oshu.test:80"' not in text
+    assert sc.metric("oshu_requests_total", host="*.wild.oshu.test", outcome="forwarded") == 12
+    assert sc.metric("oshu_requests_total", host="*.egress.oshu.test:80", outcome="forwarded") == 12
+    assert sc.metric("oshu_substitutions_total", secret="WILD_KEY", host="*.wild.oshu.test") == 12
+
+
+def test_a_rotated_out_key_is_still_scrubbed(make_sidecar, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+    """The key is rotated (new value, same name); an upstream that kept the old one echoes it later.
+
+    Before: a reload forgot old values, so responses echoing them passed through.
+    """
+    old = new_secret("API_KEY", [HOST])
+    new = SecretBinding(name="API_KEY", sealed=old.sealed, value="sk-rotated-" + "n" * 24, hosts=old.hosts)
+    sc = make_sidecar(new_session(old), values=[old.value, new.value])
+    sc.write_session(new_session(new))
+    sc.wait_for_log(lambda r: r.get("msg") == "session reloaded", timeout=WAIT)
+    with tls_client(sc, f"{HOST}:443") as c:  # the upstream echoes a header: here, the old key itself
+        resp = c.request("GET", "/reflect?header=x-stored", {"Host": HOST, "x-stored": old.value})
+        fresh = c.request("GET", "/reflect", {"Host": HOST, "x-api-key": old.sealed})
+    assert upstream.requests[0].header("x-stored") == old.value
+    assert_clean(resp.raw_head + resp.body, [old, new])
+    assert upstream.last.header("x-api-key") == new.value
+    assert_clean(fresh.raw_head + fresh.body, [old, new])
