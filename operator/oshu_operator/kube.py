@@ -124,22 +124,11 @@ class Kube:
                 return None
             raise
 
-    async def put_mutating_webhook(self, body: dict[str, Any]) -> None:
-        """Create a MutatingWebhookConfiguration, or merge-patch an existing one (last writer wins).
+    async def create_mutating_webhook(self, body: dict[str, Any]) -> None:
+        await self.admission.create_mutating_webhook_configuration(body)
 
-        A patch rather than a replace: pointing an existing configuration (e.g. the chart's) at a
-        local operator then needs only the get+patch the chart grants on it, and keeps its labels
-        and annotations.
-        """
-        name = body["metadata"]["name"]
-        current = await self.get_mutating_webhook(name)
-        if current is None:
-            await self.admission.create_mutating_webhook_configuration(body)
-        else:
-            patch = {"metadata": {"labels": body["metadata"].get("labels") or {},
-                                  "resourceVersion": current["metadata"]["resourceVersion"]},
-                     "webhooks": body["webhooks"]}
-            await self.admission.patch_mutating_webhook_configuration(name, patch, _content_type=MERGE_PATCH)
+    async def merge_patch_mutating_webhook(self, name: str, patch: dict[str, Any]) -> None:
+        await self.admission.patch_mutating_webhook_configuration(name, patch, _content_type=MERGE_PATCH)
 
     async def delete_mutating_webhook(self, name: str) -> None:
         try:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import kopf
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from . import tls, webhookconfig
 from . import names as n
@@ -141,13 +142,44 @@ class Runtime:
         if client_config.get("caBundle"):
             ca_pem = base64.b64decode(client_config["caBundle"])
         if cfg.dev_webhook:
-            body = webhookconfig.configuration(cfg.dev_webhook_config, cfg, {"url": client_config["url"]}, ca_pem)
-            await self.kube.put_mutating_webhook(body)
-            log.info("webhook configuration registered",
-                     extra={"configuration": cfg.dev_webhook_config, "url": client_config["url"]})
+            await self._register_dev_webhook(client_config["url"], ca_pem)
         elif cfg.webhook_config_name and ca_pem:
             await self._patch_ca_bundle(cfg.webhook_config_name, ca_pem)
         self.webhook_ready.set()
+
+    async def _register_dev_webhook(self, url: str, ca_pem: bytes | None) -> None:
+        """Point --dev-webhook-config at this process, touching no more than needed.
+
+        Absent: create it, labelled as ours. Ours (an earlier dev run): bring its webhooks up to
+        date (namespaces and failure policy may have changed). Someone else's, e.g. the chart's
+        when a local operator stands in for the Deployment: only the clientConfig of each of our
+        webhooks (get+patch, which the chart grants); its labels (Helm's managed-by) and the
+        rest stay as its owner wrote them.
+        """
+        cfg = self.config
+        name = cfg.dev_webhook_config
+        body = webhookconfig.configuration(name, cfg, {"url": url}, ca_pem)
+        for attempt in range(5):
+            current = await self.kube.get_mutating_webhook(name)
+            try:
+                if current is None:
+                    await self.kube.create_mutating_webhook(body)
+                elif webhookconfig.is_ours(current):
+                    await self.kube.merge_patch_mutating_webhook(name, {
+                        "metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
+                        "webhooks": body["webhooks"]})
+                else:
+                    ops = webhookconfig.client_config_patch(current, body["webhooks"])
+                    if ops:
+                        await self.kube.patch_mutating_webhook(name, ops)
+            except ApiException as e:
+                # Created or changed between our read and our write (409; 422: the patch's
+                # resourceVersion test failed): read again.
+                if e.status not in (409, 422) or attempt == 4:
+                    raise
+                continue
+            log.info("webhook configuration registered", extra={"configuration": name, "url": url})
+            return
 
     async def _patch_ca_bundle(self, name: str, ca_pem: bytes) -> None:
         for attempt in range(60):

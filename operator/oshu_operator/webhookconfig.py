@@ -84,6 +84,33 @@ def configuration(name: str, cfg: OperatorConfig, base: dict[str, Any], ca_pem: 
     }
 
 
+def is_ours(current: dict[str, Any]) -> bool:
+    """Registered by an operator in --dev-webhook mode (it carries our managed-by label)."""
+    return ((current.get("metadata") or {}).get("labels") or {}).get(n.LABEL_MANAGED_BY) == n.MANAGED_BY
+
+
+def client_config_patch(current: dict[str, Any], wanted: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """JSON patch pointing a configuration someone else owns (the chart's: Helm or kubectl) at us.
+
+    Only the `clientConfig` (URL + caBundle) of each of our webhooks changes, matched by name;
+    labels, annotations, rules, selectors and policies stay the owner's. Guarded by the
+    resourceVersion read, so a concurrent change fails the patch instead of being overwritten.
+    Raises LookupError when one of our webhooks is missing: its checks would silently not run.
+    """
+    hooks = current.get("webhooks") or []
+    index = {hook.get("name"): i for i, hook in enumerate(hooks)}
+    missing = [hook["name"] for hook in wanted if hook["name"] not in index]
+    if missing:
+        raise LookupError(f"MutatingWebhookConfiguration {current['metadata']['name']} has no webhook named "
+                          f"{', '.join(missing)}; render it from the chart or `oshu-operator --print-webhook-config`")
+    ops = [{"op": "replace", "path": f"/webhooks/{index[hook['name']]}/clientConfig", "value": hook["clientConfig"]}
+           for hook in wanted if hooks[index[hook["name"]]].get("clientConfig") != hook["clientConfig"]]
+    if not ops:
+        return []
+    return [{"op": "test", "path": "/metadata/resourceVersion", "value": current["metadata"]["resourceVersion"]},
+            *ops]
+
+
 def ca_bundle_patch(current: dict[str, Any], ca_pem: bytes) -> list[dict[str, Any]]:
     """JSON patch setting caBundle on every webhook of an existing configuration (chart-owned)."""
     value = base64.b64encode(ca_pem).decode("ascii")

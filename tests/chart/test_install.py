@@ -78,6 +78,9 @@ def inject_example_pod(installation: Installation, op: OperatorProcess, namespac
     """Apply the example Secret + VaultSession + labelled Pod into `namespace`; return the stored Pod."""
     cluster = installation.cluster
     installation.assert_webhook_is_local()
+    rendered = chart.find(installation.docs, "MutatingWebhookConfiguration")["metadata"]["labels"]
+    assert installation.webhook_configuration()["metadata"]["labels"] == rendered, \
+        "the dev-webhook operator changed the labels of the chart's configuration (Helm's managed-by)"
     docs = examples.load(namespace)
     real = examples.real_key(docs)
     install.apply_docs(cluster, [docs["Secret"], docs["VaultSession"]])
