@@ -37,8 +37,26 @@ async def _run(cfg) -> int:  # type: ignore[no-untyped-def]
     return 0
 
 
+def raise_fd_limit() -> None:
+    """Lift the soft limit on open files to the hard one.
+
+    Every client connection and its upstream cost a descriptor each; container runtimes
+    often start processes with a soft limit of 1024, which an agent holding a few hundred
+    idle connections would exhaust, locking everyone else out until it lets go.
+    """
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):  # pragma: no cover - not POSIX, or not allowed: keep going
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     setup_logging("info")
+    raise_fd_limit()
     try:
         cfg = load_config(argv)
     except ConfigError as e:

@@ -53,13 +53,36 @@ class AdminApp:
 
 
 class _AdminProtocol(asyncio.Protocol):
-    def __init__(self, app: AdminApp) -> None:
+    """One admin connection. Closed after `timeout` seconds without a complete request: the
+    admin port is reachable from the agent's container, and half-sent heads must not pile up."""
+
+    def __init__(self, app: AdminApp, timeout: float) -> None:
         self.app = app
+        self.timeout = timeout
         self.buf = b""
         self.transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(self.timeout, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self.transport is not None and not self.transport.is_closing():
+            if self.buf:
+                self.transport.write(error_response(408, "request_timeout", "request head not received in time", True))
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
@@ -85,21 +108,23 @@ class _AdminProtocol(asyncio.Protocol):
             if not req.keep_alive or req.framing:  # admin requests have no bodies
                 self.transport.close()
                 return
+            self._arm()
 
 
 class AdminServer:
     """Explicit lifecycle: start() binds, stop() closes."""
 
-    def __init__(self, app: AdminApp, host: str, port: int) -> None:
+    def __init__(self, app: AdminApp, host: str, port: int, timeout: float = 10.0) -> None:
         self.app = app
         self.host = host
         self.port = port
+        self.timeout = timeout
         self.server: asyncio.AbstractServer | None = None
         self.address: tuple[str, int] | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: _AdminProtocol(self.app), self.host, self.port,
+        self.server = await loop.create_server(lambda: _AdminProtocol(self.app, self.timeout), self.host, self.port,
                                                reuse_address=True)
         self.address = self.server.sockets[0].getsockname()[:2]
 

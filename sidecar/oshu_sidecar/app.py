@@ -102,7 +102,8 @@ class Sidecar:
             await self.proxy.start()
         except OSError as e:
             raise StartupError(f"cannot listen on {cfg.listen[0]}:{cfg.listen[1]}: {e.strerror or e}") from None
-        self.admin = AdminServer(AdminApp(m, lambda: self.ready, self._status), *cfg.admin_listen)
+        self.admin = AdminServer(AdminApp(m, lambda: self.ready, self._status), *cfg.admin_listen,
+                                 timeout=max(cfg.header_timeout, 1.0))
         try:
             await self.admin.start()
         except OSError as e:

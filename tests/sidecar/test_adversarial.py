@@ -812,3 +812,187 @@ def test_a_rotated_out_key_is_still_scrubbed(make_sidecar, upstream: Upstream) -
     assert_clean(resp.raw_head + resp.body, [old, new])
     assert upstream.last.header("x-api-key") == new.value
     assert_clean(fresh.raw_head + fresh.body, [old, new])
+
+
+def run_with_fd_limit(directory: Path, soft: int) -> str:
+    """A python wrapper that starts the sidecar with a low soft limit on open files (as many containers do)."""
+    import sys
+
+    wrapper = directory / "python-lowfd"
+    wrapper.write_text(f"#!/bin/sh\nulimit -S -n {soft}\nexec {sys.executable} \"$@\"\n")
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+def test_many_idle_connections_do_not_lock_others_out(make_sidecar, upstream: Upstream, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Hold more half-open connections than a container's default soft file limit, then ask for service.
+
+    Before: with a soft limit of 1024 (or, here, 256), the sidecar ran out of descriptors and
+    stopped accepting until the agent let go; it now raises its soft limit to the hard one.
+    """
+    key = new_secret("API_KEY", [HOST])
+    sc = make_sidecar(new_session(key), python=run_with_fd_limit(tmp_path, 256))
+    held: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            s = socket.create_connection(sc.listen, timeout=TIMEOUT)
+            s.sendall(b"GET http://api.oshu.test/ HTTP/1.1\r\nHost: api")  # ...and never finishes
+            held.append(s)
+        for _ in range(20):
+            with tls_client(sc, f"{HOST}:443") as c:  # intercepted, idle: also held
+                assert c.request("GET", "/echo/held", {"Host": HOST}).status == 200
+        still_serving(sc, upstream, key)
+    finally:
+        for s in held:
+            s.close()
+    assert sc.admin_get("/readyz")[0] == 200
+    limits = Path(f"/proc/{sc.proc.pid}/limits").read_text()
+    soft, hard = next(ln.split()[3:5] for ln in limits.splitlines() if ln.startswith("Max open files"))
+    assert soft == hard
+
+
+def test_admin_endpoint_drops_clients_that_never_finish(make_sidecar, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+    """The admin port is reachable from the agent's container: half-sent heads must not pile up forever.
+
+    Before: an admin connection with a partial head stayed open indefinitely.
+    """
+    key = new_secret("API_KEY", [HOST])
+    sc = make_sidecar(new_session(key), extra_args=["--header-timeout", "1"])
+    with socket.create_connection(sc.admin, timeout=TIMEOUT) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x")
+        data = b""
+        for _ in range(100):
+            piece = s.recv(4096)
+            if not piece:
+                break
+            data += piece
+    assert data == b"" or b" 408 " in data.split(b"\r\n")[0]
+    assert sc.admin_get("/readyz")[0] == 200
+
+
+def test_slow_upload_does_not_hold_up_others(sidecar: SidecarProcess, upstream: Upstream,
+                                             keys: dict[str, SecretBinding]) -> None:
+    """A body trickling in (slowloris on bodies) ties up its own exchange only."""
+    key = keys["API_KEY"]
+    with tls_client(sidecar, f"{HOST}:443") as slow:
+        slow.send(b"POST /upload HTTP/1.1\r\nHost: api.oshu.test\r\nx-api-key: %b\r\nContent-Length: 1000\r\n\r\nab"
+                  % key.sealed.encode())
+        for _ in range(3):
+            still_serving(sidecar, upstream, key)
+            slow.send(b"c")
+        slow.send(b"d" * 995)
+        assert slow.response().status == 200
+    assert upstream.last.path == "/upload" and len(upstream.last.body) == 1000
+
+
+@pytest.mark.parametrize("shape", ["one long line", "many fields"])
+def test_oversized_heads_inside_the_tunnel_get_431_and_memory_stays_flat(
+        shape: str, sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]) -> None:
+    def rss() -> int:
+        status = Path(f"/proc/{sidecar.proc.pid}/status").read_text()
+        return int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmRSS:")))
+
+    fields = (b"X-Long: " + b"a" * 200_000 + b"\r\n") if shape == "one long line" else b"X-F: v\r\n" * 20_000
+    before = rss()
+    for _ in range(20):
+        with tls_client(sidecar, f"{HOST}:443") as c:
+            c.send(b"GET /echo HTTP/1.1\r\nHost: api.oshu.test\r\nx-api-key: %b\r\n" % keys["API_KEY"].sealed.encode())
+            try:
+                c.send(fields + b"\r\n")
+            except (ConnectionError, ssl.SSLError):
+                pass  # the proxy may close while we still write
+            resp = c.response()
+            assert resp.status == 431 and error_code(resp) == "headers_too_large"
+    assert rss() - before < 32 * 1024  # KiB: twenty refused 200 KB heads leave nothing behind
+    assert upstream.requests == []
+    still_serving(sidecar, upstream, keys["API_KEY"])
+
+
+# -- sealed tokens where they must not be substituted ---------------------------------------------
+def test_tokens_in_disguise_are_never_substituted(sidecar: SidecarProcess, upstream: Upstream,
+                                                  keys: dict[str, SecretBinding]) -> None:
+    """Only the exact token, in a header value (or opted-in place) of a secret allowed here, is replaced."""
+    key, other, wild = keys["API_KEY"], keys["OTHER_KEY"], keys["WILD_KEY"]
+    t = key.sealed
+    half = len(t) // 2
+    headers = [
+        ("Host", HOST),
+        ("x-lower", t.lower()),
+        ("x-upper", t.upper()),
+        ("x-urlenc", quote(t, safe="").replace("_", "%5F")),
+        ("x-split-a", t[:half]), ("x-split-b", t[half:]),
+        ("x-other-secret", other.sealed),  # allowed only for other.oshu.test
+        ("x-wild-secret", wild.sealed),  # allowed only for *.wild.oshu.test
+        ("Authorization", "Basic " + base64.b64encode(f"u:{t}".encode()).decode().rstrip("=")),  # no padding
+        ("x-b64url", base64.urlsafe_b64encode(f"u:{t}?".encode()).decode()),
+        (t, "token-as-a-field-name"),
+    ]
+    body = f"k={t}".encode()
+    with tls_client(sidecar, f"{HOST}:443") as c:
+        resp = c.request("POST", f"/echo/{t}?q={t}", headers, body)  # headers-only secret: path, query, body untouched
+    assert resp.status == 200
+    got = upstream.last
+    for name, value in headers[1:]:
+        assert got.header(name) == value, name
+    assert t in got.raw_path and got.body == body
+    assert key.value not in json.dumps(got.headers) + got.raw_path and key.value.encode() not in got.body
+    assert_clean(resp.raw_head + resp.body, keys)
+
+
+@pytest.mark.parametrize("auth", ["basic {b}", "BASIC {b}", "Basic   {b}", "Basic {b}\t"])
+def test_basic_credentials_variants_are_substituted(auth: str, sidecar: SidecarProcess, upstream: Upstream,
+                                                    keys: dict[str, SecretBinding]) -> None:
+    key = keys["API_KEY"]
+    b = base64.b64encode(f"user:{key.sealed}".encode()).decode()
+    with tls_client(sidecar, f"{HOST}:443") as c:
+        resp = c.request("GET", "/echo/basic", {"Host": HOST, "Authorization": auth.format(b=b)})
+    assert resp.status == 200
+    sent = (upstream.last.header("authorization") or "").split()[-1]
+    assert base64.b64decode(sent) == f"user:{key.value}".encode()
+    assert_clean(resp.raw_head + resp.body, keys)
+
+
+def test_token_in_a_cookie_is_a_header_value_like_any_other(sidecar: SidecarProcess, upstream: Upstream,
+                                                            keys: dict[str, SecretBinding]) -> None:
+    key = keys["API_KEY"]
+    with tls_client(sidecar, f"{HOST}:443") as c:
+        resp = c.request("GET", "/reflect?header=cookie", {"Host": HOST, "Cookie": f"a=1; k={key.sealed}; b=2"})
+    assert upstream.last.header("cookie") == f"a=1; k={key.value}; b=2"
+    assert resp.header("x-echo") == f"a=1; k={key.sealed}; b=2"  # and the echo comes back sealed
+    assert_clean(resp.raw_head + resp.body, keys)
+
+
+def test_websocket_tricks(sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]) -> None:
+    """A WebSocket handshake over plain http:// with a token is refused; to a host no secret names it is blind."""
+    key = keys["API_KEY"]
+    ws = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+          "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    with RawClient(sidecar.listen, timeout=TIMEOUT) as c:
+        resp = c.request("GET", f"http://{HOST}/ws", {"Host": HOST, "x-api-key": key.sealed, **ws})
+    assert resp.status == 403 and error_code(resp) == "plaintext_secret"
+    with RawClient(sidecar.listen, timeout=TIMEOUT) as c:  # a blind tunnel: TLS with the real upstream, no proxy CA
+        assert c.connect(f"{TUNNEL}:443").status == 200
+        c.start_tls(TUNNEL, upstream.ca_file)
+        c.send(b"GET /ws HTTP/1.1\r\nHost: tunnel.oshu.test\r\nx-api-key: %b\r\nConnection: Upgrade\r\n"
+               b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+               % key.sealed.encode())
+        assert c.response().status == 101
+    assert upstream.last.path == "/ws" and upstream.last.header("x-api-key") == key.sealed
+
+
+def test_error_bodies_never_echo_what_was_substituted(sidecar: SidecarProcess, upstream: Upstream,
+                                                      keys: dict[str, SecretBinding]) -> None:
+    """Every refusal the proxy writes after substitution could have happened is free of values."""
+    key, body_key = keys["API_KEY"], keys["BODY_KEY"]
+    seen = b""
+    with tls_client(sidecar, f"{HOST}:443") as c:  # 421 after the token was seen
+        seen += c.request("GET", "/echo", {"Host": OTHER, "x-api-key": key.sealed}).body
+    with tls_client(sidecar, f"{HOST}:443") as c:  # upstream gone mid-request: 502
+        r = c.request("GET", "/status/599", {"Host": HOST, "x-api-key": key.sealed})
+        seen += r.raw_head + r.body
+    with tls_client(sidecar, f"{HOST}:443") as c:  # body substitution then a bad chunk
+        c.send(b"POST /upload HTTP/1.1\r\nHost: api.oshu.test\r\nx-api-key: %b\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"%x\r\n%b\r\nzz\r\n" % (key.sealed.encode(), len(body_key.sealed), body_key.sealed.encode()))
+        seen += read_until_close(c)
+    assert_clean(seen, keys)
+    assert_clean(sidecar.log_text() + sidecar.metrics_text(), keys)
