@@ -7,6 +7,7 @@ layout) and the final stage's ENTRYPOINT is started from the result.
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,10 +128,14 @@ IMAGES = {
 }
 # What each image's venv is for: the module that must import, and the one that must not.
 MUST_IMPORT = {"sidecar": "oshu_sidecar", "operator": "kopf"}
+DEV_PACKAGES = ("oshu_localkube", "oshu_e2e")  # hack/: the local control plane, end-to-end helpers
 MUST_NOT_IMPORT = {
-    "sidecar": ("kopf", "kubernetes_asyncio", "yaml", "pytest"),
-    "operator": ("pytest", "httpx"),
+    "sidecar": ("kopf", "kubernetes_asyncio", "yaml", "aiohttp", "pytest", *DEV_PACKAGES),
+    "operator": ("pytest", "httpx", *DEV_PACKAGES),
 }
+#: What the wheel the images install holds: the product's packages and commands, nothing else.
+WHEEL_PACKAGES = {"oshu_sidecar", "oshu_operator"}
+WHEEL_SCRIPTS = {"oshu-sidecar": "oshu_sidecar.__main__:main", "oshu-operator": "oshu_operator.cli:main"}
 BASE_RE = re.compile(
     r"^python:(?P<version>3\.\d+\.\d+)-slim-(?P<distro>[a-z]+)@sha256:[0-9a-f]{64}$"
 )
@@ -207,8 +213,7 @@ def test_final_stage_is_hardened(image) -> None:
         )
     entrypoint = final.all("ENTRYPOINT")[-1].exec_form()
     assert entrypoint and Path(entrypoint[0]).name == script, f"{name}: ENTRYPOINT should exec {script}"
-    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert script in scripts, f"{script} is not a console script in pyproject.toml"
+    assert script in WHEEL_SCRIPTS, f"{script} is not one of the wheel's console scripts"
 
 
 def test_sidecar_image_installs_no_extra_and_operator_image_the_operator_extra(image) -> None:
@@ -224,11 +229,16 @@ def test_build_context_is_an_allowlist() -> None:
     lines = [l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines()]
     rules = [l for l in lines if l and not l.startswith("#")]
     assert rules[0] == "*", ".dockerignore should exclude everything and allow back what the build needs"
+    allowed = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
     for path, _, _ in IMAGES.values():
         for inst in parse(path).stage("build").all("COPY"):
             *sources, _ = shlex.split(inst.args)
             for source in sources:
                 assert (ROOT / source).exists(), f"{path.name} copies {source}, which does not exist"
+                assert any(source.rstrip("/") == a or a.startswith(source.rstrip("/") + "/") for a in allowed), \
+                    f"{path.name} copies {source}, which .dockerignore keeps out of the context"
+                assert not source.startswith("hack"), f"{path.name} copies dev tooling ({source}) into the image"
+    assert not [a for a in allowed if a.startswith("hack")], ".dockerignore lets dev tooling into the context"
 
 
 # --- the builds, replayed --------------------------------------------------------------------
@@ -291,6 +301,20 @@ def test_entrypoint_starts_from_the_installed_package(built) -> None:
     )
     assert where.returncode == 0, where.stderr
     assert where.stdout.strip().startswith(str(venv)), where.stdout
+
+
+def test_the_wheel_holds_only_the_product(built) -> None:
+    """The wheel the image installs: oshu_sidecar and oshu_operator, their two commands, no dev tooling."""
+    name, _, _, wheels = built
+    (wheel,) = wheels.glob("oshu_vault-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+        scripts = configparser.ConfigParser(delimiters=("=",))
+        scripts.read_string(zf.read(entry_points).decode())
+    packages = {n.split("/", 1)[0] for n in names if not n.split("/", 1)[0].endswith((".dist-info", ".data"))}
+    assert packages == WHEEL_PACKAGES, f"{name}: the wheel holds {sorted(packages)}"
+    assert dict(scripts["console_scripts"]) == WHEEL_SCRIPTS, f"{name}: console scripts {dict(scripts['console_scripts'])}"
 
 
 def test_image_venv_holds_only_what_it_needs(built) -> None:

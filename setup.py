@@ -1,0 +1,25 @@
+"""Console scripts: the one part of the package metadata that depends on the source tree.
+
+The images build from pyproject.toml, setup.py, sidecar/ and operator/ only (.dockerignore),
+so their wheel holds oshu_sidecar and oshu_operator and must not install a command for the
+local control plane, whose package (hack/oshu_localkube) is not in it. A checkout has hack/:
+`pip install -e '.[test]'` gets all three commands and the dev packages (oshu_localkube,
+oshu_e2e). Everything else is in pyproject.toml.
+"""
+
+from pathlib import Path
+
+from setuptools import setup
+
+SCRIPTS = {
+    "oshu-sidecar": "oshu_sidecar.__main__:main",
+    "oshu-operator": "oshu_operator.cli:main",
+}
+#: Development only: present when hack/ is (a checkout), absent from the images.
+DEV_SCRIPTS = {
+    "oshu-local-cluster": "oshu_localkube.cli:main",
+}
+
+here = Path(__file__).resolve().parent
+scripts = SCRIPTS | (DEV_SCRIPTS if (here / "hack" / "oshu_localkube").is_dir() else {})
+setup(entry_points={"console_scripts": [f"{name} = {target}" for name, target in scripts.items()]})
