@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from oshu_localkube import LocalCluster
+from oshu_localkube.cluster import wait_for
 from oshu_operator.testing import OperatorProcess
 
 from . import chart
@@ -167,22 +168,10 @@ def apply_docs(cluster: LocalCluster, docs: Iterable[Doc]) -> None:
     cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(docs)}))
 
 
-def wait_until(predicate, *, timeout: float, what: str, interval: float = 0.2) -> Any:
-    """Poll until `predicate()` returns something truthy (returned), at most `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
 def session_ready(cluster: LocalCluster, namespace: str, name: str, timeout: float = 60) -> Doc:
     """Wait until the VaultSession's Ready condition is True; returns the session."""
     def ready() -> Doc | None:
         session = get_json(cluster, "vaultsession", name, namespace)
         conditions = (session.get("status") or {}).get("conditions") or []
         return session if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions) else None
-    return wait_until(ready, timeout=timeout, what=f"VaultSession {namespace}/{name} Ready")
+    return wait_for(ready, timeout=timeout, what=f"VaultSession {namespace}/{name} Ready")

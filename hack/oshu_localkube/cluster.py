@@ -33,8 +33,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 from . import build, pki
+
+_T = TypeVar("_T")
 
 STATE_FILE = "cluster.json"
 SERVICE_CIDR = "10.96.0.0/16"  # allocation only: nothing ever routes to it
@@ -652,10 +655,14 @@ def sweep_dead_clusters(root: Path | None = None, *, log: Log = _stderr) -> list
     return removed
 
 
-def wait_for(predicate: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.2) -> None:
-    """Poll ``predicate`` until true or ``timeout`` seconds pass (then raise). For tests/fixtures."""
+def wait_for(predicate: Callable[[], _T], *, timeout: float, what: str, interval: float = 0.2) -> _T:
+    """Poll ``predicate`` until it returns something truthy, and return that; raise TimeoutError
+    naming ``what`` after ``timeout`` seconds. The one polling helper of the tests and the demo."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while True:
+        value = predicate()
+        if value:
+            return value
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)

@@ -20,9 +20,10 @@ import yaml
 
 from oshu_e2e import chart, examples, install
 from oshu_e2e.identity import service_account_kubeconfig
-from oshu_e2e.install import Installation, get_json, wait_until
+from oshu_e2e.install import Installation, get_json
 from oshu_e2e.paths import CHART_DIR, INSTALL_YAML
 from oshu_localkube import LocalCluster
+from oshu_localkube.cluster import wait_for
 from oshu_operator import names as n
 from oshu_operator.testing import OperatorProcess
 
@@ -141,7 +142,7 @@ def remove_session(installation: Installation, namespace: str) -> None:
     cluster = installation.cluster
     cluster.kubectl("-n", namespace, "delete", "pods", "--all", "--wait=false")
     cluster.kubectl("-n", namespace, "delete", "vaultsession", "claude", "--timeout=60s")
-    wait_until(lambda: not cluster.kubectl("-n", namespace, "get", "secrets", "-o", "name").stdout
+    wait_for(lambda: not cluster.kubectl("-n", namespace, "get", "secrets", "-o", "name").stdout
                .count(n.SESSION_SECRET_PREFIX), timeout=60, what="the session Secret to be deleted")
 
 
@@ -159,7 +160,7 @@ def assert_nothing_left(installation: Installation) -> None:
     if exists:
         tls_ns, tls_name = _tls_secret(installation)
         # The operator-made TLS Secret goes with its owner, the webhook configuration (garbage collector).
-        wait_until(lambda: not cluster.kubectl("-n", tls_ns, "get", "secret", tls_name, "--ignore-not-found",
+        wait_for(lambda: not cluster.kubectl("-n", tls_ns, "get", "secret", tls_name, "--ignore-not-found",
                                                "-o", "name").stdout.strip(), timeout=60, what="TLS Secret GC")
         left = cluster.kubectl("-n", ns, "get", "all,serviceaccounts,secrets,configmaps,roles,rolebindings,"
                                "poddisruptionbudgets", "-o", "name").stdout.split()
@@ -252,7 +253,7 @@ def test_kubectl_apply_install_yaml_then_delete(chart_cluster: LocalCluster, fre
         # Everything but the CRD: the documented uninstall, which keeps VaultSessions' definition.
         cluster.kubectl("delete", "-f", str(INSTALL_YAML), "-l", "app.kubernetes.io/instance=oshu-vault",
                         "--wait", "--timeout=120s")
-        wait_until(lambda: not cluster.kubectl("get", "namespace", "oshu-vault", "--ignore-not-found",
+        wait_for(lambda: not cluster.kubectl("get", "namespace", "oshu-vault", "--ignore-not-found",
                                                "-o", "name").stdout.strip(), timeout=120, what="namespace deletion")
         assert_nothing_left(installation)
     finally:

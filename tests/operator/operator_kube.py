@@ -6,10 +6,10 @@ import base64
 import json
 import secrets
 import subprocess
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from oshu_localkube.cluster import wait_for as localkube_wait_for
 from oshu_operator import names as n
 from oshu_operator.config import SidecarConfig
 
@@ -100,15 +100,8 @@ class Kube:
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll until predicate returns something truthy (returned); bounded in time."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    """oshu_localkube's wait_for, with timeout and what positional (as these tests call it)."""
+    return localkube_wait_for(predicate, timeout=timeout, what=what, interval=interval)
 
 
 def real_value(prefix: str = "sk-real") -> str:
