@@ -623,7 +623,10 @@ class Proxy:
         keep_client = req.keep_alive
         up_ok = resp.keep_alive
         http10 = req.version == b"HTTP/1.0"
-        scrub = scrubber.active and not resp.content_encoded
+        # A Content-Encoding label does not switch scrubbing off: an upstream may label plain bytes as
+        # compressed (object stores serve back what the uploader set) and deflate's stored blocks keep
+        # bytes as they are. A value compressed for real is not recognized (docs: Limits).
+        scrub = scrubber.active
         framing = resp.framing
         close_hdr = b"" if keep_client else _CONN_CLOSE
 

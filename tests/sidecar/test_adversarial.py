@@ -996,3 +996,28 @@ def test_error_bodies_never_echo_what_was_substituted(sidecar: SidecarProcess, u
         seen += read_until_close(c)
     assert_clean(seen, keys)
     assert_clean(sidecar.log_text() + sidecar.metrics_text(), keys)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "x-made-up"])
+@pytest.mark.parametrize("size", [100, 2 << 20])
+def test_a_content_encoding_label_does_not_switch_scrubbing_off(encoding: str, size: int, scripted) -> None:  # type: ignore[no-untyped-def]
+    """An upstream that labels a plain body as compressed (object stores serve back whatever
+    `Content-Encoding` the uploader set), or a gzip stream of stored blocks, still carries raw bytes.
+
+    Before: any `Content-Encoding` other than identity turned scrubbing off.
+    """
+    key = new_secret("API_KEY", [HOST])
+
+    def respond(head: bytes, body: bytes) -> bytes:
+        v = header_value(head, b"x-api-key")
+        payload = (b"." * size + b" key=" + v + b"\n") if size > 1000 else b"key=" + v + b"\n"
+        payload += gzip.compress(v, compresslevel=0)  # deflate's stored blocks keep the bytes as they are
+        return b"HTTP/1.1 200 OK\r\nContent-Encoding: %b\r\nContent-Length: %d\r\n\r\n%b" % (
+            encoding.encode(), len(payload), payload)
+
+    up, sc = scripted(respond, key)
+    with tls_client(sc, f"{HOST}:443") as c:
+        resp = c.request("GET", "/object", {"Host": HOST, "x-api-key": key.sealed})
+    assert resp.status == 200 and resp.header("content-encoding") == encoding
+    assert key.sealed.encode() in resp.body
+    assert_clean(resp.raw_head + resp.body, [key])
