@@ -9,8 +9,12 @@ Recognized, for every value of the session:
 - the value itself;
 - for a value with characters outside `A-Z a-z 0-9 - . _ ~`, any mix of those characters
   written raw, percent-encoded (either hex case), as `+` for a space, JSON-escaped
-  (`\\/`, `\\"`, `\\\\`, `\\u00XX`) or as HTML character references: one pattern per value,
-  compiled when the session loads;
+  (`\\/`, `\\"`, `\\\\`, `\\u00XX`) or as HTML character references: one pattern per value
+  of up to 256 characters, compiled when the session loads. Each character takes the
+  longest form that fits, with no backtracking into it (crafted input cannot make the
+  search blow up; a try from one position costs at most one step per character of the
+  value), so in a mixed form a raw escapable character followed by what reads as the rest
+  of its own escape (`&` then `amp;`) is missed; the raw value as a whole is always found;
 - base64 (standard and URL-safe alphabets) at each of the three byte alignments: the part
   of the encoding that depends on the value alone, which covers `Authorization: Basic`.
   At most two bytes of the value at each end share a base64 character with their
@@ -34,6 +38,11 @@ from typing import Iterable
 
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
+#: Escaped forms are recognized for values up to this length (matching work per response byte is
+#: bounded by it); longer values are found raw and in base64 only.
+MAX_PATTERN_VALUE = 256
+#: Character steps one stream holdback may spend checking whether a tail could grow into an escaped form.
+_WALK_BUDGET = 4096
 _HTML_NAMED = {ord("&"): b"&amp;", ord("<"): b"&lt;", ord(">"): b"&gt;", ord('"'): b"&quot;", ord("'"): b"&apos;"}
 
 
@@ -75,42 +84,50 @@ class _Pattern:
 
     def __init__(self, value: bytes) -> None:
         self.units = tuple((bytes([c]),) if c in _UNRESERVED else char_forms(c) for c in value)
+        # Atomic groups, longest form first: no backtracking into a character once matched, so a
+        # value like `\\\\...` cannot make the search exponential on crafted input. (The raw value
+        # is also a literal needle of its own, for the one form greedy choice could miss.)
         self.regex = re.compile(b"".join(
-            re.escape(u[0]) if len(u) == 1 else b"(?:" + b"|".join(re.escape(f) for f in u) + b")"
+            re.escape(u[0]) if len(u) == 1 else b"(?>" + b"|".join(re.escape(f) for f in u) + b")"
             for u in self.units))
         self.first = re.compile(b"[" + b"".join(re.escape(f[:1]) for f in set(self.units[0])) + b"]")
         self.max_len = sum(len(u[0]) for u in self.units)
 
     def holdback(self, data: bytes, best: int) -> int:
-        """Length of the longest suffix of `data` longer than `best` that could grow into a match."""
+        """Length of the longest suffix of `data` longer than `best` that could grow into a match.
+
+        The work is bounded (`_WALK_BUDGET` character steps): past it, the tail from the
+        current candidate on is held back unexamined, which is never unsafe, only later.
+        """
         n = len(data)
         lo = max(0, n - self.max_len + 1)
+        budget = _WALK_BUDGET
         for m in self.first.finditer(data, lo, n - best):
-            if self._partial(data, m.start()):
+            could_grow, budget = self._partial(data, m.start(), budget)
+            if could_grow:
                 return n - m.start()
         return best
 
-    def _partial(self, data: bytes, start: int) -> bool:
-        """True if data[start:] is a proper prefix of some encoding of the value (iterative, memoized)."""
-        n, units, last = len(data), self.units, len(self.units)
-        stack, seen = [(start, 0)], set()
-        while stack:
-            pos, i = stack.pop()
-            if pos == n:
-                if i < last:
-                    return True
-                continue
-            if i == last or (pos, i) in seen:
-                continue
-            seen.add((pos, i))
-            for form in units[i]:
-                end = pos + len(form)
-                if end <= n:
+    def _partial(self, data: bytes, start: int, budget: int) -> tuple[bool, int]:
+        """(whether data[start:] could still grow into a match, budget left): the regex's walk (each
+        character in the longest form that fits, no backtracking) reaches the end of `data` first."""
+        n = len(data)
+        pos = start
+        for forms in self.units:
+            if pos == n or budget <= 0:
+                return True, budget
+            budget -= 1
+            rest = n - pos
+            for form in forms:
+                if len(form) <= rest:
                     if data.startswith(form, pos):
-                        stack.append((end, i + 1))
+                        pos += len(form)
+                        break
                 elif form.startswith(data[pos:]):
-                    return True
-        return False
+                    return True, budget
+            else:
+                return False, budget
+        return False, budget  # a whole match (already replaced, or about to be by the next scrub)
 
 
 class Scrubber:
@@ -123,9 +140,8 @@ class Scrubber:
         literals: list[tuple[bytes, bytes, str]] = []
         patterns: list[tuple[_Pattern, bytes, str, int]] = []
         for value, sealed, name in secrets:
-            if all(c in _UNRESERVED for c in value):
-                literals.append((value, sealed, name))
-            else:  # the replacement is a regex template: escape backslashes (tokens have none anyway)
+            literals.append((value, sealed, name))
+            if len(value) <= MAX_PATTERN_VALUE and any(c not in _UNRESERVED for c in value):  # (a regex template: escape backslashes; tokens have none)
                 patterns.append((_Pattern(value), sealed.replace(b"\\", b"\\\\"), name, len(value)))
             for core, sealed_core in zip(b64_cores(value), b64_cores(sealed)):
                 literals.append((core, sealed_core, name))
