@@ -34,7 +34,7 @@ from __future__ import annotations
 import base64
 import itertools
 import re
-from typing import Iterable
+from typing import Iterable, Protocol
 
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
@@ -207,12 +207,22 @@ def holdback(data: bytes, needles: Iterable[bytes]) -> int:
     return best
 
 
+class _Replacer(Protocol):
+    def scrub(self, data: bytes, names: list[str]) -> bytes: ...
+
+    def holdback(self, data: bytes) -> int: ...
+
+
 class StreamScrubber:
-    """Scrubs a body that arrives in pieces, including forms split across pieces."""
+    """Scrubs a body that arrives in pieces, including forms split across pieces.
+
+    `scrubber` is anything with `scrub(data, names)` and `holdback(data)`: a session's
+    `Scrubber`, or the sealed-token needles of a streamed request body (substitute.py).
+    """
 
     __slots__ = ("scrubber", "pending", "names")
 
-    def __init__(self, scrubber: Scrubber) -> None:
+    def __init__(self, scrubber: _Replacer) -> None:
         self.scrubber = scrubber
         self.pending = b""
         self.names: list[str] = []

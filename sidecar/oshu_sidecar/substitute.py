@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Iterable
 
 from .policy import SEALED_MARK, Policy, Substitution
-from .scrub import holdback
+from .scrub import StreamScrubber, holdback
 
 
 def decode_basic(value: bytes) -> bytes | None:
@@ -110,7 +109,24 @@ def replace_all(data: bytes, pairs: tuple[tuple[bytes, bytes, str], ...], names:
     return data
 
 
-class StreamReplacer:
+class _Needles:
+    """Exact byte strings to replace (sealed tokens in a streamed request body), in the shape a
+    StreamScrubber drives: `scrub` a buffer, `holdback` the tail that could still grow into one."""
+
+    __slots__ = ("pairs", "needles")
+
+    def __init__(self, pairs: tuple[tuple[bytes, bytes, str], ...]) -> None:
+        self.pairs = pairs
+        self.needles = tuple(p[0] for p in pairs)
+
+    def scrub(self, data: bytes, names: list[str]) -> bytes:
+        return replace_all(data, self.pairs, names)
+
+    def holdback(self, data: bytes) -> int:
+        return holdback(data, self.needles)
+
+
+class StreamReplacer(StreamScrubber):
     """Replaces needles in a stream of pieces, including needles split across pieces.
 
     Holds back only the shortest tail that could still grow into a needle: an SSE event
@@ -118,25 +134,7 @@ class StreamReplacer:
     stays immediate.
     """
 
-    __slots__ = ("pairs", "needles", "pending", "names")
+    __slots__ = ()
 
     def __init__(self, pairs: tuple[tuple[bytes, bytes, str], ...]) -> None:
-        self.pairs = pairs
-        self.needles = tuple(p[0] for p in pairs)
-        self.pending = b""
-        self.names: list[str] = []
-
-    def feed(self, data: bytes) -> bytes:
-        if self.pending:
-            data = self.pending + data
-            self.pending = b""
-        data = replace_all(data, self.pairs, self.names)
-        keep = holdback(data, self.needles)
-        if keep:
-            self.pending = data[-keep:]
-            return data[:-keep]
-        return data
-
-    def flush(self) -> bytes:
-        data, self.pending = self.pending, b""
-        return data
+        super().__init__(_Needles(pairs))

@@ -21,7 +21,6 @@ import json
 import socket
 import ssl
 import threading
-import time
 from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import quote, quote_plus, unquote
@@ -31,7 +30,7 @@ import pytest
 from oshu_sidecar.policy import Policy
 from oshu_sidecar.session import SecretBinding
 from oshu_sidecar.testing import RawClient, RawResponse, SidecarProcess, TestCA, Upstream, new_secret, new_session
-from sidecar_helpers import HOST, OTHER, TUNNEL, curl
+from sidecar_helpers import HOST, OTHER, TUNNEL
 
 TIMEOUT = 10.0
 WAIT = 10.0
