@@ -1039,3 +1039,37 @@ def test_scrubbing_cannot_be_made_to_blow_up() -> None:
     assert stream.feed(crafted[:-1]) + stream.feed(b"y") + stream.flush() == crafted
     assert scrubber.scrub(b"<" + value + b">", []) == b"<SEALED_0123456789abcdefghijklmn>"
     assert scrubber.scrub(b"<" + value.replace(b"\\", b"\\\\") + b">", []) == b"<SEALED_0123456789abcdefghijklmn>"
+
+
+def test_websocket_handshake_to_a_plain_endpoint_then_a_pipelined_request(sidecar: SidecarProcess, upstream: Upstream,
+                                                                          keys: dict[str, SecretBinding]) -> None:
+    """A handshake the upstream does not accept leaves the connection parsed request by request."""
+    key, other = keys["API_KEY"], keys["OTHER_KEY"]
+    handshake = (b"GET /echo/not-ws HTTP/1.1\r\nHost: api.oshu.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                 b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nx-api-key: %b\r\n\r\n"
+                 % key.sealed.encode())
+    smuggled = b"GET /echo/second HTTP/1.1\r\nHost: other.oshu.test\r\nx-api-key: %b\r\n\r\n" % other.sealed.encode()
+    with tls_client(sidecar, f"{HOST}:443") as c:
+        c.send(handshake + smuggled)
+        first = c.response()
+        assert first.status == 200
+        try:
+            second = c.response()
+            assert second.status == 421
+        except ConnectionError:
+            pass  # or the proxy closed after a refused upgrade: either way nothing was forwarded
+    assert [r.path for r in upstream.requests] == ["/echo/not-ws"]
+    assert_clean(first.raw_head + first.body, keys)
+
+
+def test_upstream_connection_option_cannot_strip_the_response_length(scripted) -> None:  # type: ignore[no-untyped-def]
+    """The response side of `Connection: content-length`: the client must still see the body's length."""
+    key = new_secret("API_KEY", [HOST])
+    up, sc = scripted(lambda head, body: b"HTTP/1.1 200 OK\r\nConnection: content-length, x-drop\r\nX-Drop: 1\r\n"
+                                         b"Content-Length: 5\r\n\r\nhello", key)
+    with tls_client(sc, f"{HOST}:443") as c:
+        first = c.request("GET", "/one", {"Host": HOST})
+        second = c.request("GET", "/two", {"Host": HOST})  # the connection is still in step
+    for resp in (first, second):
+        assert resp.status == 200 and resp.body == b"hello"
+        assert resp.header("content-length") == "5" and resp.header("x-drop") is None
