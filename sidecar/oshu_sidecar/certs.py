@@ -57,6 +57,10 @@ def server_context(pair: "KeyPair") -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_alpn_protocols(["http/1.1"])
     ctx.sni_callback = _record_sni
+    # One TLS 1.3 session ticket instead of OpenSSL's two: each costs ~20 us of the fresh
+    # connection's critical path, and one is enough for a client to resume (a resumed
+    # handshake hands it a new one).
+    ctx.num_tickets = 1
     _load_chain(ctx, pair)
     return ctx
 
