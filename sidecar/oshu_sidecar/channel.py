@@ -144,22 +144,6 @@ class Channel(asyncio.Protocol):
             if not waiter.done():
                 waiter.set_exception(DeadlineExpired())
 
-    async def wait_data(self) -> None:
-        """Return once the buffer is non-empty or the peer has finished sending."""
-        if self.buf or self.eof:
-            return
-        if self.expired:
-            raise DeadlineExpired()
-        if self._read_paused:
-            self._read_paused = False
-            self.transport.resume_reading()  # type: ignore[union-attr]
-        waiter = self.loop.create_future()
-        self._waiter = waiter
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-
     def take(self, n: int) -> bytes:
         """Remove and return up to `n` buffered bytes."""
         buf = self.buf
@@ -181,7 +165,7 @@ class Channel(asyncio.Protocol):
             await self.wait_data_more(len(self.buf))
         return self.take(n)
 
-    async def wait_data_more(self, have: int) -> None:
+    async def wait_data_more(self, have: int = 0) -> None:
         """Wait until more than `have` bytes are buffered, or end of stream."""
         if len(self.buf) > have or self.eof:
             return
@@ -196,6 +180,9 @@ class Channel(asyncio.Protocol):
             await waiter
         finally:
             self._waiter = None
+
+    #: Return once the buffer is non-empty or the peer has finished sending.
+    wait_data = wait_data_more
 
     async def read_line(self, max_size: int) -> bytes:
         """One CRLF-terminated line (without the CRLF)."""
