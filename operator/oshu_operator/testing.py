@@ -27,6 +27,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from oshu_sidecar.testing import terminate
+
 from .names import DEV_WEBHOOK_CONFIG
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -102,19 +104,12 @@ class OperatorProcess:
         raise OperatorError(f"operator not ready within {timeout}s:\n{self.log_tail()}")
 
     def stop(self, timeout: float = 20.0) -> int | None:
-        proc = self.proc
-        if proc is None:
+        if self.proc is None:
             return None
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout)
+        code = terminate(self.proc, timeout)
         if self._log_handle is not None and not self._log_handle.closed:
             self._log_handle.close()
-        return proc.returncode
+        return code
 
     def restart(self, timeout: float = 60.0) -> "OperatorProcess":
         self.stop()

@@ -464,6 +464,18 @@ class Upstream:
 
 
 # -- sidecar process ----------------------------------------------------------------------
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int | None:
+    """SIGTERM, wait up to `timeout`, then SIGKILL: how every helper here stops a child."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+    return proc.returncode
+
+
 class SidecarError(RuntimeError):
     """The sidecar process failed to start or stop; the message includes its log tail."""
 
@@ -581,19 +593,12 @@ class SidecarProcess:
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM, wait, SIGKILL if needed; returns the exit code."""
-        proc = self.proc
-        if proc is None:
+        if self.proc is None:
             return None
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout)
+        code = terminate(self.proc, timeout)
         if not self._log_handle.closed:
             self._log_handle.close()
-        return proc.returncode
+        return code
 
     @property
     def returncode(self) -> int | None:
