@@ -13,12 +13,11 @@ from datetime import timedelta
 from typing import Any, Mapping
 
 from oshu_sidecar.hosts import HostPattern, HostPatternError, parse_patterns
-from oshu_sidecar.session import DEFAULT_LOCATIONS, LOCATIONS
+from oshu_sidecar.session import DEFAULT_LOCATIONS, ENV_NAME_RE, SessionError, parse_locations
 
 from .duration import DurationError, parse_duration
 from .names import RESERVED_ENV_NAMES
 
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DNS_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _SECRET_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")
 MAX_SESSION_NAME = 63
@@ -64,7 +63,7 @@ def _parse_secret(raw: object, index: int) -> SecretSpec:
     if not isinstance(raw, Mapping):
         raise SpecError(f"{where} must be an object")
     name = raw.get("name")
-    if not isinstance(name, str) or not _ENV_NAME_RE.match(name):
+    if not isinstance(name, str) or not ENV_NAME_RE.match(name):
         raise SpecError(f"{where}.name must be a valid environment variable name")
     if name in RESERVED_ENV_NAMES:
         raise SpecError(f"{where}.name {name} is set by the injection itself (proxy/CA variable)")
@@ -82,10 +81,11 @@ def _parse_secret(raw: object, index: int) -> SecretSpec:
         raise SpecError(str(e)) from None
     if not hosts:
         raise SpecError(f"{where}.hosts must list at least one host")
-    locations_raw = raw.get("locations", sorted(DEFAULT_LOCATIONS))
-    if not isinstance(locations_raw, list) or not locations_raw or not set(locations_raw) <= LOCATIONS:
-        raise SpecError(f"{where}.locations must be a non-empty subset of {sorted(LOCATIONS)}")
-    return SecretSpec(name=name, secret_name=secret_name, key=key, hosts=hosts, locations=frozenset(locations_raw))
+    try:
+        locations = parse_locations(raw.get("locations"))
+    except SessionError as e:
+        raise SpecError(f"{where}.{e}") from None
+    return SecretSpec(name=name, secret_name=secret_name, key=key, hosts=hosts, locations=locations)
 
 
 def parse_spec(spec: Mapping[str, Any] | None) -> SessionSpec:

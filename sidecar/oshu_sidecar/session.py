@@ -30,7 +30,8 @@ DEFAULT_LOCATIONS = frozenset({"headers"})
 MIN_VALUE_LENGTH = 8
 MAX_VALUE_LENGTH = 8192
 
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: Secret names become environment variables in the agent container.
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SEALED_RE = re.compile(r"^SEALED_[A-Za-z0-9_-]{22,128}$")
 _VALUE_RE = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$")  # printable ASCII, no edge spaces
 
@@ -115,12 +116,24 @@ def parse_time(value: object, what: str) -> datetime:
     return parsed.astimezone(timezone.utc)
 
 
+def parse_locations(raw: object) -> frozenset[str]:
+    """Where a secret may be substituted; absent means headers only."""
+    if raw is None:
+        return DEFAULT_LOCATIONS
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+        raise SessionError("locations must be a list of strings")
+    locations = frozenset(raw)
+    if not locations or not locations <= LOCATIONS:
+        raise SessionError(f"locations must be a non-empty subset of {sorted(LOCATIONS)}")
+    return locations
+
+
 def _parse_secret(raw: object, index: int) -> SecretBinding:
     where = f"secrets[{index}]"
     if not isinstance(raw, Mapping):
         raise SessionError(f"{where} must be an object")
     name = raw.get("name")
-    if not isinstance(name, str) or not _ENV_NAME_RE.match(name):
+    if not isinstance(name, str) or not ENV_NAME_RE.match(name):
         raise SessionError(f"{where}.name must be a valid environment variable name")
     where = f"secret {name}"
     sealed = raw.get("sealed")
@@ -144,12 +157,10 @@ def _parse_secret(raw: object, index: int) -> SecretBinding:
         raise SessionError(str(e)) from None
     if not hosts:
         raise SessionError(f"{where}: hosts must list at least one host")
-    locations_raw = raw.get("locations", sorted(DEFAULT_LOCATIONS))
-    if not isinstance(locations_raw, list) or not all(isinstance(x, str) for x in locations_raw):
-        raise SessionError(f"{where}: locations must be a list of strings")
-    locations = frozenset(locations_raw)
-    if not locations or not locations <= LOCATIONS:
-        raise SessionError(f"{where}: locations must be a non-empty subset of {sorted(LOCATIONS)}")
+    try:
+        locations = parse_locations(raw.get("locations"))
+    except SessionError as e:
+        raise SessionError(f"{where}: {e}") from None
     return SecretBinding(name=name, sealed=sealed, value=value, hosts=hosts, locations=locations)
 
 
