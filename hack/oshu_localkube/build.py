@@ -190,6 +190,8 @@ def _version_ldflags(spec: Tool, work: str, env: dict[str, str]) -> list[str]:
         for package in ("helm.sh/helm/v3/pkg/lint/rules", "helm.sh/helm/v3/pkg/chartutil"):
             flags += [f"-X {package}.k8sVersionMajor={kube_major}", f"-X {package}.k8sVersionMinor={kube_minor}"]
         return flags
+    if spec.name == "coredns":
+        return [f"-X github.com/coredns/coredns/coremain.GitCommit={commit or version}"]
     if spec.name == "etcd":
         return [f"-X go.etcd.io/etcd/api/v3/version.GitSHA={commit or version}"]
     return []

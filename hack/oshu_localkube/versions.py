@@ -48,6 +48,12 @@ TOOLS: dict[str, Tool] = {
             "k8s.io/kubernetes/cmd/kube-controller-manager",
         ),
         Tool("kubectl", "kubernetes", "k8s.io/kubernetes", "k8s.io/kubernetes/cmd/kubectl"),
+        # The node (``start --node``): same Kubernetes pin as the control plane.
+        Tool("kubelet", "kubernetes", "k8s.io/kubernetes", "k8s.io/kubernetes/cmd/kubelet"),
+        Tool("kube-scheduler", "kubernetes", "k8s.io/kubernetes", "k8s.io/kubernetes/cmd/kube-scheduler"),
+        Tool("kube-proxy", "kubernetes", "k8s.io/kubernetes", "k8s.io/kubernetes/cmd/kube-proxy"),
+        # Our own main package linking only the CoreDNS plugins the cluster DNS uses.
+        Tool("coredns", "coredns", "github.com/coredns/coredns", "oshu.local/localkube-go/coredns"),
         Tool("helm", "helm", "helm.sh/helm/v3", "helm.sh/helm/v3/cmd/helm"),
     )
 }
