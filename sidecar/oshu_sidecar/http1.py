@@ -210,7 +210,7 @@ def parse_request_head(raw: bytes) -> RequestHead:
     req = RequestHead(method, target, version, raw, eol)
     length: int | None = None
     chunked = False
-    upgrade = b""
+    upgrade: bytes | None = None
     tokens: frozenset[bytes] = _NO_TOKENS
     drop: list[Span] = []
     for m in _REQUEST_SPECIAL_RE.finditer(raw, eol):
@@ -255,8 +255,12 @@ def parse_request_head(raw: bytes) -> RequestHead:
         req.connection_tokens = tokens
         if b"close" in tokens:
             req.keep_alive = False
-        if b"upgrade" in tokens and upgrade == b"websocket":
-            req.websocket = True
+        if b"upgrade" in tokens and upgrade is not None:
+            # llhttp (Node) stops reading HTTP after an upgrade request's head: a body would be
+            # read by it as the next request, one the proxy never checked (issue 12, item 4).
+            if req.framing != NO_BODY:
+                raise bad_request("an Upgrade request cannot have a body")
+            req.websocket = upgrade == b"websocket"
         named = tokens - _CONNECTION_OPTIONS
         if named:
             drop.extend(_named_spans(raw, eol + 2, named))

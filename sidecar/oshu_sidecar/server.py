@@ -578,6 +578,8 @@ class Proxy:
         except HttpError:
             keep_client, up_ok = False, False
             ex.outcome = "upstream_protocol_error"
+        if req.websocket:
+            up_ok = False  # an llhttp upstream reads whatever follows an upgrade request as the new protocol
         if upload is not None:
             if not upload.done():
                 upload.cancel()  # upstream answered before taking the whole body: framing lost
