@@ -40,7 +40,7 @@ for sub in ("operator", "sidecar", "hack"):
 
 from oshu_localkube.cluster import LocalCluster  # noqa: E402
 from oshu_operator import names as n  # noqa: E402
-from oshu_operator.testing import CRD_PATH, OperatorProcess  # noqa: E402
+from oshu_testkit.operator_process import CRD_PATH, OperatorProcess  # noqa: E402
 
 
 def pct(values: list[float], p: float) -> float:

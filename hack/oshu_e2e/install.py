@@ -30,7 +30,7 @@ from typing import Any
 
 from oshu_localkube import LocalCluster
 from oshu_localkube.cluster import wait_for
-from oshu_operator.testing import OperatorProcess
+from oshu_testkit.operator_process import OperatorProcess
 
 from . import chart
 from .chart import Doc

@@ -25,7 +25,7 @@ from oshu_e2e.paths import CHART_DIR, INSTALL_YAML
 from oshu_localkube import LocalCluster
 from oshu_localkube.cluster import wait_for
 from oshu_operator import names as n
-from oshu_operator.testing import OperatorProcess
+from oshu_testkit.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.timeout(600)
 

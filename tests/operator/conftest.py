@@ -1,4 +1,4 @@
-"""Operator tests: helpers on sys.path, the CRD installed once, one real operator per session.
+"""Operator tests: helpers from oshu_testkit, the CRD installed once, one real operator per session.
 
 The operator runs as a subprocess (`python -m oshu_operator --dev-webhook`), exactly as
 `oshu-operator` runs anywhere; the API server calls its webhook on 127.0.0.1.
@@ -6,18 +6,13 @@ The operator runs as a subprocess (`python -m oshu_operator --dev-webhook`), exa
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))  # operator_clients, operator_kube (importlib mode)
-
 from typing import Callable, Iterator
 
 import pytest
 
-from oshu_operator.testing import CRD_PATH, OperatorProcess
+from oshu_testkit.operator_process import CRD_PATH, OperatorProcess
 
-from operator_kube import SIDECAR_ARGS, Kube, real_value
+from oshu_testkit.kube import SIDECAR_ARGS, Kube, real_value
 
 DEV_CONFIG = "oshu-vault-test"
 

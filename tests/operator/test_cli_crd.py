@@ -15,7 +15,7 @@ import yaml
 from oshu_operator import names as n
 from oshu_operator.cli import build_parser, config_from_args
 from oshu_operator.config import OperatorConfig
-from oshu_operator.testing import CRD_PATH
+from oshu_testkit.operator_process import CRD_PATH
 from oshu_operator.webhookconfig import configuration
 from oshu_sidecar.hosts import HostPattern, HostPatternError
 

@@ -14,7 +14,7 @@ import pytest
 
 from oshu_operator import names as n
 from oshu_operator.config import OperatorConfig
-from oshu_operator.testing import OperatorError, OperatorProcess
+from oshu_testkit.operator_process import OperatorError, OperatorProcess
 from oshu_operator.webhookconfig import EPHEMERAL_WEBHOOK_NAME, client_config_patch, configuration, is_ours
 
 NEVER = {"matchLabels": {"never": "matches"}}

@@ -10,9 +10,9 @@ import pytest
 
 from oshu_operator import names as n
 from oshu_sidecar.pki import KeyPair
-from oshu_sidecar.testing import DEFAULT_HOST, SidecarProcess, Upstream
+from oshu_testkit.sidecar_process import DEFAULT_HOST, SidecarProcess, Upstream
 
-from operator_kube import SIDECAR, pod, wait_for
+from oshu_testkit.kube import SIDECAR, pod, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -14,9 +14,9 @@ import pytest
 
 from oshu_operator import material
 from oshu_sidecar.hosts import HostPattern
-from oshu_sidecar.testing import DEFAULT_HOST, SidecarProcess, Upstream, new_secret, new_session
+from oshu_testkit.sidecar_process import DEFAULT_HOST, SidecarProcess, Upstream, new_secret, new_session
 
-from operator_clients import CLIENTS, available, run_client
+from oshu_testkit.client_matrix import CLIENTS, available, run_client
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -15,7 +15,7 @@ import pytest
 
 from oshu_operator import names as n
 
-from operator_kube import pod, wait_for
+from oshu_testkit.kube import pod, wait_for
 
 pytestmark = pytest.mark.leak_scan
 

@@ -12,7 +12,7 @@ from oshu_operator import names as n
 from oshu_sidecar.pki import CertificateAuthority
 from oshu_sidecar.session import loads_session
 
-from operator_kube import wait_for
+from oshu_testkit.kube import wait_for
 
 SEALED = re.compile(r"^SEALED_[0-9a-f]{40}$")
 

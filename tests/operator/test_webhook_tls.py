@@ -8,11 +8,11 @@ import base64
 from cryptography import x509
 
 from oshu_operator import names as n
-from oshu_operator.testing import OperatorProcess
+from oshu_testkit.operator_process import OperatorProcess
 from oshu_operator.webhookconfig import configuration
 from oshu_operator.config import OperatorConfig
 
-from operator_kube import wait_for
+from oshu_testkit.kube import wait_for
 
 
 def test_self_managed_tls_secret_and_ca_bundle(kube, ns, tmp_path):

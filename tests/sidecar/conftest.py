@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-sys.path.insert(0, str(Path(__file__).parent))  # sidecar_helpers (pytest runs in importlib mode)
+import pytest
 
-import pytest  # noqa: E402
-
-from oshu_sidecar.session import SecretBinding  # noqa: E402
-from oshu_sidecar.testing import SidecarProcess, Upstream, new_secret, new_session  # noqa: E402
-from sidecar_helpers import ALL_HOSTS, HOST, NODE_DIR, OTHER, PORTED, UPSTREAM_NAMES, scan_sidecar  # noqa: E402
+from oshu_sidecar.session import SecretBinding
+from oshu_testkit.sidecar_process import SidecarProcess, Upstream, new_secret, new_session
+from oshu_testkit.clients import ALL_HOSTS, HOST, NODE_DIR, OTHER, PORTED, UPSTREAM_NAMES, scan_sidecar
 
 
 def make_keys() -> dict[str, SecretBinding]:

@@ -29,8 +29,8 @@ import pytest
 
 from oshu_sidecar.policy import Policy
 from oshu_sidecar.session import SecretBinding
-from oshu_sidecar.testing import RawClient, RawResponse, SidecarProcess, TestCA, Upstream, new_secret, new_session
-from sidecar_helpers import HOST, OTHER, TUNNEL
+from oshu_testkit.sidecar_process import RawClient, RawResponse, SidecarProcess, TestCA, Upstream, new_secret, new_session
+from oshu_testkit.clients import HOST, OTHER, TUNNEL
 
 TIMEOUT = 10.0
 WAIT = 10.0

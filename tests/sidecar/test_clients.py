@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from oshu_sidecar.session import SecretBinding
-from oshu_sidecar.testing import SidecarProcess, Upstream
-from sidecar_helpers import HOST, TUNNEL, curl, header_of, node_fetch, pyclient
+from oshu_testkit.sidecar_process import SidecarProcess, Upstream
+from oshu_testkit.clients import HOST, TUNNEL, curl, header_of, node_fetch, pyclient
 
 PY_CLIENTS = ["requests", "httpx", "aiohttp"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import time
 
-from oshu_sidecar.testing import RawClient, SidecarProcess, Upstream, new_secret, new_session
-from sidecar_helpers import HOST, OTHER, TUNNEL, assert_no_secret, curl
+from oshu_testkit.sidecar_process import RawClient, SidecarProcess, Upstream, new_secret, new_session
+from oshu_testkit.clients import HOST, OTHER, TUNNEL, assert_no_secret, curl
 
 BOUND = 100  # iterations for bounded polling loops
 

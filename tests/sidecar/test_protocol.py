@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from oshu_sidecar.session import SecretBinding
-from oshu_sidecar.testing import RawClient, SidecarProcess, Upstream, new_secret, new_session
-from sidecar_helpers import HOST, curl, pyclient, run
+from oshu_testkit.sidecar_process import RawClient, SidecarProcess, Upstream, new_secret, new_session
+from oshu_testkit.clients import HOST, curl, pyclient, run
 
 SOCKET_TIMEOUT = 15.0
 

@@ -8,8 +8,8 @@ import socket
 import pytest
 
 from oshu_sidecar.session import SecretBinding
-from oshu_sidecar.testing import RawClient, SidecarProcess, Upstream, new_secret, new_session
-from sidecar_helpers import HOST, OTHER, TUNNEL, curl
+from oshu_testkit.sidecar_process import RawClient, SidecarProcess, Upstream, new_secret, new_session
+from oshu_testkit.clients import HOST, OTHER, TUNNEL, curl
 
 
 def assert_still_serving(sc: SidecarProcess, upstream: Upstream, key: SecretBinding) -> None:

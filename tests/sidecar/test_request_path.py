@@ -10,8 +10,8 @@ import json
 import pytest
 
 from oshu_sidecar.session import SecretBinding
-from oshu_sidecar.testing import RawClient, SidecarProcess, Upstream, new_secret, new_session
-from sidecar_helpers import HOST
+from oshu_testkit.sidecar_process import RawClient, SidecarProcess, Upstream, new_secret, new_session
+from oshu_testkit.clients import HOST
 
 TIMEOUT = 10.0
 WS = (b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"

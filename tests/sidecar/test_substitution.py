@@ -9,8 +9,8 @@ from urllib.parse import quote, unquote_plus
 import pytest
 
 from oshu_sidecar.session import SecretBinding
-from oshu_sidecar.testing import RawClient, SidecarProcess, Upstream
-from sidecar_helpers import HOST, OTHER, PORTED, WILD, curl, header_of
+from oshu_testkit.sidecar_process import RawClient, SidecarProcess, Upstream
+from oshu_testkit.clients import HOST, OTHER, PORTED, WILD, curl, header_of
 
 
 def test_any_header_value_is_substituted(sidecar: SidecarProcess, upstream: Upstream,

@@ -1,4 +1,4 @@
-"""Run the real operator for tests, benchmarks and the demo (like `kopf.testing`).
+"""Run the real operator for tests, benchmarks and the demo (the test kit: not part of the product).
 
 `OperatorProcess` starts `python -m oshu_operator --dev-webhook` against a kubeconfig,
 as production runs it, waits until /readyz says the operator and its webhook are up,
@@ -6,7 +6,7 @@ captures its JSON log, and stops it with SIGTERM. Everything listens on 127.0.0.
 
 Example::
 
-    from oshu_operator.testing import CRD_PATH, OperatorProcess
+    from oshu_testkit.operator_process import CRD_PATH, OperatorProcess
 
     kubectl("apply", "-f", str(CRD_PATH))
     with OperatorProcess(kubeconfig) as op:
@@ -27,9 +27,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from oshu_sidecar.testing import terminate
+from oshu_operator.names import DEV_WEBHOOK_CONFIG
 
-from .names import DEV_WEBHOOK_CONFIG
+from .sidecar_process import terminate
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: The single source of the CRD (the Helm chart's crds/ directory).

@@ -1,4 +1,4 @@
-"""Test helpers for the sidecar, importable by any test suite or demo (like `kopf.testing`).
+"""Test helpers for the sidecar (the test kit, hack/oshu_testkit: not part of the product).
 
 - `new_secret` / `new_session`: build a `Session` with fresh sealed tokens and values.
 - `TestCA`: a throwaway CA (files on disk) for upstream servers.
@@ -16,7 +16,7 @@ under `.test` and are always mapped, so nothing is ever resolved or sent elsewhe
 
 Example::
 
-    from oshu_sidecar.testing import Upstream, SidecarProcess, new_secret, new_session
+    from oshu_testkit.sidecar_process import Upstream, SidecarProcess, new_secret, new_session
 
     with Upstream() as up:
         secret = new_secret("API_KEY", ["api.oshu.test"])
@@ -52,9 +52,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from aiohttp import WSMsgType, web
 
-from .hosts import HostPattern, split_host_port
-from .pki import CertificateAuthority, KeyPair, new_ca
-from .session import DEFAULT_LOCATIONS, SecretBinding, Session, new_sealed_token
+from oshu_sidecar.hosts import HostPattern, split_host_port
+from oshu_sidecar.pki import CertificateAuthority, KeyPair, new_ca
+from oshu_sidecar.session import DEFAULT_LOCATIONS, SecretBinding, Session, new_sealed_token
 
 __all__ = [
     "DEFAULT_HOST", "PROXY_ENV_VARS", "RawClient", "RawResponse", "Recorded", "SidecarProcess", "TestCA",
@@ -739,7 +739,7 @@ def _addr(text: str) -> tuple[str, int]:
 def _session_hosts(session: Session | Mapping[str, Any] | bytes | str) -> list[str]:
     """Every exact host named by the session's secrets and egress (wildcards are skipped)."""
     if not isinstance(session, Session):
-        from .session import loads_session
+        from oshu_sidecar.session import loads_session
         session = loads_session(_session_bytes(session))
     names: list[str] = []
     for pattern in [p for s in session.secrets for p in s.hosts] + list(session.egress or ()):

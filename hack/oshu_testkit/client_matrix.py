@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Mapping
 
-NODE_CLIENT = Path(__file__).parent / "clients" / "connect_fetch.js"
+NODE_CLIENT = Path(__file__).parent / "js" / "connect_fetch.js"
 
 _PY = {
     "requests": "import requests,sys\nr=requests.get(sys.argv[1],headers={sys.argv[2]:sys.argv[3]},timeout=10)\nprint(r.status_code)",

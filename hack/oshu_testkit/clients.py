@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from oshu_sidecar.testing import SidecarProcess
+from .sidecar_process import SidecarProcess
 
 HERE = Path(__file__).parent
-NODE_DIR = HERE.parent / "node"
+NODE_DIR = HERE.parents[1] / "tests" / "node"
 
 HOST = "api.oshu.test"  # API_KEY, QUERY_KEY, BODY_KEY are allowed here
 OTHER = "other.oshu.test"  # only OTHER_KEY is allowed here
