@@ -28,7 +28,9 @@ from oshu_localkube import LocalCluster
 from oshu_operator import names as n
 from oshu_sidecar.pki import KeyPair
 from oshu_sidecar.session import loads_session
-from oshu_testkit.sidecar_process import SidecarProcess, Upstream, write_k8s_secret_dir
+from oshu_testkit.sessions import write_k8s_secret_dir
+from oshu_testkit.sidecar_process import SidecarProcess
+from oshu_testkit.upstreams import Upstream
 
 from . import examples, install
 from .paths import CHART_DIR, EXAMPLES_DIR, REPO_ROOT

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Mapping
 
+#: Node through a CONNECT proxy with its own TLS stack only (no npm packages needed).
 NODE_CLIENT = Path(__file__).parent / "js" / "connect_fetch.js"
 
 _PY = {

@@ -1,4 +1,4 @@
-"""Run the real operator for tests, benchmarks and the demo (the test kit: not part of the product).
+"""The real operator as a subprocess, for tests, benchmarks and the demo.
 
 `OperatorProcess` starts `python -m oshu_operator --dev-webhook` against a kubeconfig,
 as production runs it, waits until /readyz says the operator and its webhook are up,
@@ -27,15 +27,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from oshu_e2e.paths import CRD_FILE
 from oshu_operator.names import DEV_WEBHOOK_CONFIG
 
-from .sidecar_process import terminate
+from .clientenv import without_proxy_env
+from .processes import terminate
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 #: The single source of the CRD (the Helm chart's crds/ directory).
-CRD_PATH = REPO_ROOT / "charts" / "oshu-vault" / "crds" / "vaultsessions.vault.oshu.dev.yaml"
-_PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy",
-               "NO_PROXY", "no_proxy")
+CRD_PATH = CRD_FILE
 
 
 class OperatorError(RuntimeError):
@@ -64,8 +63,7 @@ class OperatorProcess:
             base += ["--namespace", ns]
         self.args = base + list(args)
         # Proxy variables of the caller must not route operator -> apiserver.
-        self.env = {k: v for k, v in (env if env is not None else os.environ).items()
-                    if k not in _PROXY_VARS and not k.startswith("OSHU_")}
+        self.env = without_proxy_env(env if env is not None else os.environ)
         self.proc: subprocess.Popen[bytes] | None = None
         self.metrics_port: int | None = None
         self._log_handle: Any = None

@@ -54,7 +54,9 @@ ENV_CA_BUNDLE_VARS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "
 ENV_NODE_EXTRA_CA = "NODE_EXTRA_CA_CERTS"
 #: Node's built-in fetch ignores proxy variables unless this is set.
 ENV_NODE_USE_ENV_PROXY = "NODE_USE_ENV_PROXY"
-ENV_PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
+#: aiohttp (and urllib's getproxies) look WebSocket URLs up as WS_PROXY/WSS_PROXY, not HTTP(S)_PROXY.
+ENV_PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy",
+                  "WS_PROXY", "WSS_PROXY", "ws_proxy", "wss_proxy")
 ENV_NO_PROXY_VARS = ("NO_PROXY", "no_proxy")
 
 # --- The injected sidecar's command line ---------------------------------------------------

@@ -1,4 +1,4 @@
-"""Operator tests: helpers from oshu_testkit, the CRD installed once, one real operator per session.
+"""Operator tests: the CRD installed once, one real operator per session (helpers: oshu_testkit).
 
 The operator runs as a subprocess (`python -m oshu_operator --dev-webhook`), exactly as
 `oshu-operator` runs anywhere; the API server calls its webhook on 127.0.0.1.
@@ -12,7 +12,7 @@ import pytest
 
 from oshu_testkit.operator_process import CRD_PATH, OperatorProcess
 
-from oshu_testkit.kube import SIDECAR_ARGS, Kube, real_value
+from oshu_testkit.kube import Kube, real_value, SIDECAR_ARGS
 
 DEV_CONFIG = "oshu-vault-test"
 

@@ -11,7 +11,7 @@ from oshu_operator import names as n
 from oshu_operator.config import DEFAULT_NO_PROXY
 from oshu_operator.injection import CA_MOUNT, infra_env, sidecar_container, volumes
 
-from oshu_testkit.kube import SIDECAR, SIDECAR_IMAGE, pod, wait_for
+from oshu_testkit.kube import pod, SIDECAR, SIDECAR_IMAGE, wait_for
 
 
 @pytest.fixture

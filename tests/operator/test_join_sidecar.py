@@ -10,28 +10,25 @@ import pytest
 
 from oshu_operator import names as n
 from oshu_sidecar.pki import KeyPair
-from oshu_testkit.sidecar_process import DEFAULT_HOST, SidecarProcess, Upstream
+from oshu_testkit.sidecar_process import SidecarProcess
+from oshu_testkit.upstreams import DEFAULT_HOST, Upstream
 
+from oshu_testkit.clientenv import pod_env_on_host
 from oshu_testkit.kube import SIDECAR, pod, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture
-def upstream():
-    with Upstream() as up:
-        yield up
+def upstream(make_upstream) -> Upstream:
+    return make_upstream()
 
 
 def client_env(injected_env: list[dict], sidecar: SidecarProcess, ca_dir) -> dict[str, str]:
     """The app container's environment as injected, with pod paths and ports mapped to this host."""
-    env = {}
-    for e in injected_env:
-        value = e["value"]
-        value = value.replace(n.CA_MOUNT_DIR, str(ca_dir))
-        value = value.replace(SIDECAR.proxy_url, sidecar.proxy_url)
-        env[e["name"]] = value
-    return {"PATH": "/usr/bin:/bin", "HOME": str(ca_dir)} | env
+    return pod_env_on_host([(e["name"], e["value"]) for e in injected_env], ca_dir=ca_dir,
+                           pod_proxy_url=SIDECAR.proxy_url, host_proxy_url=sidecar.proxy_url,
+                           base={"PATH": "/usr/bin:/bin", "HOME": str(ca_dir)})
 
 
 def curl(env: dict[str, str], url: str) -> subprocess.CompletedProcess[str]:

@@ -14,9 +14,11 @@ import pytest
 
 from oshu_operator import material
 from oshu_sidecar.hosts import HostPattern
-from oshu_testkit.sidecar_process import DEFAULT_HOST, SidecarProcess, Upstream, new_secret, new_session
+from oshu_testkit.sessions import new_secret, new_session
+from oshu_testkit.sidecar_process import SidecarProcess
+from oshu_testkit.upstreams import DEFAULT_HOST, Upstream
 
-from oshu_testkit.client_matrix import CLIENTS, available, run_client
+from oshu_testkit.client_matrix import available, CLIENTS, run_client
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -15,8 +15,12 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from oshu_sidecar.session import SecretBinding
-from oshu_testkit.sidecar_process import SidecarProcess, Upstream, new_secret, new_session
-from oshu_testkit.clients import ALL_HOSTS, HOST, NODE_DIR, OTHER, PORTED, UPSTREAM_NAMES, scan_sidecar
+from oshu_testkit.sessions import new_secret, new_session
+from oshu_testkit.sidecar_process import SidecarProcess
+from oshu_testkit.upstreams import Upstream
+from oshu_testkit.clients import NODE_DIR
+from oshu_testkit.leaks import scan_sidecar
+from oshu_testkit.upstreams import ALL_HOSTS, HOST, OTHER, PORTED, UPSTREAM_NAMES
 
 
 def make_keys() -> dict[str, SecretBinding]:

@@ -29,8 +29,12 @@ import pytest
 
 from oshu_sidecar.policy import Policy
 from oshu_sidecar.session import SecretBinding
-from oshu_testkit.sidecar_process import RawClient, RawResponse, SidecarProcess, TestCA, Upstream, new_secret, new_session
-from oshu_testkit.clients import HOST, OTHER, TUNNEL
+from oshu_testkit.ca import TestCA
+from oshu_testkit.rawclient import RawClient, RawResponse
+from oshu_testkit.sessions import new_secret, new_session
+from oshu_testkit.sidecar_process import SidecarProcess
+from oshu_testkit.upstreams import Upstream
+from oshu_testkit.upstreams import HOST, OTHER, TUNNEL
 
 TIMEOUT = 10.0
 WAIT = 10.0

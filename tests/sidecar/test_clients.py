@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from oshu_sidecar.session import SecretBinding
-from oshu_testkit.sidecar_process import SidecarProcess, Upstream
-from oshu_testkit.clients import HOST, TUNNEL, curl, header_of, node_fetch, pyclient
+from oshu_testkit.sidecar_process import SidecarProcess
+from oshu_testkit.upstreams import Upstream
+from oshu_testkit.clients import curl, header_of, node_fetch, pyclient
+from oshu_testkit.upstreams import HOST, TUNNEL
 
 PY_CLIENTS = ["requests", "httpx", "aiohttp"]
 

@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 import time
 
-from oshu_testkit.sidecar_process import RawClient, SidecarProcess, Upstream, new_secret, new_session
-from oshu_testkit.clients import HOST, OTHER, TUNNEL, assert_no_secret, curl
+from oshu_testkit.rawclient import RawClient
+from oshu_testkit.sessions import new_secret, new_session
+from oshu_testkit.sidecar_process import SidecarProcess
+from oshu_testkit.upstreams import Upstream
+from oshu_testkit.clients import curl
+from oshu_testkit.leaks import assert_no_secret
+from oshu_testkit.upstreams import HOST, OTHER, TUNNEL
 
 BOUND = 100  # iterations for bounded polling loops
 

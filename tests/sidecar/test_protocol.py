@@ -16,8 +16,12 @@ from pathlib import Path
 import pytest
 
 from oshu_sidecar.session import SecretBinding
-from oshu_testkit.sidecar_process import RawClient, SidecarProcess, Upstream, new_secret, new_session
-from oshu_testkit.clients import HOST, curl, pyclient, run
+from oshu_testkit.rawclient import RawClient
+from oshu_testkit.sessions import new_secret, new_session
+from oshu_testkit.sidecar_process import SidecarProcess
+from oshu_testkit.upstreams import Upstream
+from oshu_testkit.clients import curl, pyclient, run
+from oshu_testkit.upstreams import HOST
 
 SOCKET_TIMEOUT = 15.0
 

@@ -8,8 +8,12 @@ import socket
 import pytest
 
 from oshu_sidecar.session import SecretBinding
-from oshu_testkit.sidecar_process import RawClient, SidecarProcess, Upstream, new_secret, new_session
-from oshu_testkit.clients import HOST, OTHER, TUNNEL, curl
+from oshu_testkit.rawclient import RawClient
+from oshu_testkit.sessions import new_secret, new_session
+from oshu_testkit.sidecar_process import SidecarProcess
+from oshu_testkit.upstreams import Upstream
+from oshu_testkit.clients import curl
+from oshu_testkit.upstreams import HOST, OTHER, TUNNEL
 
 
 def assert_still_serving(sc: SidecarProcess, upstream: Upstream, key: SecretBinding) -> None:

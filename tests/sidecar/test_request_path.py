@@ -10,8 +10,11 @@ import json
 import pytest
 
 from oshu_sidecar.session import SecretBinding
-from oshu_testkit.sidecar_process import RawClient, SidecarProcess, Upstream, new_secret, new_session
-from oshu_testkit.clients import HOST
+from oshu_testkit.rawclient import RawClient
+from oshu_testkit.sessions import new_secret, new_session
+from oshu_testkit.sidecar_process import SidecarProcess
+from oshu_testkit.upstreams import Upstream
+from oshu_testkit.upstreams import HOST
 
 TIMEOUT = 10.0
 WS = (b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"

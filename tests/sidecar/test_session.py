@@ -9,8 +9,12 @@ import time
 from pathlib import Path
 
 from oshu_sidecar.pki import new_ca
-from oshu_testkit.sidecar_process import RawClient, SidecarProcess, Upstream, new_secret, new_session
-from oshu_testkit.clients import HOST, curl
+from oshu_testkit.rawclient import RawClient
+from oshu_testkit.sessions import new_secret, new_session
+from oshu_testkit.sidecar_process import SidecarProcess
+from oshu_testkit.upstreams import Upstream
+from oshu_testkit.clients import curl
+from oshu_testkit.upstreams import HOST
 
 WAIT = 15.0  # upper bound for a reload to be observed (the contract is 2 s; polling is bounded)
 ATTEMPTS = 150

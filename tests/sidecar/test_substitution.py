@@ -9,8 +9,11 @@ from urllib.parse import quote, unquote_plus
 import pytest
 
 from oshu_sidecar.session import SecretBinding
-from oshu_testkit.sidecar_process import RawClient, SidecarProcess, Upstream
-from oshu_testkit.clients import HOST, OTHER, PORTED, WILD, curl, header_of
+from oshu_testkit.rawclient import RawClient
+from oshu_testkit.sidecar_process import SidecarProcess
+from oshu_testkit.upstreams import Upstream
+from oshu_testkit.clients import curl, header_of
+from oshu_testkit.upstreams import HOST, OTHER, PORTED, WILD
 
 
 def test_any_header_value_is_substituted(sidecar: SidecarProcess, upstream: Upstream,

@@ -19,7 +19,7 @@ from oshu_sidecar.policy import Policy
 from oshu_sidecar.substitute import (
     StreamReplacer, decode_basic, redact_query, substitute_head, substitute_query, tokens_in_request,
 )
-from oshu_testkit.sidecar_process import new_secret, new_session
+from oshu_testkit.sessions import new_secret, new_session
 from oshu_sidecar.upstream import Router
 
 REQUIRED = ["--session-file", "s.json", "--ca-cert", "ca.crt", "--ca-key", "ca.key"]
