@@ -1,7 +1,8 @@
 """oshu-local-cluster build|start|stop|status: the local Kubernetes control plane from a shell.
 
 ``start`` leaves etcd, kube-apiserver and kube-controller-manager running in the background
-and records them in a state directory (default ``$TMPDIR/oshu-localkube-$UID/<name>``), which
+(with ``--node`` also containerd, the kubelet, kube-scheduler, kube-proxy and CoreDNS, so pods
+run; one node cluster per machine) and records them in a state directory (default ``$TMPDIR/oshu-localkube-$UID/<name>``), which
 is how ``status`` and ``stop`` find them later.
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from . import build, versions
 from .cluster import ClusterError, LocalCluster, runtime_root
+from .node import NodeError
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
@@ -34,13 +36,22 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _start(args: argparse.Namespace) -> int:
-    cluster = LocalCluster(_state_dir(args), daemon=True, ready_timeout=args.timeout)
+    cluster = LocalCluster(_state_dir(args), node=args.node, daemon=True, ready_timeout=args.timeout)
     try:
         cluster.start()
-    except (ClusterError, build.BuildError) as error:
+    except (ClusterError, build.BuildError, NodeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"local cluster ready in {cluster.startup_seconds:.1f}s: {cluster.server}", file=sys.stderr)
+    if cluster.node is not None:
+        node = cluster.node
+        print(
+            f"node {node.net.node_name} Ready ({cluster.node_startup_seconds:.1f}s of it): node IP {node.net.node_ip}, "
+            f"pods {node.net.pod_cidr}, services {node.net.service_cidr}, DNS {node.net.dns_ip} "
+            f"({node.net.cluster_domain})",
+            file=sys.stderr,
+        )
+        print(f"containerd: ctr --address {node.containerd_socket} -n {node.containerd_namespace}", file=sys.stderr)
     print(f"kubeconfig: {cluster.kubeconfig}", file=sys.stderr)
     print(f"logs: {cluster.state_dir / 'logs'}", file=sys.stderr)
     # stdout is meant for eval "$(oshu-local-cluster start)"
@@ -61,7 +72,11 @@ def _stop(args: argparse.Namespace) -> int:
     if cluster is None:
         print(f"no cluster running from {_state_dir(args)}", file=sys.stderr)
         return 0
-    cluster.stop()
+    try:
+        cluster.stop()
+    except ClusterError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print(f"stopped the cluster in {cluster.state_dir}", file=sys.stderr)
     return 0
 
@@ -104,6 +119,9 @@ def parser() -> argparse.ArgumentParser:
         command.set_defaults(run=run)
         if name == "start":
             command.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for readiness")
+            command.add_argument(
+                "--node", action="store_true", help="also run a node (containerd, kubelet, ...): pods run; needs root"
+            )
         if name == "status":
             command.add_argument("--json", action="store_true", help="machine-readable output")
     return top

@@ -1,7 +1,10 @@
 """A real Kubernetes control plane on loopback: etcd, kube-apiserver and kube-controller-manager.
 
-There is no scheduler and no kubelet: pods are admitted (webhooks, ServiceAccount admission,
-RBAC) and stored, never run. The controller-manager is there because a cluster without it
+By default there is no scheduler and no kubelet: pods are admitted (webhooks, ServiceAccount
+admission, RBAC) and stored, never run. With ``node=True`` the cluster also gets a node
+(containerd, kubelet, kube-scheduler, kube-proxy, CoreDNS; see :mod:`oshu_localkube.node`)
+and pods really run; the apiserver then listens on the node address instead of 127.0.0.1
+so pods reach it through the ``kubernetes`` Service. The controller-manager is there because a cluster without it
 has no garbage collection of owned objects, never finishes deleting a namespace and never
 creates the ``default`` ServiceAccount, which the ServiceAccount admission plugin requires
 for every pod.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import http.client
 import json
 import os
@@ -36,6 +40,7 @@ from types import TracebackType
 from typing import TypeVar
 
 from . import build, pki
+from . import node as node_module
 
 _T = TypeVar("_T")
 
@@ -115,9 +120,9 @@ def _runs_binary(pid: int, exe: str) -> bool:
     return argv0 == exe and state not in ("Z", "X")
 
 
-def _free_port() -> int:
+def _free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
@@ -165,6 +170,7 @@ class LocalCluster:
         self,
         state_dir: Path | str | None = None,
         *,
+        node: bool = False,
         daemon: bool = False,
         ready_timeout: float = 120.0,
         gomaxprocs: int | None = None,
@@ -182,6 +188,19 @@ class LocalCluster:
         self.server = ""
         self.startup_seconds: float | None = None
         self.binaries: dict[str, Path] = {}
+        #: Set for a cluster with a node (``node=True``); its addresses are machine-wide.
+        self.node_network: node_module.NodeNetwork | None = node_module.NodeNetwork() if node else None
+        self.node_startup_seconds: float | None = None
+
+    @property
+    def node(self) -> node_module.Node | None:
+        """The node's API (containerd socket, image import, addresses), or None without a node."""
+        return node_module.Node(self, self.node_network) if self.node_network is not None else None
+
+    @property
+    def api_host(self) -> str:
+        """Where the apiserver listens: the node address with a node (pods reach it), else loopback."""
+        return self.node_network.node_ip if self.node_network is not None else "127.0.0.1"
 
     # -- paths ---------------------------------------------------------------------------
 
@@ -225,12 +244,22 @@ class LocalCluster:
         """Build (or reuse) the binaries, start the components and wait until ready."""
         if self._processes:
             raise ClusterError(f"cluster in {self.state_dir} is already started")
-        self.binaries = build.ensure_built(KUBE_TOOLS, log=self._log)
+        tools = KUBE_TOOLS + node_module.NODE_TOOLS if self.node_network is not None else KUBE_TOOLS
+        if self.node_network is not None:
+            problems = node_module.missing_prerequisites()
+            if problems:
+                raise node_module.NodeError("this machine cannot run the node: " + "; ".join(problems))
+        self.binaries = build.ensure_built(tools, log=self._log)
+        if self.node_network is not None:
+            self.binaries["containerd"] = Path(shutil.which("containerd") or "containerd")  # Debian's
         sweep_dead_clusters(log=self._log)
         for attempt in range(3):
             self._prepare_state_dir()
             started = time.monotonic()
             try:
+                if self.node_network is not None:
+                    node_module.claim(self)  # NodeBusyError if another node cluster runs
+                    node_module.setup_host(self.node_network)  # routes first, before any component
                 self._launch_all()
                 self.startup_seconds = time.monotonic() - started
                 return self
@@ -243,12 +272,19 @@ class LocalCluster:
         raise ClusterError("could not find free loopback ports after 3 attempts")
 
     def stop(self, *, keep_logs: bool = False) -> None:
-        """Kill our processes (TERM, then KILL after a grace period) and remove the state dir."""
+        """Kill our processes (TERM, then KILL after a grace period) and remove the state dir.
+
+        With a node, first: the kubelet, every container, containerd and its shims, kube-proxy
+        and its chains, then every mount, cgroup, route, address and interface of the node."""
+        if self.node_network is not None and self._owns_state_dir:
+            self._stop_node()
         for process in reversed(self._processes):
             _terminate(process)
         self._processes = []
         if not self._owns_state_dir or not self.state_dir.exists():
             return
+        if node_module.mounts_under(self.state_dir):  # never rmtree through a live mount
+            raise ClusterError(f"mounts remain under {self.state_dir}: {node_module.mounts_under(self.state_dir)}")
         if keep_logs:
             # Failed start: keep only the logs, somewhere the error message points to.
             (self.state_dir / STATE_FILE).unlink(missing_ok=True)
@@ -282,6 +318,8 @@ class LocalCluster:
         cluster.ports = {k: int(v) for k, v in state["ports"].items()}
         cluster.server = state["server"]
         cluster.binaries = {k: Path(v) for k, v in state.get("binaries", {}).items()}
+        if state.get("node"):
+            cluster.node_network = node_module.NodeNetwork(**state["node"])
         cluster._processes = [_Process(p["name"], int(p["pid"]), p["exe"]) for p in state["processes"]]
         cluster._owns_state_dir = True
         return cluster
@@ -295,6 +333,7 @@ class LocalCluster:
             "running": self.is_running(),
             "processes": {p.name: {"pid": p.pid, "alive": p.alive()} for p in self._processes},
             "ports": self.ports,
+            "node": self.node.describe() if self.node is not None else None,
         }
 
     # -- talking to it -------------------------------------------------------------------
@@ -335,7 +374,7 @@ class LocalCluster:
         """GET ``path`` from the apiserver as admin (status, body): for health checks."""
         context = ssl.create_default_context(cafile=str(self.ca_cert))
         context.load_cert_chain(self.state_dir / "pki" / "admin.crt", self.state_dir / "pki" / "admin.key")
-        connection = http.client.HTTPSConnection("127.0.0.1", self.ports["apiserver"], context=context, timeout=timeout)
+        connection = http.client.HTTPSConnection(self.api_host, self.ports["apiserver"], context=context, timeout=timeout)
         try:
             connection.request("GET", path)
             response = connection.getresponse()
@@ -369,9 +408,20 @@ class LocalCluster:
             (self.bin_dir / tool).symlink_to(path)
 
     def _launch_all(self) -> None:
-        self.ports = {name: _free_port() for name in ("etcd", "etcd-peer", "apiserver", "controller-manager")}
-        self.server = f"https://127.0.0.1:{self.ports['apiserver']}"
-        certs = pki.create(self.state_dir / "pki", service_ip=SERVICE_IP)
+        names = ["etcd", "etcd-peer", "controller-manager"]
+        if self.node_network is not None:
+            names += ["scheduler", "kubelet-healthz", "proxy-healthz", "proxy-metrics", "dns-ready", "dns-health"]
+        self.ports = {name: _free_port() for name in names}
+        self.ports["apiserver"] = _free_port(self.api_host)
+        self.server = f"https://{self.api_host}:{self.ports['apiserver']}"
+        net = self.node_network
+        certs = pki.create(
+            self.state_dir / "pki",
+            service_ip=SERVICE_IP,
+            extra_apiserver_names=(net.node_ip,) if net is not None else (),
+            node_name=net.node_name if net is not None else None,
+            node_ip=net.node_ip if net is not None else None,
+        )
         self._write_kubeconfigs(certs)
         deadline = time.monotonic() + self.ready_timeout
 
@@ -384,6 +434,46 @@ class LocalCluster:
         # The ServiceAccount controller creating "default" proves the controller-manager
         # is up, authorised and reconciling: what namespaces in tests depend on.
         self._wait(deadline, "ServiceAccount default/default", self._default_service_account_exists)
+        if self.node_network is not None:
+            self._launch_node(deadline)
+
+    def _launch_node(self, deadline: float) -> None:
+        """containerd, then the kubelet, scheduler, kube-proxy and CoreDNS; ready = the Node is
+        Ready and untainted and CoreDNS has synced (pods can be scheduled and resolve names)."""
+        node = self.node
+        assert node is not None
+        started = time.monotonic()
+        node_module.prepare_cgroup_root()
+        node.write_configs(self.ports)
+        self.kubectl("apply", "-f", "-", input=json.dumps(node_module.rbac_manifest()))
+        self._spawn("containerd", node.containerd_args())
+        self._wait(deadline, "containerd", node.containerd_ready)
+        node.import_pause_image()
+        self._spawn("kubelet", node.kubelet_args())
+        self._spawn("kube-scheduler", node.scheduler_args(self.ports["scheduler"]))
+        self._spawn("kube-proxy", node.kube_proxy_args())
+        self._spawn("coredns", node.coredns_args())
+        self._wait(deadline, f"Node {node.net.node_name} Ready", node.node_ready)
+        self._wait(deadline, "CoreDNS ready", lambda: node.http_ok(self.ports["dns-ready"], "/ready"))
+        self._wait(deadline, "kube-proxy healthz", lambda: node.http_ok(self.ports["proxy-healthz"], "/healthz"))
+        self.node_startup_seconds = time.monotonic() - started
+
+    def _stop_node(self) -> None:
+        """Tear the node down in the order that leaves nothing behind (see :meth:`stop`)."""
+        net = self.node_network
+        assert net is not None
+        if not node_module.holds_claim(self.state_dir):
+            return  # the start failed before claiming (another node cluster runs): touch nothing
+        by_name = {process.name: process for process in self._processes}
+        for name in ("kubelet", "kube-proxy"):
+            if name in by_name:
+                _terminate(by_name[name], grace=5.0)
+        node_module.kill_cgroup_tree()  # containers go before containerd, so none is left orphaned
+        if "containerd" in by_name:
+            _terminate(by_name["containerd"], grace=5.0)
+        kube_proxy = self.binaries.get("kube-proxy")
+        node_module.teardown_host(net, self.state_dir, kube_proxy=kube_proxy, log=self._log)
+        node_module.release(self.state_dir)
 
     def _spawn(self, name: str, args: list[str]) -> None:
         binary = str(self.binaries[name])
@@ -414,6 +504,7 @@ class LocalCluster:
             "owner_pid": None if self.daemon else os.getpid(),
             "binaries": {k: str(v) for k, v in self.binaries.items()},
             "processes": [p.as_state() for p in self._processes],
+            "node": dataclasses.asdict(self.node_network) if self.node_network is not None else None,
         }
         tmp = self.state_dir / f".{STATE_FILE}.tmp"
         tmp.write_text(json.dumps(state, indent=2) + "\n")
@@ -482,13 +573,26 @@ class LocalCluster:
         ]
 
     def _apiserver_args(self, certs: pki.ClusterPKI) -> list[str]:
-        return [
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
-            f"--secure-port={self.ports['apiserver']}",
+        if certs.node is not None:
+            # The node address is an endpoint pods reach: the `kubernetes` Service gets it.
+            # The apiserver reaches the kubelet by that InternalIP, verifying its serving cert,
+            # with a client cert of its own (logs, exec, port-forward); never anonymously.
+            where = [
+                f"--bind-address={self.api_host}",
+                f"--advertise-address={self.api_host}",
+                "--endpoint-reconciler-type=lease",
+                "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-certificate-authority={certs.ca.cert}",
+                f"--kubelet-client-certificate={certs.node.apiserver_kubelet_client.cert}",
+                f"--kubelet-client-key={certs.node.apiserver_kubelet_client.key}",
+            ]
+        else:
             # A loopback advertise address cannot be a Service endpoint (upstream's own test
             # server disables the reconciler for the same reason).
-            "--endpoint-reconciler-type=none",
+            where = ["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none"]
+        return [
+            *where,
+            f"--secure-port={self.ports['apiserver']}",
             f"--etcd-servers=https://127.0.0.1:{self.ports['etcd']}",
             f"--etcd-cafile={certs.ca.cert}",
             f"--etcd-certfile={certs.apiserver_etcd_client.cert}",
@@ -526,7 +630,7 @@ class LocalCluster:
             f"--authorization-kubeconfig={kubeconfig}",
             "--bind-address=127.0.0.1",
             f"--secure-port={self.ports['controller-manager']}",
-            "--controllers=*," + ",".join(f"-{name}" for name in DISABLED_CONTROLLERS),
+            "--controllers=*," + ",".join(f"-{name}" for name in self._disabled_controllers()),
             # Each controller acts as its own ServiceAccount with its bootstrap RBAC role, as on
             # a kubeadm cluster.
             "--use-service-account-credentials=true",
@@ -537,6 +641,12 @@ class LocalCluster:
             "--leader-elect=false",
             "--profiling=false",
         ]
+
+    def _disabled_controllers(self) -> tuple[str, ...]:
+        if self.node_network is None:
+            return DISABLED_CONTROLLERS
+        # With a node, node-lifecycle removes the kubelet's not-ready taint once it is Ready.
+        return tuple(name for name in DISABLED_CONTROLLERS if name != "node-lifecycle-controller")
 
     def _write_kubeconfigs(self, certs: pki.ClusterPKI) -> None:
         import base64
@@ -559,10 +669,25 @@ class LocalCluster:
             },
             user_name="system:kube-controller-manager",
         )
-        for path, config in (
-            (self.kubeconfig, admin),
-            (self.state_dir / "controller-manager.kubeconfig", controller_manager),
-        ):
+        configs = [(self.kubeconfig, admin), (self.state_dir / "controller-manager.kubeconfig", controller_manager)]
+        if certs.node is not None:
+            node = self.node
+            assert node is not None
+            node.dir.mkdir(exist_ok=True)
+            for component, files, user_name in (
+                ("kubelet", certs.node.kubelet_client, f"system:node:{node.net.node_name}"),
+                ("kube-scheduler", certs.node.scheduler, "system:kube-scheduler"),
+                ("kube-proxy", certs.node.kube_proxy, "system:kube-proxy"),
+                ("coredns", certs.node.coredns, pki.COREDNS_USER),
+            ):
+                config = _kubeconfig(
+                    self.server,
+                    cluster={"certificate-authority": str(certs.ca.cert)},
+                    user={"client-certificate": str(files.cert), "client-key": str(files.key)},
+                    user_name=user_name,
+                )
+                configs.append((node.kubeconfig_path(component), config))
+        for path, config in configs:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as handle:
                 json.dump(config, handle, indent=2)  # JSON is YAML: every kubeconfig reader takes it

@@ -54,6 +54,19 @@ class ClusterPKI:
     front_proxy_client: CertFiles  # the apiserver's identity when proxying to extension servers
     service_account_key: Path  # signs ServiceAccount tokens
     service_account_pub: Path  # verifies them
+    node: NodePKI | None = None  # only for a cluster with a node (``create(node_name=...)``)
+
+
+@dataclass(frozen=True)
+class NodePKI:
+    """Certificates of the node's components, all from the cluster CA."""
+
+    kubelet_client: CertFiles  # system:node:<name> in system:nodes: the Node authorizer's identity
+    kubelet_serving: CertFiles  # the kubelet's HTTPS endpoint, valid for the node IP only
+    apiserver_kubelet_client: CertFiles  # kube-apiserver -> kubelet (logs, exec, port-forward)
+    scheduler: CertFiles  # system:kube-scheduler
+    kube_proxy: CertFiles  # system:kube-proxy (bootstrap binding system:node-proxier)
+    coredns: CertFiles  # oshu:coredns, bound to a read-only role by the cluster at start
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -151,8 +164,22 @@ class _Issuer:
         return _cert_pem(builder.sign(self.key, hashes.SHA256())), _key_pem(key)
 
 
-def create(directory: Path, *, service_ip: str = "10.96.0.1") -> ClusterPKI:
-    """Write a complete, fresh PKI for one cluster into ``directory``."""
+APISERVER_KUBELET_CLIENT = "kube-apiserver-kubelet-client"
+COREDNS_USER = "oshu:coredns"
+
+
+def create(
+    directory: Path,
+    *,
+    service_ip: str = "10.96.0.1",
+    extra_apiserver_names: tuple[str, ...] = (),
+    node_name: str | None = None,
+    node_ip: str | None = None,
+) -> ClusterPKI:
+    """Write a complete, fresh PKI for one cluster into ``directory``.
+
+    With ``node_name`` and ``node_ip`` it also writes the node's certificates (:class:`NodePKI`).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     now = datetime.now(UTC)
     issuer = _Issuer(now, "oshu-localkube-ca")
@@ -170,9 +197,25 @@ def create(directory: Path, *, service_ip: str = "10.96.0.1") -> ClusterPKI:
 
     ca = ca_pair("ca", issuer)
     sa_key = _key()
+    node = None
+    if node_name is not None and node_ip is not None:
+        node = NodePKI(
+            kubelet_client=pair(
+                "kubelet-client", issuer.issue(f"system:node:{node_name}", organization="system:nodes", client=True)
+            ),
+            kubelet_serving=pair("kubelet-serving", issuer.issue(node_name, names=(node_ip,), server=True)),
+            apiserver_kubelet_client=pair(
+                "apiserver-kubelet-client", issuer.issue(APISERVER_KUBELET_CLIENT, client=True)
+            ),
+            scheduler=pair("scheduler", issuer.issue("system:kube-scheduler", client=True)),
+            kube_proxy=pair("kube-proxy", issuer.issue("system:kube-proxy", client=True)),
+            coredns=pair("coredns", issuer.issue(COREDNS_USER, client=True)),
+        )
+    apiserver_names = (*APISERVER_NAMES, service_ip, *extra_apiserver_names)
     return ClusterPKI(
         ca=ca,
-        apiserver=pair("apiserver", issuer.issue("kube-apiserver", names=(*APISERVER_NAMES, service_ip), server=True)),
+        node=node,
+        apiserver=pair("apiserver", issuer.issue("kube-apiserver", names=apiserver_names, server=True)),
         etcd=pair("etcd", issuer.issue("etcd", names=("127.0.0.1", "localhost"), server=True, client=True)),
         apiserver_etcd_client=pair("apiserver-etcd-client", issuer.issue("kube-apiserver-etcd-client", client=True)),
         admin=pair("admin", issuer.issue("oshu-admin", organization="system:masters", client=True)),

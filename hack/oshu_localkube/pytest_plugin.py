@@ -8,6 +8,14 @@
   (``helm lint``/``helm template``...).
 - ``kube_namespace`` (function): a fresh namespace whose ``default`` ServiceAccount exists
   (pods are admitted only then); deleted after the test.
+- ``kube_node_cluster`` (session): a started :class:`LocalCluster` with a node (pods run);
+  ``cluster.node`` is its :class:`~oshu_localkube.node.Node` (containerd socket, namespace
+  ``k8s.io``, ``import_image()``, addresses). One node cluster runs per machine: if another
+  session holds it, this waits (up to ``OSHU_NODE_WAIT`` seconds, default 900) and says so.
+  ``OSHU_KUBE_NODE_CLUSTER_DIR`` attaches to one started by ``oshu-local-cluster start --node``.
+  On a machine that cannot run the node at all (not root, packages missing) the tests using
+  it are skipped with the reason.
+- ``kube_node_namespace`` (function): like ``kube_namespace``, on the node cluster.
 
 Missing binaries are built once after collection, outside any test's timeout.
 """
@@ -17,30 +25,34 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from . import build
+from . import build, node
 from .cluster import KUBE_TOOLS, ClusterError, LocalCluster, wait_for
 
 ATTACH_VARIABLE = "OSHU_KUBE_CLUSTER_DIR"
+NODE_ATTACH_VARIABLE = "OSHU_KUBE_NODE_CLUSTER_DIR"
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Build missing binaries before the first test: a cold build takes far longer than a test timeout."""
     if session.config.option.collectonly:
         return
-    wanted = {"kube_cluster", "kube_binaries"}
-    if any(wanted & set(getattr(item, "fixturenames", ())) for item in session.items):
+    wanted = {"kube_cluster", "kube_binaries", "kube_node_cluster"}
+    used = set().union(*(set(getattr(item, "fixturenames", ())) for item in session.items))
+    if wanted & used:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
 
         def log(message: str) -> None:
             if reporter is not None:
                 reporter.write_line(f"oshu-localkube: {message}")
 
-        build.ensure_built(KUBE_TOOLS, log=log)
+        tools = KUBE_TOOLS + node.NODE_TOOLS if "kube_node_cluster" in used else KUBE_TOOLS
+        build.ensure_built(tools, log=log)
 
 
 @pytest.fixture(scope="session")
@@ -77,3 +89,53 @@ def kube_namespace(kube_cluster: LocalCluster, request: pytest.FixtureRequest) -
     )
     yield name
     kube_cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+
+
+def _namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    name = _namespace_name(request.node.name)
+    cluster.kubectl("create", "namespace", name)
+    wait_for(
+        lambda: cluster.request(f"/api/v1/namespaces/{name}/serviceaccounts/default")[0] == 200,
+        timeout=60,
+        what=f"ServiceAccount default in namespace {name}",
+    )
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+
+
+@pytest.fixture(scope="session")
+def kube_node_cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
+    attached = os.environ.get(NODE_ATTACH_VARIABLE)
+    if attached:
+        cluster = LocalCluster.attach(attached)
+        if cluster.node is None or not cluster.is_ready():
+            raise ClusterError(f"{NODE_ATTACH_VARIABLE}={attached}: not a ready cluster with a node")
+        yield cluster
+        return
+    problems = node.missing_prerequisites()
+    if problems:
+        pytest.skip("this machine cannot run the local node: " + "; ".join(problems))
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    deadline = time.monotonic() + float(os.environ.get("OSHU_NODE_WAIT", "900"))
+    said = False
+    while True:
+        cluster = LocalCluster(node=True, ready_timeout=180)
+        try:
+            cluster.start()
+            break
+        except node.NodeBusyError as busy:
+            if time.monotonic() > deadline:
+                raise
+            if not said and reporter is not None:
+                reporter.write_line(f"oshu-localkube: waiting for the machine's node: {busy}")
+                said = True
+            time.sleep(5)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def kube_node_namespace(kube_node_cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    yield from _namespace(kube_node_cluster, request)

@@ -9,6 +9,7 @@ import (
 	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/coredns/coredns/coremain"
 
+	_ "github.com/coredns/coredns/plugin/bind"
 	_ "github.com/coredns/coredns/plugin/cache"
 	_ "github.com/coredns/coredns/plugin/errors"
 	_ "github.com/coredns/coredns/plugin/health"
@@ -20,6 +21,7 @@ import (
 
 // Plugin order matters in CoreDNS: this is upstream's plugin.cfg order, restricted to ours.
 var directives = []string{
+	"bind",
 	"ready",
 	"health",
 	"errors",
