@@ -27,6 +27,9 @@ _FIELDS_RE = re.compile(rb"(?:" + _TCHAR + rb"+:" + _FIELD_VALUE + rb"\r\n)*")
 _METHOD_RE = re.compile(_TCHAR + rb"+")
 _TARGET_RE = re.compile(rb"[\x21-\x7e]+")
 _FIELD_VALUE_RE = re.compile(_FIELD_VALUE)
+_QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e]|\\[\t \x21-\x7e])*"'
+#: A chunk-size line as strict llhttp accepts it (a subset: llhttp also takes `;=v` and `;n=`).
+_CHUNK_LINE_RE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:;" + _TCHAR + rb"+(?:=(?:" + _TCHAR + rb"+|" + _QUOTED + rb"))?)*")
 _STATUS_RE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
 _HOP = rb"connection|keep-alive|te|trailer|transfer-encoding|upgrade|proxy-" + _TCHAR + rb"*"
 # The fields the proxy acts on; everything else passes through untouched.
@@ -45,6 +48,10 @@ HOP_BY_HOP = frozenset({
 _FRAMING_FIELDS = frozenset({b"content-length", b"host"})
 #: Connection options that do not name a field to drop (anything else a Connection field lists is dropped too).
 _CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"}) | HOP_BY_HOP | _FRAMING_FIELDS
+
+#: Fields that frame or route a message: strict llhttp rejects a message whose trailers carry
+#: Content-Length or Transfer-Encoding, so the proxy refuses them (and Host) there too.
+_NOT_IN_TRAILERS = frozenset({b"content-length", b"transfer-encoding", b"host"})
 
 # Framing of a message body.
 NO_BODY = 0
@@ -225,8 +232,10 @@ def parse_request_head(raw: bytes) -> RequestHead:
             req.host = value
             req.host_spans = (span,)
         elif name == b"content-length":
+            if length is not None:  # even an equal one: strict llhttp refuses duplicates
+                raise bad_request("more than one Content-Length field")
             length = _content_length(value, length)
-            req.length_spans = (*req.length_spans, span)
+            req.length_spans = (span,)
         elif name == b"authorization":
             if value[:6].lower() == b"basic ":
                 req.authorization = (vs, ve)
@@ -381,10 +390,12 @@ class ChunkedDecoder:
     the moment it arrives), b"" once the terminating chunk and trailers are consumed.
     """
 
-    __slots__ = ("ch", "remaining", "done", "trailers", "max_line")
+    __slots__ = ("ch", "remaining", "done", "trailers", "max_line", "strict")
 
-    def __init__(self, ch: Channel, max_line: int = 8192) -> None:
+    def __init__(self, ch: Channel, max_line: int = 8192, strict: bool = True) -> None:
+        """`strict` for requests (the proxy must frame them as llhttp does); responses are read leniently."""
         self.ch = ch
+        self.strict = strict
         self.remaining = 0  # bytes left in the current chunk
         self.done = False
         self.trailers: list[tuple[bytes, bytes]] = []
@@ -399,10 +410,7 @@ class ChunkedDecoder:
                 line = await ch.read_line(self.max_line)
             except HeadTooLarge:
                 raise bad_request("chunk size line too long") from None
-            size_text = line.split(b";", 1)[0].strip(b" \t")
-            if not size_text or len(size_text) > 15 or size_text.strip(b"0123456789abcdefABCDEF"):
-                raise bad_request("invalid chunk size")
-            size = int(size_text, 16)
+            size = _chunk_size(line, self.strict)
             if size == 0:
                 await self._read_trailers()
                 self.done = True
@@ -435,7 +443,21 @@ class ChunkedDecoder:
             name, sep, value = line.partition(b":")
             if not sep or not _METHOD_RE.fullmatch(name) or not _FIELD_VALUE_RE.fullmatch(value):
                 raise bad_request("malformed trailer field")
+            if self.strict and name.lower() in _NOT_IN_TRAILERS:
+                raise bad_request("framing or routing field in trailers")
             self.trailers.append((name, value.strip(b" \t")))
+
+
+def _chunk_size(line: bytes, strict: bool) -> int:
+    if strict:
+        m = _CHUNK_LINE_RE.fullmatch(line)
+        if m is None:  # no whitespace, no bare CR/LF, extensions as tokens or quoted strings only
+            raise bad_request("invalid chunk size")
+        return int(m.group(1), 16)
+    size_text = line.split(b";", 1)[0].strip(b" \t")
+    if not size_text or len(size_text) > 15 or size_text.strip(b"0123456789abcdefABCDEF"):
+        raise bad_request("invalid chunk size")
+    return int(size_text, 16)
 
 
 def serialize_trailers(trailers: list[tuple[bytes, bytes]]) -> bytes:

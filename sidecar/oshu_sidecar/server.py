@@ -674,7 +674,7 @@ class Proxy:
             conn.write(_response_out(resp, scrubber, names, close_hdr + _TE_CHUNKED, drop_length=True))
         replacer = scrubber.stream() if scrub else None
         if framing == CHUNKED:
-            decoder = ChunkedDecoder(up)
+            decoder = ChunkedDecoder(up, strict=False)
             read = decoder.read
         elif framing == LENGTH:
             remaining = resp.content_length
