@@ -20,8 +20,9 @@ $(NODE_STAMP): tests/node/package.json tests/node/package-lock.json
 	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-# kube-apiserver, kube-controller-manager, kubectl, etcd and helm, built from the Go module
-# proxy once per version into ~/.cache/oshu-vault (override with OSHU_CACHE_DIR).
+# kube-apiserver, kube-controller-manager, kubectl, etcd and helm, and the node's kubelet,
+# kube-scheduler, kube-proxy and CoreDNS, built from the Go module proxy once per version into
+# ~/.cache/oshu-vault (override with OSHU_CACHE_DIR). The node's Debian packages: .ci/run.
 binaries: setup
 	$(PY) -m oshu_localkube build
 

@@ -653,9 +653,8 @@ class Node:
     def import_image(self, archive: Path | str) -> list[str]:
         """Import an image archive into the node; returns the image names now present from it."""
         before = set(self.image_names())
-        self.ctr("images", "import", "--no-unpack=false", str(archive))
-        after = self.image_names()
-        return [name for name in after if name not in before] or after
+        self.ctr("images", "import", str(archive))
+        return [name for name in self.image_names() if name not in before and not name.startswith("sha256:")]
 
     def image_names(self) -> list[str]:
         return [line for line in self.ctr("images", "list", "--quiet").stdout.splitlines() if line.strip()]

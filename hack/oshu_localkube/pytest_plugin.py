@@ -26,7 +26,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -36,6 +36,39 @@ from .cluster import KUBE_TOOLS, ClusterError, LocalCluster, wait_for
 
 ATTACH_VARIABLE = "OSHU_KUBE_CLUSTER_DIR"
 NODE_ATTACH_VARIABLE = "OSHU_KUBE_NODE_CLUSTER_DIR"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "oshu_node_exclusive: starts and stops its own node cluster; runs before any test that uses the "
+        "session's kube_node_cluster (one node cluster per machine)",
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Node-exclusive tests first: the session's node cluster is started lazily, so before it."""
+    exclusive = [item for item in items if item.get_closest_marker("oshu_node_exclusive")]
+    if exclusive:
+        rest = [item for item in items if not item.get_closest_marker("oshu_node_exclusive")]
+        items[:] = exclusive + rest
+
+
+def start_node_cluster(*, log: Callable[[str], None] | None = None, wait: float | None = None) -> LocalCluster:
+    """Start a node cluster, waiting (bounded) while another session holds the machine's node."""
+    deadline = time.monotonic() + (wait if wait is not None else float(os.environ.get("OSHU_NODE_WAIT", "900")))
+    said = False
+    while True:
+        cluster = LocalCluster(node=True, ready_timeout=180)
+        try:
+            return cluster.start()
+        except node.NodeBusyError as busy:
+            if time.monotonic() > deadline:
+                raise
+            if not said and log is not None:
+                log(f"waiting for the machine's node: {busy}")
+                said = True
+            time.sleep(5)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -116,20 +149,12 @@ def kube_node_cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
     if problems:
         pytest.skip("this machine cannot run the local node: " + "; ".join(problems))
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    deadline = time.monotonic() + float(os.environ.get("OSHU_NODE_WAIT", "900"))
-    said = False
-    while True:
-        cluster = LocalCluster(node=True, ready_timeout=180)
-        try:
-            cluster.start()
-            break
-        except node.NodeBusyError as busy:
-            if time.monotonic() > deadline:
-                raise
-            if not said and reporter is not None:
-                reporter.write_line(f"oshu-localkube: waiting for the machine's node: {busy}")
-                said = True
-            time.sleep(5)
+
+    def log(message: str) -> None:
+        if reporter is not None:
+            reporter.write_line(f"oshu-localkube: {message}")
+
+    cluster = start_node_cluster(log=log)
     try:
         yield cluster
     finally:

@@ -1,0 +1,3 @@
+module oshu.local/nodetest
+
+go 1.26.0

@@ -1,0 +1,107 @@
+"""Stopping a node cluster leaves nothing on the machine, and only one node cluster runs at a
+time while control-plane-only clusters still start beside it.
+
+These tests start their own node cluster, so they are marked ``oshu_node_exclusive`` (run
+before the session's shared node cluster exists).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from oshu_localkube import images_pause, node
+from oshu_localkube.cluster import LocalCluster, wait_for
+from oshu_localkube.pytest_plugin import start_node_cluster
+
+pytestmark = pytest.mark.oshu_node_exclusive
+
+
+@pytest.fixture(scope="module")
+def own_node_cluster() -> Iterator[LocalCluster]:
+    problems = node.missing_prerequisites()
+    if problems:
+        pytest.skip("this machine cannot run the local node: " + "; ".join(problems))
+    cluster = start_node_cluster(log=print)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()  # a no-op once the cleanup test stopped it
+
+
+def _busy_pod(secret: str) -> dict:
+    """A running pod with a Secret volume: a tmpfs mount, a netns, a veth, container cgroups."""
+    return {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": secret}, "stringData": {"k": "v"}},
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "busy", "labels": {"app": "busy"}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [
+                        {
+                            "name": "pause",
+                            "image": images_pause.PAUSE_IMAGE,
+                            "imagePullPolicy": "Never",
+                            "volumeMounts": [{"name": "s", "mountPath": "/s"}],
+                        }
+                    ],
+                    "volumes": [{"name": "s", "secret": {"secretName": secret}}],
+                },
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "busy"},
+                "spec": {"selector": {"app": "busy"}, "ports": [{"port": 80}]},
+            },
+        ],
+    }
+
+
+def test_second_node_cluster_fails_clearly_and_plain_clusters_still_start(own_node_cluster: LocalCluster) -> None:
+    first = own_node_cluster
+    assert first.node is not None
+    second = LocalCluster(node=True, ready_timeout=60)
+    with pytest.raises(node.NodeBusyError, match="already runs from") as refused:
+        second.start()
+    assert str(first.state_dir) in str(refused.value)
+    assert not second.is_running()
+    # The refused start touched nothing of the running node.
+    assert first.node.node_ready()
+    assert node.host_leftovers(first.node.net, first.state_dir)  # its routes etc. are all still there
+    routes = subprocess.run(["ip", "route", "show", "proto", node.ROUTE_PROTOCOL], capture_output=True, text=True)
+    assert first.node.net.pod_cidr in routes.stdout
+    with LocalCluster() as plain:
+        assert plain.kubectl("get", "namespace", "default", "-o", "name").stdout.strip() == "namespace/default"
+
+
+def test_stop_leaves_no_process_mount_interface_address_rule_or_route(own_node_cluster: LocalCluster) -> None:
+    cluster = own_node_cluster
+    assert cluster.node is not None
+    net, state_dir = cluster.node.net, cluster.state_dir
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(_busy_pod("busy-secret")))
+
+    def running() -> bool:
+        pod = json.loads(cluster.kubectl("get", "pod", "busy", "-o", "json").stdout)
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions", []))
+
+    wait_for(running, timeout=90, what="pod busy Ready", interval=0.5)
+    # While it runs, every kind of thing the check looks for exists (so the check can fail).
+    while_running = node.host_leftovers(net, state_dir)
+    kinds = {entry.split(" ", 1)[0] for entry in while_running}
+    assert {"process", "mount", "cgroup", "interface", "address", "route", "iptables-save:"} <= kinds, kinds
+    assert any("KUBE-SERVICES" in entry for entry in while_running)
+    assert any(entry.startswith("mount ") and "volumes/kubernetes.io~secret" in entry for entry in while_running)
+
+    cluster.stop()
+    assert node.host_leftovers(net, state_dir) == []
+    assert not state_dir.exists()
+    assert not node.holds_claim(state_dir)
