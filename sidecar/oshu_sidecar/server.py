@@ -266,6 +266,9 @@ class Proxy:
             if not keep:
                 conn.close()
                 return
+            # The next pipelined request is read only once the client takes what it was sent:
+            # a client that never reads cannot make the proxy fetch and buffer without bound.
+            await conn.drain()
 
     async def _connect(self, conn: ClientConn, req: RequestHead, t0: float) -> None:
         try:
@@ -345,6 +348,9 @@ class Proxy:
             if not keep:
                 conn.close()
                 return
+            # The next pipelined request is read only once the client takes what it was sent:
+            # a client that never reads cannot make the proxy fetch and buffer without bound.
+            await conn.drain()
 
     # -- one request ------------------------------------------------------------------
     def _finish(self, ex: Exchange) -> None:
