@@ -147,6 +147,34 @@ class Policy:
         return [s.name for s in self.subs if s.sealed in data]
 
 
+def withdrawn(policy: Policy, plan: HostPlan, names: list[str] | None, body_only: bool) -> Refusal | None:
+    """Why substitutions decided under `plan` (an earlier policy's) may no longer be made, else None.
+
+    A reload that takes a secret away from a host (or a location away from a secret) is treated
+    like revocation for requests in flight: a buffered request is not sent, a streamed body is
+    cut. `names`: only these secrets (those already substituted); None: every one the plan allowed
+    (a streamed body may carry any of them later). `body_only`: only body substitution matters.
+    """
+    inactive = policy.inactive()
+    if inactive is not None:
+        return inactive
+    current = policy.plan(plan.host, plan.port)
+    if current is plan:
+        return None
+    pairs = [(plan.body_subs, current.body_subs)]
+    if not body_only:
+        pairs += [(plan.header_subs, current.header_subs), (plan.query_subs, current.query_subs)]
+    for then, now in pairs:
+        allowed = {(s.name, s.sealed) for s in now}
+        for s in then:
+            if (names is None or s.name in names) and (s.name, s.sealed) not in allowed:
+                where = plan.host if plan.port == 443 else f"{plan.host}:{plan.port}"
+                return Refusal(403, "session_changed",
+                               f"session {policy.name} changed: secret {s.name} is no longer substituted for {where}"
+                               " here; the request was stopped")
+    return None
+
+
 def egress_refusal(host: str, port: int) -> Refusal:
     where = host if port == 443 else f"{host}:{port}"
     return Refusal(403, "egress_denied", f"host {where} is not in this session's egress allowlist")

@@ -30,7 +30,7 @@ from .http1 import (
 )
 from .logs import AuditLog, log
 from .metrics import Metrics
-from .policy import SEALED_MARK, HostPlan, Policy, Refusal, egress_refusal, plaintext_refusal
+from .policy import SEALED_MARK, HostPlan, Policy, Refusal, egress_refusal, plaintext_refusal, withdrawn
 from .scrub import Scrubber
 from .substitute import (
     StreamReplacer, redact_query, replace_all, substitute_head, substitute_query, tokens_in_request,
@@ -133,7 +133,7 @@ class Exchange:
     """Per-request bookkeeping for the audit line and metrics."""
 
     __slots__ = ("t0", "host", "port", "label", "method", "target", "scheme", "status", "outcome", "bytes_in",
-                 "bytes_out", "secrets", "scrubbed")
+                 "bytes_out", "secrets", "scrubbed", "plan")
 
     def __init__(self, t0: float, scheme: str, req: RequestHead) -> None:
         self.t0 = t0
@@ -149,6 +149,7 @@ class Exchange:
         self.bytes_out = 0
         self.secrets: list[str] = []
         self.scrubbed: list[str] = []
+        self.plan: HostPlan | None = None
 
 
 class Proxy:
@@ -386,6 +387,7 @@ class Proxy:
         policy = self.policy
         plan = policy.plan(host, port)
         ex.label = plan.label
+        ex.plan = plan
         if tls:
             mismatch = self._check_authority(req, host, port, sni_ok)
             if isinstance(mismatch, HttpError) or isinstance(mismatch, Refusal):
@@ -526,7 +528,8 @@ class Proxy:
         if ex.secrets:
             # Substitution was decided when the head arrived; a buffered body or the upstream connect
             # may have taken long since. A real key is never sent once the session is no longer live.
-            inactive = self.policy.inactive()
+            assert ex.plan is not None
+            inactive = withdrawn(self.policy, ex.plan, ex.secrets, False)
             if inactive is not None:
                 self.pool.release(up)  # nothing was sent on it
                 ex.secrets.clear()
@@ -756,7 +759,7 @@ class Proxy:
                     remaining -= len(data)
                     ex.bytes_in += len(data)
                     if replacer is not None:
-                        self._check_live()
+                        self._check_live(ex)
                         data = replacer.feed(data)
                         if data:
                             up.write(chunk(data))
@@ -776,7 +779,7 @@ class Proxy:
                         break
                     ex.bytes_in += len(data)
                     if replacer is not None:
-                        self._check_live()
+                        self._check_live(ex)
                         data = replacer.feed(data)
                     if data:
                         up.write(chunk(data))
@@ -791,9 +794,11 @@ class Proxy:
             up.abort()
             raise
 
-    def _check_live(self) -> None:
-        """Raise SubstitutionStopped once the session is revoked or expired (checked per streamed piece)."""
-        inactive = self.policy.inactive()
+    def _check_live(self, ex: Exchange) -> None:
+        """Raise SubstitutionStopped once the session is revoked or expired or no longer allows the
+        substitution for this host (checked per streamed piece)."""
+        assert ex.plan is not None
+        inactive = withdrawn(self.policy, ex.plan, None, True)
         if inactive is not None:
             raise SubstitutionStopped(inactive)
 

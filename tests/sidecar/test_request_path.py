@@ -5,10 +5,12 @@ Issue 12, items 4 and 10: each test reproduces the reported case through the rea
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
+from oshu_sidecar.hosts import HostPattern
 from oshu_sidecar.session import SecretBinding
 from oshu_testkit.rawclient import RawClient
 from oshu_testkit.sessions import new_secret, new_session
@@ -101,3 +103,62 @@ def test_upstream_connection_is_not_reused_after_a_refused_handshake(make_sideca
     with tls_client(sc) as c:
         assert c.request("GET", "/echo/next", {"Host": HOST}).status == 200
     assert sc.metric("oshu_connections_opened_total", side="upstream") == 2
+
+
+# -- item 10: a policy change reaches streams in flight --------------------------------------------
+def test_removing_the_host_from_a_secret_stops_an_upload_in_progress(make_sidecar, upstream: Upstream  # type: ignore[no-untyped-def]
+                                                                     ) -> None:
+    """A chunked upload substituting a body secret; a reload takes the host away from the secret.
+
+    Before: real keys kept arriving for the rest of the upload (only revocation and expiry were
+    checked per piece).
+    """
+    key = new_secret("BODY_KEY", [HOST], locations=["headers", "body"])
+    sc = make_sidecar(new_session(key))
+    with tls_client(sc) as c:
+        c.send(b"POST /upload HTTP/1.1\r\nHost: api.oshu.test\r\nTransfer-Encoding: chunked\r\n\r\n")
+        piece = b"k=" + key.sealed.encode() + b"\n"
+        c.send(b"%x\r\n%b\r\n" % (len(piece), piece))
+        assert upstream.wait_for(lambda u: "upload:first-chunk" in u.events, TIMEOUT)
+        moved = dataclasses.replace(key, hosts=(HostPattern.parse("other.oshu.test"),))  # same token, value
+        sc.write_session(new_session(moved))
+        sc.wait_for_log(lambda r: r.get("msg") == "session reloaded", timeout=TIMEOUT)
+        c.send(b"%x\r\n%b\r\n0\r\n\r\n" % (len(piece), piece))
+        resp = c.response()
+    assert resp.status == 403 and error_code(resp.body) == "session_changed"
+    assert all(r.body.count(key.value.encode()) <= 1 for r in upstream.requests)
+
+
+def test_removing_body_from_the_locations_stops_an_upload_in_progress(make_sidecar, upstream: Upstream  # type: ignore[no-untyped-def]
+                                                                      ) -> None:
+    key = new_secret("BODY_KEY", [HOST], locations=["headers", "body"])
+    sc = make_sidecar(new_session(key))
+    with tls_client(sc) as c:
+        c.send(b"POST /upload HTTP/1.1\r\nHost: api.oshu.test\r\nTransfer-Encoding: chunked\r\n\r\n")
+        piece = b"k=" + key.sealed.encode() + b"\n"
+        c.send(b"%x\r\n%b\r\n" % (len(piece), piece))
+        assert upstream.wait_for(lambda u: "upload:first-chunk" in u.events, TIMEOUT)
+        sc.write_session(new_session(dataclasses.replace(key, locations=frozenset({"headers"}))))
+        sc.wait_for_log(lambda r: r.get("msg") == "session reloaded", timeout=TIMEOUT)
+        c.send(b"%x\r\n%b\r\n0\r\n\r\n" % (len(piece), piece))
+        resp = c.response()
+    assert resp.status == 403 and error_code(resp.body) == "session_changed"
+    assert all(r.body.count(key.value.encode()) <= 1 for r in upstream.requests)
+
+
+def test_a_reload_that_keeps_the_secret_lets_the_upload_finish(make_sidecar, upstream: Upstream  # type: ignore[no-untyped-def]
+                                                               ) -> None:
+    """Only a change that takes the substitution away stops a stream: adding a secret does not."""
+    key = new_secret("BODY_KEY", [HOST], locations=["headers", "body"])
+    sc = make_sidecar(new_session(key))
+    with tls_client(sc) as c:
+        c.send(b"POST /upload HTTP/1.1\r\nHost: api.oshu.test\r\nTransfer-Encoding: chunked\r\n\r\n")
+        piece = b"k=" + key.sealed.encode() + b"\n"
+        c.send(b"%x\r\n%b\r\n" % (len(piece), piece))
+        assert upstream.wait_for(lambda u: "upload:first-chunk" in u.events, TIMEOUT)
+        sc.write_session(new_session(key, new_secret("OTHER_KEY", ["other.oshu.test"])))
+        sc.wait_for_log(lambda r: r.get("msg") == "session reloaded", timeout=TIMEOUT)
+        c.send(b"%x\r\n%b\r\n0\r\n\r\n" % (len(piece), piece))
+        resp = c.response()
+    assert resp.status == 200
+    assert upstream.last.body.count(key.value.encode()) == 2
