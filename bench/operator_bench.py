@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import base64
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -65,17 +64,26 @@ def cpu_seconds(pid: int) -> float:
 
 
 def session_body(name: str, secret: str = "bench-key") -> dict:
-    return {"apiVersion": n.API_VERSION, "kind": n.KIND, "metadata": {"name": name},
-            "spec": {"secrets": [{"name": "API_KEY", "secretKeyRef": {"name": secret, "key": "k"},
-                                  "hosts": ["api.bench.test"]}]}}
+    return {
+        "apiVersion": n.API_VERSION,
+        "kind": n.KIND,
+        "metadata": {"name": name},
+        "spec": {
+            "secrets": [{"name": "API_KEY", "secretKeyRef": {"name": secret, "key": "k"}, "hosts": ["api.bench.test"]}]
+        },
+    }
 
 
 def pod_body(name: str, session: str | None) -> dict:
     meta: dict = {"name": name}
     if session:
         meta["labels"] = {n.LABEL_SESSION: session}
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
-            "spec": {"containers": [{"name": "agent", "image": "agent:1"}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": {"containers": [{"name": "agent", "image": "agent:1"}]},
+    }
 
 
 class Bench:
@@ -94,8 +102,13 @@ class Bench:
         raise RuntimeError("no default ServiceAccount")
 
     async def secret(self, ns: str, name: str = "bench-key") -> None:
-        await self.core.create_namespaced_secret(ns, {"metadata": {"name": name}, "data": {
-            "k": base64.b64encode(b"sk-bench-" + os.urandom(16).hex().encode()).decode()}})
+        await self.core.create_namespaced_secret(
+            ns,
+            {
+                "metadata": {"name": name},
+                "data": {"k": base64.b64encode(b"sk-bench-" + os.urandom(16).hex().encode()).decode()},
+            },
+        )
 
     async def phase(self, ns: str, name: str) -> str | None:
         obj = await self.custom.get_namespaced_custom_object(n.GROUP, n.VERSION, ns, n.PLURAL, name)
@@ -130,8 +143,10 @@ class Bench:
 
         async def make(i: int) -> None:
             async with sem:
-                await self.custom.create_namespaced_custom_object(n.GROUP, n.VERSION, ns, n.PLURAL,
-                                                                  session_body(f"s-{i:04d}"))
+                await self.custom.create_namespaced_custom_object(
+                    n.GROUP, n.VERSION, ns, n.PLURAL, session_body(f"s-{i:04d}")
+                )
+
         t0 = time.perf_counter()
         await asyncio.gather(*(make(i) for i in range(count)))
         deadline = t0 + 1800
@@ -158,8 +173,12 @@ async def run(kubeconfig: Path, op: OperatorProcess, args: argparse.Namespace) -
         ready = await b.apply_to_ready(ns, args.ready_samples)
         if os.environ.get("OSHU_BENCH_VERBOSE"):
             print("apply->Ready samples (ms):", [round(v * 1000) for v in ready], file=sys.stderr)
-        rows += [("apply -> Ready, p50", ms(pct(ready, 50))), ("apply -> Ready, p90", ms(pct(ready, 90))),
-                 ("apply -> Ready, max", ms(max(ready))), ("apply -> Ready, samples", f"{len(ready):8d}")]
+        rows += [
+            ("apply -> Ready, p50", ms(pct(ready, 50))),
+            ("apply -> Ready, p90", ms(pct(ready, 90))),
+            ("apply -> Ready, max", ms(max(ready))),
+            ("apply -> Ready, samples", f"{len(ready):8d}"),
+        ]
 
         await b.create_pods(ns, 10, "ready-0", "warm")  # warm connections and the operator's index
         server_before = op.metric("oshu_vault_admission_duration_seconds_sum") or 0.0
@@ -213,8 +232,13 @@ def main() -> int:
     p.add_argument("--ready-samples", type=int, default=20, help="apply-to-Ready samples (default 20)")
     p.add_argument("--sessions", type=int, default=1000, help="sessions created at once (default 1000)")
     p.add_argument("--quick", action="store_true", help="60 pods, 5 samples, 100 sessions")
-    p.add_argument("--env", action="append", default=[], metavar="K=V",
-                   help="extra environment for the operator (e.g. MALLOC_ARENA_MAX=2)")
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="extra environment for the operator (e.g. MALLOC_ARENA_MAX=2)",
+    )
     args = p.parse_args()
     extra_env = dict(kv.split("=", 1) for kv in args.env)
     if args.quick:
@@ -224,11 +248,23 @@ def main() -> int:
         cluster = LocalCluster.attach(attached) if attached else stack.enter_context(LocalCluster())
         cluster.kubectl("apply", "-f", str(CRD_PATH))
         cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{n.PLURAL}.{n.GROUP}")
-        op = stack.enter_context(OperatorProcess(cluster.kubeconfig, webhook_config="oshu-vault-bench",
-                                                 revocation_grace="0s", env=dict(os.environ, **extra_env),
-                                                 directory=Path(tempfile.mkdtemp(prefix="oshu-opbench-"))))
-        stack.callback(cluster.kubectl, "delete", "mutatingwebhookconfiguration", "oshu-vault-bench",
-                       "--ignore-not-found", check=False)
+        op = stack.enter_context(
+            OperatorProcess(
+                cluster.kubeconfig,
+                webhook_config="oshu-vault-bench",
+                revocation_grace="0s",
+                env=dict(os.environ, **extra_env),
+                directory=Path(tempfile.mkdtemp(prefix="oshu-opbench-")),
+            )
+        )
+        stack.callback(
+            cluster.kubectl,
+            "delete",
+            "mutatingwebhookconfiguration",
+            "oshu-vault-bench",
+            "--ignore-not-found",
+            check=False,
+        )
         rows = asyncio.run(run(cluster.kubeconfig, op, args))
     width = max(len(k) for k, _ in rows)
     print(f"\noshu-vault operator benchmark ({os.cpu_count()} CPUs, local kube-apiserver + etcd)\n")

@@ -20,8 +20,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Top-level modules no product module may import: tests, the test kit and the dev tooling.
-DEV_ONLY = {"pytest", "hypothesis", "httpx", "requests", "oshu_testkit", "oshu_localkube", "oshu_e2e",
-            "oshu_images", "oshu_bench"}
+DEV_ONLY = {
+    "pytest",
+    "hypothesis",
+    "httpx",
+    "requests",
+    "oshu_testkit",
+    "oshu_localkube",
+    "oshu_e2e",
+    "oshu_images",
+    "oshu_bench",
+}
 #: Module file names that only test code has.
 TEST_NAMES = {"testing.py", "conftest.py", "plugin.py"}
 
@@ -41,7 +50,9 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copytree(ROOT / root, src / root, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(out), str(src)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (built,) = out.glob("oshu_vault-*.whl")

@@ -29,13 +29,12 @@ HOST = "api.bench.test"
 def _args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench/run", description=__doc__)
     p.add_argument("--quick", action="store_true", help="short smoke run (seconds, not minutes)")
-    p.add_argument("--targets", default=",".join(ALL),
-                   help=f"comma-separated subset of: {', '.join(ALL)}")
+    p.add_argument("--targets", default=",".join(ALL), help=f"comma-separated subset of: {', '.join(ALL)}")
     p.add_argument("--load-seconds", type=float, help="override the length of each load phase")
-    p.add_argument("--rounds", type=int, help="round-robin repetitions, medians reported "
-                   "(default 3, --quick 1)")
-    p.add_argument("--profile", action="store_true",
-                   help="after the table, py-spy the sidecar under the 32-connection load")
+    p.add_argument("--rounds", type=int, help="round-robin repetitions, medians reported (default 3, --quick 1)")
+    p.add_argument(
+        "--profile", action="store_true", help="after the table, py-spy the sidecar under the 32-connection load"
+    )
     p.add_argument("--profile-target", default=report.OURS, choices=[n for n in ALL if n != "direct"])
     p.add_argument("--loadgen", type=Path, required=True)
     p.add_argument("--peers-python", type=Path, default=Path(sys.executable))
@@ -51,12 +50,18 @@ def _sidecar_available(python: Path) -> str | None:
     if not python.exists():
         return f"{python} missing (create the project venv)"
     try:
-        r = subprocess.run([str(python), "-m", "oshu_sidecar", "--help"], capture_output=True,
-                           text=True, timeout=30, env=clean_env(), cwd=REPO)
+        r = subprocess.run(
+            [str(python), "-m", "oshu_sidecar", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=clean_env(),
+            cwd=REPO,
+        )
     except subprocess.TimeoutExpired:
         return "--help timed out"
     if r.returncode != 0:
-        return (r.stderr.strip().splitlines() or ["exit %d" % r.returncode])[-1]
+        return (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
     return None
 
 
@@ -110,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 print(f"round {rnd + 1}/{n_rounds}: {name}", file=sys.stderr)
                 try:
-                    per_target[name].append(scenario.measure(ALL[name], ctx, lg, plan,
-                                                             log=lambda m: print(m, file=sys.stderr)))
+                    per_target[name].append(
+                        scenario.measure(ALL[name], ctx, lg, plan, log=lambda m: print(m, file=sys.stderr))
+                    )
                 except Exception as e:  # one target failing must not hide the others
                     failures[name] = str(e)
                     print(f"  {name} FAILED: {e}", file=sys.stderr)
@@ -122,8 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ups.stop()
 
-    header = (f"oshu-vault proxy benchmark, {started:%Y-%m-%d %H:%M}, {'quick' if args.quick else 'full'} run "
-              f"({plan.load_s:g}s per load phase, median of {n_rounds} round{'s' if n_rounds > 1 else ''})\n{machine}")
+    header = (
+        f"oshu-vault proxy benchmark, {started:%Y-%m-%d %H:%M}, {'quick' if args.quick else 'full'} run "
+        f"({plan.load_s:g}s per load phase, median of {n_rounds} round{'s' if n_rounds > 1 else ''})\n{machine}"
+    )
     text = [header, "", report.table(results)]
     if report.spread(results):
         text += [report.spread(results)]
@@ -137,23 +145,38 @@ def main(argv: list[str] | None = None) -> int:
     for name, why in {**skipped, **failures}.items():
         text.append(f"\n{name}: not measured: {why}")
     if prof:
-        text += ["", f"profile of {args.profile_target} under 32 connections "
-                 f"({prof['stacks.txt']['rps']:,.0f} req/s while sampled, "
-                 f"{prof['stacks.txt']['cpu_share_of_one_core']:.0%} of one core, "
-                 f"{prof['stacks.txt']['sys_share']:.0%} of it in the kernel):",
-                 profile.render(prof["summary"]),
-                 profile.render_native(prof["native"]),
-                 f"  stacks: {prof['stacks.txt']['file']}\n  native: {prof['native.txt']['file']}\n"
-                 f"  flamegraph: {prof['flamegraph.svg']['file']}"]
+        text += [
+            "",
+            f"profile of {args.profile_target} under 32 connections "
+            f"({prof['stacks.txt']['rps']:,.0f} req/s while sampled, "
+            f"{prof['stacks.txt']['cpu_share_of_one_core']:.0%} of one core, "
+            f"{prof['stacks.txt']['sys_share']:.0%} of it in the kernel):",
+            profile.render(prof["summary"]),
+            profile.render_native(prof["native"]),
+            f"  stacks: {prof['stacks.txt']['file']}\n  native: {prof['native.txt']['file']}\n"
+            f"  flamegraph: {prof['flamegraph.svg']['file']}",
+        ]
     output = "\n".join(text)
     print(output)
 
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = started.strftime("%Y%m%d-%H%M%S")
     (args.out / f"{stamp}.txt").write_text(output + "\n")
-    (args.out / f"{stamp}.json").write_text(json.dumps(
-        {"started": started.isoformat(), "machine": machine, "plan": plan.__dict__,
-         "results": results, "rounds": per_target, "skipped": skipped, "failures": failures, "profile": prof}, indent=2))
+    (args.out / f"{stamp}.json").write_text(
+        json.dumps(
+            {
+                "started": started.isoformat(),
+                "machine": machine,
+                "plan": plan.__dict__,
+                "results": results,
+                "rounds": per_target,
+                "skipped": skipped,
+                "failures": failures,
+                "profile": prof,
+            },
+            indent=2,
+        )
+    )
     print(f"\nresults: {args.out / stamp}.{{txt,json}}", file=sys.stderr)
     if args.keep_workdir:
         print(f"workdir kept: {workdir}", file=sys.stderr)

@@ -56,9 +56,15 @@ def _ca(cn: str, key: ec.EllipticCurvePrivateKey, now: dt.datetime) -> x509.Cert
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True,
-                content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -68,7 +74,7 @@ def _ca(cn: str, key: ec.EllipticCurvePrivateKey, now: dt.datetime) -> x509.Cert
 
 
 def make_pki(directory: Path, server_name: str) -> Pki:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     up_key = _key()
     up_ca = _ca("oshu-bench upstream CA", up_key, now)
     srv_key = _key()
@@ -81,15 +87,11 @@ def make_pki(directory: Path, server_name: str) -> Pki:
         .not_valid_before(now - dt.timedelta(hours=1))
         .not_valid_after(now + dt.timedelta(days=2))
         .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName(server_name), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
+            x509.SubjectAlternativeName([x509.DNSName(server_name), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
             critical=False,
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(up_key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(up_key.public_key()), critical=False)
         .sign(up_key, hashes.SHA256())
     )
     px_key = _key()

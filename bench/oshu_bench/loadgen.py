@@ -12,6 +12,7 @@ from pathlib import Path
 @dataclass
 class Route:
     """How the client reaches the upstream: through a proxy or directly."""
+
     target: str  # host:port named in CONNECT / SNI / Host
     ca: Path
     proxy_port: int | None = None

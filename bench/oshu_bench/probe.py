@@ -56,8 +56,9 @@ def proxied_request(proxy_port: int, target: str, ca: Path, sealed: str) -> int:
         if _status(head) != 200:
             return _status(head)
         with ctx.wrap_socket(raw, server_hostname=host) as tls:
-            tls.sendall(f"GET / HTTP/1.1\r\nHost: {target}\r\nx-api-key: {sealed}\r\n"
-                        "Connection: close\r\n\r\n".encode())
+            tls.sendall(
+                f"GET / HTTP/1.1\r\nHost: {target}\r\nx-api-key: {sealed}\r\nConnection: close\r\n\r\n".encode()
+            )
             return _status(_read_head(tls))
 
 

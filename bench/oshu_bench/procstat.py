@@ -90,7 +90,7 @@ class PeakMemory:
             if m["rss"] > self.peak["rss"]:
                 self.peak = m
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self._thread.start()
         return self
 

@@ -28,26 +28,56 @@ PASSES = (
 )
 
 
-def record(py_spy: Path, pid: int, lg: Loadgen, route: Route, outdir: Path,
-           seconds: float = 6, conns: int = 32, rate: int = 250) -> dict:
+def record(
+    py_spy: Path,
+    pid: int,
+    lg: Loadgen,
+    route: Route,
+    outdir: Path,
+    seconds: float = 6,
+    conns: int = 32,
+    rate: int = 250,
+) -> dict:
     results: dict = {}
     for fmt, name, flags in PASSES:
         out = outdir / name
         spy = subprocess.Popen(
-            [str(py_spy), "record", "--pid", str(pid), "--subprocesses", "--rate", str(rate),
-             "--duration", str(int(seconds)), "--format", fmt, "--output", str(out), *flags],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            [
+                str(py_spy),
+                "record",
+                "--pid",
+                str(pid),
+                "--subprocesses",
+                "--rate",
+                str(rate),
+                "--duration",
+                str(int(seconds)),
+                "--format",
+                fmt,
+                "--output",
+                str(out),
+                *flags,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         cpu0 = procstat.cpu_times(pid)
         load = lg.run("load", route, "-conns", str(conns), "-duration", f"{seconds}s", timeout=seconds + 60)
-        user, system = (b - a for a, b in zip(cpu0, procstat.cpu_times(pid)))
+        user, system = (b - a for a, b in zip(cpu0, procstat.cpu_times(pid), strict=True))
         cpu = user + system
         spy_out, _ = spy.communicate(timeout=seconds + 30)
         if spy.returncode != 0 or not out.exists():
             raise RuntimeError(f"py-spy failed: {spy_out.strip()}")
-        results[name] = {"file": str(out), "rps": load["rps"], "requests": load["requests"],
-                         "proxy_cpu_s": cpu, "cpu_share_of_one_core": cpu / load["elapsed_s"],
-                         "sys_share": system / cpu if cpu else 0.0,
-                         "errors": load["errors"]["count"]}
+        results[name] = {
+            "file": str(out),
+            "rps": load["rps"],
+            "requests": load["requests"],
+            "proxy_cpu_s": cpu,
+            "cpu_share_of_one_core": cpu / load["elapsed_s"],
+            "sys_share": system / cpu if cpu else 0.0,
+            "errors": load["errors"]["count"],
+        }
     results["summary"] = summarize(outdir / "stacks.txt")
     results["native"] = summarize_native(outdir / "native.txt")
     return results
@@ -95,12 +125,19 @@ def summarize(stacks: Path, top: int = 25) -> dict:
     def pct(c: Counter[str]) -> list[tuple[str, float]]:
         return [(k, 100 * v / total) for k, v in c.most_common(top)] if total else []
 
-    return {"samples": total, "self_by_function": pct(by_func), "self_by_line": pct(by_line),
-            "inclusive": pct(incl)}
+    return {"samples": total, "self_by_function": pct(by_func), "self_by_line": pct(by_line), "inclusive": pct(incl)}
 
 
-_ROOTS = ("<frozen runpy>", "asyncio/runners.py", "asyncio/base_events.py", "asyncio/events.py",
-          "uvloop/__init__.py", "threading.py", "__main__.py", "main.py")
+_ROOTS = (
+    "<frozen runpy>",
+    "asyncio/runners.py",
+    "asyncio/base_events.py",
+    "asyncio/events.py",
+    "uvloop/__init__.py",
+    "threading.py",
+    "__main__.py",
+    "main.py",
+)
 
 
 def _is_root(name: str) -> bool:
@@ -110,9 +147,11 @@ def _is_root(name: str) -> bool:
 
 def render(summary: dict, top: int = 15) -> str:
     lines = [f"py-spy samples: {summary['samples']}"]
-    for key, title in (("self_by_function", "self time by function (where the CPU goes)"),
-                       ("self_by_line", "self time by line"),
-                       ("inclusive", "inclusive time by function, event-loop roots left out")):
+    for key, title in (
+        ("self_by_function", "self time by function (where the CPU goes)"),
+        ("self_by_line", "self time by line"),
+        ("inclusive", "inclusive time by function, event-loop roots left out"),
+    ):
         lines.append(f"  top {title}:")
         shown = [(n, p) for n, p in summary[key] if not (key == "inclusive" and _is_root(n))]
         for name, p in shown[:top]:
@@ -120,8 +159,15 @@ def render(summary: dict, top: int = 15) -> str:
     return "\n".join(lines)
 
 
-_IDLE_MARKS = ("PyThread_acquire_lock_timed", "pthread_cond_wait", "sem_wait", "epoll_wait", "epoll_pwait",
-               "select (", "poll (")
+_IDLE_MARKS = (
+    "PyThread_acquire_lock_timed",
+    "pthread_cond_wait",
+    "sem_wait",
+    "epoll_wait",
+    "epoll_pwait",
+    "select (",
+    "poll (",
+)
 
 
 def _name(frame: str) -> str:
@@ -154,13 +200,19 @@ def summarize_native(stacks: Path, top: int = 12) -> dict:
         return [(k, 100 * v / of) for k, v in c.most_common(top)] if of else []
 
     busy = sum(leaves.values())
-    return {"samples": total, "busy": pct(leaves, busy), "idle": pct(idle, total),
-            "idle_share": 100 * sum(idle.values()) / total if total else 0.0}
+    return {
+        "samples": total,
+        "busy": pct(leaves, busy),
+        "idle": pct(idle, total),
+        "idle_share": 100 * sum(idle.values()) / total if total else 0.0,
+    }
 
 
 def render_native(summary: dict, top: int = 10) -> str:
-    lines = [f"native samples: {summary['samples']} ({summary['idle_share']:.0f}% idle waits, left out below)",
-             "  top native leaves, share of busy samples (leaf < caller < caller):"]
+    lines = [
+        f"native samples: {summary['samples']} ({summary['idle_share']:.0f}% idle waits, left out below)",
+        "  top native leaves, share of busy samples (leaf < caller < caller):",
+    ]
     for name, p in summary["busy"][:top]:
         lines.append(f"    {p:5.1f}%  {name}")
     return "\n".join(lines)

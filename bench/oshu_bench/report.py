@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 OURS = "oshu-sidecar"
-Getter = Callable[[dict], Optional[float]]
+Getter = Callable[[dict], float | None]
 
 
 def _g(*path: str) -> Getter:
-    def get(r: dict) -> Optional[float]:
+    def get(r: dict) -> float | None:
         v = r
         for p in path:
             if not isinstance(v, dict) or v.get(p) is None:
                 return None
             v = v[p]
         return float(v)
+
     return get
 
 
@@ -23,7 +24,7 @@ def _scaled(get: Getter, k: float) -> Getter:
     return lambda r: None if get(r) is None else get(r) * k
 
 
-def _errors(r: dict) -> Optional[float]:
+def _errors(r: dict) -> float | None:
     total = 0
     for key in ("low", "high", "fresh", "sse"):
         if key in r:
@@ -60,7 +61,7 @@ ROWS: list[tuple[str, Getter, str]] = [
 ]
 
 
-def _fmt(v: Optional[float], fmt: str) -> str:
+def _fmt(v: float | None, fmt: str) -> str:
     return "-" if v is None else fmt.format(v)
 
 
@@ -69,15 +70,22 @@ def table(results: list[dict]) -> str:
     width0 = max(len(r[0]) for r in ROWS)
     cells = [[_fmt(get(r), fmt) for r in results] for _, get, fmt in ROWS]
     widths = [max(len(n), *(len(c[i]) for c in cells)) for i, n in enumerate(names)]
-    out = ["| " + "metric".ljust(width0) + " | " + " | ".join(n.rjust(w) for n, w in zip(names, widths)) + " |",
-           "|" + "-" * (width0 + 2) + "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|"]
-    for (label, _, _), row in zip(ROWS, cells):
-        out.append("| " + label.ljust(width0) + " | "
-                   + " | ".join(c.rjust(w) for c, w in zip(row, widths)) + " |")
+    out = [
+        "| "
+        + "metric".ljust(width0)
+        + " | "
+        + " | ".join(n.rjust(w) for n, w in zip(names, widths, strict=True))
+        + " |",
+        "|" + "-" * (width0 + 2) + "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|",
+    ]
+    for (label, _, _), row in zip(ROWS, cells, strict=True):
+        out.append(
+            "| " + label.ljust(width0) + " | " + " | ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) + " |"
+        )
     return "\n".join(out)
 
 
-def _ratio(a: Optional[float], b: Optional[float]) -> str:
+def _ratio(a: float | None, b: float | None) -> str:
     if a is None or b is None or b == 0:
         return "-"
     return f"{a / b:.2f}x"
@@ -104,7 +112,8 @@ def ratios(results: list[dict]) -> str:
                 f"{_ratio(rps32(r), rps32(direct))} (32 conns); "
                 f"+{_fmt(added, '{:.3f}')} ms p50 (1 conn); "
                 f"+{_fmt(fresh_added, '{:.2f}')} ms fresh conn; "
-                f"+{_fmt(sse_added, '{:.3f}')} ms SSE delay")
+                f"+{_fmt(sse_added, '{:.3f}')} ms SSE delay"
+            )
     ours = by.get(OURS)
     peers = [r for r in proxies if r["target"] != OURS]
     if ours and peers:
@@ -114,11 +123,14 @@ def ratios(results: list[dict]) -> str:
                 f"  vs {p['target']:<10} req/s {_ratio(rps1(ours), rps1(p))} (1 conn), "
                 f"{_ratio(rps32(ours), rps32(p))} (32 conns); "
                 f"CPU/req {_ratio(cpu(p), cpu(ours))} less; "
-                f"p50 1 conn {_ratio(p50(p), p50(ours))} lower")
+                f"p50 1 conn {_ratio(p50(p), p50(ours))} lower"
+            )
     elif len(peers) >= 2:
         a, b = peers[0], peers[1]
-        lines.append(f"{b['target']} vs {a['target']}: req/s {_ratio(rps32(b), rps32(a))} (32 conns), "
-                     f"CPU/req {_ratio(cpu(a), cpu(b))} less")
+        lines.append(
+            f"{b['target']} vs {a['target']}: req/s {_ratio(rps32(b), rps32(a))} (32 conns), "
+            f"CPU/req {_ratio(cpu(a), cpu(b))} less"
+        )
     return "\n".join(lines)
 
 
@@ -130,9 +142,9 @@ def targets_check(results: list[dict]) -> str:
         return ""
     rps32, cpu = _g("high", "rps"), _g("high", "proxy_cpu_us_per_req")
     p50, sse = _g("low", "latency", "p50_us"), _g("sse", "delay", "p50_us")
-    checks: list[tuple[str, Optional[bool], str]] = []
+    checks: list[tuple[str, bool | None, str]] = []
 
-    def add(label: str, ok: Optional[bool], detail: str) -> None:
+    def add(label: str, ok: bool | None, detail: str) -> None:
         checks.append((label, ok, detail))
 
     if "mitmproxy" in by and rps32(by["mitmproxy"]):
@@ -170,8 +182,7 @@ def error_notes(results: list[dict]) -> str:
         for key in ("low", "high", "fresh", "sse"):
             e = r.get(key, {}).get("errors")
             if e and e["count"]:
-                lines.append(f"WARNING {r['target']} {key}: {e['count']} errors {e['by_kind']} "
-                             f"e.g. {e['samples'][:2]}")
+                lines.append(f"WARNING {r['target']} {key}: {e['count']} errors {e['by_kind']} e.g. {e['samples'][:2]}")
     return "\n".join(lines)
 
 

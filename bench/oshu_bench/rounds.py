@@ -43,8 +43,5 @@ def merge(rounds: list[dict]) -> dict:
     """One result from several rounds of the same target, keeping the spread of req/s."""
     merged = combine(rounds)
     merged["rounds"] = len(rounds)
-    merged["spread"] = {
-        phase: [r[phase]["rps"] for r in rounds if r.get(phase)]
-        for phase in ("low", "high")
-    }
+    merged["spread"] = {phase: [r[phase]["rps"] for r in rounds if r.get(phase)] for phase in ("low", "high")}
     return merged

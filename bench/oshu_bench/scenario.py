@@ -29,14 +29,30 @@ class Plan:
     settle_s: float
 
     @staticmethod
-    def full() -> "Plan":
-        return Plan(warmup_s=1.0, load_s=3.0, conns_low=1, conns_high=32,
-                    fresh_n=60, sse_events=30, sse_interval_ms=25, settle_s=0.5)
+    def full() -> Plan:
+        return Plan(
+            warmup_s=1.0,
+            load_s=3.0,
+            conns_low=1,
+            conns_high=32,
+            fresh_n=60,
+            sse_events=30,
+            sse_interval_ms=25,
+            settle_s=0.5,
+        )
 
     @staticmethod
-    def quick() -> "Plan":
-        return Plan(warmup_s=0.3, load_s=1.5, conns_low=1, conns_high=32,
-                    fresh_n=20, sse_events=10, sse_interval_ms=25, settle_s=0.2)
+    def quick() -> Plan:
+        return Plan(
+            warmup_s=0.3,
+            load_s=1.5,
+            conns_low=1,
+            conns_high=32,
+            fresh_n=20,
+            sse_events=10,
+            sse_interval_ms=25,
+            settle_s=0.2,
+        )
 
 
 class Running:
@@ -46,18 +62,19 @@ class Running:
         self.launch = target.launch(ctx)
         self.log = ctx.workdir / f"{target.name}.log"
         self.t0 = time.perf_counter()
-        self.proc: subprocess.Popen = procs.spawn(self.launch.cmd, self.log, self.launch.env,
-                                                  self.launch.cwd)
+        self.proc: subprocess.Popen = procs.spawn(self.launch.cmd, self.log, self.launch.env, self.launch.cwd)
         self.readyz_s: float | None = None
         self.first_response_s: float | None = None
         try:
             if self.launch.admin_port is not None:
-                self.readyz_s = probe.wait_until(lambda: probe.readyz(self.launch.admin_port),
-                                                 self.proc, timeout=30)
+                self.readyz_s = probe.wait_until(lambda: probe.readyz(self.launch.admin_port), self.proc, timeout=30)
             probe.wait_until(
-                lambda: probe.proxied_request(self.launch.port, ctx.up.http_target,
-                                              ctx.pki.proxy_ca, ctx.sealed) == 200,
-                self.proc, timeout=30)
+                lambda: (
+                    probe.proxied_request(self.launch.port, ctx.up.http_target, ctx.pki.proxy_ca, ctx.sealed) == 200
+                ),
+                self.proc,
+                timeout=30,
+            )
             self.first_response_s = time.perf_counter() - self.t0
         except Exception as e:
             self.stop()
@@ -71,18 +88,16 @@ class Running:
         procs.stop(self.proc)
 
 
-def _load(lg: Loadgen, route: Route, conns: int, seconds: float,
-          proxy_pid: int | None, upstream_pid: int) -> dict:
+def _load(lg: Loadgen, route: Route, conns: int, seconds: float, proxy_pid: int | None, upstream_pid: int) -> dict:
     cpu0 = procstat.cpu_times(proxy_pid) if proxy_pid else (0.0, 0.0)
     up0 = procstat.cpu_seconds(upstream_pid)
     busy0, wall0 = procstat.machine_busy_seconds(), time.perf_counter()
-    res = lg.run("load", route, "-conns", str(conns), "-duration", f"{seconds}s",
-                 timeout=seconds + 60)
+    res = lg.run("load", route, "-conns", str(conns), "-duration", f"{seconds}s", timeout=seconds + 60)
     busy, wall = procstat.machine_busy_seconds() - busy0, time.perf_counter() - wall0
     up_cpu = procstat.cpu_seconds(upstream_pid) - up0
     n = max(res["requests"], 1)
     if proxy_pid:
-        user, system = (b - a for a, b in zip(cpu0, procstat.cpu_times(proxy_pid)))
+        user, system = (b - a for a, b in zip(cpu0, procstat.cpu_times(proxy_pid), strict=True))
         res["proxy_cpu_s"] = user + system
         res["proxy_cpu_us_per_req"] = res["proxy_cpu_s"] / n * 1e6
         res["proxy_sys_share"] = system / res["proxy_cpu_s"] if res["proxy_cpu_s"] else None
@@ -127,8 +142,7 @@ def measure(target: Target, ctx: Context, lg: Loadgen, plan: Plan, log=print) ->
         log(f"  {target.name}: {plan.fresh_n} fresh connections")
         result["fresh"] = lg.run("fresh", http, "-n", str(plan.fresh_n), "-warmup", "3")
         log(f"  {target.name}: SSE stream, {plan.sse_events} events")
-        result["sse"] = lg.run("sse", sse, "-events", str(plan.sse_events),
-                               "-interval-ms", str(plan.sse_interval_ms))
+        result["sse"] = lg.run("sse", sse, "-events", str(plan.sse_events), "-interval-ms", str(plan.sse_interval_ms))
     finally:
         if running:
             running.stop()

@@ -33,30 +33,42 @@ class Context:
 
     def write_session(self) -> Path:
         path = self.workdir / "session.json"
-        path.write_text(json.dumps({
-            "session": "bench/s",
-            "secrets": [{
-                "name": "API_KEY", "sealed": self.sealed, "value": self.secret,
-                "hosts": [self.up.http_target, self.up.sse_target],
-            }],
-        }))
+        path.write_text(
+            json.dumps(
+                {
+                    "session": "bench/s",
+                    "secrets": [
+                        {
+                            "name": "API_KEY",
+                            "sealed": self.sealed,
+                            "value": self.secret,
+                            "hosts": [self.up.http_target, self.up.sse_target],
+                        }
+                    ],
+                }
+            )
+        )
         return path
 
     def write_swap_config(self) -> Path:
         path = self.workdir / "swap.json"
-        path.write_text(json.dumps({
-            "sealed": self.sealed, "value": self.secret,
-            "hosts": [self.up.http_target, self.up.sse_target],
-            "resolve": {self.up.name: "127.0.0.1"},
-        }))
+        path.write_text(
+            json.dumps(
+                {
+                    "sealed": self.sealed,
+                    "value": self.secret,
+                    "hosts": [self.up.http_target, self.up.sse_target],
+                    "resolve": {self.up.name: "127.0.0.1"},
+                }
+            )
+        )
         return path
 
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The caller's environment without proxy or OSHU_* settings leaking in."""
     drop = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
-    env = {k: v for k, v in os.environ.items()
-           if k.lower() not in drop and not k.startswith("OSHU_")}
+    env = {k: v for k, v in os.environ.items() if k.lower() not in drop and not k.startswith("OSHU_")}
     env.update(extra)
     return env
 
@@ -93,15 +105,25 @@ class OshuSidecar(Target):
         port, admin = procs.free_port(), procs.free_port()
         up = ctx.up
         cmd = [
-            str(ctx.project_python), "-m", "oshu_sidecar",
-            "--listen", f"127.0.0.1:{port}",
-            "--admin-listen", f"127.0.0.1:{admin}",
-            "--session-file", str(ctx.write_session()),
-            "--ca-cert", str(ctx.pki.proxy_ca),
-            "--ca-key", str(ctx.pki.proxy_ca_key),
-            "--upstream-ca-file", str(ctx.pki.upstream_ca),
-            "--resolve", f"{up.name}:{up.http_port}:127.0.0.1",
-            "--resolve", f"{up.name}:{up.sse_port}:127.0.0.1",
+            str(ctx.project_python),
+            "-m",
+            "oshu_sidecar",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--admin-listen",
+            f"127.0.0.1:{admin}",
+            "--session-file",
+            str(ctx.write_session()),
+            "--ca-cert",
+            str(ctx.pki.proxy_ca),
+            "--ca-key",
+            str(ctx.pki.proxy_ca_key),
+            "--upstream-ca-file",
+            str(ctx.pki.upstream_ca),
+            "--resolve",
+            f"{up.name}:{up.http_port}:127.0.0.1",
+            "--resolve",
+            f"{up.name}:{up.sse_port}:127.0.0.1",
         ]
         return Launch(cmd, clean_env(), port, admin_port=admin, cwd=REPO)
 
@@ -115,15 +137,22 @@ class Mitmproxy(Target):
         confdir = ctx.workdir / "mitmproxy"
         confdir.mkdir(exist_ok=True)
         # mitmproxy reads its CA as key + certificate in one PEM.
-        (confdir / "mitmproxy-ca.pem").write_bytes(
-            ctx.pki.proxy_ca_key.read_bytes() + ctx.pki.proxy_ca.read_bytes())
+        (confdir / "mitmproxy-ca.pem").write_bytes(ctx.pki.proxy_ca_key.read_bytes() + ctx.pki.proxy_ca.read_bytes())
         cmd = [
-            str(ctx.peers_python.parent / "mitmdump"), "-q",
-            "--listen-host", "127.0.0.1", "--listen-port", str(port),
-            "--set", f"confdir={confdir}",
-            "--set", f"ssl_verify_upstream_trusted_ca={ctx.pki.upstream_ca}",
-            "--set", "http2=false",
-            "-s", str(PEERS_DIR / "mitm_swap.py"),
+            str(ctx.peers_python.parent / "mitmdump"),
+            "-q",
+            "--listen-host",
+            "127.0.0.1",
+            "--listen-port",
+            str(port),
+            "--set",
+            f"confdir={confdir}",
+            "--set",
+            f"ssl_verify_upstream_trusted_ca={ctx.pki.upstream_ca}",
+            "--set",
+            "http2=false",
+            "-s",
+            str(PEERS_DIR / "mitm_swap.py"),
         ]
         return Launch(cmd, clean_env(BENCH_SWAP_CONFIG=str(ctx.write_swap_config())), port)
 
@@ -137,15 +166,27 @@ class ProxyPy(Target):
         certdir = ctx.workdir / "proxypy-certs"
         certdir.mkdir(exist_ok=True)
         cmd = [
-            str(ctx.peers_python), "-m", "proxy",
-            "--hostname", "127.0.0.1", "--port", str(port),
-            "--ca-key-file", str(ctx.pki.proxy_ca_key),
-            "--ca-cert-file", str(ctx.pki.proxy_ca),
-            "--ca-signing-key-file", str(ctx.pki.proxy_leaf_key),
-            "--ca-cert-dir", str(certdir),
-            "--ca-file", str(ctx.pki.upstream_ca),
-            "--plugins", "proxypy_swap.SwapPlugin",
-            "--log-level", "WARNING",
+            str(ctx.peers_python),
+            "-m",
+            "proxy",
+            "--hostname",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--ca-key-file",
+            str(ctx.pki.proxy_ca_key),
+            "--ca-cert-file",
+            str(ctx.pki.proxy_ca),
+            "--ca-signing-key-file",
+            str(ctx.pki.proxy_leaf_key),
+            "--ca-cert-dir",
+            str(certdir),
+            "--ca-file",
+            str(ctx.pki.upstream_ca),
+            "--plugins",
+            "proxypy_swap.SwapPlugin",
+            "--log-level",
+            "WARNING",
         ]
         env = clean_env(BENCH_SWAP_CONFIG=str(ctx.write_swap_config()), PYTHONPATH=str(PEERS_DIR))
         return Launch(cmd, env, port)

@@ -78,25 +78,47 @@ def start(workdir: Path, pki: Pki, name: str, secret: str, nginx_bin: str, loadg
     (ngx_dir / "tmp").mkdir(parents=True)
     http_port, sse_port = procs.free_port(), procs.free_port()
     conf = ngx_dir / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(
-        dir=ngx_dir, port=http_port, name=name, cert=pki.server_cert, key=pki.server_key,
-        secret=secret, body=BODY,
-    ))
+    conf.write_text(
+        NGINX_CONF.format(
+            dir=ngx_dir,
+            port=http_port,
+            name=name,
+            cert=pki.server_cert,
+            key=pki.server_key,
+            secret=secret,
+            body=BODY,
+        )
+    )
     nginx_log = workdir / "nginx.out"
-    nginx = procs.spawn([nginx_bin, "-e", str(ngx_dir / "nginx-error.log"), "-p", str(ngx_dir),
-                         "-c", str(conf)], nginx_log)
+    nginx = procs.spawn(
+        [nginx_bin, "-e", str(ngx_dir / "nginx-error.log"), "-p", str(ngx_dir), "-c", str(conf)], nginx_log
+    )
     sse_log = workdir / "sse-server.out"
-    sse = procs.spawn([str(loadgen), "sse-server", "-listen", f"127.0.0.1:{sse_port}",
-                       "-cert", str(pki.server_cert), "-key", str(pki.server_key),
-                       "-api-key", secret], sse_log)
+    sse = procs.spawn(
+        [
+            str(loadgen),
+            "sse-server",
+            "-listen",
+            f"127.0.0.1:{sse_port}",
+            "-cert",
+            str(pki.server_cert),
+            "-key",
+            str(pki.server_key),
+            "-api-key",
+            secret,
+        ],
+        sse_log,
+    )
     up = Upstreams(name, http_port, sse_port, nginx, sse, [nginx_log, sse_log])
     try:
         procs.wait_port(http_port, nginx)
         procs.wait_port(sse_port, sse)
-    except Exception:
+    except Exception as e:
         up.stop()
         raise RuntimeError(
-            "upstream failed to start:\n" + procs.log_tail(nginx_log) + procs.log_tail(sse_log)
+            "upstream failed to start:\n"
+            + procs.log_tail(nginx_log)
+            + procs.log_tail(sse_log)
             + procs.log_tail(ngx_dir / "nginx-error.log")
-        )
+        ) from e
     return up

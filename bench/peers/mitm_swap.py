@@ -12,7 +12,7 @@ from mitmproxy import http
 from mitmproxy.proxy import server_hooks
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from swap_config import SwapRule  # noqa: E402
+from swap_config import SwapRule
 
 
 class Swap:

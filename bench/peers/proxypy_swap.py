@@ -7,15 +7,14 @@ decrypts, and --ca-file makes it verify the upstream against the test CA.
 
 import os
 import sys
-from typing import Optional, Tuple
 
 from proxy.http.parser import HttpParser
 from proxy.http.proxy import HttpProxyBasePlugin
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from swap_config import SwapRule  # noqa: E402
+from swap_config import SwapRule
 
-_RULE: Optional[SwapRule] = None
+_RULE: SwapRule | None = None
 
 
 def _rule() -> SwapRule:
@@ -26,10 +25,10 @@ def _rule() -> SwapRule:
 
 
 class SwapPlugin(HttpProxyBasePlugin):
-    def resolve_dns(self, host: str, port: int) -> Tuple[Optional[str], None]:
+    def resolve_dns(self, host: str, port: int) -> tuple[str | None, None]:
         return _rule().resolve.get(host.lower()), None
 
-    def handle_client_request(self, request: HttpParser) -> Optional[HttpParser]:
+    def handle_client_request(self, request: HttpParser) -> HttpParser | None:
         rule = _rule()
         if request.headers is None or not request.has_header(b"host"):
             return request

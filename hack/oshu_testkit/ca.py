@@ -19,10 +19,10 @@ class TestCA:
     key_file: Path | None = None
 
     @classmethod
-    def new(cls, name: str = "oshu test CA", permitted_dns: Iterable[str] | None = None) -> "TestCA":
+    def new(cls, name: str = "oshu test CA", permitted_dns: Iterable[str] | None = None) -> TestCA:
         return cls(new_ca(name, permitted_dns=permitted_dns))
 
-    def write(self, directory: Path, stem: str = "ca") -> "TestCA":
+    def write(self, directory: Path, stem: str = "ca") -> TestCA:
         directory.mkdir(parents=True, exist_ok=True)
         self.cert_file = directory / f"{stem}.crt"
         self.key_file = directory / f"{stem}.key"

@@ -9,8 +9,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 #: Node through a CONNECT proxy with its own TLS stack only (no npm packages needed).
 NODE_CLIENT = Path(__file__).parent / "js" / "connect_fetch.js"
@@ -31,8 +31,19 @@ CLIENTS = ("curl", "requests", "httpx", "aiohttp", "node")
 
 def run_client(client: str, url: str, header: tuple[str, str], env: Mapping[str, str]) -> tuple[bool, str]:
     if client == "curl":
-        cmd = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H", f"{header[0]}: {header[1]}",
-               "--max-time", "10", url]
+        cmd = [
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            f"{header[0]}: {header[1]}",
+            "--max-time",
+            "10",
+            url,
+        ]
     elif client == "node":
         cmd = ["node", str(NODE_CLIENT), url, *header]
     else:

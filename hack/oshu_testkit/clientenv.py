@@ -30,8 +30,14 @@ def without_proxy_env(env: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if not k.lower().endswith("_proxy") and not k.startswith("OSHU_")}
 
 
-def pod_env_on_host(injected: Iterable[tuple[str, str]], *, ca_dir: Path, pod_proxy_url: str,
-                    host_proxy_url: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
+def pod_env_on_host(
+    injected: Iterable[tuple[str, str]],
+    *,
+    ca_dir: Path,
+    pod_proxy_url: str,
+    host_proxy_url: str,
+    base: Mapping[str, str] | None = None,
+) -> dict[str, str]:
     """An app container's injected env with the pod's CA mount and proxy URL mapped to this host.
 
     `ca_dir` must hold the files an app container's CA mount holds (`ca.crt`, `ca-bundle.pem`).
@@ -55,9 +61,11 @@ def write_ca_mount(ca_dir: Path, ca_cert_pem: bytes, extra_ca_pems: Iterable[byt
     return ca_dir
 
 
-def injected_client_env(proxy_url: str, ca_dir: Path, *, no_proxy: Iterable[str] = DEFAULT_NO_PROXY,
-                        base: Mapping[str, str] | None = None) -> dict[str, str]:
+def injected_client_env(
+    proxy_url: str, ca_dir: Path, *, no_proxy: Iterable[str] = DEFAULT_NO_PROXY, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """The env the webhook injects (default NO_PROXY), for a proxy at `proxy_url` and a CA mount at `ca_dir`."""
     in_pod = "http://127.0.0.1:0"  # any URL: replaced by `proxy_url` below
-    return pod_env_on_host(infra_env(no_proxy, in_pod), ca_dir=ca_dir, pod_proxy_url=in_pod,
-                           host_proxy_url=proxy_url, base=base)
+    return pod_env_on_host(
+        infra_env(no_proxy, in_pod), ca_dir=ca_dir, pod_proxy_url=in_pod, host_proxy_url=proxy_url, base=base
+    )

@@ -22,8 +22,9 @@ NODE_DIR = REPO_ROOT / "tests" / "node"
 CLIENT_TIMEOUT = 60
 
 
-def run(cmd: list[str], env: dict[str, str], timeout: float = CLIENT_TIMEOUT, **kw: Any
-        ) -> subprocess.CompletedProcess[str]:
+def run(
+    cmd: list[str], env: dict[str, str], timeout: float = CLIENT_TIMEOUT, **kw: Any
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, **kw)
 
 
@@ -42,8 +43,14 @@ def curl(env: dict[str, str], url: str, *args: str) -> tuple[int, dict[str, str]
     return status, headers, body, p.stderr
 
 
-def pyclient(env: dict[str, str], client: str, url: str, method: str = "GET", headers: dict[str, str] | None = None,
-             body: str | None = None) -> dict[str, Any]:
+def pyclient(
+    env: dict[str, str],
+    client: str,
+    url: str,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    body: str | None = None,
+) -> dict[str, Any]:
     cmd = [sys.executable, str(HERE / "pyclient.py"), client, url, method, json.dumps(headers or {})]
     if body is not None:
         cmd.append(body)
@@ -52,8 +59,14 @@ def pyclient(env: dict[str, str], client: str, url: str, method: str = "GET", he
     return json.loads(p.stdout)
 
 
-def node_fetch(script: Path, env: dict[str, str], url: str, method: str = "GET", headers: dict[str, str] | None = None,
-               body: str | None = None) -> dict[str, Any]:
+def node_fetch(
+    script: Path,
+    env: dict[str, str],
+    url: str,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    body: str | None = None,
+) -> dict[str, Any]:
     cmd = ["node", str(script), url, method, json.dumps(headers or {})]
     if body is not None:
         cmd.append(body)

@@ -6,8 +6,9 @@ import base64
 import json
 import secrets
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from oshu_localkube.cluster import wait_for as localkube_wait_for
 from oshu_operator import names as n
@@ -18,8 +19,16 @@ SIDECAR_IMAGE = "registry.test/oshu-vault-sidecar:test"
 #: The sidecar the tests' operator injects: non-default ports and log level, so every stored
 #: pod shows the --sidecar-* flags reaching the sidecar's args, probes and the proxy variables.
 SIDECAR = SidecarConfig(image=SIDECAR_IMAGE, proxy_port=15180, admin_port=15190, log_level="debug")
-SIDECAR_ARGS = ("--sidecar-image", SIDECAR.image, "--sidecar-proxy-port", str(SIDECAR.proxy_port),
-                "--sidecar-admin-port", str(SIDECAR.admin_port), "--sidecar-log-level", SIDECAR.log_level)
+SIDECAR_ARGS = (
+    "--sidecar-image",
+    SIDECAR.image,
+    "--sidecar-proxy-port",
+    str(SIDECAR.proxy_port),
+    "--sidecar-admin-port",
+    str(SIDECAR.admin_port),
+    "--sidecar-log-level",
+    SIDECAR.log_level,
+)
 
 
 @dataclass
@@ -46,8 +55,17 @@ class Kube:
         return Created(True, json.loads(r.stdout), "", warnings)
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
-        r = self.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=tests", "-f", "-", "-o", "json",
-                         input=json.dumps(obj))
+        r = self.kubectl(
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=tests",
+            "-f",
+            "-",
+            "-o",
+            "json",
+            input=json.dumps(obj),
+        )
         return json.loads(r.stdout)
 
     def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
@@ -68,13 +86,23 @@ class Kube:
 
     # --- domain helpers -------------------------------------------------------------------
     def secret(self, namespace: str, name: str, data: dict[str, str]) -> dict[str, Any]:
-        return self.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
-                           "type": "Opaque",
-                           "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}})
+        return self.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": name, "namespace": namespace},
+                "type": "Opaque",
+                "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+            }
+        )
 
     def session(self, namespace: str, name: str, secrets_: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
-        body = {"apiVersion": n.API_VERSION, "kind": n.KIND, "metadata": {"name": name, "namespace": namespace},
-                "spec": {"secrets": secrets_, **spec}}
+        body = {
+            "apiVersion": n.API_VERSION,
+            "kind": n.KIND,
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"secrets": secrets_, **spec},
+        }
         return self.apply(body)
 
     def session_secret(self, namespace: str, session: str) -> dict[str, bytes] | None:
@@ -92,8 +120,11 @@ class Kube:
         return (obj or {}).get("status") or {}
 
     def wait_phase(self, namespace: str, session: str, phase: str, timeout: float = 30) -> dict[str, Any]:
-        return wait_for(lambda: (s := self.status(namespace, session)).get("phase") == phase and s,
-                        timeout, f"VaultSession {namespace}/{session} phase {phase}")
+        return wait_for(
+            lambda: (s := self.status(namespace, session)).get("phase") == phase and s,
+            timeout,
+            f"VaultSession {namespace}/{session} phase {phase}",
+        )
 
     def events(self, namespace: str) -> list[dict[str, Any]]:
         return self.list("events", namespace)
@@ -109,12 +140,21 @@ def real_value(prefix: str = "sk-real") -> str:
     return f"{prefix}-{secrets.token_urlsafe(24)}"
 
 
-def pod(name: str, session: str | None, containers: list[dict[str, Any]] | None = None,
-        annotations: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
+def pod(
+    name: str,
+    session: str | None,
+    containers: list[dict[str, Any]] | None = None,
+    annotations: dict[str, str] | None = None,
+    **spec: Any,
+) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name}
     if session is not None:
         meta["labels"] = {n.LABEL_SESSION: session}
     if annotations:
         meta["annotations"] = annotations
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
-            "spec": {"containers": containers or [{"name": "agent", "image": "agent:1"}], **spec}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": {"containers": containers or [{"name": "agent", "image": "agent:1"}], **spec},
+    }

@@ -24,8 +24,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from oshu_e2e.paths import CRD_FILE
 from oshu_operator.names import DEV_WEBHOOK_CONFIG
@@ -42,22 +43,40 @@ class OperatorError(RuntimeError):
 
 
 class OperatorProcess:
-    def __init__(self, kubeconfig: Path | str, *, args: Iterable[str] = (), namespaces: Iterable[str] = (),
-                 webhook_config: str = DEV_WEBHOOK_CONFIG, revocation_grace: str = "2s",
-                 log_level: str = "INFO", directory: Path | None = None,
-                 env: Mapping[str, str] | None = None, python: str = sys.executable) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path | str,
+        *,
+        args: Iterable[str] = (),
+        namespaces: Iterable[str] = (),
+        webhook_config: str = DEV_WEBHOOK_CONFIG,
+        revocation_grace: str = "2s",
+        log_level: str = "INFO",
+        directory: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        python: str = sys.executable,
+    ) -> None:
         self.kubeconfig = Path(kubeconfig)
         self.directory = Path(directory or tempfile.mkdtemp(prefix="oshu-operator-"))
         self.log_file = self.directory / "operator.log"
         self.webhook_config = webhook_config
         base = [
-            python, "-m", "oshu_operator",
-            "--kubeconfig", str(self.kubeconfig),
-            "--dev-webhook", "--dev-webhook-config", webhook_config,
-            "--webhook-listen", "127.0.0.1:0",
-            "--metrics-listen", "127.0.0.1:0",
-            "--revocation-grace", revocation_grace,
-            "--log-level", log_level,
+            python,
+            "-m",
+            "oshu_operator",
+            "--kubeconfig",
+            str(self.kubeconfig),
+            "--dev-webhook",
+            "--dev-webhook-config",
+            webhook_config,
+            "--webhook-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--revocation-grace",
+            revocation_grace,
+            "--log-level",
+            log_level,
         ]
         for ns in namespaces:
             base += ["--namespace", ns]
@@ -66,19 +85,17 @@ class OperatorProcess:
         self.env = without_proxy_env(env if env is not None else os.environ)
         self.proc: subprocess.Popen[bytes] | None = None
         self.metrics_port: int | None = None
-        self._log_handle: Any = None
 
-    def __enter__(self) -> "OperatorProcess":
+    def __enter__(self) -> OperatorProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self, timeout: float = 60.0) -> "OperatorProcess":
+    def start(self, timeout: float = 60.0) -> OperatorProcess:
         self._log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
-        self._log_handle = open(self.log_file, "ab")
-        self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=self._log_handle,
-                                     stderr=self._log_handle, env=self.env)
+        with open(self.log_file, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -104,12 +121,9 @@ class OperatorProcess:
     def stop(self, timeout: float = 20.0) -> int | None:
         if self.proc is None:
             return None
-        code = terminate(self.proc, timeout)
-        if self._log_handle is not None and not self._log_handle.closed:
-            self._log_handle.close()
-        return code
+        return terminate(self.proc, timeout)
 
-    def restart(self, timeout: float = 60.0) -> "OperatorProcess":
+    def restart(self, timeout: float = 60.0) -> OperatorProcess:
         self.stop()
         return self.start(timeout)
 
@@ -129,7 +143,7 @@ class OperatorProcess:
     def get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
         url = f"http://127.0.0.1:{self.metrics_port}{path}"
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - loopback only
+            with urllib.request.urlopen(url, timeout=timeout) as r:
                 return r.status, r.read()
         except urllib.error.HTTPError as e:
             return e.code, e.read()
@@ -164,7 +178,7 @@ class OperatorProcess:
     def log_records(self, since_start: bool = False) -> list[dict[str, Any]]:
         data = self.log_file.read_bytes() if self.log_file.exists() else b""
         if since_start:
-            data = data[getattr(self, "_log_offset", 0):]
+            data = data[getattr(self, "_log_offset", 0) :]
         text = data.decode(errors="replace")
         out = []
         for line in text.splitlines():

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 # Every module of the kit but this one (already imported, as is the package itself).
-pytest.register_assert_rewrite(*(f"oshu_testkit.{m.name}" for m in pkgutil.iter_modules([str(Path(__file__).parent)])
-                                 if m.name != "plugin"))
+pytest.register_assert_rewrite(
+    *(f"oshu_testkit.{m.name}" for m in pkgutil.iter_modules([str(Path(__file__).parent)]) if m.name != "plugin")
+)
 
 from .upstreams import DEFAULT_HOST, Upstream  # noqa: E402  (after the rewrite registration)
 

@@ -31,9 +31,12 @@ def main() -> None:
         import aiohttp
 
         async def go() -> dict:
-            async with aiohttp.ClientSession(trust_env=True, timeout=aiohttp.ClientTimeout(total=20)) as s:
-                async with s.request(method, url, headers=headers, data=body, allow_redirects=False) as r:
-                    return {"status": r.status, "headers": dict(r.headers), "body": await r.text()}
+            timeout = aiohttp.ClientTimeout(total=20)
+            async with (
+                aiohttp.ClientSession(trust_env=True, timeout=timeout) as s,
+                s.request(method, url, headers=headers, data=body, allow_redirects=False) as r,
+            ):
+                return {"status": r.status, "headers": dict(r.headers), "body": await r.text()}
 
         out = asyncio.run(go())
     else:

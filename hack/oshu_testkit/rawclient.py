@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import ssl
@@ -42,17 +43,15 @@ class RawClient:
         self.sock: socket.socket | ssl.SSLSocket = socket.create_connection(address, timeout=timeout)
         self._buf = b""
 
-    def __enter__(self) -> "RawClient":
+    def __enter__(self) -> RawClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.close()
-        except OSError:
-            pass
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -96,7 +95,7 @@ class RawClient:
                 raise ConnectionError(f"connection closed before a complete response head: {self._buf[:200]!r}")
         head, self._buf = self._buf.split(b"\r\n\r\n", 1)
         lines = head.decode("latin-1").split("\r\n")
-        _, status, reason = (lines[0].split(" ", 2) + [""])[:3]
+        _, status, reason = ([*lines[0].split(" ", 2), ""])[:3]
         headers = [(k.strip(), v.strip()) for k, _, v in (ln.partition(":") for ln in lines[1:])]
         resp = RawResponse(int(status), reason, headers, b"", head)
         code = resp.status
@@ -115,7 +114,7 @@ class RawClient:
                     if not self._fill():
                         raise ConnectionError("closed inside a chunk")
                 body += self._buf[:size]
-                self._buf = self._buf[size + 2:]
+                self._buf = self._buf[size + 2 :]
             resp.body = body
         elif resp.header("content-length") is not None:
             n = int(resp.header("content-length") or 0)
@@ -129,8 +128,9 @@ class RawClient:
             resp.body, self._buf = self._buf, b""
         return resp
 
-    def request(self, method: str, target: str, headers: Mapping[str, str] | Sequence[tuple[str, str]] = (),
-                body: bytes = b"") -> RawResponse:
+    def request(
+        self, method: str, target: str, headers: Mapping[str, str] | Sequence[tuple[str, str]] = (), body: bytes = b""
+    ) -> RawResponse:
         items = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
         if body and not any(k.lower() in ("content-length", "transfer-encoding") for k, _ in items):
             items.append(("Content-Length", str(len(body))))

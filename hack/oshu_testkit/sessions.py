@@ -24,8 +24,9 @@ from oshu_sidecar.session import DEFAULT_LOCATIONS, SecretBinding, Session, load
 SessionLike = Session | Mapping[str, Any] | bytes | str
 
 
-def new_secret(name: str, hosts: Iterable[str], value: str | None = None,
-               locations: Iterable[str] | None = None) -> SecretBinding:
+def new_secret(
+    name: str, hosts: Iterable[str], value: str | None = None, locations: Iterable[str] | None = None
+) -> SecretBinding:
     """A secret binding with a fresh sealed token and (unless given) a random real value."""
     return SecretBinding(
         name=name,
@@ -36,9 +37,14 @@ def new_secret(name: str, hosts: Iterable[str], value: str | None = None,
     )
 
 
-def new_session(*secrets: SecretBinding, name: str = "agents/test", expires_in: float | None = None,
-                expires_at: datetime | None = None, egress: Iterable[str] | None = None,
-                revoked: bool = False) -> Session:
+def new_session(
+    *secrets: SecretBinding,
+    name: str = "agents/test",
+    expires_in: float | None = None,
+    expires_at: datetime | None = None,
+    egress: Iterable[str] | None = None,
+    revoked: bool = False,
+) -> Session:
     """A Session; `expires_in` (seconds from now, may be negative) is shorthand for `expires_at`."""
     if expires_in is not None:
         expires_at = datetime.now(UTC) + timedelta(seconds=expires_in)
@@ -71,7 +77,7 @@ def write_k8s_secret_dir(directory: Path, files: Mapping[str, bytes]) -> None:
 
 def swap_k8s_secret_dir(directory: Path, files: Mapping[str, bytes]) -> None:
     """Kubelet's atomic update: write a new timestamped dir, rename a new `..data` link over the old."""
-    stamp = "..%s.%s" % (time.strftime("%Y_%m_%d_%H_%M_%S"), _secrets.token_hex(4))
+    stamp = "..{}.{}".format(time.strftime("%Y_%m_%d_%H_%M_%S"), _secrets.token_hex(4))
     data_dir = directory / stamp
     data_dir.mkdir()
     for key, content in files.items():
@@ -84,7 +90,6 @@ def swap_k8s_secret_dir(directory: Path, files: Mapping[str, bytes]) -> None:
     os.replace(tmp_link, directory / "..data")
     if old is not None and old != stamp:
         shutil.rmtree(directory / old, ignore_errors=True)
-
 
 
 def session_hosts(session: SessionLike) -> list[str]:

@@ -61,13 +61,24 @@ class SidecarProcess:
     other host to 127.0.0.1 on the same port, so the sidecar never resolves or reaches anything else.
     """
 
-    def __init__(self, session: SessionLike, *, upstream: Upstream | None = None,
-                 hosts: Iterable[str] | None = None, directory: Path | None = None, ca: KeyPair | None = None,
-                 connect_to: Iterable[str] = (), resolve: Iterable[str] = (),
-                 upstream_ca_files: Iterable[Path | str] | None = None, extra_args: Sequence[str] = (),
-                 env: Mapping[str, str] | None = None, reload_interval: float = 0.2,
-                 session_path: Path | None = None, python: str = sys.executable,
-                 loopback_only: bool = True) -> None:
+    def __init__(
+        self,
+        session: SessionLike,
+        *,
+        upstream: Upstream | None = None,
+        hosts: Iterable[str] | None = None,
+        directory: Path | None = None,
+        ca: KeyPair | None = None,
+        connect_to: Iterable[str] = (),
+        resolve: Iterable[str] = (),
+        upstream_ca_files: Iterable[Path | str] | None = None,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        reload_interval: float = 0.2,
+        session_path: Path | None = None,
+        python: str = sys.executable,
+        loopback_only: bool = True,
+    ) -> None:
         self._own_dir = directory is None
         self.directory = Path(directory or tempfile.mkdtemp(prefix="oshu-sidecar-"))
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -99,16 +110,26 @@ class SidecarProcess:
                     mapped.append(f"{host}:80:127.0.0.1:{upstream.http_port}")
         if loopback_only:
             mapped.append("::127.0.0.1:")  # catch-all: any other host:port goes to loopback, never resolved
-        ca_files = [str(p) for p in (upstream_ca_files if upstream_ca_files is not None
-                                     else ([upstream.ca_file] if upstream else []))]
+        ca_files = [
+            str(p)
+            for p in (upstream_ca_files if upstream_ca_files is not None else ([upstream.ca_file] if upstream else []))
+        ]
         self.args = [
-            python, "-m", "oshu_sidecar",
-            "--listen", "127.0.0.1:0",
-            "--admin-listen", "127.0.0.1:0",
-            "--session-file", str(self.session_path),
-            "--ca-cert", str(self.ca_cert_file),
-            "--ca-key", str(self.ca_key_file),
-            "--reload-interval", str(reload_interval),
+            python,
+            "-m",
+            "oshu_sidecar",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--session-file",
+            str(self.session_path),
+            "--ca-cert",
+            str(self.ca_cert_file),
+            "--ca-key",
+            str(self.ca_key_file),
+            "--reload-interval",
+            str(reload_interval),
         ]
         for m in mapped:
             self.args += ["--connect-to", m]
@@ -123,7 +144,7 @@ class SidecarProcess:
         self.admin: tuple[str, int] | None = None
 
     # lifecycle
-    def __enter__(self) -> "SidecarProcess":
+    def __enter__(self) -> SidecarProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -131,11 +152,10 @@ class SidecarProcess:
         if self._own_dir:
             shutil.rmtree(self.directory, ignore_errors=True)
 
-    def start(self, timeout: float = _START_TIMEOUT) -> "SidecarProcess":
+    def start(self, timeout: float = _START_TIMEOUT) -> SidecarProcess:
         """Start the process and wait until /readyz answers 200."""
-        self._log_handle = open(self.log_file, "ab")
-        self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=self._log_handle,
-                                     stderr=self._log_handle, env=self.env)
+        with open(self.log_file, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -164,10 +184,7 @@ class SidecarProcess:
         """SIGTERM, wait, SIGKILL if needed; returns the exit code."""
         if self.proc is None:
             return None
-        code = terminate(self.proc, timeout)
-        if not self._log_handle.closed:
-            self._log_handle.close()
-        return code
+        return terminate(self.proc, timeout)
 
     @property
     def returncode(self) -> int | None:
@@ -184,8 +201,9 @@ class SidecarProcess:
         assert self.admin is not None, "not started"
         return f"http://{self.admin[0]}:{self.admin[1]}"
 
-    def client_env(self, extra_ca_files: Iterable[Path | str] = (), base: Mapping[str, str] | None = None
-                   ) -> dict[str, str]:
+    def client_env(
+        self, extra_ca_files: Iterable[Path | str] = (), base: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
         """The env the webhook injects into an app container, pointing at this sidecar and its CA.
 
         `extra_ca_files` join the CA files (e.g. the upstream's CA, for blind tunnels where
@@ -213,7 +231,7 @@ class SidecarProcess:
     # observation
     def admin_get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
         try:
-            with urllib.request.urlopen(self.admin_url + path, timeout=timeout) as r:  # noqa: S310 - loopback only
+            with urllib.request.urlopen(self.admin_url + path, timeout=timeout) as r:
                 return r.status, r.read()
         except urllib.error.HTTPError as e:
             return e.code, e.read()

@@ -71,8 +71,12 @@ class Upstream:
     without timing anything: the next piece is only produced after the client saw the last.
     """
 
-    def __init__(self, names: Sequence[str] = (DEFAULT_HOST, "*.oshu.test"), directory: Path | None = None,
-                 ca: TestCA | None = None) -> None:
+    def __init__(
+        self,
+        names: Sequence[str] = (DEFAULT_HOST, "*.oshu.test"),
+        directory: Path | None = None,
+        ca: TestCA | None = None,
+    ) -> None:
         self.names = tuple(names)
         self._own_dir = directory is None
         self.directory = Path(directory or tempfile.mkdtemp(prefix="oshu-upstream-"))
@@ -93,13 +97,13 @@ class Upstream:
         self._error: BaseException | None = None
 
     # lifecycle
-    def __enter__(self) -> "Upstream":
+    def __enter__(self) -> Upstream:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self) -> "Upstream":
+    def start(self) -> Upstream:
         self._thread = threading.Thread(target=self._run, name="oshu-test-upstream", daemon=True)
         self._thread.start()
         if not self._started.wait(_START_TIMEOUT):
@@ -111,10 +115,8 @@ class Upstream:
     def stop(self) -> None:
         if self._loop is not None and self._runner is not None and not self._loop.is_closed():
             fut = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)
-            try:
+            with contextlib.suppress(Exception):
                 fut.result(10)
-            except Exception:
-                pass
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(10)
@@ -178,8 +180,16 @@ class Upstream:
 
     # recording
     def _record(self, request: web.Request, body: bytes, chunks: int = 0) -> Recorded:
-        rec = Recorded(request.method, request.path, request.query_string, list(request.headers.items()), body,
-                       request.scheme, chunks, request.raw_path)
+        rec = Recorded(
+            request.method,
+            request.path,
+            request.query_string,
+            list(request.headers.items()),
+            body,
+            request.scheme,
+            chunks,
+            request.raw_path,
+        )
         with self._cond:
             self.requests.append(rec)
             self._cond.notify_all()
@@ -190,7 +200,7 @@ class Upstream:
             self.events.append(event)
             self._cond.notify_all()
 
-    def wait_for(self, predicate: Callable[["Upstream"], bool], timeout: float = 10.0) -> bool:
+    def wait_for(self, predicate: Callable[[Upstream], bool], timeout: float = 10.0) -> bool:
         """Block until `predicate(self)` holds (checked on every recorded event), at most `timeout` s."""
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -222,14 +232,16 @@ class Upstream:
     async def _echo(self, request: web.Request) -> web.Response:
         body = await request.read()
         self._record(request, body)
-        return web.json_response({
-            "method": request.method,
-            "path": request.path,
-            "query": request.query_string,
-            "headers": [[k, v] for k, v in request.headers.items()],
-            "body": body.decode("utf-8", "replace"),
-            "body_len": len(body),
-        })
+        return web.json_response(
+            {
+                "method": request.method,
+                "path": request.path,
+                "query": request.query_string,
+                "headers": [[k, v] for k, v in request.headers.items()],
+                "body": body.decode("utf-8", "replace"),
+                "body_len": len(body),
+            }
+        )
 
     async def _sse(self, request: web.Request) -> web.StreamResponse:
         self._record(request, b"")
@@ -303,7 +315,7 @@ class Upstream:
         resp.enable_chunked_encoding()
         await resp.prepare(request)
         for i in range(0, len(text), split):
-            await resp.write(text[i:i + split])
+            await resp.write(text[i : i + split])
             await asyncio.sleep(0)
         await resp.write_eof()
         return resp
@@ -325,10 +337,8 @@ class Upstream:
         """Answers only once the test calls `release()` (at most 30 s): a slow upstream."""
         self._record(request, b"")
         assert self._gate is not None
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._gate.acquire(), 30)
-        except asyncio.TimeoutError:
-            pass
         return web.json_response({"released": True})
 
     async def _close(self, request: web.Request) -> web.StreamResponse:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import sys
-from dataclasses import replace
+from collections.abc import Sequence
 from datetime import timedelta
-from typing import Sequence
 
 from .config import DEFAULT_NO_PROXY, OperatorConfig, SidecarConfig
 from .duration import DurationError, parse_duration
@@ -58,7 +58,8 @@ def _sidecar_port(value: str) -> int:
     low, high = SIDECAR_PORT_RANGE
     if not value.isdigit() or not low <= int(value) <= high:
         raise argparse.ArgumentTypeError(
-            f"expected a port from {low} to {high} (the sidecar runs without privileges), got {value!r}")
+            f"expected a port from {low} to {high} (the sidecar runs without privileges), got {value!r}"
+        )
     return int(value)
 
 
@@ -79,83 +80,190 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="oshu-operator",
         description="oshu-vault operator: reconciles VaultSessions into sealed tokens, a per-session CA and "
-                    "a session Secret, and injects the oshu-vault proxy sidecar into pods that opt in.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "a session Secret, and injects the oshu-vault proxy sidecar into pods that opt in.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
     g = p.add_argument_group("cluster access")
-    g.add_argument("--kubeconfig", default=_env("kubeconfig"), metavar="PATH",
-                   help="kubeconfig to use (default: in-cluster service account, else $KUBECONFIG or ~/.kube/config)")
+    g.add_argument(
+        "--kubeconfig",
+        default=_env("kubeconfig"),
+        metavar="PATH",
+        help="kubeconfig to use (default: in-cluster service account, else $KUBECONFIG or ~/.kube/config)",
+    )
     g.add_argument("--context", default=_env("context"), help="kubeconfig context (default: current)")
-    g.add_argument("-n", "--namespace", dest="namespaces", action="append", metavar="NS",
-                   default=[x for x in (_env("namespaces") or "").split(",") if x],
-                   help="watch and inject only this namespace; repeat for several (default: all namespaces)")
+    g.add_argument(
+        "-n",
+        "--namespace",
+        dest="namespaces",
+        action="append",
+        metavar="NS",
+        default=[x for x in (_env("namespaces") or "").split(",") if x],
+        help="watch and inject only this namespace; repeat for several (default: all namespaces)",
+    )
     g.add_argument("--all-namespaces", action="store_true", help="watch all namespaces (the default)")
-    g.add_argument("--own-namespace", default=_env("own_namespace", os.environ.get("POD_NAMESPACE")),
-                   help="the operator's namespace, never injected (default: $POD_NAMESPACE)")
+    g.add_argument(
+        "--own-namespace",
+        default=_env("own_namespace", os.environ.get("POD_NAMESPACE")),
+        help="the operator's namespace, never injected (default: $POD_NAMESPACE)",
+    )
 
     g = p.add_argument_group("admission webhook")
-    g.add_argument("--webhook-listen", type=_listen, default=_env("webhook_listen", "0.0.0.0:9443"),
-                   metavar="HOST:PORT", help="where the webhook serves HTTPS (default 0.0.0.0:9443; port 0 = any free)")
-    g.add_argument("--webhook-cert-file", default=_env("webhook_cert_file"), metavar="PATH",
-                   help="serving certificate (PEM, chain); re-read when it changes (e.g. cert-manager)")
+    g.add_argument(
+        "--webhook-listen",
+        type=_listen,
+        default=_env("webhook_listen", "0.0.0.0:9443"),
+        metavar="HOST:PORT",
+        help="where the webhook serves HTTPS (default 0.0.0.0:9443; port 0 = any free)",
+    )
+    g.add_argument(
+        "--webhook-cert-file",
+        default=_env("webhook_cert_file"),
+        metavar="PATH",
+        help="serving certificate (PEM, chain); re-read when it changes (e.g. cert-manager)",
+    )
     g.add_argument("--webhook-key-file", default=_env("webhook_key_file"), metavar="PATH", help="its private key")
-    g.add_argument("--webhook-tls-secret", type=_ns_name, default=_env("webhook_tls_secret"), metavar="NS/NAME",
-                   help="self-managed TLS: keep a self-made CA + serving certificate in this Secret")
-    g.add_argument("--webhook-service", type=_ns_name, default=_env("webhook_service"), metavar="NS/NAME",
-                   help="the Service in front of the webhook (names in the self-made certificate)")
-    g.add_argument("--webhook-config-name", default=_env("webhook_config_name"), metavar="NAME",
-                   help="MutatingWebhookConfiguration whose caBundle the operator keeps in sync (self-managed TLS)")
-    g.add_argument("--failure-policy", choices=["Fail", "Ignore"], default=_env("failure_policy", "Fail"),
-                   help="failurePolicy of the webhooks the operator registers itself (default Fail)")
-    g.add_argument("--dev-webhook", action="store_true", default=_env("dev_webhook") in ("1", "true"),
-                   help="local development: serve on 127.0.0.1 with a self-made certificate and register a "
-                        "URL-based MutatingWebhookConfiguration (--dev-webhook-config) pointing at it")
-    g.add_argument("--dev-webhook-config", default=_env("dev_webhook_config", "oshu-vault-dev"), metavar="NAME",
-                   help="name of that configuration (default oshu-vault-dev)")
+    g.add_argument(
+        "--webhook-tls-secret",
+        type=_ns_name,
+        default=_env("webhook_tls_secret"),
+        metavar="NS/NAME",
+        help="self-managed TLS: keep a self-made CA + serving certificate in this Secret",
+    )
+    g.add_argument(
+        "--webhook-service",
+        type=_ns_name,
+        default=_env("webhook_service"),
+        metavar="NS/NAME",
+        help="the Service in front of the webhook (names in the self-made certificate)",
+    )
+    g.add_argument(
+        "--webhook-config-name",
+        default=_env("webhook_config_name"),
+        metavar="NAME",
+        help="MutatingWebhookConfiguration whose caBundle the operator keeps in sync (self-managed TLS)",
+    )
+    g.add_argument(
+        "--failure-policy",
+        choices=["Fail", "Ignore"],
+        default=_env("failure_policy", "Fail"),
+        help="failurePolicy of the webhooks the operator registers itself (default Fail)",
+    )
+    g.add_argument(
+        "--dev-webhook",
+        action="store_true",
+        default=_env("dev_webhook") in ("1", "true"),
+        help="local development: serve on 127.0.0.1 with a self-made certificate and register a "
+        "URL-based MutatingWebhookConfiguration (--dev-webhook-config) pointing at it",
+    )
+    g.add_argument(
+        "--dev-webhook-config",
+        default=_env("dev_webhook_config", "oshu-vault-dev"),
+        metavar="NAME",
+        help="name of that configuration (default oshu-vault-dev)",
+    )
 
     g = p.add_argument_group("injected sidecar")
     d = SidecarConfig()
     g.add_argument("--sidecar-image", default=_env("sidecar_image", d.image), help=f"default {d.image}")
-    g.add_argument("--sidecar-pull-policy", choices=["Always", "IfNotPresent", "Never"],
-                   default=_env("sidecar_pull_policy", d.pull_policy))
+    g.add_argument(
+        "--sidecar-pull-policy",
+        choices=["Always", "IfNotPresent", "Never"],
+        default=_env("sidecar_pull_policy", d.pull_policy),
+    )
     g.add_argument("--sidecar-cpu-request", default=_env("sidecar_cpu_request", d.cpu_request))
     g.add_argument("--sidecar-memory-request", default=_env("sidecar_memory_request", d.memory_request))
     g.add_argument("--sidecar-cpu-limit", default=_env("sidecar_cpu_limit", d.cpu_limit))
     g.add_argument("--sidecar-memory-limit", default=_env("sidecar_memory_limit", d.memory_limit))
-    g.add_argument("--sidecar-proxy-port", type=_sidecar_port, default=_env("sidecar_proxy_port", str(d.proxy_port)),
-                   metavar="PORT", help=f"the proxy's port on the pod's loopback; HTTP(S)_PROXY of app containers "
-                                        f"point at it (default {d.proxy_port})")
-    g.add_argument("--sidecar-admin-port", type=_sidecar_port, default=_env("sidecar_admin_port", str(d.admin_port)),
-                   metavar="PORT", help=f"the sidecar's /readyz (kubelet probes) and /metrics on the pod IP "
-                                        f"(default {d.admin_port})")
-    g.add_argument("--sidecar-log-level", choices=SIDECAR_LOG_LEVELS,
-                   default=_env("sidecar_log_level", d.log_level), help=f"default {d.log_level}")
-    g.add_argument("--no-proxy", default=_env("no_proxy", ",".join(DEFAULT_NO_PROXY)), metavar="LIST",
-                   help="NO_PROXY given to app containers (comma-separated; the API server's address is added "
-                        "in-cluster); default: " + ",".join(DEFAULT_NO_PROXY))
+    g.add_argument(
+        "--sidecar-proxy-port",
+        type=_sidecar_port,
+        default=_env("sidecar_proxy_port", str(d.proxy_port)),
+        metavar="PORT",
+        help=f"the proxy's port on the pod's loopback; HTTP(S)_PROXY of app containers "
+        f"point at it (default {d.proxy_port})",
+    )
+    g.add_argument(
+        "--sidecar-admin-port",
+        type=_sidecar_port,
+        default=_env("sidecar_admin_port", str(d.admin_port)),
+        metavar="PORT",
+        help=f"the sidecar's /readyz (kubelet probes) and /metrics on the pod IP (default {d.admin_port})",
+    )
+    g.add_argument(
+        "--sidecar-log-level",
+        choices=SIDECAR_LOG_LEVELS,
+        default=_env("sidecar_log_level", d.log_level),
+        help=f"default {d.log_level}",
+    )
+    g.add_argument(
+        "--no-proxy",
+        default=_env("no_proxy", ",".join(DEFAULT_NO_PROXY)),
+        metavar="LIST",
+        help="NO_PROXY given to app containers (comma-separated; the API server's address is added "
+        "in-cluster); default: " + ",".join(DEFAULT_NO_PROXY),
+    )
 
     g = p.add_argument_group("sessions")
-    g.add_argument("--revocation-grace", type=_duration, default=_env("revocation_grace", "90s"), metavar="DURATION",
-                   help="keep a deleted session's revoked Secret this long so kubelets sync it into running pods "
-                        "(default 90s: kubelet sync period 60s + margin)")
-    g.add_argument("--ca-validity", type=_duration, default=_env("ca_validity", "720h"), metavar="DURATION",
-                   help="lifetime of the CA of a session without ttl (default 720h; renewed with a third left)")
-    g.add_argument("--resync-interval", type=_duration, default=_env("resync_interval", "10m"), metavar="DURATION",
-                   help="re-check every session this often without events (default 10m)")
-    g.add_argument("--max-concurrent-reconciles", type=int, default=int(_env("max_concurrent_reconciles", "8")),
-                   metavar="N", help="sessions reconciled at once (default 8)")
-    g.add_argument("--token-wait", type=_duration, default=_env("token_wait", "5s"), metavar="DURATION",
-                   help="how long admission waits for a just-created session's tokens (default 5s)")
+    g.add_argument(
+        "--revocation-grace",
+        type=_duration,
+        default=_env("revocation_grace", "90s"),
+        metavar="DURATION",
+        help="keep a deleted session's revoked Secret this long so kubelets sync it into running pods "
+        "(default 90s: kubelet sync period 60s + margin)",
+    )
+    g.add_argument(
+        "--ca-validity",
+        type=_duration,
+        default=_env("ca_validity", "720h"),
+        metavar="DURATION",
+        help="lifetime of the CA of a session without ttl (default 720h; renewed with a third left)",
+    )
+    g.add_argument(
+        "--resync-interval",
+        type=_duration,
+        default=_env("resync_interval", "10m"),
+        metavar="DURATION",
+        help="re-check every session this often without events (default 10m)",
+    )
+    g.add_argument(
+        "--max-concurrent-reconciles",
+        type=int,
+        default=int(_env("max_concurrent_reconciles", "8")),
+        metavar="N",
+        help="sessions reconciled at once (default 8)",
+    )
+    g.add_argument(
+        "--token-wait",
+        type=_duration,
+        default=_env("token_wait", "5s"),
+        metavar="DURATION",
+        help="how long admission waits for a just-created session's tokens (default 5s)",
+    )
 
     g = p.add_argument_group("operations")
-    g.add_argument("--metrics-listen", type=_listen, default=_env("metrics_listen", "0.0.0.0:8080"),
-                   metavar="HOST:PORT", help="/metrics, /healthz, /readyz (default 0.0.0.0:8080)")
-    g.add_argument("--peering", default=_env("peering"), metavar="NAME",
-                   help="kopf peering object for several replicas (default: standalone, one replica)")
+    g.add_argument(
+        "--metrics-listen",
+        type=_listen,
+        default=_env("metrics_listen", "0.0.0.0:8080"),
+        metavar="HOST:PORT",
+        help="/metrics, /healthz, /readyz (default 0.0.0.0:8080)",
+    )
+    g.add_argument(
+        "--peering",
+        default=_env("peering"),
+        metavar="NAME",
+        help="kopf peering object for several replicas (default: standalone, one replica)",
+    )
     g.add_argument("--log-level", default=_env("log_level", "INFO"), choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     g.add_argument("--log-format", default=_env("log_format", "json"), choices=["json", "text"])
-    g.add_argument("--print-webhook-config", metavar="NAME",
-                   help="print the Service-based MutatingWebhookConfiguration (needs --webhook-service) and exit")
+    g.add_argument(
+        "--print-webhook-config",
+        metavar="NAME",
+        help="print the Service-based MutatingWebhookConfiguration (needs --webhook-service) and exit",
+    )
     return p
 
 
@@ -177,8 +285,10 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
     if args.all_namespaces and args.namespaces:
         raise SystemExit("oshu-operator: --all-namespaces and --namespace exclude each other")
     if args.sidecar_proxy_port == args.sidecar_admin_port:
-        raise SystemExit(f"oshu-operator: --sidecar-proxy-port and --sidecar-admin-port are both "
-                         f"{args.sidecar_proxy_port}; give them different ports")
+        raise SystemExit(
+            f"oshu-operator: --sidecar-proxy-port and --sidecar-admin-port are both "
+            f"{args.sidecar_proxy_port}; give them different ports"
+        )
     no_proxy = [x.strip() for x in args.no_proxy.split(",") if x.strip()]
     api_host = os.environ.get("KUBERNETES_SERVICE_HOST")
     if api_host and api_host not in no_proxy:
@@ -186,24 +296,42 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
     host, port = args.webhook_listen
     mhost, mport = args.metrics_listen
     return OperatorConfig(
-        kubeconfig=args.kubeconfig, context=args.context,
-        namespaces=tuple(dict.fromkeys(args.namespaces or ())), own_namespace=args.own_namespace,
-        webhook_host=host, webhook_port=port,
-        webhook_cert_file=args.webhook_cert_file, webhook_key_file=args.webhook_key_file,
-        dev_webhook=args.dev_webhook, dev_webhook_config=args.dev_webhook_config,
-        webhook_tls_secret=args.webhook_tls_secret, webhook_service=args.webhook_service,
-        webhook_config_name=args.webhook_config_name, failure_policy=args.failure_policy,
-        metrics_host=mhost, metrics_port=mport,
-        sidecar=SidecarConfig(image=args.sidecar_image, pull_policy=args.sidecar_pull_policy,
-                              cpu_request=args.sidecar_cpu_request, memory_request=args.sidecar_memory_request,
-                              cpu_limit=args.sidecar_cpu_limit, memory_limit=args.sidecar_memory_limit,
-                              proxy_port=args.sidecar_proxy_port, admin_port=args.sidecar_admin_port,
-                              log_level=args.sidecar_log_level),
+        kubeconfig=args.kubeconfig,
+        context=args.context,
+        namespaces=tuple(dict.fromkeys(args.namespaces or ())),
+        own_namespace=args.own_namespace,
+        webhook_host=host,
+        webhook_port=port,
+        webhook_cert_file=args.webhook_cert_file,
+        webhook_key_file=args.webhook_key_file,
+        dev_webhook=args.dev_webhook,
+        dev_webhook_config=args.dev_webhook_config,
+        webhook_tls_secret=args.webhook_tls_secret,
+        webhook_service=args.webhook_service,
+        webhook_config_name=args.webhook_config_name,
+        failure_policy=args.failure_policy,
+        metrics_host=mhost,
+        metrics_port=mport,
+        sidecar=SidecarConfig(
+            image=args.sidecar_image,
+            pull_policy=args.sidecar_pull_policy,
+            cpu_request=args.sidecar_cpu_request,
+            memory_request=args.sidecar_memory_request,
+            cpu_limit=args.sidecar_cpu_limit,
+            memory_limit=args.sidecar_memory_limit,
+            proxy_port=args.sidecar_proxy_port,
+            admin_port=args.sidecar_admin_port,
+            log_level=args.sidecar_log_level,
+        ),
         no_proxy=tuple(no_proxy),
-        revocation_grace=args.revocation_grace, ca_validity=args.ca_validity,
-        resync_interval=args.resync_interval, token_wait=args.token_wait,
+        revocation_grace=args.revocation_grace,
+        ca_validity=args.ca_validity,
+        resync_interval=args.resync_interval,
+        token_wait=args.token_wait,
         max_concurrent_reconciles=max(1, args.max_concurrent_reconciles),
-        peering=args.peering, log_level=args.log_level, log_format=args.log_format,
+        peering=args.peering,
+        log_level=args.log_level,
+        log_format=args.log_format,
     )
 
 
@@ -222,10 +350,16 @@ async def run(config: OperatorConfig) -> None:
     rt = Runtime(config, kube)
     health = HealthServer(config.metrics_host, config.metrics_port, rt.metrics, rt.readiness)
     await health.start()
-    log.info("operator starting", extra={
-        "namespaces": list(config.namespaces) or "all", "webhook": f"{config.webhook_host}:{config.webhook_port}",
-        "dev_webhook": config.dev_webhook, "metrics": f"{config.metrics_host}:{health.bound_port}",
-        "sidecar_image": config.sidecar.image})
+    log.info(
+        "operator starting",
+        extra={
+            "namespaces": list(config.namespaces) or "all",
+            "webhook": f"{config.webhook_host}:{config.webhook_port}",
+            "dev_webhook": config.dev_webhook,
+            "metrics": f"{config.metrics_host}:{health.bound_port}",
+            "sidecar_image": config.sidecar.image,
+        },
+    )
     try:
         await kopf.operator(
             registry=build_registry(rt),
@@ -246,8 +380,11 @@ def print_webhook_config(config: OperatorConfig, name: str) -> None:
     if not config.webhook_service:
         raise SystemExit("oshu-operator: --print-webhook-config needs --webhook-service NS/NAME")
     ns, svc = config.webhook_service.split("/")
-    print(json.dumps(configuration(name, config, {"service": {"namespace": ns, "name": svc, "port": 443}}, None),
-                     indent=2))
+    print(
+        json.dumps(
+            configuration(name, config, {"service": {"namespace": ns, "name": svc, "port": 443}}, None), indent=2
+        )
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -259,10 +396,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from . import logs
 
     logs.setup(config.log_level, config.log_format)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run(config))
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

@@ -10,9 +10,15 @@ from .names import SIDECAR_ADMIN_PORT, SIDECAR_PROXY_PORT
 #: Loopback, cluster-internal names and the API server's in-cluster names: traffic that must
 #: never go through the proxy (it would gain nothing and could break cluster access).
 DEFAULT_NO_PROXY = (
-    "localhost", "127.0.0.1", "::1",
-    ".svc", ".svc.cluster.local", ".cluster.local",
-    "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+    "localhost",
+    "127.0.0.1",
+    "::1",
+    ".svc",
+    ".svc.cluster.local",
+    ".cluster.local",
+    "kubernetes",
+    "kubernetes.default",
+    "kubernetes.default.svc",
 )
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import secrets
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from oshu_sidecar.session import format_time
 
@@ -28,8 +29,12 @@ async def post(kube: Kube, obj: Mapping[str, Any], type_: str, reason: str, mess
         "kind": "Event",
         "metadata": {"name": f"{meta.get('name')}.{secrets.token_hex(8)}", "namespace": meta.get("namespace")},
         "involvedObject": {
-            "apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": meta.get("name"),
-            "namespace": meta.get("namespace"), "uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion"),
+            "apiVersion": obj.get("apiVersion"),
+            "kind": obj.get("kind"),
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
         },
         "type": type_,
         "reason": reason,
@@ -43,5 +48,5 @@ async def post(kube: Kube, obj: Mapping[str, Any], type_: str, reason: str, mess
     }
     try:
         await kube.core.create_namespaced_event(meta.get("namespace"), body)
-    except Exception as e:  # noqa: BLE001 - events are advisory
+    except Exception as e:
         log.warning("could not post event", extra={"reason": reason, "error": type(e).__name__})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Callable
+from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -38,7 +38,7 @@ class HealthServer:
             await self._runner.cleanup()
             self._runner = None
 
-    async def __aenter__(self) -> "HealthServer":
+    async def __aenter__(self) -> HealthServer:
         await self.start()
         return self
 
@@ -51,9 +51,9 @@ class HealthServer:
     async def _readyz(self, _: web.Request) -> web.Response:
         parts = self._readiness()
         ok = all(parts.values())
-        return web.Response(status=200 if ok else 503, content_type="application/json",
-                            text=json.dumps({"ready": ok, **parts}))
+        return web.Response(
+            status=200 if ok else 503, content_type="application/json", text=json.dumps({"ready": ok, **parts})
+        )
 
     async def _metrics_view(self, _: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self._metrics.registry),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=generate_latest(self._metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

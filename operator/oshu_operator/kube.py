@@ -35,8 +35,9 @@ async def new_api_client(kubeconfig: str | None = None, context: str | None = No
     if kubeconfig is None and in_cluster():
         config.load_incluster_config(client_configuration=cfg)
     else:
-        await config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg,
-                                      persist_config=False)
+        await config.load_kube_config(
+            config_file=kubeconfig, context=context, client_configuration=cfg, persist_config=False
+        )
     cfg.connection_pool_maxsize = 16  # bounded: reconciles are bounded too (config.max_concurrent_reconciles)
     return client.ApiClient(configuration=cfg)
 
@@ -62,8 +63,9 @@ class Kube:
 
     async def api_resources(self, group: str, version: str) -> set[str]:
         """Resource names served under group/version (discovery); empty if the group is unknown."""
-        resp = await self.api.call_api(f"/apis/{group}/{version}", "GET", auth_settings=["BearerToken"],
-                                       _preload_content=False)
+        resp = await self.api.call_api(
+            f"/apis/{group}/{version}", "GET", auth_settings=["BearerToken"], _preload_content=False
+        )
         try:
             if resp.status == 404:
                 return set()
@@ -84,7 +86,8 @@ class Kube:
 
     async def patch_session_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         await self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _content_type=MERGE_PATCH)
+            GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _content_type=MERGE_PATCH
+        )
 
     # --- Secrets --------------------------------------------------------------------------
     async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:

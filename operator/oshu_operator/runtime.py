@@ -16,8 +16,8 @@ from typing import Any
 import kopf
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from . import tls, webhookconfig
 from . import names as n
+from . import tls, webhookconfig
 from .admission import Admission
 from .config import OperatorConfig
 from .kube import Kube, in_cluster
@@ -70,7 +70,8 @@ class Runtime:
         settings.persistence.finalizer = n.FINALIZER
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=n.GROUP)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix=n.GROUP, key="last-handled-configuration")
+            prefix=n.GROUP, key="last-handled-configuration"
+        )
         settings.posting.enabled = True
         settings.posting.loggers = False  # Events are the reconciler's own, written for users
         settings.posting.reporting_component = n.EVENT_COMPONENT
@@ -89,11 +90,13 @@ class Runtime:
         """Fail fast, with the fix in the message, when the VaultSession CRD is not served."""
         try:
             resources = await self.kube.api_resources(n.GROUP, n.VERSION)
-        except Exception as e:  # noqa: BLE001 - any failure here means we cannot work
+        except Exception as e:
             raise kopf.PermanentError(f"cannot discover {n.API_VERSION}: {e}") from None
         if n.PLURAL not in resources:
-            raise SystemExit(f"oshu-operator: the {n.PLURAL}.{n.GROUP} CRD is not installed; apply "
-                             "charts/oshu-vault/crds/vaultsessions.vault.oshu.dev.yaml (or install the chart) first")
+            raise SystemExit(
+                f"oshu-operator: the {n.PLURAL}.{n.GROUP} CRD is not installed; apply "
+                "charts/oshu-vault/crds/vaultsessions.vault.oshu.dev.yaml (or install the chart) first"
+            )
 
     async def _admission_server(self) -> AdmissionServer:
         cfg = self.config
@@ -108,17 +111,25 @@ class Runtime:
         elif cfg.webhook_tls_secret and not certfile:
             ns, name = cfg.webhook_tls_secret.split("/", 1)
             svc_ns, svc = (cfg.webhook_service or f"{ns}/oshu-vault-webhook").split("/", 1)
-            pair = await tls.ensure_in_secret(self.kube, ns, name, tls.service_names(svc, svc_ns),
-                                              owner=await self._webhook_config_owner())
+            pair = await tls.ensure_in_secret(
+                self.kube, ns, name, tls.service_names(svc, svc_ns), owner=await self._webhook_config_owner()
+            )
             certfile, keyfile = self._write_pair(pair)
             cafile_data = pair.ca_pem
         if not certfile or not keyfile:
-            raise SystemExit("oshu-operator: the webhook needs --dev-webhook, --webhook-tls-secret, "
-                             "or --webhook-cert-file with --webhook-key-file")
+            raise SystemExit(
+                "oshu-operator: the webhook needs --dev-webhook, --webhook-tls-secret, "
+                "or --webhook-cert-file with --webhook-key-file"
+            )
         return AdmissionServer(
-            metrics=self.metrics, on_serving=self._on_serving,
-            addr=host, port=cfg.webhook_port or None, certfile=certfile, pkeyfile=keyfile,
-            cadata=cafile_data, file_check_interval=30.0,
+            metrics=self.metrics,
+            on_serving=self._on_serving,
+            addr=host,
+            port=cfg.webhook_port or None,
+            certfile=certfile,
+            pkeyfile=keyfile,
+            cadata=cafile_data,
+            file_check_interval=30.0,
         )
 
     async def _webhook_config_owner(self) -> dict[str, Any] | None:
@@ -127,8 +138,12 @@ class Runtime:
         current = await self.kube.get_mutating_webhook(name) if name else None
         if current is None:
             return None
-        return {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
-                "name": current["metadata"]["name"], "uid": current["metadata"]["uid"]}
+        return {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "name": current["metadata"]["name"],
+            "uid": current["metadata"]["uid"],
+        }
 
     def _write_pair(self, pair: tls.ServingCert) -> tuple[str, str]:
         if self._tls_dir is None:
@@ -165,9 +180,13 @@ class Runtime:
                 if current is None:
                     await self.kube.create_mutating_webhook(body)
                 elif webhookconfig.is_ours(current):
-                    await self.kube.merge_patch_mutating_webhook(name, {
-                        "metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
-                        "webhooks": body["webhooks"]})
+                    await self.kube.merge_patch_mutating_webhook(
+                        name,
+                        {
+                            "metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
+                            "webhooks": body["webhooks"],
+                        },
+                    )
                 else:
                     ops = webhookconfig.client_config_patch(current, body["webhooks"])
                     if ops:

@@ -9,7 +9,8 @@ dev mode registers the webhook configuration there, the in-cluster mode its caBu
 from __future__ import annotations
 
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import kopf
 

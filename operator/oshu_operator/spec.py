@@ -8,9 +8,10 @@ is always one the sidecar accepts. Messages name fields, never values.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Mapping
+from typing import Any
 
 from oshu_sidecar.hosts import HostPattern, HostPatternError, parse_patterns
 from oshu_sidecar.session import DEFAULT_LOCATIONS, ENV_NAME_RE, SessionError, parse_locations

@@ -10,14 +10,16 @@ from __future__ import annotations
 import base64
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
 from kubernetes_asyncio.client.exceptions import ApiException
+
 from oshu_sidecar.pki import CertificateAuthority, new_ca
 
 from .kube import Kube
@@ -73,8 +75,9 @@ def service_names(service: str, namespace: str) -> list[str]:
     return [f"{service}.{namespace}.svc", f"{service}.{namespace}.svc.cluster.local", f"{service}.{namespace}", service]
 
 
-async def ensure_in_secret(kube: Kube, namespace: str, name: str, names: list[str],
-                           owner: dict[str, Any] | None = None) -> ServingCert:
+async def ensure_in_secret(
+    kube: Kube, namespace: str, name: str, names: list[str], owner: dict[str, Any] | None = None
+) -> ServingCert:
     """The serving pair from Secret namespace/name, (re)made if missing, expiring or for other names.
 
     `owner` (an ownerReference, e.g. to the chart's webhook configuration) makes the garbage
@@ -91,11 +94,19 @@ async def ensure_in_secret(kube: Kube, namespace: str, name: str, names: list[st
             pass
         pair = mint(names)
         body: dict[str, Any] = {
-            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-            "metadata": {"name": name, "namespace": namespace, "labels": {LABEL_MANAGED_BY: MANAGED_BY},
-                         **({"ownerReferences": [owner]} if owner else {})},
-            "data": {k: base64.b64encode(v).decode() for k, v in
-                     (("ca.crt", pair.ca_pem), ("tls.crt", pair.cert_pem), ("tls.key", pair.key_pem))},
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/tls",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {LABEL_MANAGED_BY: MANAGED_BY},
+                **({"ownerReferences": [owner]} if owner else {}),
+            },
+            "data": {
+                k: base64.b64encode(v).decode()
+                for k, v in (("ca.crt", pair.ca_pem), ("tls.crt", pair.cert_pem), ("tls.key", pair.key_pem))
+            },
         }
         try:
             if secret is None:

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import signal
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from .config import ConfigError, load_config
 from .logs import log, setup_logging, sink

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from .hosts import normalize_host
 
@@ -130,28 +130,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session-file", metavar="PATH", help="session document (JSON), hot-reloaded")
     p.add_argument("--ca-cert", metavar="PATH", help="PEM CA certificate used to mint leaf certificates")
     p.add_argument("--ca-key", metavar="PATH", help="PEM private key of that CA")
-    p.add_argument("--upstream-ca-file", metavar="PATH", action="append",
-                   help="extra CA bundle trusted for upstream servers, besides the system roots (repeatable)")
-    p.add_argument("--resolve", metavar="HOST:PORT:ADDR", action="append",
-                   help="like curl: reach HOST:PORT at ADDR (repeatable)")
-    p.add_argument("--connect-to", metavar="HOST:PORT:CONNECT_HOST:CONNECT_PORT", action="append",
-                   help="like curl: reach HOST:PORT at CONNECT_HOST:CONNECT_PORT (repeatable)")
-    p.add_argument("--admin-listen", metavar="HOST:PORT",
-                   help="admin address for /metrics, /healthz, /readyz (default 127.0.0.1:15090)")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
-                   help="log level; audit lines are at info (default info)")
-    p.add_argument("--header-timeout", type=float, metavar="SECONDS",
-                   help="time a client has to finish sending a request head (default 10)")
-    p.add_argument("--idle-timeout", type=float, metavar="SECONDS",
-                   help="idle keep-alive client connections are closed after this (default 60)")
-    p.add_argument("--connect-timeout", type=float, metavar="SECONDS",
-                   help="upstream TCP+TLS connect timeout (default 10)")
-    p.add_argument("--upstream-timeout", type=float, metavar="SECONDS",
-                   help="time to wait for an upstream response head (default 600)")
-    p.add_argument("--max-header-size", type=int, metavar="BYTES",
-                   help="largest request head accepted; larger gets 431 (default 65536)")
-    p.add_argument("--reload-interval", type=float, metavar="SECONDS",
-                   help="how often the session file is checked for changes (default 0.5)")
+    p.add_argument(
+        "--upstream-ca-file",
+        metavar="PATH",
+        action="append",
+        help="extra CA bundle trusted for upstream servers, besides the system roots (repeatable)",
+    )
+    p.add_argument(
+        "--resolve", metavar="HOST:PORT:ADDR", action="append", help="like curl: reach HOST:PORT at ADDR (repeatable)"
+    )
+    p.add_argument(
+        "--connect-to",
+        metavar="HOST:PORT:CONNECT_HOST:CONNECT_PORT",
+        action="append",
+        help="like curl: reach HOST:PORT at CONNECT_HOST:CONNECT_PORT (repeatable)",
+    )
+    p.add_argument(
+        "--admin-listen",
+        metavar="HOST:PORT",
+        help="admin address for /metrics, /healthz, /readyz (default 127.0.0.1:15090)",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="log level; audit lines are at info (default info)",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="time a client has to finish sending a request head (default 10)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="idle keep-alive client connections are closed after this (default 60)",
+    )
+    p.add_argument(
+        "--connect-timeout", type=float, metavar="SECONDS", help="upstream TCP+TLS connect timeout (default 10)"
+    )
+    p.add_argument(
+        "--upstream-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="time to wait for an upstream response head (default 600)",
+    )
+    p.add_argument(
+        "--max-header-size",
+        type=int,
+        metavar="BYTES",
+        help="largest request head accepted; larger gets 431 (default 65536)",
+    )
+    p.add_argument(
+        "--reload-interval",
+        type=float,
+        metavar="SECONDS",
+        help="how often the session file is checked for changes (default 0.5)",
+    )
     return p
 
 
@@ -190,8 +226,11 @@ def load_config(argv: Sequence[str] | None = None, environ: dict[str, str] | Non
             raise ConfigError(f"--{dest.replace('_', '-')}: must be positive")
         return out
 
-    missing = [f"--{d.replace('_', '-')} (or {ENV_PREFIX}{d.upper()})"
-               for d in ("session_file", "ca_cert", "ca_key") if not values.get(d)]
+    missing = [
+        f"--{d.replace('_', '-')} (or {ENV_PREFIX}{d.upper()})"
+        for d in ("session_file", "ca_cert", "ca_key")
+        if not values.get(d)
+    ]
     if missing:
         raise ConfigError("missing required setting(s): " + ", ".join(missing))
     log_level = (values.get("log_level") or "info").lower()

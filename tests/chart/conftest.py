@@ -31,8 +31,13 @@ Render = Callable[..., list[chart.Doc]]
 def render(helm: Path) -> Render:
     """render(values=None, release="oshu-vault", namespace="oshu-system") -> rendered objects (CRDs included)."""
 
-    def _render(values: dict[str, Any] | None = None, *, release: str = "oshu-vault", namespace: str = "oshu-system",
-                tests: bool = False) -> list[chart.Doc]:
+    def _render(
+        values: dict[str, Any] | None = None,
+        *,
+        release: str = "oshu-vault",
+        namespace: str = "oshu-system",
+        tests: bool = False,
+    ) -> list[chart.Doc]:
         extra = ["--include-crds"] + ([] if tests else ["--skip-tests"])
         return chart.documents(chart.template(helm, release=release, namespace=namespace, values=values, extra=extra))
 

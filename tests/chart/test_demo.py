@@ -18,8 +18,13 @@ DEMO = Path(__file__).resolve().parents[2] / "hack" / "demo.py"
 
 @pytest.mark.timeout(600)
 def test_demo_runs_end_to_end_and_cleans_up(kube_binaries, record_property) -> None:
-    proc = subprocess.run([sys.executable, str(DEMO)], capture_output=True, text=True, timeout=540,
-                          env={k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")})
+    proc = subprocess.run(
+        [sys.executable, str(DEMO)],
+        capture_output=True,
+        text=True,
+        timeout=540,
+        env={k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")},
+    )
     out = proc.stdout
     assert proc.returncode == 0, f"demo failed:\n{out[-4000:]}\n{proc.stderr[-4000:]}"
     for step in range(1, 8):
@@ -44,7 +49,12 @@ def test_demo_exits_non_zero_with_a_clear_message(tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "python").symlink_to(sys.executable)
-    proc = subprocess.run([sys.executable, str(DEMO)], capture_output=True, text=True, timeout=120,
-                          env={"PATH": str(bin_dir), "HOME": str(tmp_path)})
+    proc = subprocess.run(
+        [sys.executable, str(DEMO)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": str(bin_dir), "HOME": str(tmp_path)},
+    )
     assert proc.returncode == 1
     assert "DEMO FAILED at step 0: DemoFailure: curl is needed" in proc.stderr

@@ -44,8 +44,9 @@ def _assert_log_clean(op: OperatorProcess, *secrets: str) -> None:
     text = op.log_text()
     for word in DENIED:
         assert word not in text, f"operator log mentions {word!r} (missing RBAC?):\n{op.log_tail()}"
-    errors = [r for r in op.log_records() if str(r.get("level", "")).upper() in ("ERROR", "CRITICAL")
-              and not _expected(r)]
+    errors = [
+        r for r in op.log_records() if str(r.get("level", "")).upper() in ("ERROR", "CRITICAL") and not _expected(r)
+    ]
     assert not errors, errors
     for secret in secrets:
         assert secret not in text, "a real secret value reached the operator log"
@@ -67,21 +68,30 @@ def run_chart_operator(installation: Installation) -> None:
         config = installation.webhook_configuration()
         owner = secret["metadata"]["ownerReferences"][0]
         assert (owner["kind"], owner["name"], owner["uid"]) == (
-            "MutatingWebhookConfiguration", installation.webhook_config, config["metadata"]["uid"])
+            "MutatingWebhookConfiguration",
+            installation.webhook_config,
+            config["metadata"]["uid"],
+        )
         assert [h["clientConfig"].get("caBundle") for h in config["webhooks"]] == [secret["data"]["ca.crt"]] * 2
         status, body = op.get("/readyz")
         assert status == 200, body
     _assert_log_clean(op)
 
 
-def inject_example_pod(installation: Installation, op: OperatorProcess, namespace: str, pod_name: str = "agent",
-                       proxy_port: int = n.SIDECAR_PROXY_PORT) -> dict:
+def inject_example_pod(
+    installation: Installation,
+    op: OperatorProcess,
+    namespace: str,
+    pod_name: str = "agent",
+    proxy_port: int = n.SIDECAR_PROXY_PORT,
+) -> dict:
     """Apply the example Secret + VaultSession + labelled Pod into `namespace`; return the stored Pod."""
     cluster = installation.cluster
     installation.assert_webhook_is_local()
     rendered = chart.find(installation.docs, "MutatingWebhookConfiguration")["metadata"]["labels"]
-    assert installation.webhook_configuration()["metadata"]["labels"] == rendered, \
+    assert installation.webhook_configuration()["metadata"]["labels"] == rendered, (
         "the dev-webhook operator changed the labels of the chart's configuration (Helm's managed-by)"
+    )
     docs = examples.load(namespace)
     real = examples.real_key(docs)
     install.apply_docs(cluster, [docs["Secret"], docs["VaultSession"]])
@@ -110,31 +120,59 @@ def inject_example_pod(installation: Installation, op: OperatorProcess, namespac
 def run_helm_test_script(installation: Installation) -> str:
     """files/webhook-check.py (what `helm test` runs in a pod), as the test's own ServiceAccount."""
     cluster = installation.cluster
-    hooks = chart.documents(chart.template(cluster.helm_path, release=installation.release,
-                                           namespace=installation.namespace,
-                                           extra=["--show-only", "templates/tests/webhook-test.yaml"]))
+    hooks = chart.documents(
+        chart.template(
+            cluster.helm_path,
+            release=installation.release,
+            namespace=installation.namespace,
+            extra=["--show-only", "templates/tests/webhook-test.yaml"],
+        )
+    )
     pod = chart.find(hooks, "Pod")
-    install.apply_docs(cluster, [d for d in hooks if d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")])
+    install.apply_docs(
+        cluster, [d for d in hooks if d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")]
+    )
     try:
         sa_dir = installation.workdir / "helm-test-sa"
-        kubeconfig = service_account_kubeconfig(cluster, installation.namespace, pod["spec"]["serviceAccountName"],
-                                                installation.workdir / "helm-test.kubeconfig")
+        kubeconfig = service_account_kubeconfig(
+            cluster,
+            installation.namespace,
+            pod["spec"]["serviceAccountName"],
+            installation.workdir / "helm-test.kubeconfig",
+        )
         sa_dir.mkdir(exist_ok=True)
         user = yaml.safe_load(kubeconfig.read_text())["users"][0]["user"]
         (sa_dir / "token").write_text(user["token"])
         (sa_dir / "ca.crt").write_bytes(cluster.ca_cert.read_bytes())
         host, port = cluster.server.removeprefix("https://").rsplit(":", 1)
         env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
-        env.update(SA_DIR=str(sa_dir), KUBERNETES_SERVICE_HOST=host, KUBERNETES_SERVICE_PORT=port,
-                   PATH=os.environ["PATH"])
-        proc = subprocess.run([sys.executable, str(CHART_DIR / "files" / "webhook-check.py")], env=env,
-                              capture_output=True, text=True, timeout=60)
+        env.update(
+            SA_DIR=str(sa_dir), KUBERNETES_SERVICE_HOST=host, KUBERNETES_SERVICE_PORT=port, PATH=os.environ["PATH"]
+        )
+        proc = subprocess.run(
+            [sys.executable, str(CHART_DIR / "files" / "webhook-check.py")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 0 and proc.stdout.strip().endswith("PASS"), proc.stdout + proc.stderr
         return proc.stdout
     finally:
-        cluster.kubectl("delete", "-f", "-", "--ignore-not-found", check=False, input=json.dumps(
-            {"apiVersion": "v1", "kind": "List",
-             "items": [d for d in hooks if d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")]}))
+        cluster.kubectl(
+            "delete",
+            "-f",
+            "-",
+            "--ignore-not-found",
+            check=False,
+            input=json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "List",
+                    "items": [d for d in hooks if d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")],
+                }
+            ),
+        )
 
 
 def remove_session(installation: Installation, namespace: str) -> None:
@@ -142,36 +180,59 @@ def remove_session(installation: Installation, namespace: str) -> None:
     cluster = installation.cluster
     cluster.kubectl("-n", namespace, "delete", "pods", "--all", "--wait=false")
     cluster.kubectl("-n", namespace, "delete", "vaultsession", "claude", "--timeout=60s")
-    wait_for(lambda: not cluster.kubectl("-n", namespace, "get", "secrets", "-o", "name").stdout
-               .count(n.SESSION_SECRET_PREFIX), timeout=60, what="the session Secret to be deleted")
+    wait_for(
+        lambda: (
+            not cluster.kubectl("-n", namespace, "get", "secrets", "-o", "name").stdout.count(n.SESSION_SECRET_PREFIX)
+        ),
+        timeout=60,
+        what="the session Secret to be deleted",
+    )
 
 
 def assert_nothing_left(installation: Installation) -> None:
     cluster = installation.cluster
     selector = f"app.kubernetes.io/instance={installation.release}"
-    cluster_scoped = cluster.kubectl("get", "clusterroles,clusterrolebindings,mutatingwebhookconfigurations",
-                                     "-l", selector, "-o", "name").stdout.split()
+    cluster_scoped = cluster.kubectl(
+        "get", "clusterroles,clusterrolebindings,mutatingwebhookconfigurations", "-l", selector, "-o", "name"
+    ).stdout.split()
     assert cluster_scoped == [], cluster_scoped
-    assert not [name for name in cluster.kubectl("get", "clusterroles,clusterrolebindings",
-                                                  "-o", "name").stdout.split()
-                if name.split("/", 1)[1].startswith(chart.find(installation.docs, "Deployment")["metadata"]["name"])]
+    assert not [
+        name
+        for name in cluster.kubectl("get", "clusterroles,clusterrolebindings", "-o", "name").stdout.split()
+        if name.split("/", 1)[1].startswith(chart.find(installation.docs, "Deployment")["metadata"]["name"])
+    ]
     ns = installation.namespace
     exists = cluster.kubectl("get", "namespace", ns, "--ignore-not-found", "-o", "name").stdout.strip()
     if exists:
         tls_ns, tls_name = _tls_secret(installation)
         # The operator-made TLS Secret goes with its owner, the webhook configuration (garbage collector).
-        wait_for(lambda: not cluster.kubectl("-n", tls_ns, "get", "secret", tls_name, "--ignore-not-found",
-                                               "-o", "name").stdout.strip(), timeout=60, what="TLS Secret GC")
-        left = cluster.kubectl("-n", ns, "get", "all,serviceaccounts,secrets,configmaps,roles,rolebindings,"
-                               "poddisruptionbudgets", "-o", "name").stdout.split()
+        wait_for(
+            lambda: (
+                not cluster.kubectl(
+                    "-n", tls_ns, "get", "secret", tls_name, "--ignore-not-found", "-o", "name"
+                ).stdout.strip()
+            ),
+            timeout=60,
+            what="TLS Secret GC",
+        )
+        left = cluster.kubectl(
+            "-n",
+            ns,
+            "get",
+            "all,serviceaccounts,secrets,configmaps,roles,rolebindings,poddisruptionbudgets",
+            "-o",
+            "name",
+        ).stdout.split()
         assert sorted(left) == ["configmap/kube-root-ca.crt", "serviceaccount/default"], left
-    assert cluster.kubectl("get", "crd", "vaultsessions.vault.oshu.dev", "-o", "name").stdout.strip(), \
+    assert cluster.kubectl("get", "crd", "vaultsessions.vault.oshu.dev", "-o", "name").stdout.strip(), (
         "the CRD stays (Helm convention): VaultSessions of other installs survive"
+    )
 
 
 # -- the tests ----------------------------------------------------------------------------------
-def test_helm_install_upgrade_uninstall(chart_cluster: LocalCluster, fresh_namespace, record_property,
-                                        tmp_path: Path) -> None:
+def test_helm_install_upgrade_uninstall(
+    chart_cluster: LocalCluster, fresh_namespace, record_property, tmp_path: Path
+) -> None:
     cluster = chart_cluster
     namespace = fresh_namespace("oshu-helm")
     agents = fresh_namespace("agents-helm")
@@ -200,9 +261,11 @@ def test_helm_install_upgrade_uninstall(chart_cluster: LocalCluster, fresh_names
         installation.restore_webhook_service()
         run_chart_operator(installation)
         ca_bundles = [h["clientConfig"]["caBundle"] for h in installation.webhook_configuration()["webhooks"]]
-        values = {"sidecar": {"image": {"tag": "0.2.0"}, "proxyPort": 16080, "adminPort": 16090, "logLevel": "debug"},
-                  "operator": {"logLevel": "debug"},
-                  "webhook": {"failurePolicy": "Ignore", "timeoutSeconds": 5}}
+        values = {
+            "sidecar": {"image": {"tag": "0.2.0"}, "proxyPort": 16080, "adminPort": 16090, "logLevel": "debug"},
+            "operator": {"logLevel": "debug"},
+            "webhook": {"failurePolicy": "Ignore", "timeoutSeconds": 5},
+        }
         install.helm_upgrade(installation, values)
         spec = get_json(cluster, "deployment", deployment, namespace)["spec"]["template"]["spec"]
         args = spec["containers"][0]["args"]
@@ -221,7 +284,10 @@ def test_helm_install_upgrade_uninstall(chart_cluster: LocalCluster, fresh_names
             pod = inject_example_pod(installation, op, agents, pod_name="agent-after-upgrade", proxy_port=16080)
             (sidecar,) = pod["spec"]["initContainers"]
             assert sidecar["image"] == "oshu-vault-sidecar:0.2.0"
-            assert "127.0.0.1:16080" in sidecar["args"] and sidecar["args"][sidecar["args"].index("--log-level") + 1] == "debug"
+            assert (
+                "127.0.0.1:16080" in sidecar["args"]
+                and sidecar["args"][sidecar["args"].index("--log-level") + 1] == "debug"
+            )
             assert sidecar["readinessProbe"]["httpGet"]["port"] == 16090
             remove_session(installation, agents)
         _assert_log_clean(op)
@@ -251,11 +317,25 @@ def test_kubectl_apply_install_yaml_then_delete(chart_cluster: LocalCluster, fre
         _assert_log_clean(op)
 
         # Everything but the CRD: the documented uninstall, which keeps VaultSessions' definition.
-        cluster.kubectl("delete", "-f", str(INSTALL_YAML), "-l", "app.kubernetes.io/instance=oshu-vault",
-                        "--wait", "--timeout=120s")
-        wait_for(lambda: not cluster.kubectl("get", "namespace", "oshu-vault", "--ignore-not-found",
-                                               "-o", "name").stdout.strip(), timeout=120, what="namespace deletion")
+        cluster.kubectl(
+            "delete", "-f", str(INSTALL_YAML), "-l", "app.kubernetes.io/instance=oshu-vault", "--wait", "--timeout=120s"
+        )
+        wait_for(
+            lambda: (
+                not cluster.kubectl("get", "namespace", "oshu-vault", "--ignore-not-found", "-o", "name").stdout.strip()
+            ),
+            timeout=120,
+            what="namespace deletion",
+        )
         assert_nothing_left(installation)
     finally:
-        cluster.kubectl("delete", "-f", str(INSTALL_YAML), "-l", "app.kubernetes.io/instance=oshu-vault",
-                        "--ignore-not-found", "--wait=false", check=False)
+        cluster.kubectl(
+            "delete",
+            "-f",
+            str(INSTALL_YAML),
+            "-l",
+            "app.kubernetes.io/instance=oshu-vault",
+            "--ignore-not-found",
+            "--wait=false",
+            check=False,
+        )

@@ -23,8 +23,11 @@ from oshu_operator.webhookconfig import webhooks
 NAMESPACED = {"watchNamespaces": ["team-a", "team-b"]}
 CERT_MANAGER = {"webhook": {"tls": {"mode": "cert-manager"}}}
 EVERYTHING = {
-    "webhook": {"tls": {"mode": "cert-manager", "certManager": {"issuerRef": {"name": "corp", "kind": "ClusterIssuer"}}},
-                "failurePolicy": "Ignore", "timeoutSeconds": 5},
+    "webhook": {
+        "tls": {"mode": "cert-manager", "certManager": {"issuerRef": {"name": "corp", "kind": "ClusterIssuer"}}},
+        "failurePolicy": "Ignore",
+        "timeoutSeconds": 5,
+    },
     "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
     "watchNamespaces": ["agents"],
     "operator": {"image": {"repository": "registry.example/oshu-vault-operator", "digest": "sha256:" + "a" * 64}},
@@ -32,9 +35,15 @@ EVERYTHING = {
 }
 VARIANTS = {"defaults": None, "namespaced": NAMESPACED, "cert-manager": CERT_MANAGER, "everything": EVERYTHING}
 
-STANDARD_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
-                   "app.kubernetes.io/managed-by", "app.kubernetes.io/part-of", "app.kubernetes.io/component",
-                   "helm.sh/chart")
+STANDARD_LABELS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/managed-by",
+    "app.kubernetes.io/part-of",
+    "app.kubernetes.io/component",
+    "helm.sh/chart",
+)
 
 #: Every permission the operator gets, and the call that needs it (docs/install.md, "RBAC").
 EXPECTED_SESSION_RULES = [
@@ -63,8 +72,12 @@ def _pod_specs(docs: list[chart.Doc]) -> list[tuple[str, dict]]:
 def test_helm_lint_strict(helm: Path, tmp_path: Path, variant: str) -> None:
     values = tmp_path / "values.yaml"
     values.write_text(yaml.safe_dump(VARIANTS[variant] or {}))
-    proc = subprocess.run([str(helm), "lint", "--strict", str(CHART_DIR), "--values", str(values)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(helm), "lint", "--strict", str(CHART_DIR), "--values", str(values)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "0 chart(s) failed" in proc.stdout
 
@@ -128,9 +141,14 @@ def test_rbac_cluster_wide_is_exactly_what_the_operator_calls(render) -> None:
     assert set(roles) == {"oshu-vault", "oshu-vault-webhook"}
     assert not chart.find_all(docs, "Role")
     assert _rules(roles["oshu-vault"]) == EXPECTED_SESSION_RULES
-    assert _rules(roles["oshu-vault-webhook"]) == [{
-        "apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"],
-        "resourceNames": ["oshu-vault"], "verbs": ["get", "patch"]}]
+    assert _rules(roles["oshu-vault-webhook"]) == [
+        {
+            "apiGroups": ["admissionregistration.k8s.io"],
+            "resources": ["mutatingwebhookconfigurations"],
+            "resourceNames": ["oshu-vault"],
+            "verbs": ["get", "patch"],
+        }
+    ]
     bindings = {d["metadata"]["name"]: d for d in chart.find_all(docs, "ClusterRoleBinding")}
     for name, binding in bindings.items():
         assert binding["roleRef"]["name"] == name
@@ -145,8 +163,12 @@ def test_rbac_namespaced_grants_nothing_cluster_wide_but_the_webhook_configurati
     assert _rules(roles[("team-a", "oshu-vault")]) == EXPECTED_SESSION_RULES
     assert _rules(roles[("oshu-system", "oshu-vault-webhook-tls")]) == [
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
-        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["oshu-vault-webhook-tls"],
-         "verbs": ["get", "update"]},
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["oshu-vault-webhook-tls"],
+            "verbs": ["get", "update"],
+        },
     ]
 
 
@@ -168,8 +190,10 @@ def test_deployment_args_are_what_the_operator_cli_accepts(render, variant: str)
     assert (config.sidecar.cpu_request, config.sidecar.memory_limit) == ("50m", "256Mi")
     sidecar = values.get("sidecar") or {}
     assert (config.sidecar.proxy_port, config.sidecar.admin_port, config.sidecar.log_level) == (
-        sidecar.get("proxyPort", n.SIDECAR_PROXY_PORT), sidecar.get("adminPort", n.SIDECAR_ADMIN_PORT),
-        sidecar.get("logLevel", "info"))
+        sidecar.get("proxyPort", n.SIDECAR_PROXY_PORT),
+        sidecar.get("adminPort", n.SIDECAR_ADMIN_PORT),
+        sidecar.get("logLevel", "info"),
+    )
     if (values.get("webhook") or {}).get("tls", {}).get("mode") == "cert-manager":
         assert config.webhook_cert_file and config.webhook_tls_secret is None and config.webhook_config_name is None
         deployment = chart.find(docs, "Deployment")["spec"]["template"]["spec"]
@@ -190,7 +214,10 @@ def test_default_sidecar_ports_and_log_level_are_the_operators() -> None:
     sidecar = yaml.safe_load((CHART_DIR / "values.yaml").read_text())["sidecar"]
     default = SidecarConfig()
     assert (sidecar["proxyPort"], sidecar["adminPort"], sidecar["logLevel"]) == (
-        default.proxy_port, default.admin_port, default.log_level)
+        default.proxy_port,
+        default.admin_port,
+        default.log_level,
+    )
     schema = json.loads((CHART_DIR / "values.schema.json").read_text())["properties"]["sidecar"]["properties"]
     assert tuple(schema["logLevel"]["enum"]) == n.SIDECAR_LOG_LEVELS
     for port in ("proxyPort", "adminPort"):
@@ -200,8 +227,12 @@ def test_default_sidecar_ports_and_log_level_are_the_operators() -> None:
 @pytest.mark.parametrize("ports", [("proxyPort", "adminPort"), ("adminPort", "proxyPort")])
 def test_the_sidecar_ports_must_differ(helm: Path, ports: tuple[str, str]) -> None:
     with pytest.raises(chart.RenderError) as failure:
-        chart.template(helm, release="oshu-vault", namespace="oshu-system",
-                       set_values=[f"sidecar.{ports[0]}=15090", f"sidecar.{ports[1]}=15090"])
+        chart.template(
+            helm,
+            release="oshu-vault",
+            namespace="oshu-system",
+            set_values=[f"sidecar.{ports[0]}=15090", f"sidecar.{ports[1]}=15090"],
+        )
     assert "sidecar.proxyPort and sidecar.adminPort are both 15090" in str(failure.value), str(failure.value)
 
 
@@ -211,10 +242,14 @@ def test_webhook_configuration_is_the_one_the_operator_builds(render, variant: s
     docs = render(values)
     rendered = chart.find(docs, "MutatingWebhookConfiguration")
     webhook = values.get("webhook") or {}
-    config = OperatorConfig(own_namespace="oshu-system", namespaces=tuple(sorted(values.get("watchNamespaces", ()))),
-                            failure_policy=webhook.get("failurePolicy", "Fail"))
-    expected = webhooks(config, {"service": {"name": "oshu-vault-webhook", "namespace": "oshu-system", "port": 443}},
-                        None)
+    config = OperatorConfig(
+        own_namespace="oshu-system",
+        namespaces=tuple(sorted(values.get("watchNamespaces", ()))),
+        failure_policy=webhook.get("failurePolicy", "Fail"),
+    )
+    expected = webhooks(
+        config, {"service": {"name": "oshu-vault-webhook", "namespace": "oshu-system", "port": 443}}, None
+    )
     for hook in expected:
         hook["timeoutSeconds"] = webhook.get("timeoutSeconds", hook["timeoutSeconds"])
     assert rendered["webhooks"] == expected
@@ -232,8 +267,9 @@ def test_webhook_service_targets_the_operator_pods(render) -> None:
     pod_labels = chart.find(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert all(pod_labels.get(k) == v for k, v in service["spec"]["selector"].items())
     test_pod = chart.find(render(tests=True), "Pod")
-    assert not all(test_pod["metadata"]["labels"].get(k) == v for k, v in service["spec"]["selector"].items()), \
+    assert not all(test_pod["metadata"]["labels"].get(k) == v for k, v in service["spec"]["selector"].items()), (
         "the helm test pod must not be selected by the webhook Service"
+    )
     ports = {p["name"]: p for p in service["spec"]["ports"]}
     assert ports["webhook"]["port"] == 443 and ports["webhook"]["targetPort"] == "webhook"
     hook = chart.find(docs, "MutatingWebhookConfiguration")["webhooks"][0]["clientConfig"]["service"]
@@ -265,25 +301,34 @@ def test_optional_objects(render) -> None:
     assert image == "registry.example/oshu-vault-operator@sha256:" + "a" * 64
 
 
-@pytest.mark.parametrize(("setting", "message"), [
-    ("operator.replicas=2", "at '/operator/replicas': value must be 1"),
-    ("webhook.failurePolicy=Maybe", "at '/webhook/failurePolicy': value must be one of 'Fail', 'Ignore'"),
-    ("webhook.tls.mode=vault", "at '/webhook/tls/mode': value must be one of 'operator', 'cert-manager'"),
-    ("webhook.timeoutSeconds=60", "at '/webhook/timeoutSeconds'"),
-    ("operator.image.digest=abc", "at '/operator/image/digest': 'abc' does not match pattern"),
-    ("operator.replica=1", "at '/operator': additional properties 'replica' not allowed"),
-    ("operator.logLevel=verbose", "at '/operator/logLevel': value must be one of"),
-    ("securityContext.allowPrivilegeEscalation=true", "at '/securityContext/allowPrivilegeEscalation': value must be false"),
-    ("podSecurityContext.runAsNonRoot=false", "at '/podSecurityContext/runAsNonRoot': value must be true"),
-    ("sessions.caValidity=30 days", "at '/sessions/caValidity': '30 days' does not match pattern"),
-    ("watchNamespaces={Bad_NS}", "at '/watchNamespaces/0': 'Bad_NS' does not match pattern"),
-    ("sidecar.resources.limits.cpu=lots", "at '/sidecar/resources/limits/cpu'"),
-    ("metrics.port=70000", "at '/metrics/port'"),
-    ("sidecar.proxyPort=80", "at '/sidecar/proxyPort': minimum: got 80, want 1,024"),
-    ("sidecar.adminPort=65536", "at '/sidecar/adminPort': maximum: got 65,536, want 65,535"),
-    ("sidecar.proxyPort=http", "at '/sidecar/proxyPort': got string, want integer"),
-    ("sidecar.logLevel=verbose", "at '/sidecar/logLevel': value must be one of 'debug', 'info', 'warning', 'error'"),
-])
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("operator.replicas=2", "at '/operator/replicas': value must be 1"),
+        ("webhook.failurePolicy=Maybe", "at '/webhook/failurePolicy': value must be one of 'Fail', 'Ignore'"),
+        ("webhook.tls.mode=vault", "at '/webhook/tls/mode': value must be one of 'operator', 'cert-manager'"),
+        ("webhook.timeoutSeconds=60", "at '/webhook/timeoutSeconds'"),
+        ("operator.image.digest=abc", "at '/operator/image/digest': 'abc' does not match pattern"),
+        ("operator.replica=1", "at '/operator': additional properties 'replica' not allowed"),
+        ("operator.logLevel=verbose", "at '/operator/logLevel': value must be one of"),
+        (
+            "securityContext.allowPrivilegeEscalation=true",
+            "at '/securityContext/allowPrivilegeEscalation': value must be false",
+        ),
+        ("podSecurityContext.runAsNonRoot=false", "at '/podSecurityContext/runAsNonRoot': value must be true"),
+        ("sessions.caValidity=30 days", "at '/sessions/caValidity': '30 days' does not match pattern"),
+        ("watchNamespaces={Bad_NS}", "at '/watchNamespaces/0': 'Bad_NS' does not match pattern"),
+        ("sidecar.resources.limits.cpu=lots", "at '/sidecar/resources/limits/cpu'"),
+        ("metrics.port=70000", "at '/metrics/port'"),
+        ("sidecar.proxyPort=80", "at '/sidecar/proxyPort': minimum: got 80, want 1,024"),
+        ("sidecar.adminPort=65536", "at '/sidecar/adminPort': maximum: got 65,536, want 65,535"),
+        ("sidecar.proxyPort=http", "at '/sidecar/proxyPort': got string, want integer"),
+        (
+            "sidecar.logLevel=verbose",
+            "at '/sidecar/logLevel': value must be one of 'debug', 'info', 'warning', 'error'",
+        ),
+    ],
+)
 def test_schema_rejects_bad_values_readably(helm: Path, setting: str, message: str) -> None:
     with pytest.raises(chart.RenderError) as failure:
         chart.template(helm, release="oshu-vault", namespace="oshu-system", set_values=[setting])
@@ -292,4 +337,9 @@ def test_schema_rejects_bad_values_readably(helm: Path, setting: str, message: s
 
 
 def test_schema_accepts_the_documented_values_file(helm: Path) -> None:
-    chart.template(helm, release="oshu-vault", namespace="oshu-system", values=yaml.safe_load((CHART_DIR / "values.yaml").read_text()))
+    chart.template(
+        helm,
+        release="oshu-vault",
+        namespace="oshu-system",
+        values=yaml.safe_load((CHART_DIR / "values.yaml").read_text()),
+    )

@@ -6,13 +6,12 @@ The operator runs as a subprocess (`python -m oshu_operator --dev-webhook`), exa
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
+from oshu_testkit.kube import SIDECAR_ARGS, Kube, real_value
 from oshu_testkit.operator_process import CRD_PATH, OperatorProcess
-
-from oshu_testkit.kube import Kube, real_value, SIDECAR_ARGS
 
 DEV_CONFIG = "oshu-vault-test"
 
@@ -20,8 +19,7 @@ DEV_CONFIG = "oshu-vault-test"
 @pytest.fixture(scope="session")
 def kube(kube_cluster) -> Kube:
     kube_cluster.kubectl("apply", "-f", str(CRD_PATH))
-    kube_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                         "crd/vaultsessions.vault.oshu.dev")
+    kube_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/vaultsessions.vault.oshu.dev")
     return Kube(kube_cluster)
 
 
@@ -59,8 +57,8 @@ def real(real_values: set[str]) -> Callable[..., str]:
         value = real_value(prefix)
         real_values.add(value)
         return value
-    return make
 
+    return make
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

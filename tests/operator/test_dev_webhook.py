@@ -12,20 +12,34 @@ import copy
 
 import pytest
 
-from oshu_operator import names as n
 from oshu_operator.config import OperatorConfig
-from oshu_testkit.operator_process import OperatorError, OperatorProcess
 from oshu_operator.webhookconfig import EPHEMERAL_WEBHOOK_NAME, client_config_patch, configuration, is_ours
+from oshu_testkit.operator_process import OperatorError, OperatorProcess
 
 NEVER = {"matchLabels": {"never": "matches"}}
 SERVICE = {"service": {"namespace": "oshu-system", "name": "oshu-vault-webhook", "port": 443}}
-HELM_LABELS = {"app.kubernetes.io/managed-by": "Helm", "app.kubernetes.io/instance": "oshu-vault",
-               "helm.sh/chart": "oshu-vault-0.1.0"}
-SOMEONE_ELSES = {"name": "audit.example.com", "clientConfig": {"url": "https://127.0.0.1:1/audit"},
-                 "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
-                            "resources": ["configmaps"], "scope": "Namespaced"}],
-                 "admissionReviewVersions": ["v1"], "sideEffects": "None", "failurePolicy": "Ignore",
-                 "objectSelector": NEVER}
+HELM_LABELS = {
+    "app.kubernetes.io/managed-by": "Helm",
+    "app.kubernetes.io/instance": "oshu-vault",
+    "helm.sh/chart": "oshu-vault-0.1.0",
+}
+SOMEONE_ELSES = {
+    "name": "audit.example.com",
+    "clientConfig": {"url": "https://127.0.0.1:1/audit"},
+    "rules": [
+        {
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "operations": ["CREATE"],
+            "resources": ["configmaps"],
+            "scope": "Namespaced",
+        }
+    ],
+    "admissionReviewVersions": ["v1"],
+    "sideEffects": "None",
+    "failurePolicy": "Ignore",
+    "objectSelector": NEVER,
+}
 
 
 def chart_configuration(name: str, ns: str) -> dict:
@@ -52,15 +66,15 @@ def webhook_config(kube, ns):
 
 
 def test_the_charts_configuration_keeps_its_labels_and_everything_but_our_client_config(
-        kube, ns, webhook_config, tmp_path):
+    kube, ns, webhook_config, tmp_path
+):
     before = kube.apply(chart_configuration(webhook_config, ns))
-    with OperatorProcess(kube.cluster.kubeconfig, webhook_config=webhook_config, namespaces=[ns],
-                         directory=tmp_path):
+    with OperatorProcess(kube.cluster.kubeconfig, webhook_config=webhook_config, namespaces=[ns], directory=tmp_path):
         after = kube.get("mutatingwebhookconfiguration", webhook_config)
     assert after["metadata"]["labels"] == HELM_LABELS  # not oshu-vault-operator's managed-by
     assert after["metadata"]["annotations"] == before["metadata"]["annotations"]
     assert [h["name"] for h in after["webhooks"]] == [h["name"] for h in before["webhooks"]]
-    for old, new in zip(before["webhooks"], after["webhooks"]):
+    for old, new in zip(before["webhooks"], after["webhooks"], strict=True):
         assert _without_client_config(new) == _without_client_config(old), new["name"]
     ours, theirs = after["webhooks"][:2], after["webhooks"][2]
     for hook in ours:
@@ -70,13 +84,13 @@ def test_the_charts_configuration_keeps_its_labels_and_everything_but_our_client
 
 
 def test_our_own_configuration_from_an_earlier_run_is_brought_up_to_date(kube, ns, webhook_config, tmp_path):
-    stale = configuration(webhook_config, OperatorConfig(namespaces=("somewhere-else",)),
-                          {"url": "https://127.0.0.1:1/"}, None)
+    stale = configuration(
+        webhook_config, OperatorConfig(namespaces=("somewhere-else",)), {"url": "https://127.0.0.1:1/"}, None
+    )
     for hook in stale["webhooks"]:
         hook["objectSelector"] = NEVER  # until the operator rewrites it
     kube.apply(stale)
-    with OperatorProcess(kube.cluster.kubeconfig, webhook_config=webhook_config, namespaces=[ns],
-                         directory=tmp_path):
+    with OperatorProcess(kube.cluster.kubeconfig, webhook_config=webhook_config, namespaces=[ns], directory=tmp_path):
         after = kube.get("mutatingwebhookconfiguration", webhook_config)
     assert is_ours(after)
     for hook in after["webhooks"]:
@@ -90,8 +104,9 @@ def test_a_configuration_lacking_our_webhooks_stops_the_operator_clearly(kube, n
     body["webhooks"] = [h for h in body["webhooks"] if h["name"] != EPHEMERAL_WEBHOOK_NAME]
     kube.apply(body)
     with pytest.raises(OperatorError, match=f"has no webhook named {EPHEMERAL_WEBHOOK_NAME}"):
-        OperatorProcess(kube.cluster.kubeconfig, webhook_config=webhook_config, namespaces=[ns],
-                        directory=tmp_path).start(timeout=30)
+        OperatorProcess(
+            kube.cluster.kubeconfig, webhook_config=webhook_config, namespaces=[ns], directory=tmp_path
+        ).start(timeout=30)
     after = kube.get("mutatingwebhookconfiguration", webhook_config)
     assert all("service" in h["clientConfig"] for h in after["webhooks"][:1]), "left as it was"
 

@@ -14,11 +14,10 @@ import pytest
 
 from oshu_operator import material
 from oshu_sidecar.hosts import HostPattern
+from oshu_testkit.client_matrix import CLIENTS, available, run_client
 from oshu_testkit.sessions import new_secret, new_session
 from oshu_testkit.sidecar_process import SidecarProcess
 from oshu_testkit.upstreams import DEFAULT_HOST, Upstream
-
-from oshu_testkit.client_matrix import available, CLIENTS, run_client
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -30,8 +29,15 @@ def upstream():
 
 
 def _ca(hosts):
-    return material.choose_ca(None, None, common_name="test", hosts=[HostPattern.parse(h) for h in hosts],
-                              expires_at=None, now=material.utcnow(), default_validity=timedelta(hours=1)).pair
+    return material.choose_ca(
+        None,
+        None,
+        common_name="test",
+        hosts=[HostPattern.parse(h) for h in hosts],
+        expires_at=None,
+        now=material.utcnow(),
+        default_validity=timedelta(hours=1),
+    ).pair
 
 
 @pytest.mark.parametrize("client", CLIENTS)

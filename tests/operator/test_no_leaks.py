@@ -14,7 +14,6 @@ import json
 import pytest
 
 from oshu_operator import names as n
-
 from oshu_testkit.kube import pod, wait_for
 
 pytestmark = pytest.mark.leak_scan
@@ -22,15 +21,23 @@ pytestmark = pytest.mark.leak_scan
 
 def test_no_real_value_outside_the_session_secret(kube, ns, real, real_values, operator):
     value, rotated = real(), real()
-    ref = [{"name": "ANTHROPIC_API_KEY", "secretKeyRef": {"name": "anthropic", "key": "api-key"},
-            "hosts": ["api.anthropic.com"]}]
+    ref = [
+        {
+            "name": "ANTHROPIC_API_KEY",
+            "secretKeyRef": {"name": "anthropic", "key": "api-key"},
+            "hosts": ["api.anthropic.com"],
+        }
+    ]
     kube.session(ns, "claude", ref)
     kube.wait_phase(ns, "claude", n.PHASE_PENDING)
     kube.secret(ns, "anthropic", {"api-key": value})
     kube.wait_phase(ns, "claude", n.PHASE_READY)
     assert kube.create(pod("agent", "claude"), "-n", ns).ok
-    refused = kube.create(pod("thief", "claude", [{"name": "a", "image": "a", "envFrom": [
-        {"secretRef": {"name": "anthropic"}}]}]), "-n", ns)
+    refused = kube.create(
+        pod("thief", "claude", [{"name": "a", "image": "a", "envFrom": [{"secretRef": {"name": "anthropic"}}]}]),
+        "-n",
+        ns,
+    )
     assert not refused.ok
     kube.secret(ns, "anthropic", {"api-key": rotated})
     wait_for(lambda: rotated.encode() in kube.session_secret(ns, "claude")[n.KEY_SESSION_FILE], 15, "rotation")
@@ -52,6 +59,10 @@ def test_no_real_value_outside_the_session_secret(kube, ns, real, real_values, o
         "refusal message": refused.error,
     }
     assert len(real_values) >= 2 and "Handler" in places["operator log"]  # the scan has something to find in
-    leaks = [(where, v[:10] + "...") for where, text in places.items() for v in real_values
-             if v in text or base64.b64encode(v.encode()).decode() in text]
+    leaks = [
+        (where, v[:10] + "...")
+        for where, text in places.items()
+        for v in real_values
+        if v in text or base64.b64encode(v.encode()).decode() in text
+    ]
     assert leaks == []

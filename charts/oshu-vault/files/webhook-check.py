@@ -53,22 +53,31 @@ def webhook_url(client_config):
 
 def review(namespace, session):
     pod = {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "oshu-vault-helm-test", "namespace": namespace,
-                     "labels": {"vault.oshu.dev/session": session}},
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "oshu-vault-helm-test",
+            "namespace": namespace,
+            "labels": {"vault.oshu.dev/session": session},
+        },
         "spec": {"containers": [{"name": "app", "image": "busybox"}]},
     }
     return {
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
         "request": {
             "uid": secrets.token_hex(16),
             "kind": {"group": "", "version": "v1", "kind": "Pod"},
             "resource": {"group": "", "version": "v1", "resource": "pods"},
             "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
             "requestResource": {"group": "", "version": "v1", "resource": "pods"},
-            "name": "oshu-vault-helm-test", "namespace": namespace, "operation": "CREATE",
+            "name": "oshu-vault-helm-test",
+            "namespace": namespace,
+            "operation": "CREATE",
             "userInfo": {"username": "system:serviceaccount:helm-test"},
-            "object": pod, "oldObject": None, "dryRun": True,
+            "object": pod,
+            "oldObject": None,
+            "dryRun": True,
             "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
         },
     }
