@@ -53,7 +53,9 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before listening")
+            args = proc.args
+            program = os.fsdecode(args if isinstance(args, str | bytes | os.PathLike) else args[0])
+            raise RuntimeError(f"{program} exited with {proc.returncode} before listening")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return

@@ -26,7 +26,8 @@ def _children(pid: int) -> list[int]:
 
 def tree(pid: int) -> list[int]:
     """The pid and all its live descendants."""
-    seen, todo = [], [pid]
+    seen: list[int] = []
+    todo = [pid]
     while todo and len(seen) < 1000:
         p = todo.pop()
         seen.append(p)

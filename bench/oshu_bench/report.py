@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 OURS = "oshu-sidecar"
 Getter = Callable[[dict], float | None]
@@ -10,7 +11,7 @@ Getter = Callable[[dict], float | None]
 
 def _g(*path: str) -> Getter:
     def get(r: dict) -> float | None:
-        v = r
+        v: Any = r
         for p in path:
             if not isinstance(v, dict) or v.get(p) is None:
                 return None
@@ -21,7 +22,17 @@ def _g(*path: str) -> Getter:
 
 
 def _scaled(get: Getter, k: float) -> Getter:
-    return lambda r: None if get(r) is None else get(r) * k
+    def scaled(r: dict) -> float | None:
+        v = get(r)
+        return None if v is None else v * k
+
+    return scaled
+
+
+def _added_ms(get: Getter, r: dict, base: dict) -> float | None:
+    """How much more `get` measures for `r` than for `base`, in ms (None if either is missing)."""
+    a, b = get(r), get(base)
+    return (a - b) / 1e3 if a is not None and b else None
 
 
 def _errors(r: dict) -> float | None:
@@ -104,9 +115,8 @@ def ratios(results: list[dict]) -> str:
     if direct:
         lines.append("vs direct (throughput kept; latency and SSE delay added):")
         for r in proxies:
-            added = (p50(r) - p50(direct)) / 1e3 if p50(r) is not None and p50(direct) else None
-            sse_added = (sse(r) - sse(direct)) / 1e3 if sse(r) is not None and sse(direct) else None
-            fresh_added = (fresh(r) - fresh(direct)) / 1e3 if fresh(r) is not None and fresh(direct) else None
+            added, sse_added = _added_ms(p50, r, direct), _added_ms(sse, r, direct)
+            fresh_added = _added_ms(fresh, r, direct)
             lines.append(
                 f"  {r['target']:<13} req/s {_ratio(rps1(r), rps1(direct))} (1 conn), "
                 f"{_ratio(rps32(r), rps32(direct))} (32 conns); "
@@ -147,22 +157,24 @@ def targets_check(results: list[dict]) -> str:
     def add(label: str, ok: bool | None, detail: str) -> None:
         checks.append((label, ok, detail))
 
-    if "mitmproxy" in by and rps32(by["mitmproxy"]):
-        r = rps32(ours) / rps32(by["mitmproxy"])
-        add("req/s @32 >= 10x mitmproxy", r >= 10, f"{r:.1f}x")
-    if "proxy.py" in by and rps32(by["proxy.py"]):
-        r = rps32(ours) / rps32(by["proxy.py"])
-        add("req/s @32 >= proxy.py", r >= 1, f"{r:.2f}x")
-    if cpu(ours) is not None:
-        add("proxy CPU <= 100 us/req", cpu(ours) <= 100, f"{cpu(ours):.0f} us")
-    if direct and p50(ours) is not None and p50(direct) is not None:
-        d = (p50(ours) - p50(direct)) / 1e3
-        add("p50 added latency < 0.3 ms @1", d < 0.3, f"{d:.3f} ms")
+    ours_rps = rps32(ours)
+    for peer, factor, fmt in (("mitmproxy", 10, "{:.1f}x"), ("proxy.py", 1, "{:.2f}x")):
+        peer_rps = rps32(by[peer]) if peer in by else None
+        if ours_rps is not None and peer_rps:
+            r = ours_rps / peer_rps
+            add(f"req/s @32 >= {f'{factor}x ' if factor != 1 else ''}{peer}", r >= factor, fmt.format(r))
+    ours_cpu = cpu(ours)
+    if ours_cpu is not None:
+        add("proxy CPU <= 100 us/req", ours_cpu <= 100, f"{ours_cpu:.0f} us")
+    added = _added_ms(p50, ours, direct) if direct else None
+    if added is not None:
+        add("p50 added latency < 0.3 ms @1", added < 0.3, f"{added:.3f} ms")
     f = _g("fresh", "response", "p50_us")(ours)
     if f is not None:
         add("fresh connection < 2 ms", f / 1e3 < 2, f"{f / 1e3:.2f} ms")
-    if sse(ours) is not None:
-        d = sse(ours) / 1e3 - (sse(direct) / 1e3 if direct and sse(direct) is not None else 0)
+    ours_sse, direct_sse = sse(ours), (sse(direct) if direct else None)
+    if ours_sse is not None:
+        d = ours_sse / 1e3 - (direct_sse / 1e3 if direct_sse is not None else 0)
         add("SSE forwarded within 2 ms", d < 2, f"+{d:.3f} ms vs direct")
     if ours.get("readyz_s") is not None:
         add("ready < 0.5 s", ours["readyz_s"] < 0.5, f"{ours['readyz_s'] * 1e3:.0f} ms")

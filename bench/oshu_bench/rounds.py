@@ -16,7 +16,7 @@ def _is_num(v: Any) -> bool:
 
 
 def _errors(logs: list[dict]) -> dict:
-    out = {"count": 0, "by_kind": {}, "samples": []}
+    out: dict[str, Any] = {"count": 0, "by_kind": {}, "samples": []}
     for e in logs:
         out["count"] += e.get("count", 0)
         for k, v in (e.get("by_kind") or {}).items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import builtins  # Kube.list shadows the builtin inside the class body
 import json
 import secrets
 import subprocess
@@ -96,7 +97,9 @@ class Kube:
             }
         )
 
-    def session(self, namespace: str, name: str, secrets_: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
+    def session(
+        self, namespace: str, name: str, secrets_: builtins.list[dict[str, Any]], **spec: Any
+    ) -> dict[str, Any]:
         body = {
             "apiVersion": n.API_VERSION,
             "kind": n.KIND,
@@ -126,7 +129,7 @@ class Kube:
             f"VaultSession {namespace}/{session} phase {phase}",
         )
 
-    def events(self, namespace: str) -> list[dict[str, Any]]:
+    def events(self, namespace: str) -> builtins.list[dict[str, Any]]:
         return self.list("events", namespace)
 
 

@@ -25,8 +25,8 @@ def main() -> None:
         import httpx
 
         with httpx.Client(trust_env=True, timeout=20, follow_redirects=False) as c:
-            r = c.request(method, url, headers=headers, content=body)
-            out = {"status": r.status_code, "headers": dict(r.headers), "body": r.text}
+            resp = c.request(method, url, headers=headers, content=body)
+            out = {"status": resp.status_code, "headers": dict(resp.headers), "body": resp.text}
     elif client == "aiohttp":
         import aiohttp
 

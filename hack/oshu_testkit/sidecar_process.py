@@ -294,7 +294,9 @@ class SidecarProcess:
 
 
 def _split_labels(text: str) -> list[str]:
-    out, cur, quoted = [], [], False
+    out: list[str] = []
+    cur: list[str] = []
+    quoted = False
     for ch in text:
         if ch == '"':
             quoted = not quoted

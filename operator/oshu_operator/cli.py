@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import overload
 
 from .config import DEFAULT_NO_PROXY, OperatorConfig, SidecarConfig
 from .duration import DurationError, parse_duration
@@ -43,7 +44,12 @@ Reference: docs/operator.md.
 """
 
 
+@overload
+def _env(name: str, default: str) -> str: ...
+@overload
+def _env(name: str, default: None = None) -> str | None: ...
 def _env(name: str, default: str | None = None) -> str | None:
+    """An OSHU_<NAME> variable (flags' defaults come from the environment)."""
     return os.environ.get("OSHU_" + name.upper().replace("-", "_"), default)
 
 

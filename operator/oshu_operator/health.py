@@ -30,8 +30,8 @@ class HealthServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
-        sockets = site._server.sockets if site._server else ()  # type: ignore[union-attr]
-        self.bound_port = sockets[0].getsockname()[1] if sockets else self.port
+        addresses = self._runner.addresses  # (host, port, ...) of every bound socket
+        self.bound_port = addresses[0][1] if addresses else self.port
 
     async def stop(self) -> None:
         if self._runner is not None:

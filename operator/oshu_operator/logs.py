@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 #: kopf attaches its whole settings object to per-object records: noise, not information.
@@ -15,7 +16,7 @@ _KOPF_EXTRAS = {"settings"}
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        out = {
+        out: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kopf
 
 from .metrics import Metrics
+
+if TYPE_CHECKING:
+    # kopf exports WebhookFn but not the TypedDicts its signature is written with.
+    from kopf._cogs.structs.reviews import Request, Response
 
 OnServing = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -25,20 +29,25 @@ class AdmissionServer(kopf.WebhookServer):
         self._metrics = metrics
         self._on_serving = on_serving
 
-    async def __call__(self, fn: Any) -> AsyncIterator[Any]:
+    async def __call__(self, fn: kopf.WebhookFn) -> AsyncIterator[kopf.WebhookClientConfig]:
         histogram = self._metrics.admission_seconds
 
-        async def timed(request: dict[str, Any], **kwargs: Any) -> Any:
+        async def timed(
+            request: Request,
+            *,
+            webhook: str | None = None,
+            headers: kopf.Headers | None = None,
+            sslpeer: kopf.SSLPeer | None = None,
+        ) -> Response:
             started = time.perf_counter()
             try:
-                req = request.get("request") or {}
-                namespace = req.get("namespace")
-                for key in ("object", "oldObject"):
-                    obj = req.get(key)
+                req = request.get("request")
+                namespace = req.get("namespace") if req else None
+                for obj in (req.get("object"), req.get("oldObject")) if req else ():
                     if namespace and isinstance(obj, dict):
                         meta = obj.setdefault("metadata", {})
                         meta.setdefault("namespace", namespace)
-                return await fn(request, **kwargs)
+                return await fn(request, webhook=webhook, headers=headers, sslpeer=sslpeer)
             finally:
                 histogram.observe(time.perf_counter() - started)
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.x509.oid import ExtensionOID
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from oshu_sidecar.pki import CertificateAuthority, new_ca
@@ -63,7 +62,7 @@ def mint(names: Iterable[str]) -> ServingCert:
 def _still_good(cert_pem: bytes, names: Iterable[str]) -> bool:
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
-        sans = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except (ValueError, x509.ExtensionNotFound):
         return False
     have = {str(v) for v in sans.get_values_for_type(x509.DNSName)}

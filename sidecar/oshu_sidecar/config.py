@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .hosts import normalize_host
@@ -73,7 +73,9 @@ def _addr(value: str, what: str) -> tuple[str, int]:
 
 def _split_bracketed(value: str, parts: int) -> list[str]:
     """Split on ':' outside [brackets] into at most `parts` fields."""
-    out, cur, depth = [], [], 0
+    out: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in value:
         if ch == "[":
             depth += 1
@@ -194,19 +196,19 @@ def build_parser() -> argparse.ArgumentParser:
 _LIST_SPLIT = {"upstream_ca_file": os.pathsep, "resolve": None, "connect_to": None}
 
 
-def _env(dest: str, environ: dict[str, str] | os._Environ[str]) -> str | None:
+def _env(dest: str, environ: Mapping[str, str]) -> str | None:
     value = environ.get(ENV_PREFIX + dest.upper())
     return value if value not in (None, "") else None
 
 
-def load_config(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> Config:
+def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """Parse flags and OSHU_* variables; raises ConfigError with a message naming the problem."""
-    environ = os.environ if environ is None else environ
+    env: Mapping[str, str] = os.environ if environ is None else environ
     ns = build_parser().parse_args(argv)
     values = vars(ns)
     for dest in list(values):
         if values[dest] is None:
-            raw = _env(dest, environ)
+            raw = _env(dest, env)
             if raw is None:
                 continue
             if dest in _LIST_SPLIT:
@@ -214,12 +216,12 @@ def load_config(argv: Sequence[str] | None = None, environ: dict[str, str] | Non
             else:
                 values[dest] = raw
 
-    def num(dest: str, default: float, kind: type = float) -> float:
+    def num(dest: str, default: float, kind: Callable[[str], float] = float) -> float:
         raw = values.get(dest)
         if raw is None:
             return default
         try:
-            out = kind(raw)
+            out = kind(str(raw))
         except ValueError:
             raise ConfigError(f"--{dest.replace('_', '-')}: not a number: {raw!r}") from None
         if out <= 0:

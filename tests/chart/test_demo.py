@@ -39,7 +39,9 @@ def test_demo_runs_end_to_end_and_cleans_up(kube_binaries, record_property) -> N
     assert seconds
     record_property("demo_seconds", int(seconds[1]))
     # Cleaned up: the demo's API server is gone.
-    port = int(re.search(r"API server at https://127\.0\.0\.1:(\d+)", out)[1])
+    api = re.search(r"API server at https://127\.0\.0\.1:(\d+)", out)
+    assert api, out[-3000:]
+    port = int(api[1])
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
 

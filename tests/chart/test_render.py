@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -33,7 +34,12 @@ EVERYTHING = {
     "operator": {"image": {"repository": "registry.example/oshu-vault-operator", "digest": "sha256:" + "a" * 64}},
     "sidecar": {"proxyPort": 16080, "adminPort": 16090, "logLevel": "debug"},
 }
-VARIANTS = {"defaults": None, "namespaced": NAMESPACED, "cert-manager": CERT_MANAGER, "everything": EVERYTHING}
+VARIANTS: dict[str, dict[str, Any] | None] = {
+    "defaults": None,
+    "namespaced": NAMESPACED,
+    "cert-manager": CERT_MANAGER,
+    "everything": EVERYTHING,
+}
 
 STANDARD_LABELS = (
     "app.kubernetes.io/name",
