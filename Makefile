@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 NODE_STAMP := tests/node/node_modules/.installed
 
-.PHONY: demo test setup node binaries bench clean
+.PHONY: demo test lint setup node binaries bench clean
 
 setup: $(STAMP)
 
@@ -26,8 +26,20 @@ $(NODE_STAMP): tests/node/package.json tests/node/package-lock.json
 binaries: setup
 	$(PY) -m oshu_localkube build
 
-test: setup node binaries
-	$(PY) -m pytest
+# Habits, checked before any test runs (configured in pyproject.toml; .pre-commit-config.yaml runs
+# the same on commit): ruff lint and format, mypy, the import contracts (import-linter).
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+# Coverage includes the sidecar and operator subprocesses; the floors per package are in
+# pyproject.toml ([tool.oshu.coverage-floor]).
+test: setup node binaries lint
+	rm -f .coverage .coverage.*
+	$(PY) -m pytest --cov --cov-report=term:skip-covered
+	$(PY) -m oshu_testkit.coverage_floor
 
 demo: setup binaries
 	$(PY) hack/demo.py
