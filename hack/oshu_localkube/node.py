@@ -12,9 +12,10 @@ machine-wide, which this module installs before anything starts and removes at s
   so a packet to any of them is delivered locally or dropped, never sent out by the default
   route; the service range also routes onto the pod bridge (more preferred metric), which is
   what lets the host's own connections reach ClusterIPs through kube-proxy's rules;
-- one filter chain (``OSHU-LOCALKUBE``, jumped to first from FORWARD) dropping anything
-  forwarded between the pod bridge and any other interface: pods reach each other, the node
-  and Services, never the machine's network;
+- one chain (``OSHU-LOCALKUBE`` in the mangle table, jumped to first from its FORWARD, so it
+  is evaluated before any filter rule kube-proxy inserts) dropping anything forwarded between
+  the pod bridge and any other interface: pods reach each other, the node and Services, never
+  the machine's network, and nothing from the machine's network is forwarded to them;
 - kube-proxy's iptables chains (``kube-proxy --cleanup`` removes them).
 
 Those names and addresses are machine-wide, so one node cluster runs at a time; a second
@@ -31,6 +32,7 @@ import ipaddress
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -55,6 +57,7 @@ CNI_PLUGINS = ("bridge", "host-local", "loopback")
 CONTAINERD_NAMESPACE = "k8s.io"
 KUBELET_PORT = 10250
 FORWARD_CHAIN = "OSHU-LOCALKUBE"
+FORWARD_TABLE = "mangle"  # before filter, where kube-proxy inserts its own ACCEPTs
 ROUTE_PROTOCOL = "157"  # marks our routes: teardown removes exactly these
 BACKSTOP_METRIC = "4242"  # the unreachable routes lose to the bridge's own routes
 CGROUP_ROOT = "/oshu-localkube"
@@ -441,12 +444,13 @@ def setup_host(net: NodeNetwork) -> None:
     _run(["ip", "addr", "replace", f"{net.node_ip}/32", "dev", "lo"])
     for route in route_plan(net):
         _run(["ip", "route", "replace", *route])
-    _run(["iptables", "-w", "-N", FORWARD_CHAIN], check=False)
-    _run(["iptables", "-w", "-F", FORWARD_CHAIN])
+    iptables = ["iptables", "-w", "-t", FORWARD_TABLE]
+    _run([*iptables, "-N", FORWARD_CHAIN], check=False)
+    _run([*iptables, "-F", FORWARD_CHAIN])
     for rule in forward_rules(net):
-        _run(["iptables", "-w", "-A", FORWARD_CHAIN, *rule])
-    if _run(["iptables", "-w", "-C", "FORWARD", "-j", FORWARD_CHAIN], check=False).returncode != 0:
-        _run(["iptables", "-w", "-I", "FORWARD", "1", "-j", FORWARD_CHAIN])
+        _run([*iptables, "-A", FORWARD_CHAIN, *rule])
+    if _run([*iptables, "-C", "FORWARD", "-j", FORWARD_CHAIN], check=False).returncode != 0:
+        _run([*iptables, "-I", "FORWARD", "1", "-j", FORWARD_CHAIN])
     # Pod -> ClusterIP -> pod on the same bridge is routed through the host and must pass
     # kube-proxy's rules. The CNI bridge plugin turns forwarding on too; our chain above keeps
     # it from reaching any other interface.
@@ -465,12 +469,13 @@ def teardown_host(net: NodeNetwork, state_dir: Path, *, kube_proxy: Path | None 
     remove_cgroup_tree()
     if kube_proxy is not None and kube_proxy.exists():
         _run([str(kube_proxy), "--cleanup"], check=False)
-    _remove_kubelet_chains()
-    if _run(["iptables", "-w", "-D", "FORWARD", "-j", FORWARD_CHAIN], check=False).returncode == 0:
-        while _run(["iptables", "-w", "-D", "FORWARD", "-j", FORWARD_CHAIN], check=False).returncode == 0:
-            pass
-    _run(["iptables", "-w", "-F", FORWARD_CHAIN], check=False)
-    _run(["iptables", "-w", "-X", FORWARD_CHAIN], check=False)
+    _remove_kube_chains()
+    iptables = ["iptables", "-w", "-t", FORWARD_TABLE]
+    for _ in range(10):  # every copy of our jump (bounded)
+        if _run([*iptables, "-D", "FORWARD", "-j", FORWARD_CHAIN], check=False).returncode != 0:
+            break
+    _run([*iptables, "-F", FORWARD_CHAIN], check=False)
+    _run([*iptables, "-X", FORWARD_CHAIN], check=False)
     _run(["ip", "route", "flush", "proto", ROUTE_PROTOCOL], check=False)
     _run(["ip", "addr", "del", f"{net.node_ip}/32", "dev", "lo"], check=False)
     _run(["ip", "link", "del", net.bridge], check=False)
@@ -482,13 +487,21 @@ def teardown_host(net: NodeNetwork, state_dir: Path, *, kube_proxy: Path | None 
                     link.unlink()
 
 
-def _remove_kubelet_chains() -> None:
-    """The kubelet's iptables canaries (created even with makeIPTablesUtilChains off)."""
-    for binary in ("iptables", "ip6tables"):
-        for table in ("mangle", "nat", "filter"):
-            for chain in ("KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT"):
-                if _run([binary, "-w", "-t", table, "-F", chain], check=False).returncode == 0:
-                    _run([binary, "-w", "-t", table, "-X", chain], check=False)
+def _remove_kube_chains() -> None:
+    """Whatever ``KUBE-*`` chains remain after ``kube-proxy --cleanup`` (the empty KUBE-FIREWALL
+    jumped to from INPUT/OUTPUT, the kubelet's canaries), in both families. Kubernetes on this
+    machine is us: one node cluster at a time."""
+    for family in ("iptables", "ip6tables"):
+        for table in ("filter", "nat", "mangle", "raw"):
+            dump = _run([f"{family}-save", "-t", table], check=False).stdout
+            chains = [line[1:].split()[0] for line in dump.splitlines() if line.startswith(":KUBE-")]
+            for line in dump.splitlines():
+                if line.startswith("-A ") and not line.split()[1].startswith("KUBE-") and " -j KUBE-" in line:
+                    _run([family, "-w", "-t", table, "-D", *shlex.split(line[3:])], check=False)
+            for chain in chains:
+                _run([family, "-w", "-t", table, "-F", chain], check=False)
+            for chain in chains:
+                _run([family, "-w", "-t", table, "-X", chain], check=False)
 
 
 def _cgroup_dirs() -> list[Path]:

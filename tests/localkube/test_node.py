@@ -7,8 +7,10 @@ one-node-per-machine tests are in test_node_lifecycle.py.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
+import socket
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -197,7 +199,11 @@ def test_routes_keep_every_cluster_address_on_this_machine(kube_node_cluster: Lo
     # Pod addresses beyond this node's bridge: refused locally, never the default route.
     outside_node = str(ipaddress.ip_network(net.pod_cidr)[-2])
     result = route_get(outside_node)
-    assert result.returncode != 0 and "unreachable" in result.stderr.lower(), result
+    assert result.returncode != 0 and "no route to host" in result.stderr.lower(), result
+    with socket.socket() as sock, pytest.raises(OSError) as refused:
+        sock.settimeout(5)
+        sock.connect((outside_node, 80))
+    assert refused.value.errno == errno.EHOSTUNREACH  # refused at once, nothing sent
     # Service addresses go onto the pod bridge (kube-proxy's rules act there), not out.
     service = json.loads(route_get(str(ipaddress.ip_network(net.service_cidr)[4242])).stdout)[0]
     assert service["dev"] == net.bridge
@@ -206,11 +212,14 @@ def test_routes_keep_every_cluster_address_on_this_machine(kube_node_cluster: Lo
     assert pod["dev"] == net.bridge
     local = json.loads(route_get(net.node_ip).stdout)[0]
     assert local["type"] == "local"
-    # Forwarding between the pod bridge and any other interface is dropped.
-    rules = subprocess.run(["iptables", "-w", "-S", node.FORWARD_CHAIN], capture_output=True, text=True, check=True)
-    assert f"-A {node.FORWARD_CHAIN} -i {net.bridge} ! -o {net.bridge} -j DROP" in rules.stdout
-    first_forward = subprocess.run(["iptables", "-w", "-S", "FORWARD"], capture_output=True, text=True, check=True)
-    assert first_forward.stdout.splitlines()[1] == f"-A FORWARD -j {node.FORWARD_CHAIN}"
+    # Forwarding between the pod bridge and any other interface is dropped, first thing
+    # (mangle FORWARD runs before the filter table, where kube-proxy inserts its ACCEPTs).
+    iptables = ["iptables", "-w", "-t", node.FORWARD_TABLE, "-S"]
+    rules = subprocess.run([*iptables, node.FORWARD_CHAIN], capture_output=True, text=True, check=True).stdout
+    assert f"-A {node.FORWARD_CHAIN} -i {net.bridge} ! -o {net.bridge} -j DROP" in rules
+    assert f"-A {node.FORWARD_CHAIN} ! -i {net.bridge} -o {net.bridge} -j DROP" in rules
+    forward = subprocess.run([*iptables, "FORWARD"], capture_output=True, text=True, check=True).stdout
+    assert forward.splitlines()[1] == f"-A FORWARD -j {node.FORWARD_CHAIN}"
 
 
 def test_route_plan_covers_every_range() -> None:
