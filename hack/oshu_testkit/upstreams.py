@@ -14,6 +14,7 @@ import contextlib
 import gzip
 import hashlib
 import shutil
+import socket
 import ssl
 import tempfile
 import threading
@@ -36,6 +37,13 @@ TUNNEL = "tunnel.oshu.test"  # no secret names it: a blind tunnel
 UPSTREAM_NAMES = ("api.oshu.test", "*.oshu.test", "*.wild.oshu.test")
 ALL_HOSTS = [HOST, OTHER, PORTED, WILD, "wild.oshu.test", TUNNEL]
 _START_TIMEOUT = 20.0
+
+
+def _loopback_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
 
 
 @dataclass
@@ -171,12 +179,12 @@ class Upstream:
         r.add_get("/gate", self._gated)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        tls = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context())
-        plain = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await tls.start()
-        await plain.start()
-        self.port = tls._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.http_port = plain._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        # Sockets bound here, so their ephemeral ports are known without aiohttp's internals.
+        tls_sock, plain_sock = _loopback_socket(), _loopback_socket()
+        await web.SockSite(self._runner, tls_sock, ssl_context=self.ssl_context()).start()
+        await web.SockSite(self._runner, plain_sock).start()
+        self.port = tls_sock.getsockname()[1]
+        self.http_port = plain_sock.getsockname()[1]
 
     # recording
     def _record(self, request: web.Request, body: bytes, chunks: int = 0) -> Recorded:

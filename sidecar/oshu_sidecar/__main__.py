@@ -13,11 +13,11 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from .config import ConfigError, load_config
+from .config import Config, ConfigError, load_config
 from .logs import log, setup_logging, sink
 
 
-async def _run(cfg) -> int:  # type: ignore[no-untyped-def]
+async def _run(cfg: Config) -> int:
     from .app import Sidecar, StartupError
 
     sidecar = Sidecar(cfg)
