@@ -364,15 +364,28 @@ def claim_path() -> Path:
     return Path(configured) if configured else Path("/run/oshu-localkube-node.json")
 
 
+_claim_depth = 0  # re-entrant within this process: claim() stops a dead holder, which releases
+
+
 @contextlib.contextmanager
 def _claim_lock() -> Iterator[None]:
+    global _claim_depth
+    if _claim_depth:
+        _claim_depth += 1
+        try:
+            yield
+        finally:
+            _claim_depth -= 1
+        return
     path = claim_path().with_suffix(".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
+        _claim_depth = 1
         try:
             yield
         finally:
+            _claim_depth = 0
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 

@@ -11,7 +11,7 @@
 - ``kube_node_cluster`` (session): a started :class:`LocalCluster` with a node (pods run);
   ``cluster.node`` is its :class:`~oshu_localkube.node.Node` (containerd socket, namespace
   ``k8s.io``, ``import_image()``, addresses). One node cluster runs per machine: if another
-  session holds it, this waits (up to ``OSHU_NODE_WAIT`` seconds, default 900) and says so.
+  session holds it, this waits (up to ``OSHU_NODE_WAIT`` seconds, default 240) and says so.
   ``OSHU_KUBE_NODE_CLUSTER_DIR`` attaches to one started by ``oshu-local-cluster start --node``.
   On a machine that cannot run the node at all (not root, packages missing) the tests using
   it are skipped with the reason.
@@ -154,7 +154,8 @@ def kube_node_cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
         if reporter is not None:
             reporter.write_line(f"oshu-localkube: {message}")
 
-    cluster = start_node_cluster(log=log)
+    # Within the first test's timeout (300 s): a longer wait would end as a timeout, not a reason.
+    cluster = start_node_cluster(log=log, wait=float(os.environ.get("OSHU_NODE_WAIT", "240")))
     try:
         yield cluster
     finally:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
+from pathlib import Path
 from collections.abc import Iterator
 
 import pytest
@@ -17,7 +19,8 @@ from oshu_localkube import images_pause, node
 from oshu_localkube.cluster import LocalCluster, wait_for
 from oshu_localkube.pytest_plugin import start_node_cluster
 
-pytestmark = pytest.mark.oshu_node_exclusive
+# Each may have to wait for another session's node cluster (OSHU_NODE_WAIT) before its own.
+pytestmark = [pytest.mark.oshu_node_exclusive, pytest.mark.timeout(1200)]
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +67,50 @@ def _busy_pod(secret: str) -> dict:
             },
         ],
     }
+
+
+CRASHING_OWNER = """
+import json, sys, time
+from oshu_localkube import images_pause
+from oshu_localkube.cluster import wait_for
+from oshu_localkube.pytest_plugin import start_node_cluster
+
+cluster = start_node_cluster()
+pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [
+    {"name": "c", "image": images_pause.PAUSE_IMAGE, "imagePullPolicy": "Never"}]}}
+cluster.kubectl("apply", "-f", "-", input=json.dumps(pod))
+wait_for(lambda: json.loads(cluster.kubectl("get", "pod", "p", "-o", "json").stdout)["status"].get("phase")
+         == "Running", timeout=90, what="pod p Running")
+print(cluster.state_dir, flush=True)
+time.sleep(300)
+"""
+
+
+def test_node_of_a_killed_owner_is_cleaned_up_by_the_next_start() -> None:
+    problems = node.missing_prerequisites()
+    if problems:
+        pytest.skip("this machine cannot run the local node: " + "; ".join(problems))
+    owner = subprocess.Popen([sys.executable, "-c", CRASHING_OWNER], stdout=subprocess.PIPE, text=True)
+    try:
+        line = owner.stdout.readline() if owner.stdout else ""  # bounded: the owner's own timeouts
+        assert line.strip(), "the owner process did not start its node cluster"
+        dead_dir = Path(line.strip())
+    finally:
+        owner.kill()
+        owner.wait(timeout=30)
+    net = node.NodeNetwork()
+    left = node.host_leftovers(net, dead_dir)
+    # The owner died hard: its pod's container, routes and rules are all still there.
+    assert {"cgroup", "route", "interface", "iptables-save:"} <= {entry.split(" ", 1)[0] for entry in left}, left
+    successor = start_node_cluster(wait=0)
+    try:
+        # The successor's own routes etc. are machine-wide; nothing may mention the dead one.
+        assert [entry for entry in node.host_leftovers(net, dead_dir) if str(dead_dir) in entry] == []
+        assert not dead_dir.exists()
+        assert successor.node is not None and successor.node.node_ready()
+    finally:
+        successor.stop()
+    assert node.host_leftovers(net, dead_dir) == []
 
 
 def test_second_node_cluster_fails_clearly_and_plain_clusters_still_start(own_node_cluster: LocalCluster) -> None:
