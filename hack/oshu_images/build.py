@@ -191,6 +191,12 @@ def _cached_or_build(kind: str, name: str, tag: str, make: Callable[[str], None]
         for old in archive.parent.glob(f"{name.rsplit('/', 1)[-1]}-h-*.tar"):
             if old != archive:
                 old.unlink(missing_ok=True)
+        # Older builds of this image leave the private storage (layers shared with others stay).
+        listed = pm.podman(["images", "--format", "{{.Repository}}:{{.Tag}}", "--filter", f"reference={name}"],
+                           check=False).stdout.split()
+        stale = [r for r in listed if r != ref and r.startswith(f"{name}:h-")]
+        if stale:
+            pm.podman(["rmi", *stale], check=False)
         seconds = time.monotonic() - started
         _record_time(kind, seconds)
         log(f"{kind}: built {ref} in {seconds:.0f}s ({archive.stat().st_size / 1e6:.0f} MB archive)")
@@ -340,6 +346,26 @@ def build_agent(base: BuiltImage, log: Log = _stderr) -> BuiltImage:
                   *_build_mounts(Path(tmp)), "-t", ref, str(ctx)], "podman build agent", log, env=pm.env())
 
     return _cached_or_build("agent", "localhost/oshu-agent", tag, make, log)
+
+
+def build_sidecar_trusting(sidecar: BuiltImage, ca_pem: bytes, log: Log = _stderr) -> BuiltImage:
+    """The sidecar image plus one extra upstream CA, trusted through the sidecar's own
+    ``OSHU_UPSTREAM_CA_FILE`` (= ``--upstream-ca-file``): how a deployment whose upstream API has
+    a private CA gets it trusted. The tests and the demo use it for their local API stand-in."""
+    dockerfile = HERE / "Dockerfile.upstream-ca"
+    tag = "h-" + _digest("sidecar-upstream-ca", sidecar.ref, dockerfile.read_bytes(), ca_pem)
+
+    def make(ref: str) -> None:
+        with tempfile.TemporaryDirectory(prefix="oshu-trust-ctx-", dir=pm.root()) as tmp:
+            ctx = Path(tmp) / "ctx"
+            ctx.mkdir()
+            (ctx / "upstream-ca.pem").write_bytes(ca_pem)
+            shutil.copy2(dockerfile, ctx / "Dockerfile")
+            _run(["podman", "build", "--network=none", "--pull=never", "--layers=false",
+                  "--build-arg", f"SIDECAR_IMAGE={sidecar.ref}", "-t", ref, str(ctx)],
+                 "podman build sidecar-upstream-ca", log, env=pm.env())
+
+    return _cached_or_build("sidecar-upstream-ca", "localhost/oshu-vault-sidecar-upstream-ca", tag, make, log)
 
 
 def build(kinds: Iterable[str] = IMAGES, log: Log = _stderr) -> dict[str, BuiltImage]:

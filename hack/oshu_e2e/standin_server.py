@@ -1,0 +1,76 @@
+"""A local HTTPS stand-in for a paid API, run as a pod (stdlib only; Debian's python3).
+
+Every request is printed as one JSON line on stdout (method, path, Host, headers), so a test
+reads what the API really received with ``kubectl logs``. Answers:
+
+- ``GET .../info/refs`` (git's first request): 401 with a Basic challenge until the request
+  carries credentials, then a one-ref listing (git's "dumb" protocol), so ``git ls-remote``
+  succeeds and its credentials are recorded;
+- anything else: 200, ``{"ok": true, "path": ...}``.
+
+It never echoes request headers back, so a client-side check cannot be satisfied by the
+response. TLS: ``/tls/tls.crt`` and ``/tls/tls.key`` (a Secret volume); port ``$PORT`` (8443).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+REF = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"  # any 40-hex object name
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def _record(self, body: bytes) -> None:
+        line = {"ts": time.time(), "method": self.command, "path": self.path, "host": self.headers.get("host"),
+                "headers": [[k, v] for k, v in self.headers.items()], "body_bytes": len(body)}
+        sys.stdout.write(json.dumps(line) + "\n")
+        sys.stdout.flush()
+
+    def _answer(self, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("content-type", ctype)
+        self.send_header("content-length", str(len(body)))
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(min(length, 1 << 20)) if length else b""
+        self._record(body)
+        if self.path.split("?")[0].endswith("/info/refs"):
+            if not self.headers.get("authorization"):
+                self._answer(401, b"auth needed\n", "text/plain", {"www-authenticate": 'Basic realm="standin"'})
+            else:
+                self._answer(200, f"{REF}\trefs/heads/main\n".encode(), "text/plain")
+            return
+        self._answer(200, json.dumps({"ok": True, "path": self.path}).encode(), "application/json")
+
+    do_GET = do_POST = do_PUT = do_HEAD = _handle
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+        pass  # the JSON lines are the log
+
+
+def main() -> None:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(os.environ.get("TLS_CERT", "/tls/tls.crt"), os.environ.get("TLS_KEY", "/tls/tls.key"))
+    server = ThreadingHTTPServer(("0.0.0.0", int(os.environ.get("PORT", "8443"))), Handler)
+    # Handshakes happen in each request's thread, not in accept(): a stuck client blocks no one.
+    server.socket = ctx.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+    sys.stdout.write(json.dumps({"ready": True, "port": server.server_address[1]}) + "\n")
+    sys.stdout.flush()
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
