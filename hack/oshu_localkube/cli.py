@@ -13,6 +13,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
+from typing import cast
 
 from . import build, versions
 from .cluster import ClusterError, LocalCluster, runtime_root
@@ -93,7 +94,8 @@ def _status(args: argparse.Namespace) -> int:
     else:
         print(f"{'ready' if report['ready'] else 'NOT READY'}: {cluster.server}")
         print(f"export KUBECONFIG={shlex.quote(str(cluster.kubeconfig))}")
-        for name, process in report["processes"].items():  # type: ignore[union-attr]
+        processes = cast(dict[str, dict[str, object]], report["processes"])
+        for name, process in processes.items():
             print(f"  {name}: pid {process['pid']} {'running' if process['alive'] else 'DEAD'}")
     return 0 if report["ready"] else 1
 

@@ -33,7 +33,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -126,6 +126,7 @@ def _free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+_PRCTL: Callable[..., int] | None
 try:
     _PRCTL = ctypes.CDLL(None, use_errno=True).prctl  # resolved before fork, called after
 except (OSError, AttributeError):  # not Linux
@@ -374,7 +375,9 @@ class LocalCluster:
         """GET ``path`` from the apiserver as admin (status, body): for health checks."""
         context = ssl.create_default_context(cafile=str(self.ca_cert))
         context.load_cert_chain(self.state_dir / "pki" / "admin.crt", self.state_dir / "pki" / "admin.key")
-        connection = http.client.HTTPSConnection(self.api_host, self.ports["apiserver"], context=context, timeout=timeout)
+        connection = http.client.HTTPSConnection(
+            self.api_host, self.ports["apiserver"], context=context, timeout=timeout
+        )
         try:
             connection.request("GET", path)
             response = connection.getresponse()
@@ -780,7 +783,7 @@ def sweep_dead_clusters(root: Path | None = None, *, log: Log = _stderr) -> list
     return removed
 
 
-def wait_for(predicate: Callable[[], _T], *, timeout: float, what: str, interval: float = 0.2) -> _T:
+def wait_for(predicate: Callable[[], _T | None], *, timeout: float, what: str, interval: float = 0.2) -> _T:
     """Poll ``predicate`` until it returns something truthy, and return that; raise TimeoutError
     naming ``what`` after ``timeout`` seconds. The one polling helper of the tests and the demo."""
     deadline = time.monotonic() + timeout
@@ -793,7 +796,7 @@ def wait_for(predicate: Callable[[], _T], *, timeout: float, what: str, interval
         time.sleep(interval)
 
 
-__all__: Iterable[str] = (
+__all__ = (
     "ClusterError",
     "CommandError",
     "LocalCluster",

@@ -272,8 +272,12 @@ def kubelet_config(node: Node, *, healthz_port: int) -> dict[str, object]:
         "serializeImagePulls": False,
         "nodeStatusUpdateFrequency": "2s",
         # A shared disk of a dev machine: never evict or garbage-collect test images for it.
-        "evictionHard": {"memory.available": "50Mi", "nodefs.available": "1%", "imagefs.available": "1%",
-                         "nodefs.inodesFree": "1%"},  # fmt: skip
+        "evictionHard": {
+            "memory.available": "50Mi",
+            "nodefs.available": "1%",
+            "imagefs.available": "1%",
+            "nodefs.inodesFree": "1%",
+        },
         "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 99,
         "shutdownGracePeriod": "0s",
@@ -416,6 +420,7 @@ def claim(cluster: LocalCluster) -> None:
                 previous.stop()
             else:
                 teardown_host(NodeNetwork(**holder.get("network", {})), previous_dir, log=cluster._log)
+        assert cluster.node_network is not None
         path.write_text(json.dumps({"state_dir": str(cluster.state_dir), "network": asdict(cluster.node_network)}))
 
 

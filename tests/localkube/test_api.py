@@ -7,6 +7,7 @@ import json
 import textwrap
 
 import pytest
+
 from oshu_localkube import CommandError, LocalCluster, versions
 
 pytestmark = pytest.mark.timeout(180)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from oshu_localkube import build, versions
 from oshu_localkube.cluster import wait_for
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from oshu_localkube import LocalCluster, versions
 
 pytestmark = pytest.mark.timeout(180)

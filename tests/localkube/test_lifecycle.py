@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from oshu_localkube import LocalCluster
 from oshu_localkube.cluster import STATE_FILE, sweep_dead_clusters, wait_for
 

@@ -95,8 +95,10 @@ def test_pod_runs_to_completion_and_logs_reach_kubectl(
 ) -> None:
     _apply(kube_node_cluster, kube_node_namespace, _pod("hello", nodetest_image, ["hello"]))
     wait_for(
-        lambda: _pod_json(kube_node_cluster, kube_node_namespace, "hello").get("status", {}).get("phase")
-        in ("Succeeded", "Failed"),
+        lambda: (
+            _pod_json(kube_node_cluster, kube_node_namespace, "hello").get("status", {}).get("phase")
+            in ("Succeeded", "Failed")
+        ),
         timeout=90,
         what="pod hello to finish",
         interval=0.5,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from oshu_localkube import LocalCluster
 from oshu_localkube.cluster import wait_for
 

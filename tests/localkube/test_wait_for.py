@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from oshu_localkube.cluster import wait_for
 
 

@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
 from oshu_localkube import LocalCluster
 from oshu_localkube.cluster import wait_for
 from oshu_sidecar.pki import CertificateAuthority, new_ca
@@ -45,7 +46,7 @@ def webhook() -> Iterator[Webhook]:
     reviews: list[dict] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server API)
+        def do_POST(self) -> None:
             review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             reviews.append(review)
             body = json.dumps(
