@@ -360,6 +360,11 @@ def missing_prerequisites() -> list[str]:
             problems.append(f"CNI plugin {CNI_BIN_DIR / plugin} missing (Debian package containernetworking-plugins)")
     if not Path("/sys/fs/cgroup").is_dir():
         problems.append("no /sys/fs/cgroup")
+    if not Path("/proc/sys/net/bridge").is_dir() and shutil.which("modprobe"):
+        _run(["modprobe", "br_netfilter"], check=False)
+    if not Path("/proc/sys/net/bridge").is_dir():
+        # Without it, pod -> ClusterIP -> pod on the same bridge never passes kube-proxy's rules.
+        problems.append("kernel module br_netfilter is not loaded (modprobe br_netfilter)")
     return problems
 
 
