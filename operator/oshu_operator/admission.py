@@ -1,4 +1,4 @@
-"""Admission: find the pod's session, plan the injection, answer the API server.
+"""Admission: find the pod's session, run the rules (rules.py), plan the injection, answer.
 
 Called from the kopf mutating handlers in handlers.py. Sessions come from an in-memory
 index (kopf.index) so most admissions make no API call; a miss or a session without
@@ -14,12 +14,13 @@ from typing import Any, Callable, Mapping, NoReturn
 
 import kopf
 
-from . import injection
+from . import injection, rules
 from . import names as n
 from .config import OperatorConfig
-from .injection import NotReady, Plan, Refused, SessionView
+from .injection import Plan
 from .kube import Kube
 from .metrics import Metrics
+from .rules import NotReady, Refused, SessionView
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class Admission:
         self.metrics = metrics
 
     async def _session(self, namespace: str, name: str, cached: SessionView | None) -> SessionView:
+        """The session, usable: from the index, else read live, waiting up to --token-wait for its tokens."""
         if cached is not None:
             try:
                 cached.check_usable()
@@ -46,12 +48,10 @@ class Admission:
         deadline = time.monotonic() + self.config.token_wait.total_seconds()
         while True:
             body = await self.kube.get_session(namespace, name)
-            if body is None:
-                raise Refused(f"VaultSession {namespace}/{name} does not exist; create it first "
-                              f"(kubectl get {n.SHORT_NAMES[0]} -n {namespace} lists the sessions)")
-            view = SessionView.from_body(body)
+            view = SessionView.from_body(body) if body is not None else None
             try:
-                view.check_usable()
+                rules.check_session(namespace, name, view)
+                assert view is not None
                 return view
             except NotReady:
                 if time.monotonic() >= deadline:
@@ -72,44 +72,61 @@ class Admission:
                 return None
             session = await self._session(namespace, name, lookup(namespace, name))
             result = injection.plan(body, session, self.config)
-        except Refused as e:
-            self._refuse("refused", body, namespace, str(e))
         except NotReady as e:
-            self._refuse("not_ready", body, namespace, str(e))
+            self._refuse("not_ready", body, namespace, e)
+        except Refused as e:
+            self._refuse("refused", body, namespace, e)
         self.metrics.injections.labels("injected").inc()
         if not dryrun:
             log.info("pod injected", extra={"namespace": namespace, "pod": _pod_name(body),
                                             "session": name, "containers": result.record["containers"]})
         return result
 
-    def check_ephemeral(self, body: Mapping[str, Any], old: Mapping[str, Any] | None, namespace: str | None) -> None:
-        """Refuse debug containers that could read the proxy's memory or the session Secret."""
+    async def check_update(self, body: Mapping[str, Any], old: Mapping[str, Any] | None,
+                           namespace: str | None, lookup: Lookup, subresource: str | None = None) -> None:
+        """Run the admission rules on an update of an injected pod.
+
+        `pods/ephemeralcontainers`: the same rules as for pods, on the pod as it will be stored,
+        keeping the findings about the ephemeral containers the update adds (the rest of a pod
+        spec cannot change there). `pods` itself: an update can change container images, so the
+        proxy container must stay as injected. The session comes from the pod's session volume
+        (immutable), not from the label an update may have removed; if it cannot be read, every
+        Secret counts as a real key's.
+        """
         spec = body.get("spec") or {}
         if not self.config.injectable_namespace(namespace):
             return
-        if not any(c.get("name") == n.SIDECAR_CONTAINER for c in spec.get("initContainers") or []):
-            return
-        before = {c.get("name") for c in ((old or {}).get("spec") or {}).get("ephemeralContainers") or []}
-        session_vols = {v.get("name") for v in spec.get("volumes") or []
-                        if v.get("name") == n.VOLUME_SESSION}
-        for c in spec.get("ephemeralContainers") or []:
-            if c.get("name") in before:
-                continue
-            why = None
-            if c.get("targetContainerName") == n.SIDECAR_CONTAINER:
-                why = f"targets the {n.SIDECAR_CONTAINER} container, whose memory holds the real keys"
-            elif any(m.get("name") in session_vols for m in c.get("volumeMounts") or []):
-                why = "mounts the session Secret, which holds the real keys"
-            if why:
-                self._refuse("refused", body, namespace,
-                             f"ephemeral container {c.get('name')} {why}; debug an app container instead")
+        assert namespace is not None
+        if not any(c.get("name") == n.SIDECAR_CONTAINER
+                   for pod in (body, old or {}) for c in (pod.get("spec") or {}).get("initContainers") or []):
+            return  # not injected (container names cannot change, so old and new agree)
+        name = injection.injected_session_of(spec) or ""  # "" (no session volume): unknown, fail closed
+        if subresource is None:
+            subject = rules.Subject(pod=body, namespace=namespace, session_name=name, session=None, old=old)
+            findings = rules.update_findings(subject)
+        else:
+            before = {c.get("name") for c in ((old or {}).get("spec") or {}).get(rules.KIND_EPHEMERAL) or []}
+            added = {c.get("name") for c in spec.get(rules.KIND_EPHEMERAL) or []} - before
+            if not added:
+                return
+            session = lookup(namespace, name)
+            if session is None and name:
+                found = await self.kube.get_session(namespace, name)
+                session = SessionView.from_body(found) if found is not None else None
+            subject = rules.Subject(pod=body, namespace=namespace, session_name=name, session=session,
+                                    injected_volumes=injection.volumes(n.session_secret_name(name)), old=old)
+            findings = rules.ephemeral_findings(subject, added)
+        if findings:
+            self._refuse("refused", body, namespace, Refused(findings))
 
-    def _refuse(self, result: str, body: Mapping[str, Any], namespace: str | None, why: str) -> NoReturn:
-        """Count, log (INFO: a refusal is the webhook doing its job) and answer the API server."""
+    def _refuse(self, result: str, body: Mapping[str, Any], namespace: str | None, refused: Refused) -> NoReturn:
+        """Count (by result and by rule), log (INFO: a refusal is the webhook doing its job), answer."""
         self.metrics.injections.labels(result).inc()
+        for rule_id in refused.rule_ids:
+            self.metrics.refusals.labels(rule_id).inc()
         log.info("pod refused", extra={"namespace": namespace, "pod": _pod_name(body), "result": result,
-                                       "detail": why})
-        raise kopf.AdmissionError(why, code=REFUSED) from None
+                                       "rules": list(refused.rule_ids), "detail": str(refused)})
+        raise kopf.AdmissionError(str(refused), code=REFUSED) from None
 
 
 def _pod_name(body: Mapping[str, Any]) -> str:

@@ -15,14 +15,13 @@ from . import names as n
 from .injection import SessionView
 from .reconciler import RetryLater
 from .runtime import Runtime
-from .webhookconfig import EPHEMERAL_HANDLER_ID
 
 SESSIONS = (n.GROUP, n.VERSION, n.PLURAL)
-REVOKE_HANDLER_ID = "revoke"
+REVOKE_HANDLER_ID = n.REVOKE_HANDLER_ID
 #: What the revoke handler tells kopf while a revoked session waits out --revocation-grace.
 REVOCATION_WAIT = "session revoked; waiting for kubelets to sync it into running pods"
 #: Outcomes kopf would log as errors that are the operator working as designed (logs.ExpectedOutcomes).
-REFUSING_WEBHOOKS = (n.WEBHOOK_HANDLER_ID, EPHEMERAL_HANDLER_ID)
+REFUSING_WEBHOOKS = (n.WEBHOOK_HANDLER_ID, n.EPHEMERAL_HANDLER_ID)
 WAITING_HANDLERS = {REVOKE_HANDLER_ID: REVOCATION_WAIT}
 
 log = logging.getLogger(__name__)
@@ -93,9 +92,17 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
             warnings.extend(plan.warnings)
             patch.fns.append(plan.apply)
 
-    @kopf.on.mutate("", "v1", "pods", id=EPHEMERAL_HANDLER_ID, subresource="ephemeralcontainers",
+    # Updates of injected pods: ephemeral containers (subresource) and in-place changes (images).
+    @kopf.on.mutate("", "v1", "pods", id=n.EPHEMERAL_HANDLER_ID, subresource="*",
                     operations=["UPDATE"], registry=registry)
-    async def ephemeral(body: kopf.Body, old: kopf.Body | None, namespace: str | None, **_: Any) -> None:
-        rt.admission.check_ephemeral(dict(body), dict(old) if old is not None else None, namespace)
+    async def ephemeral(body: kopf.Body, old: kopf.Body | None, namespace: str | None, subresource: str | None,
+                        sessions: kopf.Index[Any, SessionView], **_: Any) -> None:
+        def lookup(ns: str, name: str) -> SessionView | None:
+            return next(iter(sessions.get((ns, name), ())), None)
+
+        if subresource not in (None, "ephemeralcontainers"):
+            return
+        await rt.admission.check_update(dict(body), dict(old) if old is not None else None, namespace, lookup,
+                                        subresource)
 
     return registry

@@ -8,74 +8,18 @@ the webhook can be re-invoked safely.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping
 
 from . import names as n
+from . import rules
 from .config import OperatorConfig, SidecarConfig
+from .rules import NotReady, Refused, SessionView
 
-class Refused(Exception):
-    """The pod must not be admitted; the message tells the user why and what to do."""
-
-
-class NotReady(Exception):
-    """The session exists but cannot be injected yet (tokens not minted)."""
-
-
-@dataclass(frozen=True, slots=True)
-class SessionView:
-    """What admission needs from a VaultSession: tokens and names, no real values."""
-
-    namespace: str
-    name: str
-    uid: str
-    env_names: tuple[str, ...]
-    tokens: Mapping[str, str]
-    source_secrets: Mapping[str, str]  # real Secret name -> one env name it backs
-    phase: str | None = None
-    message: str | None = None
-    deleting: bool = False
-
-    @property
-    def session_secret(self) -> str:
-        return n.SESSION_SECRET_PREFIX + self.name
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> "SessionView":
-        meta = body.get("metadata") or {}
-        spec = body.get("spec") or {}
-        status = body.get("status") or {}
-        entries = [s for s in spec.get("secrets") or [] if isinstance(s, Mapping) and isinstance(s.get("name"), str)]
-        sources: dict[str, str] = {}
-        for s in entries:
-            ref = s.get("secretKeyRef") or {}
-            if isinstance(ref.get("name"), str):
-                sources.setdefault(ref["name"], s["name"])
-        cond = next((c for c in status.get("conditions") or [] if c.get("type") == n.CONDITION_READY), {})
-        return cls(
-            namespace=meta.get("namespace", ""),
-            name=meta.get("name", ""),
-            uid=meta.get("uid", ""),
-            env_names=tuple(s["name"] for s in entries),
-            tokens=dict(status.get("tokens") or {}),
-            source_secrets=sources,
-            phase=status.get("phase"),
-            message=cond.get("message"),
-            deleting=bool(meta.get("deletionTimestamp")),
-        )
-
-    def check_usable(self) -> None:
-        ref = f"VaultSession {self.namespace}/{self.name}"
-        if self.deleting:
-            raise Refused(f"{ref} is being deleted; its keys are revoked")
-        if self.phase == n.PHASE_EXPIRED:
-            raise Refused(f"{ref} has expired; create a new session or extend its spec.ttl")
-        if self.phase == n.PHASE_INVALID:
-            raise Refused(f"{ref} is invalid: {self.message}")
-        missing = [name for name in self.env_names if name not in self.tokens]
-        if missing:
-            raise NotReady(f"{ref} has no sealed token yet for {', '.join(missing)}; retry in a few seconds")
+__all__ = ["NotReady", "Plan", "Refused", "SessionView", "infra_env", "plan", "session_name_of",
+           "sidecar_container", "volumes"]
 
 
 def session_name_of(pod: Mapping[str, Any]) -> str | None:
@@ -84,9 +28,19 @@ def session_name_of(pod: Mapping[str, Any]) -> str | None:
     label = (meta.get("labels") or {}).get(n.LABEL_SESSION)
     annotation = (meta.get("annotations") or {}).get(n.ANNOTATION_SESSION)
     if label and annotation and label != annotation:
-        raise Refused(f"label {n.LABEL_SESSION}={label!r} and annotation {n.ANNOTATION_SESSION}={annotation!r} "
-                      "name different sessions; set one, or make them agree")
+        raise Refused(rules.evaluate(rules.Subject(pod, "", label, None), [rules.BY_ID["opt-in-mismatch"]]))
     return label or annotation or None
+
+
+def injected_session_of(spec: Mapping[str, Any]) -> str | None:
+    """The session an injected pod was given, from its session volume (pod volumes are immutable,
+    unlike the label and annotations, which an update can change or remove)."""
+    for vol in spec.get("volumes") or []:
+        if vol.get("name") == n.VOLUME_SESSION:
+            secret = (vol.get("secret") or {}).get("secretName") or ""
+            if secret.startswith(n.SESSION_SECRET_PREFIX):
+                return secret[len(n.SESSION_SECRET_PREFIX):]
+    return None
 
 
 # --- what gets injected ----------------------------------------------------------------------
@@ -213,86 +167,22 @@ def _env_value(entry: Mapping[str, Any]) -> str | None:
     return None if entry.get("valueFrom") is not None else entry.get("value", "")
 
 
-def _secret_refs(spec: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
-    """(secret name, where) for every Secret a pod's volumes, env or envFrom reference."""
-    for vol in spec.get("volumes") or []:
-        if (vol.get("secret") or {}).get("secretName"):
-            yield vol["secret"]["secretName"], f"volume {vol.get('name')}"
-        for src in (vol.get("projected") or {}).get("sources") or []:
-            if (src.get("secret") or {}).get("name"):
-                yield src["secret"]["name"], f"volume {vol.get('name')}"
-    for key in ("initContainers", "containers", "ephemeralContainers"):
-        for c in spec.get(key) or []:
-            for e in c.get("env") or []:
-                ref = ((e.get("valueFrom") or {}).get("secretKeyRef") or {}).get("name")
-                if ref:
-                    yield ref, f"container {c.get('name')} env {e.get('name')}"
-            for ef in c.get("envFrom") or []:
-                ref = (ef.get("secretRef") or {}).get("name")
-                if ref:
-                    yield ref, f"container {c.get('name')} envFrom"
-
-
-def _volumes_of_secret(spec: Mapping[str, Any], secret: str) -> set[str]:
-    out = set()
-    for vol in spec.get("volumes") or []:
-        if (vol.get("secret") or {}).get("secretName") == secret:
-            out.add(vol.get("name"))
-        if any((s.get("secret") or {}).get("name") == secret for s in (vol.get("projected") or {}).get("sources") or []):
-            out.add(vol.get("name"))
-    return out
+def subject(pod: Mapping[str, Any], session: SessionView) -> rules.Subject:
+    """What the admission rules check for this pod and session."""
+    return rules.Subject(pod=pod, namespace=session.namespace, session_name=session.name, session=session,
+                         injected_volumes=volumes(session.session_secret))
 
 
 def plan(pod: Mapping[str, Any], session: SessionView, cfg: OperatorConfig) -> Plan:
-    """Check a pod against its session and return what to inject; raise Refused if it must not run."""
+    """Check a pod against its session and return what to inject; raise Refused if it must not run.
+
+    The rules run on the pod as submitted and again on the pod as the plan leaves it: a mount
+    that names a volume only the injection adds is seen for what it becomes.
+    """
+    rules.check_spec(subject(pod, session))
     spec = pod.get("spec") or {}
     where = f"VaultSession {session.namespace}/{session.name}"
-    if spec.get("shareProcessNamespace"):
-        raise Refused("shareProcessNamespace: true is not allowed with a VaultSession: "
-                      "app containers could read the proxy's memory, and with it the real keys")
-    if spec.get("hostPID"):
-        raise Refused("hostPID: true is not allowed with a VaultSession: "
-                      "app containers could read the proxy's memory, and with it the real keys")
-
-    for c in spec.get("containers") or []:
-        if c.get("name") == n.SIDECAR_CONTAINER:
-            raise Refused(f"container name {n.SIDECAR_CONTAINER} is reserved for the oshu-vault proxy")
-    ours = volumes(session.session_secret)
-    for vol in spec.get("volumes") or []:
-        want = next((v for v in ours if v["name"] == vol.get("name")), None)
-        if want is not None and vol != want:
-            raise Refused(f"volume name {vol.get('name')} is reserved for the oshu-vault injection")
-
-    # The session Secret holds the real values: only the proxy may mount it.
-    session_vols = _volumes_of_secret(spec, session.session_secret) - {n.VOLUME_CA}
-    for c in _containers(spec):
-        for m in c.get("volumeMounts") or []:
-            if m.get("name") in session_vols:
-                raise Refused(f"container {c.get('name')} mounts the session Secret {session.session_secret}, "
-                              "which holds the real keys; only the oshu-vault proxy may mount it")
-            if m.get("mountPath") == n.CA_MOUNT_DIR and m.get("name") != n.VOLUME_CA:
-                raise Refused(f"container {c.get('name')} uses mount path {n.CA_MOUNT_DIR}, reserved for the session CA")
-    for secret, what in _secret_refs(spec):
-        if secret == session.session_secret and not what.startswith("volume "):
-            raise Refused(f"{what} reads the session Secret {secret}, which holds the real keys; "
-                          "only the oshu-vault proxy may read it")
-        if secret in session.source_secrets:
-            raise Refused(f"{what} references Secret {secret}, which holds the real value behind "
-                          f"{session.source_secrets[secret]} in {where}; that would hand the agent the real key. "
-                          "Remove the reference: the pod gets a sealed token instead")
-
-    # Which containers: all app containers, or those the annotation names.
-    app_names = [c.get("name") for c in spec.get("containers") or []]
-    init_names = [c.get("name") for c in spec.get("initContainers") or [] if c.get("name") != n.SIDECAR_CONTAINER]
-    wanted_raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(n.ANNOTATION_CONTAINERS)
-    if wanted_raw is not None:
-        targets = [x.strip() for x in wanted_raw.split(",") if x.strip()]
-        unknown = [t for t in targets if t not in app_names and t not in init_names]
-        if unknown or not targets:
-            raise Refused(f"annotation {n.ANNOTATION_CONTAINERS} names no container of this pod: "
-                          f"{', '.join(unknown) or '(empty)'}; containers are {', '.join(app_names + init_names)}")
-    else:
-        targets = app_names
+    targets, _ = rules.injection_targets(pod)
 
     env_plan: dict[str, list[dict[str, str]]] = {}
     mounts: dict[str, bool] = {}
@@ -309,11 +199,8 @@ def plan(pod: Mapping[str, Any], session: SessionView, cfg: OperatorConfig) -> P
             entry = existing.get(var)
             if entry is None:
                 add.append({"name": var, "value": value})
-            elif _env_value(entry) == value:
-                continue  # already injected
-            elif var in session.tokens:
-                raise Refused(f"container {cname} sets {var} itself, but {where} provides it as a sealed token; "
-                              f"remove {var} from the pod spec")
+            elif _env_value(entry) == value or var in session.tokens:
+                continue  # already injected (a different value is refused by the rules above)
             else:
                 kept.setdefault(cname, []).append(var)
         if kept.get(cname):
@@ -334,5 +221,9 @@ def plan(pod: Mapping[str, Any], session: SessionView, cfg: OperatorConfig) -> P
     }
     if kept:
         record["kept"] = {k: sorted(v) for k, v in sorted(kept.items())}
-    return Plan(session=session, sidecar=sidecar_container(cfg.sidecar), volumes=ours, env=env_plan,
-                mounts=mounts, warnings=warnings, record=record)
+    result = Plan(session=session, sidecar=sidecar_container(cfg.sidecar), volumes=volumes(session.session_secret),
+                  env=env_plan, mounts=mounts, warnings=warnings, record=record)
+    after = copy.deepcopy(dict(pod))
+    result.apply(after)
+    rules.check_spec(subject(after, session))
+    return result

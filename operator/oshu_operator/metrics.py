@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
 
 from .names import PHASES
+from .rules import RULES
 
 _ADMISSION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -26,6 +27,11 @@ class Metrics:
         self.injections = Counter("oshu_vault_injections_total",
                                   "Pod admissions handled by the injection webhook, by result.",
                                   ["result"], registry=self.registry)
+        self.refusals = Counter("oshu_vault_admission_refusals_total",
+                                "Admission refusals, by the rule that refused (a review breaking two rules counts "
+                                "for both).", ["rule"], registry=self.registry)
+        for rule in RULES:
+            self.refusals.labels(rule.id)
         self.admission_seconds = Histogram("oshu_vault_admission_duration_seconds",
                                            "Time to answer one admission review.", buckets=_ADMISSION_BUCKETS,
                                            registry=self.registry)

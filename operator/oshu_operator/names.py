@@ -28,6 +28,13 @@ ANNOTATION_INJECTED = f"{GROUP}/injected"
 
 # --- Objects the operator owns ---------------------------------------------------------------
 SESSION_SECRET_PREFIX = "oshu-vault-session-"
+
+
+def session_secret_name(session: str) -> str:
+    """The session Secret of VaultSession `session`: the one place its name is built."""
+    return SESSION_SECRET_PREFIX + session
+
+
 #: Keys inside the session Secret.
 KEY_SESSION_FILE = "session.json"
 KEY_CA_CERT = "ca.crt"
@@ -91,6 +98,14 @@ WEBHOOK_NAME = f"inject.pods.{GROUP}"
 #: kopf handler id == URL path of the injection endpoint.
 WEBHOOK_HANDLER_ID = "inject"
 WEBHOOK_PATH = f"/{WEBHOOK_HANDLER_ID}"
+#: The ephemeral-container check (pods/ephemeralcontainers): entry name, kopf handler id, path.
+EPHEMERAL_WEBHOOK_NAME = f"ephemeral.pods.{GROUP}"
+EPHEMERAL_HANDLER_ID = "ephemeral"
+EPHEMERAL_PATH = f"/{EPHEMERAL_HANDLER_ID}"
+#: Seconds the API server waits for either webhook (the chart's default too).
+WEBHOOK_TIMEOUT_SECONDS = 10
+#: kopf handler id of the VaultSession deletion (revocation) handler.
+REVOKE_HANDLER_ID = "revoke"
 #: Name of the configuration the operator registers itself in --dev-webhook mode.
 DEV_WEBHOOK_CONFIG = "oshu-vault-dev"
 

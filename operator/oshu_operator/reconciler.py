@@ -49,8 +49,7 @@ class Resolved:
     problems: list[tuple[str, str]]  # (reason, message)
 
 
-def session_secret_name(name: str) -> str:
-    return n.SESSION_SECRET_PREFIX + name
+session_secret_name = n.session_secret_name  # built in names.py only
 
 
 def _owned_by(secret: Mapping[str, Any], uid: str) -> bool:

@@ -14,10 +14,10 @@ from typing import Any
 from . import names as n
 from .config import OperatorConfig
 
-#: Path of the ephemeral-container check (kopf handler id).
-EPHEMERAL_HANDLER_ID = "ephemeral"
-EPHEMERAL_WEBHOOK_NAME = f"ephemeral.pods.{n.GROUP}"
-TIMEOUT_SECONDS = 10
+#: Kept for importers; the names live in names.py.
+EPHEMERAL_HANDLER_ID = n.EPHEMERAL_HANDLER_ID
+EPHEMERAL_WEBHOOK_NAME = n.EPHEMERAL_WEBHOOK_NAME
+TIMEOUT_SECONDS = n.WEBHOOK_TIMEOUT_SECONDS
 
 
 def _client_config(base: dict[str, Any], path: str, ca_pem: bytes | None) -> dict[str, Any]:
@@ -50,7 +50,7 @@ def webhooks(cfg: OperatorConfig, base: dict[str, Any], ca_pem: bytes | None) ->
         "sideEffects": "None",
         "failurePolicy": cfg.failure_policy,
         "matchPolicy": "Equivalent",
-        "timeoutSeconds": TIMEOUT_SECONDS,
+        "timeoutSeconds": n.WEBHOOK_TIMEOUT_SECONDS,
         "namespaceSelector": namespace_selector(cfg),
         "objectSelector": object_selector(),
     }
@@ -65,8 +65,8 @@ def webhooks(cfg: OperatorConfig, base: dict[str, Any], ca_pem: bytes | None) ->
             **common,
         },
         {
-            "name": EPHEMERAL_WEBHOOK_NAME,
-            "clientConfig": _client_config(base, f"/{EPHEMERAL_HANDLER_ID}", ca_pem),
+            "name": n.EPHEMERAL_WEBHOOK_NAME,
+            "clientConfig": _client_config(base, n.EPHEMERAL_PATH, ca_pem),
             "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"],
                        "resources": ["pods/ephemeralcontainers"], "scope": "Namespaced"}],
             "reinvocationPolicy": "Never",
