@@ -6,6 +6,13 @@ them by accident, and so probes do not depend on the proxy's request path.
 Three GET endpoints do not need a web framework: this is a small asyncio Protocol on
 the proxy's own HTTP/1.1 head parser. (aiohttp served these at first; it cost 11 MB of
 resident memory and ~150 ms of start-up, a fifth of the sidecar's budget for both.)
+
+The port is reachable from the agent's container and shares the event loop with the proxy,
+so a connection is served one request at a time, one per turn of the loop: pipelined
+requests wait in a bounded input buffer (reading pauses past `MAX_INPUT`), nothing more is
+served while a response is still unsent (reading pauses too), and `Metrics.render` reuses
+its output. A client that sends thousands of requests in one write and never reads costs a
+few responses' worth of memory and a render at most, and is dropped after `timeout`.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from .http1 import HttpError, parse_request_head
 from .metrics import Metrics
 
 MAX_HEAD = 8192
+#: Unserved (pipelined) input held per connection; reading pauses beyond it.
+MAX_INPUT = 2 * MAX_HEAD
 #: Prometheus text exposition format, as prometheus-client serves it.
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -53,21 +62,34 @@ class AdminApp:
 
 
 class _AdminProtocol(asyncio.Protocol):
-    """One admin connection. Closed after `timeout` seconds without a complete request: the
-    admin port is reachable from the agent's container, and half-sent heads must not pile up."""
+    """One admin connection, served one request per loop turn with backpressure both ways.
 
-    def __init__(self, app: AdminApp, timeout: float) -> None:
+    Closed (aborted if it does not read) after `timeout` seconds without a complete request
+    served: half-sent heads, and clients that never read their responses, must not pile up.
+    """
+
+    def __init__(self, app: AdminApp, timeout: float, connections: set["_AdminProtocol"]) -> None:
         self.app = app
         self.timeout = timeout
+        self.connections = connections
         self.buf = b""
+        self.served = 0
         self.transport: asyncio.Transport | None = None
+        self.reading_paused = False
+        self.writing_paused = False
+        self._scheduled = False
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # pause_writing() as soon as any byte of a response is left unsent.
+        self.transport.set_write_buffer_limits(high=0)
+        self.connections.add(self)
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.connections.discard(self)
+        self.buf = b""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -79,36 +101,79 @@ class _AdminProtocol(asyncio.Protocol):
 
     def _expire(self) -> None:
         self._timer = None
-        if self.transport is not None and not self.transport.is_closing():
-            if self.buf:
-                self.transport.write(error_response(408, "request_timeout", "request head not received in time", True))
-            self.transport.close()
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.writing_paused:  # it does not read: close() would wait for it forever
+            self.transport.abort()
+            return
+        if self.buf:
+            self.transport.write(error_response(408, "request_timeout", "request head not received in time", True))
+        self.transport.close()
+
+    # -- flow control ---------------------------------------------------------------------
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self._schedule()
+
+    def _pause_reading(self) -> None:
+        if not self.reading_paused and self.transport is not None and not self.transport.is_closing():
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self.reading_paused and self.transport is not None and not self.transport.is_closing():
+            self.reading_paused = False
+            self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
-        assert self.transport is not None
         self.buf += data
-        while True:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self.buf) > MAX_HEAD:
-                    self.transport.write(error_response(431, "headers_too_large", "request head too large", True))
-                    self.transport.close()
-                return
-            raw, self.buf = self.buf[: end + 4], self.buf[end + 4:]
-            try:
-                req = parse_request_head(raw)
-            except HttpError as e:
-                self.transport.write(error_response(e.status, e.code, e.message, close=True))
-                self.transport.close()
-                return
-            response = self.app.handle(req.method, req.target)
-            if req.method == b"HEAD":
-                response = response[: response.find(b"\r\n\r\n") + 4]
-            self.transport.write(response)
-            if not req.keep_alive or req.framing:  # admin requests have no bodies
-                self.transport.close()
-                return
-            self._arm()
+        if len(self.buf) > MAX_INPUT:
+            self._pause_reading()
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._scheduled and not self.writing_paused:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._serve_one)
+
+    # -- one request ------------------------------------------------------------------------
+    def _serve_one(self) -> None:
+        self._scheduled = False
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.writing_paused:
+            return
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.buf) > MAX_HEAD:
+                transport.write(error_response(431, "headers_too_large", "request head too large", True))
+                transport.close()
+            else:
+                self._resume_reading()
+            return
+        raw, self.buf = self.buf[: end + 4], self.buf[end + 4:]
+        try:
+            req = parse_request_head(raw)
+        except HttpError as e:
+            transport.write(error_response(e.status, e.code, e.message, close=True))
+            transport.close()
+            return
+        response = self.app.handle(req.method, req.target)
+        if req.method == b"HEAD":
+            response = response[: response.find(b"\r\n\r\n") + 4]
+        self.served += 1
+        transport.write(response)  # may call pause_writing(): then nothing more until it is read
+        if not req.keep_alive or req.framing:  # admin requests have no bodies
+            transport.close()
+            return
+        self._arm()
+        if self.buf:
+            self._schedule()  # the next pipelined request, on a later turn of the loop
+        elif not self.writing_paused:
+            self._resume_reading()
 
 
 class AdminServer:
@@ -121,13 +186,18 @@ class AdminServer:
         self.timeout = timeout
         self.server: asyncio.AbstractServer | None = None
         self.address: tuple[str, int] | None = None
+        #: Open admin connections (their buffers are bounded: tests and diagnostics read them).
+        self.connections: set[_AdminProtocol] = set()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: _AdminProtocol(self.app, self.timeout), self.host, self.port,
-                                               reuse_address=True)
+        self.server = await loop.create_server(lambda: _AdminProtocol(self.app, self.timeout, self.connections),
+                                               self.host, self.port, reuse_address=True)
         self.address = self.server.sockets[0].getsockname()[:2]
 
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
