@@ -17,9 +17,10 @@ SHORT_NAMES = ("vsess",)  # "vs" is Istio's VirtualService
 
 # --- Pod opt-in -------------------------------------------------------------------------
 #: Label that opts a pod in and names its VaultSession. The webhook configuration's
-#: objectSelector filters on it server-side, so unrelated pods never reach the operator.
+#: matchConditions (CEL, evaluated by the API server) send only pods carrying it or the
+#: annotation below, so unrelated pods never reach the operator.
 LABEL_SESSION = f"{GROUP}/session"
-#: The same key as an annotation is accepted too; when both are set they must agree.
+#: The same key as an annotation opts in just the same; when both are set they must agree.
 ANNOTATION_SESSION = f"{GROUP}/session"
 #: Optional comma-separated list of app containers to inject (default: all).
 ANNOTATION_CONTAINERS = f"{GROUP}/containers"

@@ -19,6 +19,14 @@ EPHEMERAL_HANDLER_ID = n.EPHEMERAL_HANDLER_ID
 EPHEMERAL_WEBHOOK_NAME = n.EPHEMERAL_WEBHOOK_NAME
 TIMEOUT_SECONDS = n.WEBHOOK_TIMEOUT_SECONDS
 
+#: CEL: the pod carries the opt-in label or the opt-in annotation (either opts in).
+OPTED_IN = (f"(has(object.metadata.labels) && '{n.LABEL_SESSION}' in object.metadata.labels) || "
+            f"(has(object.metadata.annotations) && '{n.ANNOTATION_SESSION}' in object.metadata.annotations)")
+#: CEL: the pod was injected (its proxy init container; pod containers cannot be renamed or removed,
+#: while labels and annotations can be removed by an update before a debug container is added).
+INJECTED = (f"has(object.spec.initContainers) && "
+            f"object.spec.initContainers.exists(c, c.name == '{n.SIDECAR_CONTAINER}')")
+
 
 def _client_config(base: dict[str, Any], path: str, ca_pem: bytes | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -39,9 +47,12 @@ def namespace_selector(cfg: OperatorConfig) -> dict[str, Any]:
     return {"matchExpressions": exprs}
 
 
-def object_selector() -> dict[str, Any]:
-    """Only pods carrying the session label reach the webhook: filtered by the API server."""
-    return {"matchExpressions": [{"key": n.LABEL_SESSION, "operator": "Exists"}]}
+def match_conditions(ephemeral: bool = False) -> list[dict[str, str]]:
+    """Only opted-in pods (label or annotation) reach the webhooks, filtered by the API server
+    (matchConditions, GA since Kubernetes 1.30): a label objectSelector cannot see annotations.
+    Debug containers are checked on injected pods too, whatever their labels say now."""
+    expression = f"({OPTED_IN}) || ({INJECTED})" if ephemeral else OPTED_IN
+    return [{"name": "opted-in-or-injected" if ephemeral else "opted-in", "expression": expression}]
 
 
 def webhooks(cfg: OperatorConfig, base: dict[str, Any], ca_pem: bytes | None) -> list[dict[str, Any]]:
@@ -52,7 +63,7 @@ def webhooks(cfg: OperatorConfig, base: dict[str, Any], ca_pem: bytes | None) ->
         "matchPolicy": "Equivalent",
         "timeoutSeconds": n.WEBHOOK_TIMEOUT_SECONDS,
         "namespaceSelector": namespace_selector(cfg),
-        "objectSelector": object_selector(),
+        "objectSelector": {},
     }
     return [
         {
@@ -62,6 +73,7 @@ def webhooks(cfg: OperatorConfig, base: dict[str, Any], ca_pem: bytes | None) ->
                        "resources": ["pods"], "scope": "Namespaced"}],
             # Another webhook adding containers after us gets them injected too.
             "reinvocationPolicy": "IfNeeded",
+            "matchConditions": match_conditions(),
             **common,
         },
         {
@@ -70,6 +82,7 @@ def webhooks(cfg: OperatorConfig, base: dict[str, Any], ca_pem: bytes | None) ->
             "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"],
                        "resources": ["pods/ephemeralcontainers"], "scope": "Namespaced"}],
             "reinvocationPolicy": "Never",
+            "matchConditions": match_conditions(ephemeral=True),
             **common,
         },
     ]

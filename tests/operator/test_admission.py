@@ -89,18 +89,45 @@ def test_dry_run_is_injected_and_leaves_nothing(kube, ns, session):
     assert kube.get("pod", "dry", ns) is None
 
 
-def test_unlabelled_pod_is_untouched_and_never_reaches_the_webhook(kube, ns, session, operator):
+def test_pod_not_opted_in_is_untouched_and_never_reaches_the_webhook(kube, ns, session, operator):
     before = operator.metric("oshu_vault_admission_duration_seconds_count") or 0
     plain = create(kube, ns, pod("plain", None))
-    # The annotation alone does not opt in: the webhook's objectSelector filters on the label.
-    annotated_only = create(kube, ns, pod("annotated", None, annotations={n.ANNOTATION_SESSION: "claude"}))
-    for made in (plain, annotated_only):
+    # Other labels and annotations, even under our group, do not opt in: the matchConditions filter.
+    other = create(kube, ns, pod("other", None, annotations={n.ANNOTATION_CONTAINERS: "agent", "x": "claude"}))
+    for made in (plain, other):
         assert made.ok, made.error
         assert "initContainers" not in made.obj["spec"]
         assert not any(v["name"].startswith("oshu-vault") for v in made.obj["spec"].get("volumes", []))
         assert n.ANNOTATION_INJECTED not in made.obj["metadata"].get("annotations", {})
         assert "env" not in made.obj["spec"]["containers"][0]
     assert (operator.metric("oshu_vault_admission_duration_seconds_count") or 0) == before
+
+
+def test_the_annotation_alone_opts_in_like_the_label(kube, ns, session, operator):
+    """Issue 12 item 11: the annotation opts in (matchConditions send the pod), injected exactly as labelled."""
+    labelled = create(kube, ns, pod("labelled", "claude"))
+    annotated = create(kube, ns, pod("annotated", None, annotations={n.ANNOTATION_SESSION: "claude"}))
+    assert labelled.ok and annotated.ok, (labelled.error, annotated.error)
+    assert annotated.obj["spec"]["initContainers"] == labelled.obj["spec"]["initContainers"]
+    def ours(spec):  # the service account token volume has a random name: compare what we inject
+        return ([(c["env"], [m for m in c["volumeMounts"] if m["name"].startswith("oshu-vault")])
+                 for c in spec["containers"]], [v for v in spec["volumes"] if v["name"].startswith("oshu-vault")])
+
+    assert ours(annotated.obj["spec"]) == ours(labelled.obj["spec"])
+    record = json.loads(annotated.obj["metadata"]["annotations"][n.ANNOTATION_INJECTED])
+    assert record["session"] == "claude"
+    missing = create(kube, ns, pod("p", None, annotations={n.ANNOTATION_SESSION: "no-such-session"}))
+    assert not missing.ok and "[session-missing]" in missing.error, missing.error
+
+
+def test_the_registered_webhooks_filter_with_match_conditions(kube, operator):
+    from oshu_operator.webhookconfig import match_conditions
+
+    stored = kube.get("mutatingwebhookconfiguration", operator.webhook_config)
+    hooks = {h["name"]: h for h in stored["webhooks"]}
+    assert hooks[n.WEBHOOK_NAME]["matchConditions"] == match_conditions()
+    assert hooks[n.EPHEMERAL_WEBHOOK_NAME]["matchConditions"] == match_conditions(ephemeral=True)
+    assert all(h["objectSelector"] == {} for h in hooks.values())
 
 
 def test_system_namespaces_are_never_touched(kube, operator):

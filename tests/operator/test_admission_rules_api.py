@@ -53,6 +53,9 @@ ITEM_1 = [
         "steal", "claude", [{"name": "app", "image": "busybox", "volumeMounts": [
             {"name": n.VOLUME_SESSION, "mountPath": "/s.json", "subPath": n.KEY_SESSION_FILE}]}],
         automountServiceAccountToken=False)),
+    ("opted in by the annotation alone", lambda: pod(
+        "steal", None, [{"name": "app", "image": "busybox", "volumeMounts": [STEAL]}],
+        annotations={n.ANNOTATION_SESSION: "claude"}, automountServiceAccountToken=False)),
 ]
 
 
@@ -137,3 +140,13 @@ def test_ordinary_debug_containers_are_admitted(kube, ns, agent):
     r = add_debug(kube, ns, {"name": "debug2", "image": "busybox", "envFrom": [{"secretRef": {"name": "anthropic"}}]})
     assert r.returncode != 0 and rule_ids(r.stderr) == ["source-secret-reference"], r.stderr
     assert debug_names(kube, ns) == ["debug"]
+
+
+def test_removing_the_opt_in_label_does_not_open_the_pod_to_debug_containers(kube, ns, agent):
+    """Labels are mutable, the injected proxy is not: the ephemeral webhook still sees the pod, and
+    the session is read from the pod's session volume."""
+    kube.kubectl("label", "pod", "agent", "-n", ns, f"{n.LABEL_SESSION}-")
+    assert n.LABEL_SESSION not in (kube.get("pod", "agent", ns)["metadata"].get("labels") or {})
+    r = add_debug(kube, ns, {"name": "debug", "image": "busybox", "envFrom": [{"secretRef": {"name": "anthropic"}}]})
+    assert r.returncode != 0 and rule_ids(r.stderr) == ["source-secret-reference"], r.stderr
+    assert debug_names(kube, ns) == []

@@ -139,7 +139,9 @@ def test_print_webhook_config_matches_the_builder():
     )
     assert printed == want
     hook = printed["webhooks"][0]
-    assert hook["objectSelector"] == {"matchExpressions": [{"key": n.LABEL_SESSION, "operator": "Exists"}]}
+    assert hook["objectSelector"] == {}  # the opt-in (label or annotation) is a matchCondition
+    assert [c["name"] for c in hook["matchConditions"]] == ["opted-in"]
+    assert n.LABEL_SESSION in hook["matchConditions"][0]["expression"]
     assert hook["failurePolicy"] == "Fail" and hook["sideEffects"] == "None"
     excluded = hook["namespaceSelector"]["matchExpressions"][0]["values"]
     assert set(n.SYSTEM_NAMESPACES) | {"oshu"} == set(excluded)

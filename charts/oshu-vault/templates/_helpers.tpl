@@ -111,17 +111,7 @@ namespaceSelector:
     {{- with .Values.webhook.namespaceSelector.matchExpressions }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
-objectSelector:
-  {{- with .Values.webhook.objectSelector.matchLabels }}
-  matchLabels:
-    {{- toYaml . | nindent 4 }}
-  {{- end }}
-  matchExpressions:
-    - key: vault.oshu.dev/session
-      operator: Exists
-    {{- with .Values.webhook.objectSelector.matchExpressions }}
-    {{- toYaml . | nindent 4 }}
-    {{- end }}
+objectSelector: {{ .Values.webhook.objectSelector | default dict | toJson }}
 admissionReviewVersions: [v1]
 sideEffects: None
 failurePolicy: {{ .Values.webhook.failurePolicy }}
