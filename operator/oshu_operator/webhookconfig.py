@@ -79,8 +79,9 @@ def webhooks(cfg: OperatorConfig, base: dict[str, Any], ca_pem: bytes | None) ->
         {
             "name": n.EPHEMERAL_WEBHOOK_NAME,
             "clientConfig": _client_config(base, n.EPHEMERAL_PATH, ca_pem),
+            # Updates of injected pods: debug containers, and in-place changes (container images).
             "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"],
-                       "resources": ["pods/ephemeralcontainers"], "scope": "Namespaced"}],
+                       "resources": ["pods", "pods/ephemeralcontainers"], "scope": "Namespaced"}],
             "reinvocationPolicy": "Never",
             "matchConditions": match_conditions(ephemeral=True),
             **common,

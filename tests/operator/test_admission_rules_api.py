@@ -150,3 +150,21 @@ def test_removing_the_opt_in_label_does_not_open_the_pod_to_debug_containers(kub
     r = add_debug(kube, ns, {"name": "debug", "image": "busybox", "envFrom": [{"secretRef": {"name": "anthropic"}}]})
     assert r.returncode != 0 and rule_ids(r.stderr) == ["source-secret-reference"], r.stderr
     assert debug_names(kube, ns) == []
+
+
+# --- siblings: in-place updates of an injected pod -----------------------------------------------
+
+def test_an_update_may_not_swap_the_proxy_image(kube, ns, agent, operator):
+    """`kubectl set image` may change container images of a running pod; the proxy's would then run
+    an image of the updater's choosing with the session Secret mounted."""
+    r = kube.kubectl("set", "image", "pod/agent", "-n", ns, f"{n.SIDECAR_CONTAINER}=attacker.example/steal:1",
+                     check=False)
+    assert r.returncode != 0 and rule_ids(r.stderr) == ["proxy-container-changed"], r.stderr
+    stored = kube.get("pod", "agent", ns)["spec"]["initContainers"][0]
+    assert stored == agent["spec"]["initContainers"][0]
+    # App images, labels and annotations may still change.
+    r = kube.kubectl("set", "image", "pod/agent", "-n", ns, "agent=agent:2", check=False)
+    assert r.returncode == 0, r.stderr
+    r = kube.kubectl("label", "pod", "agent", "-n", ns, "team=a", check=False)
+    assert r.returncode == 0, r.stderr
+    assert kube.get("pod", "agent", ns)["spec"]["containers"][0]["image"] == "agent:2"
