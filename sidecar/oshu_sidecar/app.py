@@ -68,8 +68,11 @@ class Sidecar:
         m.session_load_error = 0
         m.bind_expiry(lambda: self.watcher.policy.seconds_until_expiry()  # type: ignore[union-attr]
                       if self.watcher and self.watcher.policy else float("inf"))
-        if self.proxy is not None:
-            self.proxy.set_policy(policy)
+
+    def _policy_for(self, conn: object) -> Policy:
+        """Every connection gets the process's session (the watcher's latest policy)."""
+        assert self.watcher is not None and self.watcher.policy is not None
+        return self.watcher.policy
 
     def _on_result(self, result: str) -> None:
         self.metrics.reloaded(result)
@@ -97,7 +100,7 @@ class Sidecar:
         self.leaves = leaves
         self._ca_signature = (file_signature(cfg.ca_cert), file_signature(cfg.ca_key))
         self.watcher.also_poll.append(self._poll_ca)
-        self.proxy = Proxy(cfg, policy, m, leaves, self.pool, loop)
+        self.proxy = Proxy(cfg, self._policy_for, m, leaves, self.pool)
         try:
             await self.proxy.start()
         except OSError as e:

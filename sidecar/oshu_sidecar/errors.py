@@ -34,6 +34,27 @@ CODES: dict[str, int] = {
 }
 
 
+class ProxyError(Exception):
+    """The one error type of the proxy: a stable code whose HTTP status comes from `CODES`, and a message.
+
+    Raised by the parser (malformed input), the decision function (refusals), upstream
+    connects and the relay alike, so every refusal is answered the same way.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = CODES[code]
+
+    def response(self, close: bool = False) -> bytes:
+        return error_response(self.status, self.code, self.message, close)
+
+
+def bad_request(message: str) -> ProxyError:
+    return ProxyError("bad_request", message)
+
+
 def error_body(code: str, message: str) -> bytes:
     return json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":")).encode() + b"\n"
 

@@ -9,8 +9,7 @@ in Python on the hot path.
 Parsing is strict on purpose: the proxy sits between an untrusted client and upstreams
 that may parse differently, so anything ambiguous (bare CR/LF, obs-fold, control
 characters, conflicting Content-Length/Transfer-Encoding, two Hosts) is rejected rather
-than guessed at -- the classic request-smuggling openings. Bodies are forwarded as they
-arrive (`ChunkedDecoder` tracks chunked framing without buffering).
+than guessed at -- the classic request-smuggling openings. Bodies are read by body.py.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-from .channel import Channel, ChannelClosed, HeadTooLarge
+from .errors import ProxyError, bad_request
 
 _TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
 # One header field line; the value may be empty and has no controls other than HTAB.
@@ -27,9 +26,6 @@ _FIELDS_RE = re.compile(rb"(?:" + _TCHAR + rb"+:" + _FIELD_VALUE + rb"\r\n)*")
 _METHOD_RE = re.compile(_TCHAR + rb"+")
 _TARGET_RE = re.compile(rb"[\x21-\x7e]+")
 _FIELD_VALUE_RE = re.compile(_FIELD_VALUE)
-_QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e]|\\[\t \x21-\x7e])*"'
-#: A chunk-size line as strict llhttp accepts it (a subset: llhttp also takes `;=v` and `;n=`).
-_CHUNK_LINE_RE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:;" + _TCHAR + rb"+(?:=(?:" + _TCHAR + rb"+|" + _QUOTED + rb"))?)*")
 _STATUS_RE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
 _HOP = rb"connection|keep-alive|te|trailer|transfer-encoding|upgrade|proxy-" + _TCHAR + rb"*"
 # The fields the proxy acts on; everything else passes through untouched.
@@ -49,10 +45,6 @@ _FRAMING_FIELDS = frozenset({b"content-length", b"host"})
 #: Connection options that do not name a field to drop (anything else a Connection field lists is dropped too).
 _CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"}) | HOP_BY_HOP | _FRAMING_FIELDS
 
-#: Fields that frame or route a message: strict llhttp rejects a message whose trailers carry
-#: Content-Length or Transfer-Encoding, so the proxy refuses them (and Host) there too.
-_NOT_IN_TRAILERS = frozenset({b"content-length", b"transfer-encoding", b"host"})
-
 # Framing of a message body.
 NO_BODY = 0
 LENGTH = 1
@@ -64,18 +56,8 @@ Edit = tuple[int, int, bytes]
 _NO_TOKENS: frozenset[bytes] = frozenset()
 
 
-class HttpError(Exception):
-    """A request the proxy refuses to parse; maps to an HTTP status and an error code."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-def bad_request(message: str) -> HttpError:
-    return HttpError(400, "bad_request", message)
+#: The proxy's one error type under the name the parser's callers have used (admin.py).
+HttpError = ProxyError
 
 
 class RequestHead:
@@ -200,8 +182,8 @@ def _named_spans(raw: bytes, start: int, names: frozenset[bytes]) -> list[Span]:
     return spans
 
 
-def parse_request_head(raw: bytes) -> RequestHead:
-    """Parse a complete request head (ending in CRLFCRLF) or raise HttpError(400/501/505)."""
+def _request_line(raw: bytes) -> RequestHead:
+    """The head with its request line and field block validated; fields not yet interpreted."""
     if not raw.endswith(b"\r\n\r\n"):
         raise bad_request("header lines must end in CRLF")
     eol = raw.find(b"\r\n")
@@ -212,9 +194,15 @@ def parse_request_head(raw: bytes) -> RequestHead:
     if not _METHOD_RE.fullmatch(method) or not _TARGET_RE.fullmatch(target):
         raise bad_request("malformed request line")
     if version != b"HTTP/1.1" and version != b"HTTP/1.0":
-        raise HttpError(505, "http_version_not_supported", "only HTTP/1.0 and HTTP/1.1 are supported")
+        raise ProxyError("http_version_not_supported", "only HTTP/1.0 and HTTP/1.1 are supported")
     _validate_block(raw, eol + 2)
-    req = RequestHead(method, target, version, raw, eol)
+    return RequestHead(method, target, version, raw, eol)
+
+
+def parse_request_head(raw: bytes) -> RequestHead:
+    """Parse a complete request head (ending in CRLFCRLF) or raise ProxyError (400/501/505)."""
+    req = _request_line(raw)
+    eol = req.line_end
     length: int | None = None
     chunked = False
     upgrade: bytes | None = None
@@ -247,7 +235,7 @@ def parse_request_head(raw: bytes) -> RequestHead:
             drop.append(span)
             if name == b"transfer-encoding":
                 if chunked or value.lower() != b"chunked":
-                    raise HttpError(501, "not_implemented", "only Transfer-Encoding: chunked is supported")
+                    raise ProxyError("not_implemented", "only Transfer-Encoding: chunked is supported")
                 chunked = True
             elif name == b"connection":
                 tokens = tokens | _tokens(value)
@@ -261,31 +249,35 @@ def parse_request_head(raw: bytes) -> RequestHead:
         req.framing = LENGTH
         req.content_length = length
     if tokens:
-        req.connection_tokens = tokens
-        if b"close" in tokens:
-            req.keep_alive = False
-        if b"upgrade" in tokens and upgrade is not None:
-            # llhttp (Node) stops reading HTTP after an upgrade request's head: a body would be
-            # read by it as the next request, one the proxy never checked (issue 12, item 4).
-            if req.framing != NO_BODY:
-                raise bad_request("an Upgrade request cannot have a body")
-            req.websocket = upgrade == b"websocket"
-        named = tokens - _CONNECTION_OPTIONS
-        if named:
-            drop.extend(_named_spans(raw, eol + 2, named))
+        _connection_options(req, tokens, upgrade, drop)
     if drop:
         req.drop = drop
     return req
 
 
+def _connection_options(req: RequestHead, tokens: frozenset[bytes], upgrade: bytes | None, drop: list[Span]) -> None:
+    req.connection_tokens = tokens
+    if b"close" in tokens:
+        req.keep_alive = False
+    if b"upgrade" in tokens and upgrade is not None:
+        # llhttp (Node) stops reading HTTP after an upgrade request's head: a body would be
+        # read by it as the next request, one the proxy never checked (issue 12, item 4).
+        if req.framing != NO_BODY:
+            raise bad_request("an Upgrade request cannot have a body")
+        req.websocket = upgrade == b"websocket"
+    named = tokens - _CONNECTION_OPTIONS
+    if named:
+        drop.extend(_named_spans(req.raw, req.line_end + 2, named))
+
+
 def parse_response_head(raw: bytes, request_method: bytes) -> ResponseHead:
-    """Parse an upstream response head; raises HttpError(502) on anything malformed."""
+    """Parse an upstream response head; raises ProxyError (502) on anything malformed."""
     eol = raw.find(b"\r\n")
     m = _STATUS_RE.fullmatch(raw, 0, eol) if eol > 0 else None
     if m is None or not raw.endswith(b"\r\n\r\n"):
-        raise HttpError(502, "upstream_protocol_error", "upstream sent a malformed status line")
+        raise ProxyError("upstream_protocol_error", "upstream sent a malformed status line")
     if not _FIELDS_RE.fullmatch(raw, eol + 2, len(raw) - 2):
-        raise HttpError(502, "upstream_protocol_error", "upstream sent a malformed header block")
+        raise ProxyError("upstream_protocol_error", "upstream sent a malformed header block")
     status = int(m.group(2))
     resp = ResponseHead(status, m.group(3) or b"", int(m.group(1)), raw, eol)
     length: int | None = None
@@ -299,8 +291,8 @@ def parse_response_head(raw: bytes, request_method: bytes) -> ResponseHead:
         if name == b"content-length":
             try:
                 length = _content_length(value, length)
-            except HttpError:
-                raise HttpError(502, "upstream_protocol_error", "upstream sent an invalid Content-Length") from None
+            except ProxyError:
+                raise ProxyError("upstream_protocol_error", "upstream sent an invalid Content-Length") from None
             resp.length_spans.append((f.start() + 2, ve + 2))
         elif name == b"content-encoding":
             if value.lower() not in (b"identity", b""):
@@ -309,7 +301,7 @@ def parse_response_head(raw: bytes, request_method: bytes) -> ResponseHead:
             resp.drop.append((f.start() + 2, ve + 2, name))
             if name == b"transfer-encoding":
                 if [c.strip() for c in value.lower().split(b",")] != [b"chunked"] or chunked:
-                    raise HttpError(502, "upstream_protocol_error",
+                    raise ProxyError("upstream_protocol_error",
                                     "upstream used a transfer coding other than chunked")
                 chunked = True
             elif name == b"connection":
@@ -381,83 +373,6 @@ def chunk(data: bytes) -> bytes:
 
 
 LAST_CHUNK = b"0\r\n\r\n"
-
-
-class ChunkedDecoder:
-    """Streams the data of a chunked body out of a Channel, piece by piece.
-
-    `read()` returns whatever chunk data is available now (so an SSE event is forwarded
-    the moment it arrives), b"" once the terminating chunk and trailers are consumed.
-    """
-
-    __slots__ = ("ch", "remaining", "done", "trailers", "max_line", "strict")
-
-    def __init__(self, ch: Channel, max_line: int = 8192, strict: bool = True) -> None:
-        """`strict` for requests (the proxy must frame them as llhttp does); responses are read leniently."""
-        self.ch = ch
-        self.strict = strict
-        self.remaining = 0  # bytes left in the current chunk
-        self.done = False
-        self.trailers: list[tuple[bytes, bytes]] = []
-        self.max_line = max_line
-
-    async def read(self) -> bytes:
-        if self.done:
-            return b""
-        ch = self.ch
-        if self.remaining == 0:
-            try:
-                line = await ch.read_line(self.max_line)
-            except HeadTooLarge:
-                raise bad_request("chunk size line too long") from None
-            size = _chunk_size(line, self.strict)
-            if size == 0:
-                await self._read_trailers()
-                self.done = True
-                return b""
-            self.remaining = size
-        if not ch.buf:
-            await ch.wait_data()
-            if not ch.buf:
-                raise ChannelClosed("stream ended inside a chunk")
-        data = ch.take(self.remaining)
-        self.remaining -= len(data)
-        if self.remaining == 0:
-            crlf = await ch.read_exactly(2)
-            if crlf != b"\r\n":
-                raise bad_request("chunk data not followed by CRLF")
-        return data
-
-    async def _read_trailers(self) -> None:
-        total = 0
-        while True:
-            try:
-                line = await self.ch.read_line(self.max_line)
-            except HeadTooLarge:
-                raise bad_request("trailer line too long") from None
-            if not line:
-                return
-            total += len(line)
-            if total > 65536:
-                raise bad_request("trailers too large")
-            name, sep, value = line.partition(b":")
-            if not sep or not _METHOD_RE.fullmatch(name) or not _FIELD_VALUE_RE.fullmatch(value):
-                raise bad_request("malformed trailer field")
-            if self.strict and name.lower() in _NOT_IN_TRAILERS:
-                raise bad_request("framing or routing field in trailers")
-            self.trailers.append((name, value.strip(b" \t")))
-
-
-def _chunk_size(line: bytes, strict: bool) -> int:
-    if strict:
-        m = _CHUNK_LINE_RE.fullmatch(line)
-        if m is None:  # no whitespace, no bare CR/LF, extensions as tokens or quoted strings only
-            raise bad_request("invalid chunk size")
-        return int(m.group(1), 16)
-    size_text = line.split(b";", 1)[0].strip(b" \t")
-    if not size_text or len(size_text) > 15 or size_text.strip(b"0123456789abcdefABCDEF"):
-        raise bad_request("invalid chunk size")
-    return int(size_text, 16)
 
 
 def serialize_trailers(trailers: list[tuple[bytes, bytes]]) -> bytes:

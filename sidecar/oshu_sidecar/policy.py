@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from .errors import ProxyError
 from .hosts import HostPattern, any_match
 from .scrub import Scrubber
 from .session import SEALED_PREFIX, Session, format_time
@@ -44,15 +45,6 @@ class HostPlan:
     query_subs: tuple[Substitution, ...]
     body_subs: tuple[Substitution, ...]
     label: str  # host label for metrics: the host if the session names it, else "other"
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """Why a request is refused: HTTP status, stable error code, human message."""
-
-    status: int
-    code: str
-    message: str
 
 
 class Policy:
@@ -124,13 +116,13 @@ class Policy:
         return str(min(matches, key=lambda p: p.wildcard))
 
     # -- session state ----------------------------------------------------------------
-    def inactive(self, now: float | None = None) -> Refusal | None:
+    def inactive(self, now: float | None = None) -> ProxyError | None:
         """Why substitution is off (revoked or expired), or None while the session is live."""
         if self.revoked_reason is not None:
-            return Refusal(403, "session_revoked", f"{self.revoked_reason}; sealed tokens are no longer honoured")
+            return ProxyError("session_revoked", f"{self.revoked_reason}; sealed tokens are no longer honoured")
         if self.expires_at is not None and (now if now is not None else time.time()) >= self.expires_at:
             assert self.session.expires_at is not None
-            return Refusal(403, "session_expired",
+            return ProxyError("session_expired",
                            f"session {self.name} expired at {format_time(self.session.expires_at)};"
                            " sealed tokens are no longer honoured")
         return None
@@ -147,7 +139,7 @@ class Policy:
         return [s.name for s in self.subs if s.sealed in data]
 
 
-def withdrawn(policy: Policy, plan: HostPlan, names: list[str] | None, body_only: bool) -> Refusal | None:
+def withdrawn(policy: Policy, plan: HostPlan, names: list[str] | None, body_only: bool) -> ProxyError | None:
     """Why substitutions decided under `plan` (an earlier policy's) may no longer be made, else None.
 
     A reload that takes a secret away from a host (or a location away from a secret) is treated
@@ -169,17 +161,17 @@ def withdrawn(policy: Policy, plan: HostPlan, names: list[str] | None, body_only
         for s in then:
             if (names is None or s.name in names) and (s.name, s.sealed) not in allowed:
                 where = plan.host if plan.port == 443 else f"{plan.host}:{plan.port}"
-                return Refusal(403, "session_changed",
+                return ProxyError("session_changed",
                                f"session {policy.name} changed: secret {s.name} is no longer substituted for {where}"
                                " here; the request was stopped")
     return None
 
 
-def egress_refusal(host: str, port: int) -> Refusal:
+def egress_refusal(host: str, port: int) -> ProxyError:
     where = host if port == 443 else f"{host}:{port}"
-    return Refusal(403, "egress_denied", f"host {where} is not in this session's egress allowlist")
+    return ProxyError("egress_denied", f"host {where} is not in this session's egress allowlist")
 
 
-def plaintext_refusal(names: list[str]) -> Refusal:
-    return Refusal(403, "plaintext_secret",
+def plaintext_refusal(names: list[str]) -> ProxyError:
+    return ProxyError("plaintext_secret",
                    f"refusing to send sealed token(s) of {', '.join(names)} over plain http://; use https://")

@@ -14,7 +14,7 @@ CONNECT_OK = b"HTTP/1.1 200 Connection established\r\n\r\n"
 
 
 async def run_tunnel(client: Channel, pool: UpstreamPool, host: str, port: int) -> None:
-    """Open TCP to host:port (UpstreamError propagates: nothing was sent), answer 200, pump."""
+    """Open TCP to host:port (ProxyError propagates: nothing was sent), answer 200, pump."""
     upstream = await pool.open_tunnel(host, port)
     if client.closed:
         upstream.abort()

@@ -17,19 +17,10 @@ from typing import Callable
 import certifi
 
 from .channel import Channel, Deadlines
+from .errors import ProxyError
 from .config import ConnectTo, Resolve
 
 _HASH_LINK_RE = re.compile(r"[0-9a-f]{8}\.[0-9]+")
-
-
-class UpstreamError(Exception):
-    """Could not reach or trust an upstream; maps to a 502/504 JSON error. Never sent anything."""
-
-    def __init__(self, code: str, message: str, status: int = 502) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
 
 
 def _has_hash_links(directory: str) -> bool:
@@ -135,14 +126,14 @@ class UpstreamPool:
     """Keep-alive connections per (tls, host, port); LIFO reuse, bounded idle count and age."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, ssl_ctx: ssl.SSLContext, router: Router,
-                 connect_timeout: float = 10.0, max_idle_per_key: int = 64, idle_ttl: float = 30.0,
-                 on_open: Callable[[], None] | None = None, on_close: Callable[[], None] | None = None) -> None:
+                 connect_timeout: float = 10.0, on_open: Callable[[], None] | None = None,
+                 on_close: Callable[[], None] | None = None) -> None:
         self.loop = loop
         self.ssl_ctx = ssl_ctx
         self.router = router
         self.connect_timeout = connect_timeout
-        self.max_idle_per_key = max_idle_per_key
-        self.idle_ttl = idle_ttl
+        self.max_idle_per_key = 64  # idle connections kept per (tls, host, port)
+        self.idle_ttl = 30.0  # seconds an idle connection is kept
         self.on_open = on_open
         self.on_close = on_close
         self._idle: dict[tuple[bool, str, int], dict[UpstreamConn, float]] = {}
@@ -227,15 +218,15 @@ class UpstreamPool:
                     ssl_handshake_timeout=self.connect_timeout if tls else None,
                 )
         except ssl.SSLCertVerificationError as e:
-            raise UpstreamError("upstream_tls_error",
+            raise ProxyError("upstream_tls_error",
                                 f"TLS verification of upstream {host}:{port} failed: {e.verify_message}") from None
         except ssl.SSLError as e:
-            raise UpstreamError("upstream_tls_error",
+            raise ProxyError("upstream_tls_error",
                                 f"TLS handshake with upstream {host}:{port} failed: {e.reason or e.__class__.__name__}") from None
         except TimeoutError:
-            raise UpstreamError("upstream_timeout", f"connecting to upstream {host}:{port} timed out", 504) from None
+            raise ProxyError("upstream_timeout", f"connecting to upstream {host}:{port} timed out") from None
         except OSError as e:
-            raise UpstreamError("upstream_unreachable",
+            raise ProxyError("upstream_unreachable",
                                 f"cannot connect to upstream {host}:{port}: {e.strerror or e.__class__.__name__}") from None
         if not tls:
             conn.keep_open_on_eof = True

@@ -12,9 +12,10 @@ from oshu_sidecar.channel import Channel
 from oshu_sidecar.config import ConfigError, load_config, parse_connect_to, parse_resolve
 from oshu_sidecar.errors import CODES, error_response
 from oshu_sidecar.http1 import (
-    CHUNKED, LENGTH, NO_BODY, UNTIL_CLOSE, ChunkedDecoder, HttpError, edit_head, filter_fields, parse_request_head,
+    CHUNKED, LENGTH, NO_BODY, UNTIL_CLOSE, HttpError, edit_head, filter_fields, parse_request_head,
     parse_response_head,
 )
+from oshu_sidecar.body import ChunkedDecoder
 from oshu_sidecar.policy import Policy
 from oshu_sidecar.substitute import (
     StreamReplacer, decode_basic, redact_query, substitute_head, substitute_query, tokens_in_request,
