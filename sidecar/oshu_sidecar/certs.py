@@ -4,17 +4,25 @@ Each name gets its own server-side SSLContext (the leaf loaded into it once), so
 fresh intercepted connection with a cached leaf costs a TLS handshake and nothing else.
 Concurrent first requests for one name share a single minting job. The contexts record
 the client's SNI on the SSL object so the proxy can check it against the CONNECT target.
+
+A server name that is not ASCII never reaches that callback: CPython's SNI hook fails to
+decode it, reports "Exception ignored" with a traceback on stderr, and OpenSSL ends the
+handshake with an internal_error alert. The handshake is refused either way (no leaf is
+served, nothing is forwarded); `refuse_non_ascii_sni` turns the traceback into one JSON line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import ssl
 import tempfile
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+from .logs import log, unraisable_handlers
 
 if TYPE_CHECKING:  # pki pulls in `cryptography` (~10 MB resident): imported on first mint only
     from .pki import CertificateAuthority, KeyPair
@@ -33,6 +41,29 @@ def _record_sni(sslobj: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLCont
 
 def sni_of(sslobj: object) -> str | None:
     return getattr(sslobj, SNI_ATTR, None)
+
+
+def non_ascii_server_name(unraisable: Any) -> bytes | None:
+    """The raw name, if this "exception ignored" event is CPython's SNI hook failing to decode a
+    ClientHello's server name as ASCII (the name is the event's object; no other path reports that)."""
+    exc, obj = unraisable.exc_value, unraisable.object
+    if (isinstance(exc, UnicodeDecodeError) and isinstance(obj, bytes) and exc.object == obj
+            and exc.encoding == "ascii" and unraisable.err_msg is None):
+        return obj
+    return None
+
+
+def refuse_non_ascii_sni(unraisable: Any) -> bool:
+    """Log a refused non-ASCII SNI as one JSON line (OpenSSL has already failed the handshake)."""
+    name = non_ascii_server_name(unraisable)
+    if name is None:
+        return False
+    log(logging.INFO, "client TLS handshake refused: server name is not ASCII", reason="sni_not_ascii",
+        sni=name[:253].decode("ascii", "backslashreplace"))
+    return True
+
+
+unraisable_handlers.append(refuse_non_ascii_sni)
 
 
 def _load_chain(ctx: ssl.SSLContext, pair: "KeyPair") -> None:

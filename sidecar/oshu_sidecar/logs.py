@@ -16,9 +16,10 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from json.encoder import encode_basestring_ascii as _q  # type: ignore[attr-defined]
-from typing import Any
+from typing import Any, Callable
 
 LOGGER_NAME = "oshu.sidecar"
 logger = logging.getLogger(LOGGER_NAME)
@@ -119,7 +120,35 @@ class SinkHandler(logging.Handler):
             self.handleError(record)
 
 
+#: Recognizers of known "exception ignored" events (`sys.unraisablehook` arguments): each logs its
+#: own line and returns True, or returns False. certs.py registers the non-ASCII SNI one.
+unraisable_handlers: list[Callable[[Any], bool]] = []
+
+
+def _error_text(exc: BaseException | None) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500] if exc is not None else ""
+
+
+def _log_unraisable(unraisable: Any) -> None:
+    """Python's "Exception ignored in ..." (printed with a traceback on stderr) as one JSON line."""
+    for handler in unraisable_handlers:
+        try:
+            if handler(unraisable):
+                return
+        except Exception:  # pragma: no cover - a recognizer must not hide the event
+            break
+    log(logging.ERROR, "exception ignored", where=unraisable.err_msg or "",
+        object=type(unraisable.object).__name__, error=_error_text(unraisable.exc_value))
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    log(logging.ERROR, "uncaught exception in a thread", thread=args.thread.name if args.thread else "",
+        error=_error_text(args.exc_value))
+
+
 def setup_logging(level: str = "info") -> None:
+    """JSON lines for everything the process writes on stderr: log records, warnings, and the
+    exceptions Python would otherwise print with a traceback (ignored ones, threads')."""
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
@@ -129,6 +158,9 @@ def setup_logging(level: str = "info") -> None:
     root.setLevel(level.upper())
     # Third-party chatter (aiohttp access logs, asyncio debug) stays out of the audit stream.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+    sys.unraisablehook = _log_unraisable
+    threading.excepthook = _log_thread_exception
 
 
 def log(level: int, msg: str, **fields: Any) -> None:
