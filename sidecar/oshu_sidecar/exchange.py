@@ -16,7 +16,7 @@ from .body import BodyReader
 from .channel import ChannelClosed, DeadlineExpired, HeadTooLarge
 from .decide import Decision, Facts, body_refusal, decide, display, refusal_closes
 from .errors import ProxyError
-from .http1 import CHUNKED, LAST_CHUNK, LENGTH, RequestHead, chunk, edit_head, serialize_trailers
+from .http1 import CHUNKED, LAST_CHUNK, LENGTH, NO_BODY, RequestHead, chunk, edit_head, serialize_trailers
 from .policy import Policy, withdrawn
 from .response import read_response_head, relay, switch_protocols
 from .substitute import StreamReplacer, redact_query, replace_all
@@ -92,9 +92,10 @@ class Exchange:
                 self.proxy.refuse_conn(self.conn, d.refusal)
                 return False
             return self.refuse(d.refusal, d.close)
-        refusal = await self._prepare_body()
-        if refusal is not None:
-            return self.refuse(refusal)
+        if self.req.framing != NO_BODY:  # (no coroutine per request for the common body-less case)
+            refusal = await self._prepare_body()
+            if refusal is not None:
+                return self.refuse(refusal)
         head = self._upstream_head()
         try:
             up, reused = await self.proxy.pool.acquire(self.facts.tls, d.host, d.port)
@@ -171,7 +172,14 @@ class Exchange:
         self.status = resp.status
         if resp.status == 101:
             return await switch_protocols(self, up, resp)
-        keep_client, up_ok = await relay(self, up, resp)
+        try:
+            keep_client, up_ok = await relay(self, up, resp)
+        except (ChannelClosed, ConnectionError):
+            keep_client = up_ok = False
+            self.outcome = "client_closed" if self.conn.closed else "upstream_closed"
+        except ProxyError:
+            keep_client = up_ok = False
+            self.outcome = "upstream_protocol_error"
         return self._settle(up, keep_client, up_ok)
 
     async def _retry(self, stale: UpstreamConn, head: bytes) -> bool:

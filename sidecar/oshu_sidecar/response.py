@@ -56,17 +56,10 @@ async def read_response_head(ex: Exchange, up: UpstreamConn) -> ResponseHead:
 
 
 async def relay(ex: Exchange, up: UpstreamConn, resp: ResponseHead) -> tuple[bool, bool]:
-    """Stream the response to the client; returns (client keep-alive, upstream reusable)."""
-    try:
-        return await _relay(ex, up, resp)
-    except (ChannelClosed, ConnectionError):
-        ex.outcome = "client_closed" if ex.conn.closed else "upstream_closed"
-    except ProxyError:
-        ex.outcome = "upstream_protocol_error"
-    return False, False
+    """Stream the response to the client; returns (client keep-alive, upstream reusable).
 
-
-async def _relay(ex: Exchange, up: UpstreamConn, resp: ResponseHead) -> tuple[bool, bool]:
+    Raises ChannelClosed/ConnectionError when either side goes away, ProxyError on a malformed body.
+    """
     conn, scrubber, names = ex.conn, ex.policy.scrubber, ex.scrubbed
     keep_client = ex.req.keep_alive
     close_hdr = b"" if keep_client else _CONN_CLOSE
