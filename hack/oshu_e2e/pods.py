@@ -81,7 +81,7 @@ def external_from_env() -> ExternalCluster | None:
         from oshu_localkube.build import ensure_built
         tools = ensure_built(["kubectl", "helm"])
         return ExternalCluster(path, tools["kubectl"], tools["helm"])
-    except Exception:  # noqa: BLE001 - no Go here: the user's own kubectl and helm
+    except Exception:
         return ExternalCluster(path)
 
 
@@ -114,13 +114,23 @@ def images_from_env() -> Images | None:
     return Images(refs["operator"], refs["sidecar"], refs["agent"])
 
 
-def prepare_images(*, node: Any = None, registry: str | None = None, log: Log = print) -> Images:
-    """Build (or reuse) the images; import them into ``node`` or push them to ``registry``."""
-    from oshu_images.build import build, build_sidecar_trusting, push
+def build_images(log: Log = print) -> dict[str, Any]:
+    """Build (or reuse) what the suite and the demo run: {operator, sidecar (trusting the
+    stand-in's CA), agent: BuiltImage}."""
+    from oshu_images.build import build, build_sidecar_trusting
 
     built = build(["sidecar", "operator", "agent"], log=log)
     trusting = build_sidecar_trusting(built["sidecar"], standin.ca().cert_pem, log=log)
-    wanted = {"operator": built["operator"], "sidecar": trusting, "agent": built["agent"]}
+    return {"operator": built["operator"], "sidecar": trusting, "agent": built["agent"]}
+
+
+def prepare_images(*, node: Any = None, registry: str | None = None, log: Log = print,
+                   built: Mapping[str, Any] | None = None) -> Images:
+    """Build (or reuse, or take ``built``) the images; import them into ``node`` or push them
+    to ``registry``."""
+    from oshu_images.build import push
+
+    wanted = dict(built) if built else build_images(log)
     if registry:
         refs = push(wanted.values(), registry, log=log)
         by_kind = {k: refs[v.kind] for k, v in wanted.items()}
@@ -283,10 +293,11 @@ def exec_in(kube: Kube, namespace: str, pod: str, script: str, *, container: str
     return kube.kubectl(*args, input=stdin, check=False, timeout=timeout)
 
 
-def clients(url: str, tag: str) -> dict[str, str]:
+def clients(url: str, tag: str, env_name: str = ENV_NAME) -> dict[str, str]:
     """Shell commands, one per client, that call ``url`` with only the injected variables:
-    the sealed token from $STANDIN_API_KEY, the proxy and CA from the rest. Each prints the
+    the sealed token from ``$<env_name>``, the proxy and CA from the rest. Each prints the
     HTTP status and marks its request with ``x-client: <client>-<tag>``."""
+    ENV_NAME = env_name
     git_url = url.replace("https://", f"https://x-access-token:${ENV_NAME}@", 1).rstrip("/") + "/org/repo.git"
     return {
         "curl": (f"curl -sS --max-time 20 -o /dev/null -w '%{{http_code}}' -H \"x-api-key: ${ENV_NAME}\" "

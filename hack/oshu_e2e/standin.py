@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from oshu_localkube.build import cache_dir
-from oshu_sidecar.pki import CertificateAuthority, KeyPair, new_ca
+from oshu_contract.pki import CertificateAuthority, KeyPair, new_ca
 
 Doc = dict[str, Any]
 NAME = "api-standin"
@@ -55,7 +55,7 @@ def host(namespace: str, name: str = NAME, domain: str = "cluster.local") -> str
 
 def manifests(namespace: str, image: str, pull_policy: str = "IfNotPresent", domain: str = "cluster.local") -> list[Doc]:
     """TLS Secret, code ConfigMap, the pod and its two Services."""
-    names = [host(namespace, n, domain) for n in (NAME, OTHER)] + [f"{NAME}.{namespace}.svc"]
+    names = [host(namespace, n, domain) for n in (NAME, OTHER)]  # the CA may sign only under cluster.local
     leaf = CertificateAuthority.from_pem(*_ca_pem()).issue_leaf(names, validity=timedelta(days=2))
     labels = {"app.kubernetes.io/name": NAME}
     pod = {

@@ -30,13 +30,13 @@ def _selected(session: pytest.Session) -> bool:
     return any("tests/pods/" in item.nodeid.replace(os.sep, "/") for item in session.items)
 
 
-_images: pods.Images | None = None
+_built: dict[str, Any] = {}
 _image_error: str | None = None
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Build (or reuse) the images once, before any test's timeout starts (cold: minutes)."""
-    global _images, _image_error
+    global _image_error
     if not _selected(session) or pods.external_from_env() is not None:
         return
     from oshu_images.podman import available
@@ -45,11 +45,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if reason:
         _image_error = reason
         return
-    from oshu_images.build import build, build_sidecar_trusting
-
     started = time.monotonic()
-    built = build(["sidecar", "operator", "agent"], log=_log)
-    build_sidecar_trusting(built["sidecar"], standin.ca().cert_pem, log=_log)
+    # Built once, from the sources as they are now: the run uses exactly these.
+    _built.update(pods.build_images(log=_log))
     _log(f"images ready in {time.monotonic() - started:.0f}s")
 
 
@@ -94,7 +92,7 @@ def pods_env(request: pytest.FixtureRequest) -> Iterator[PodsEnv]:
         if _image_error:
             pytest.skip(f"cannot build images here: {_image_error}")
         kube = request.getfixturevalue("kube_node_cluster")
-        images = pods.prepare_images(node=kube.node, log=_log)
+        images = pods.prepare_images(node=kube.node, log=_log, built=_built or None)
         domain = kube.node.net.cluster_domain
     suffix = secrets.token_hex(3)
     release, namespace, api_ns = "oshu-vault", f"oshu-pods-{suffix}", f"oshu-pods-api-{suffix}"
