@@ -18,8 +18,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from oshu_localkube.build import cache_dir
 from oshu_contract.pki import CertificateAuthority, KeyPair, new_ca
+from oshu_localkube.build import cache_dir
 
 Doc = dict[str, Any]
 NAME = "api-standin"

@@ -18,8 +18,6 @@ import pytest
 
 from oshu_e2e import pods, standin
 
-
-
 pytestmark = pytest.mark.timeout(900)
 
 
