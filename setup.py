@@ -1,7 +1,7 @@
 """Console scripts: the one part of the package metadata that depends on the source tree.
 
-The images build from pyproject.toml, setup.py, sidecar/ and operator/ only (.dockerignore),
-so their wheel holds oshu_sidecar and oshu_operator and must not install a command for the
+The images build from pyproject.toml, setup.py, contract/, sidecar/ and operator/ only (.dockerignore),
+so their wheel holds oshu_contract, oshu_sidecar and oshu_operator and must not install a command for the
 local control plane, whose package (hack/oshu_localkube) is not in it. A checkout has hack/:
 `pip install -e '.[test]'` gets all three commands and the dev packages (oshu_localkube,
 oshu_e2e). Everything else is in pyproject.toml.

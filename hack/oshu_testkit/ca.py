@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from oshu_sidecar.pki import CertificateAuthority, KeyPair, new_ca
+from oshu_contract.pki import CertificateAuthority, KeyPair, new_ca
 
 
 @dataclass

@@ -17,8 +17,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from oshu_sidecar.hosts import HostPattern
-from oshu_sidecar.session import DEFAULT_LOCATIONS, SecretBinding, Session, loads_session, new_sealed_token
+from oshu_contract.hosts import HostPattern
+from oshu_contract.session import DEFAULT_LOCATIONS, SecretBinding, Session, loads_session, new_sealed_token
 
 #: What a session may be given as: a `Session`, its JSON document, or the file's bytes or text.
 SessionLike = Session | Mapping[str, Any] | bytes | str

@@ -35,8 +35,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from oshu_sidecar.hosts import split_host_port
-from oshu_sidecar.pki import KeyPair, new_ca
+from oshu_contract.hosts import split_host_port
+from oshu_contract.pki import KeyPair, new_ca
 
 from .clientenv import injected_client_env, without_proxy_env, write_ca_mount
 from .processes import terminate

@@ -11,7 +11,7 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from oshu_sidecar.session import format_time
+from oshu_contract.session import format_time
 
 from .kube import Kube
 from .material import utcnow

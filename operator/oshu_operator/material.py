@@ -11,21 +11,18 @@ from __future__ import annotations
 import base64
 import functools
 import ipaddress
-import json
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Iterable, Mapping
 
 import certifi
 from cryptography import x509
-from oshu_sidecar.hosts import HostPattern
-from oshu_sidecar.pki import CertificateAuthority, KeyPair, new_ca
-from oshu_sidecar.session import new_sealed_token
+from oshu_contract.hosts import HostPattern
+from oshu_contract.pki import CertificateAuthority, KeyPair, new_ca
+from oshu_contract.tokens import is_sealed_token, new_sealed_token
 
 from .names import KEY_CA_BUNDLE, KEY_CA_CERT, KEY_CA_KEY, KEY_SESSION_FILE
 
-_SEALED_RE = re.compile(r"^SEALED_[A-Za-z0-9_-]{22,128}$")
 #: A CA is renewed once less than this share of its lifetime is left.
 CA_RENEW_FRACTION = 1 / 3
 #: Sessions with a ttl get a CA that outlives the session by this much (clock skew).
@@ -34,26 +31,12 @@ CA_TTL_SLACK = timedelta(minutes=10)
 
 # --- sealed tokens ------------------------------------------------------------------------
 
-def tokens_from_session_file(data: bytes | None) -> dict[str, str]:
-    """Sealed tokens recorded in a previous session file; tolerant of revoked/partial files."""
-    if not data:
-        return {}
-    try:
-        doc = json.loads(data)
-    except ValueError:
-        return {}
-    out: dict[str, str] = {}
-    for entry in doc.get("secrets") or [] if isinstance(doc, dict) else []:
-        if isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("sealed"), str):
-            out[entry["name"]] = entry["sealed"]
-    return out
-
-
 def stable_tokens(names: Iterable[str], *sources: Mapping[str, object] | None) -> dict[str, str]:
     """One sealed token per name: the first well-formed one any source remembers, else a new one.
 
-    Sources are consulted in order (status first, then the previous session file), so a
-    lost Secret or a lost status alone never changes a token.
+    Sources are consulted in order (status first, then the previous session file's, as
+    `oshu_contract.session.recorded_tokens` reads them), so a lost Secret or a lost status
+    alone never changes a token.
     """
     out: dict[str, str] = {}
     used: set[str] = set()
@@ -61,7 +44,7 @@ def stable_tokens(names: Iterable[str], *sources: Mapping[str, object] | None) -
         token = None
         for source in sources:
             candidate = (source or {}).get(name)
-            if isinstance(candidate, str) and _SEALED_RE.match(candidate) and candidate not in used:
+            if isinstance(candidate, str) and is_sealed_token(candidate) and candidate not in used:
                 token = candidate
                 break
         if token is None or any(token in u or u in token for u in used):

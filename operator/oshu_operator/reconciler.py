@@ -17,7 +17,8 @@ from datetime import datetime
 from typing import Any, Awaitable, Callable, Mapping
 
 from kubernetes_asyncio.client.exceptions import ApiException
-from oshu_sidecar.session import Session, SessionError, format_time, parse_session, parse_time
+from oshu_contract.session import (SecretBinding, Session, SessionError, format_time, new_binding, new_session,
+                                   parse_time, recorded_tokens)
 
 from . import events, material
 from . import names as n
@@ -45,7 +46,7 @@ class RetryLater(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Resolved:
-    bindings: list[dict[str, Any]]
+    bindings: list[SecretBinding]
     problems: list[tuple[str, str]]  # (reason, message)
 
 
@@ -183,7 +184,7 @@ class Reconciler:
             await self._write_secret(body, existing, session, spec_hosts=(), expires_at=None, now=now)
             return await self._finish(body, outcome, now)
 
-        tokens = material.stable_tokens(spec.names, status.get("tokens"), material.tokens_from_session_file(old_file))
+        tokens = material.stable_tokens(spec.names, status.get("tokens"), recorded_tokens(old_file))
         created = parse_time(meta["creationTimestamp"], "creationTimestamp")
         expires_at = created + spec.ttl if spec.ttl is not None else None
 
@@ -197,12 +198,8 @@ class Reconciler:
             return await self._finish(body, outcome, now)
 
         resolved = await self._resolve(namespace, spec, tokens)
-        session = Session(
-            session=_session_id(namespace, name),
-            secrets=parse_session({"session": "x", "secrets": resolved.bindings}).secrets,
-            expires_at=expires_at,
-            egress=spec.egress,
-        )
+        session = new_session(_session_id(namespace, name), resolved.bindings, expires_at=expires_at,
+                              egress=spec.egress)
         ca = await self._write_secret(body, existing, session, spec.intercepted_hosts, expires_at, now)
         if resolved.problems:
             reason = resolved.problems[0][0]
@@ -223,7 +220,7 @@ class Reconciler:
     async def _resolve(self, namespace: str, spec: SessionSpec, tokens: Mapping[str, str]) -> Resolved:
         """Read each referenced Secret key; missing or unusable ones become problems, never errors."""
         cache: dict[str, dict[str, Any] | None] = {}
-        bindings: list[dict[str, Any]] = []
+        bindings: list[SecretBinding] = []
         problems: list[tuple[str, str]] = []
         for s in spec.secrets:
             if s.secret_name not in cache:
@@ -243,15 +240,12 @@ class Reconciler:
                 continue
             # `kubectl create secret --from-file` keeps the file's final newline; it is never part of a key.
             value = value.removesuffix("\n").removesuffix("\r")
-            entry = {"name": s.name, "sealed": tokens[s.name], "value": value, "hosts": [str(h) for h in s.hosts]}
-            if s.locations != frozenset({"headers"}):
-                entry["locations"] = sorted(s.locations)
-            try:
-                parse_session({"session": "check", "secrets": [entry]})
+            try:  # the session file's own checks, through the contract's constructor
+                binding = new_binding(s.name, tokens[s.name], value, s.hosts, s.locations)
             except SessionError as e:
                 problems.append(("SecretValueInvalid", f"Secret {s.secret_name} key {s.key}: {e}"))
                 continue
-            bindings.append(entry)
+            bindings.append(binding)
         return Resolved(bindings, problems)
 
     async def _write_secret(self, body: Mapping[str, Any], existing: Mapping[str, Any] | None, session: Session,

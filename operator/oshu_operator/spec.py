@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from oshu_sidecar.hosts import HostPattern, HostPatternError, parse_patterns
-from oshu_sidecar.session import DEFAULT_LOCATIONS, ENV_NAME_RE, SessionError, parse_locations
+from oshu_contract.hosts import HostPattern, HostPatternError, parse_patterns
+from oshu_contract.session import DEFAULT_LOCATIONS, ENV_NAME_RE, SessionError, parse_locations
 
 from .duration import DurationError, parse_duration
 from .names import RESERVED_ENV_NAMES

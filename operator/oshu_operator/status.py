@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from oshu_sidecar.session import format_time
+from oshu_contract.session import format_time
 
 from .names import CONDITION_READY, PHASE_READY
 

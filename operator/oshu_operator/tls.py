@@ -19,7 +19,7 @@ from typing import Any
 from cryptography import x509
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from oshu_sidecar.pki import CertificateAuthority, new_ca
+from oshu_contract.pki import CertificateAuthority, new_ca
 
 from .kube import Kube
 from .material import utcnow

@@ -18,7 +18,7 @@ from .logs import log, sink
 from .metrics import Metrics
 from .policy import Policy
 from .server import Proxy
-from .session import SessionError
+from oshu_contract.session import SessionError
 from .sessionwatch import SessionWatcher, file_signature
 from .upstream import Router, UpstreamPool, client_context
 

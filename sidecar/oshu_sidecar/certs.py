@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from .logs import log, unraisable_handlers
 
 if TYPE_CHECKING:  # pki pulls in `cryptography` (~10 MB resident): imported on first mint only
-    from .pki import CertificateAuthority, KeyPair
+    from oshu_contract.pki import CertificateAuthority, KeyPair
 
 #: Leaves are re-minted when less than this much validity is left.
 RENEW_BEFORE = 3600.0
@@ -121,7 +121,7 @@ class LeafCache:
     def _mint(self, name: str) -> tuple[ssl.SSLContext, float]:
         from cryptography import x509
 
-        from .pki import CertificateAuthority
+        from oshu_contract.pki import CertificateAuthority
 
         if self._ca is None:
             self._ca = CertificateAuthority.from_pem(*self._ca_pem)

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from .hosts import normalize_host
+from oshu_contract.hosts import normalize_host
 
 ENV_PREFIX = "OSHU_"
 

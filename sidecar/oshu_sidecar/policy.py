@@ -12,14 +12,23 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from .errors import ProxyError
-from .hosts import HostPattern, any_match
+from oshu_contract.hosts import HostPattern, any_match
 from .scrub import Scrubber
-from .session import SEALED_PREFIX, Session, format_time
+from oshu_contract.locations import Location
+from oshu_contract.session import SEALED_PREFIX, Session, format_time
 
 SEALED_MARK = SEALED_PREFIX.encode()
 #: Distinct host:port plans kept per policy; beyond that the cache is reset (bounded memory).
 PLAN_CACHE_SIZE = 4096
 OTHER_HOST_LABEL = "other"
+#: Each substitution location of the contract -> the plan field the substitution code of that
+#: location reads (decide.py: header values and Basic credentials, the query string, the body).
+#: Total over `Location` (tests/contract checks, and ties `Location` to the CRD's enum).
+SUBSTITUTES: dict[Location, str] = {
+    Location.HEADERS: "header_subs",
+    Location.QUERY: "query_subs",
+    Location.BODY: "body_subs",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +39,7 @@ class Substitution:
     sealed: bytes
     value: bytes
     query_value: bytes  # percent-encoded form for a query string
-    locations: frozenset[str]
+    locations: frozenset[Location]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,9 +107,7 @@ class Policy:
             port=port,
             intercept=intercept,
             egress_allowed=egress_allowed,
-            header_subs=tuple(s for s in allowed if "headers" in s.locations),
-            query_subs=tuple(s for s in allowed if "query" in s.locations),
-            body_subs=tuple(s for s in allowed if "body" in s.locations),
+            **{field: tuple(s for s in allowed if loc in s.locations) for loc, field in SUBSTITUTES.items()},
             label=self._label(host, port),
         )
 

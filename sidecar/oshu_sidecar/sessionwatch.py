@@ -23,7 +23,7 @@ from typing import Callable
 
 from .logs import log
 from .policy import Policy
-from .session import Session, SessionError, load_session_file
+from oshu_contract.session import Session, SessionError, load_session_file
 
 Signature = tuple[int, int, int, int]
 #: Values of secrets dropped by a reload that are still scrubbed from responses (oldest forgotten first).

@@ -7,9 +7,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from oshu_sidecar.hosts import HostPattern, HostPatternError, split_host_port
-from oshu_sidecar.pki import CertificateAuthority, new_ca
-from oshu_sidecar.session import (
+from oshu_contract.hosts import HostPattern, HostPatternError, split_host_port
+from oshu_contract.pki import CertificateAuthority, new_ca
+from oshu_contract.session import (
     SecretBinding,
     Session,
     SessionError,

@@ -1,8 +1,8 @@
 """The container images: lint both Dockerfiles, check their hardening, replay their builds.
 
-No container engine runs here, so "the image works" is proved the closest way we can: the
-build stage's own RUN command is replayed on the host (same wheel, same pip flags, same venv
-layout) and the final stage's ENTRYPOINT is started from the result.
+These checks need no container engine: the build stage's own RUN command is replayed on the
+host (same wheel, same pip flags, same venv layout) and the final stage's ENTRYPOINT is started
+from the result. test_built_images.py builds and runs the real images with podman.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ MUST_NOT_IMPORT = {
     "operator": ("pytest", "httpx", *DEV_PACKAGES),
 }
 #: What the wheel the images install holds: the product's packages and commands, nothing else.
-WHEEL_PACKAGES = {"oshu_sidecar", "oshu_operator"}
+WHEEL_PACKAGES = {"oshu_contract", "oshu_sidecar", "oshu_operator"}
 WHEEL_SCRIPTS = {"oshu-sidecar": "oshu_sidecar.__main__:main", "oshu-operator": "oshu_operator.cli:main"}
 BASE_RE = re.compile(
     r"^python:(?P<version>3\.\d+\.\d+)-slim-(?P<distro>[a-z]+)@sha256:[0-9a-f]{64}$"
@@ -304,7 +304,7 @@ def test_entrypoint_starts_from_the_installed_package(built) -> None:
 
 
 def test_the_wheel_holds_only_the_product(built) -> None:
-    """The wheel the image installs: oshu_sidecar and oshu_operator, their two commands, no dev tooling."""
+    """The wheel the image installs: oshu_contract, oshu_sidecar and oshu_operator, their two commands, no dev tooling."""
     name, _, _, wheels = built
     (wheel,) = wheels.glob("oshu_vault-*.whl")
     with zipfile.ZipFile(wheel) as zf:

@@ -21,7 +21,7 @@ import pytest
 
 from oshu_localkube import LocalCluster
 from oshu_localkube.cluster import wait_for
-from oshu_sidecar.pki import CertificateAuthority, new_ca
+from oshu_contract.pki import CertificateAuthority, new_ca
 
 pytestmark = pytest.mark.timeout(180)
 

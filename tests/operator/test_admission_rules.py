@@ -19,7 +19,7 @@ from oshu_operator.config import OperatorConfig, SidecarConfig
 from oshu_operator.injection import plan, subject, volumes
 from oshu_operator.metrics import Metrics
 from oshu_operator.rules import Refused, SessionView
-from oshu_sidecar.session import new_sealed_token
+from oshu_contract.session import new_sealed_token
 
 CFG = OperatorConfig(sidecar=SidecarConfig(image="registry.test/oshu-sidecar:1"))
 TOKEN = new_sealed_token()

@@ -12,7 +12,7 @@ from oshu_operator.config import OperatorConfig, SidecarConfig
 from oshu_operator.injection import (
     NotReady, Refused, SessionView, infra_env, plan, session_name_of, sidecar_container, volumes,
 )
-from oshu_sidecar.session import new_sealed_token
+from oshu_contract.session import new_sealed_token
 
 CFG = OperatorConfig(sidecar=SidecarConfig(image="registry.test/oshu-sidecar:1"), no_proxy=("localhost", ".svc"))
 TOKEN_A = new_sealed_token()

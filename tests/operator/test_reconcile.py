@@ -9,8 +9,8 @@ import pytest
 from cryptography import x509
 
 from oshu_operator import names as n
-from oshu_sidecar.pki import CertificateAuthority
-from oshu_sidecar.session import loads_session
+from oshu_contract.pki import CertificateAuthority
+from oshu_contract.session import loads_session
 
 from oshu_testkit.kube import wait_for
 

@@ -14,9 +14,9 @@ from oshu_operator import names as n
 from oshu_operator.duration import DurationError, format_duration, parse_duration
 from oshu_operator.spec import SpecError, parse_spec
 from oshu_operator.status import Outcome, changed, status_patch
-from oshu_sidecar.hosts import HostPattern
-from oshu_sidecar.pki import CertificateAuthority
-from oshu_sidecar.session import Session, loads_session, new_sealed_token
+from oshu_contract.hosts import HostPattern
+from oshu_contract.pki import CertificateAuthority
+from oshu_contract.session import Session, loads_session, new_sealed_token, recorded_tokens
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
 
@@ -80,14 +80,14 @@ def test_parse_spec_errors(over, match):
 
 def test_tokens_are_kept_from_status_then_file_and_minted_otherwise():
     a, b = new_sealed_token(), new_sealed_token()
-    file_tokens = material.tokens_from_session_file(json.dumps({"secrets": [{"name": "B", "sealed": b}]}).encode())
+    file_tokens = recorded_tokens(json.dumps({"secrets": [{"name": "B", "sealed": b}]}).encode())
     out = material.stable_tokens(["A", "B", "C"], {"A": a}, file_tokens)
     assert out["A"] == a and out["B"] == b and out["C"].startswith("SEALED_") and out["C"] not in (a, b)
     assert material.stable_tokens(["A"], {"A": "not-a-token"})["A"].startswith("SEALED_")
     # the same token twice is never reused for a second name
     dup = material.stable_tokens(["A", "B"], {"A": a, "B": a})
     assert dup["A"] == a and dup["B"] != a
-    assert material.tokens_from_session_file(b"{not json") == {}
+    assert recorded_tokens(b"{not json") == {}
 
 
 def test_session_ca_is_name_constrained_and_kept_while_it_covers_the_hosts():

@@ -21,7 +21,7 @@ import pytest
 
 from oshu_sidecar.admin import MAX_INPUT, AdminApp, AdminServer
 from oshu_sidecar.metrics import RENDER_BURST, RENDER_RATE, RENDER_TTL, Metrics
-from oshu_sidecar.session import SecretBinding
+from oshu_contract.session import SecretBinding
 from oshu_testkit.scripted import tls_client
 from oshu_testkit.sidecar_process import SidecarProcess
 from oshu_testkit.upstreams import HOST, Upstream

@@ -28,7 +28,7 @@ from urllib.parse import quote, quote_plus, unquote
 import pytest
 
 from oshu_sidecar.policy import Policy
-from oshu_sidecar.session import SecretBinding
+from oshu_contract.session import SecretBinding
 from oshu_testkit.ca import TestCA
 from oshu_testkit.rawclient import RawClient, RawResponse
 from oshu_testkit.sessions import new_secret, new_session

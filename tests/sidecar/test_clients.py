@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from oshu_sidecar.session import SecretBinding
+from oshu_contract.session import SecretBinding
 from oshu_testkit.sidecar_process import SidecarProcess
 from oshu_testkit.upstreams import Upstream
 from oshu_testkit.clients import curl, header_of, node_fetch, pyclient

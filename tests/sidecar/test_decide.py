@@ -16,7 +16,7 @@ import pytest
 
 from oshu_sidecar.decide import Facts, decide, decide_connect, parse_authority, sni_matches
 from oshu_sidecar.errors import CODES, ProxyError
-from oshu_sidecar.hosts import HostPattern
+from oshu_contract.hosts import HostPattern
 from oshu_sidecar.http1 import edit_head, parse_request_head
 from oshu_sidecar.policy import Policy, withdrawn
 from oshu_testkit.sessions import new_secret, new_session

@@ -36,7 +36,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from oshu_sidecar.session import SecretBinding
+from oshu_contract.session import SecretBinding
 from oshu_testkit.rawclient import RawClient
 from oshu_testkit.sidecar_process import SidecarProcess
 from oshu_testkit.ca import TestCA

@@ -20,7 +20,7 @@ from urllib.parse import quote, unquote
 import pytest
 
 from oshu_sidecar.scrub import Scrubber
-from oshu_sidecar.session import SecretBinding
+from oshu_contract.session import SecretBinding
 from oshu_testkit.leaks import scan_sidecar
 from oshu_testkit.scripted import ScriptedUpstream, header_value, read_until_close, tls_client
 from oshu_testkit.sessions import new_secret, new_session

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from oshu_sidecar.pki import new_ca
+from oshu_contract.pki import new_ca
 from oshu_testkit.rawclient import RawClient
 from oshu_testkit.sessions import new_secret, new_session
 from oshu_testkit.sidecar_process import SidecarProcess

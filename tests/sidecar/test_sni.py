@@ -17,7 +17,7 @@ import struct
 
 import pytest
 
-from oshu_sidecar.session import SecretBinding
+from oshu_contract.session import SecretBinding
 from oshu_testkit.rawclient import RawClient
 from oshu_testkit.scripted import tls_client
 from oshu_testkit.sidecar_process import SidecarProcess

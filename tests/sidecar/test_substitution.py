@@ -8,7 +8,7 @@ from urllib.parse import quote, unquote_plus
 
 import pytest
 
-from oshu_sidecar.session import SecretBinding
+from oshu_contract.session import SecretBinding
 from oshu_testkit.rawclient import RawClient
 from oshu_testkit.sidecar_process import SidecarProcess
 from oshu_testkit.upstreams import Upstream

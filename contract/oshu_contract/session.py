@@ -2,7 +2,10 @@
 
 The operator renders a VaultSession into this JSON document and stores it in the
 session Secret; the sidecar loads (and hot-reloads) it. Both sides import this module,
-so the schema lives here and only here. Documented in docs/session-file.md.
+so the schema lives here and only here: the operator builds entries with `new_binding`
+(the same checks the parser makes) and reads a previous file's tokens with
+`recorded_tokens`; nothing else parses or writes the file. Documented in
+docs/session-file.md.
 
 Error messages never contain a secret value: they name the secret instead.
 """
@@ -11,38 +14,36 @@ from __future__ import annotations
 
 import json
 import re
-import secrets as _secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
 from .hosts import HostPattern, HostPatternError, parse_patterns
+from .locations import DEFAULT_LOCATIONS, LOCATIONS, Location, LocationError
+from .locations import parse_locations as _parse_locations
+from .tokens import SEALED_PREFIX, SEALED_RANDOM_BYTES, is_sealed_token, new_sealed_token
+
+__all__ = [
+    "DEFAULT_LOCATIONS", "ENV_NAME_RE", "LOCATIONS", "MAX_VALUE_LENGTH", "MIN_VALUE_LENGTH", "SCHEMA_VERSION",
+    "SEALED_PREFIX", "SEALED_RANDOM_BYTES", "Location", "SecretBinding", "Session", "SessionError", "format_time",
+    "load_session_file", "loads_session", "new_binding", "new_sealed_token", "new_session", "parse_locations", "parse_session",
+    "parse_time", "recorded_tokens",
+]
 
 SCHEMA_VERSION = 1
-SEALED_PREFIX = "SEALED_"
-#: Random bytes behind each sealed token (160 bits, hex-encoded).
-SEALED_RANDOM_BYTES = 20
-#: Where a secret's sealed token may be substituted; "headers" is the only default.
-LOCATIONS = frozenset({"headers", "query", "body"})
-DEFAULT_LOCATIONS = frozenset({"headers"})
 #: Shorter values cannot be scrubbed from responses without mangling ordinary text.
 MIN_VALUE_LENGTH = 8
 MAX_VALUE_LENGTH = 8192
 
 #: Secret names become environment variables in the agent container.
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_SEALED_RE = re.compile(r"^SEALED_[A-Za-z0-9_-]{22,128}$")
 _VALUE_RE = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$")  # printable ASCII, no edge spaces
 
 
 class SessionError(ValueError):
     """The session document is unusable; the message says which field and why."""
-
-
-def new_sealed_token() -> str:
-    """Mint a sealed token: worthless on its own, unguessable, fixed format."""
-    return SEALED_PREFIX + _secrets.token_hex(SEALED_RANDOM_BYTES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +54,7 @@ class SecretBinding:
     sealed: str
     value: str = field(repr=False)
     hosts: tuple[HostPattern, ...]
-    locations: frozenset[str] = DEFAULT_LOCATIONS
+    locations: frozenset[Location] = DEFAULT_LOCATIONS
 
     def allowed_for(self, host: str, port: int) -> bool:
         return any(p.matches(host, port) for p in self.hosts)
@@ -116,30 +117,35 @@ def parse_time(value: object, what: str) -> datetime:
     return parsed.astimezone(timezone.utc)
 
 
-def parse_locations(raw: object) -> frozenset[str]:
+def parse_locations(raw: object) -> frozenset[Location]:
     """Where a secret may be substituted; absent means headers only."""
-    if raw is None:
-        return DEFAULT_LOCATIONS
-    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
-        raise SessionError("locations must be a list of strings")
-    locations = frozenset(raw)
-    if not locations or not locations <= LOCATIONS:
-        raise SessionError(f"locations must be a non-empty subset of {sorted(LOCATIONS)}")
-    return locations
+    try:
+        return _parse_locations(raw)
+    except LocationError as e:
+        raise SessionError(str(e)) from None
 
 
-def _parse_secret(raw: object, index: int) -> SecretBinding:
-    where = f"secrets[{index}]"
-    if not isinstance(raw, Mapping):
-        raise SessionError(f"{where} must be an object")
-    name = raw.get("name")
-    if not isinstance(name, str) or not ENV_NAME_RE.match(name):
-        raise SessionError(f"{where}.name must be a valid environment variable name")
+def new_binding(name: str, sealed: str, value: str, hosts: Iterable[HostPattern],
+                locations: Iterable[str] | None = None) -> SecretBinding:
+    """A session-file entry, built by the writer with the checks the reader makes (SessionError)."""
+    if not ENV_NAME_RE.match(name):
+        raise SessionError(f"secret name {name!r} must be a valid environment variable name")
     where = f"secret {name}"
-    sealed = raw.get("sealed")
-    if not isinstance(sealed, str) or not _SEALED_RE.match(sealed):
+    sealed, value = _check_sealed_and_value(where, sealed, value)
+    patterns = tuple(hosts)
+    if not patterns:
+        raise SessionError(f"{where}: hosts must list at least one host")
+    try:
+        parsed = _parse_locations(None if locations is None else sorted(locations))
+    except LocationError as e:
+        raise SessionError(f"{where}: {e}") from None
+    return SecretBinding(name=name, sealed=sealed, value=value, hosts=patterns, locations=parsed)
+
+
+def _check_sealed_and_value(where: str, sealed: object, value: object) -> tuple[str, str]:
+    """The token and value checks every entry gets, whoever builds it."""
+    if not isinstance(sealed, str) or not is_sealed_token(sealed):
         raise SessionError(f"{where}: sealed must look like SEALED_ followed by 22-128 URL-safe characters")
-    value = raw.get("value")
     if not isinstance(value, str) or not value:
         raise SessionError(f"{where}: value must be a non-empty string")
     if not MIN_VALUE_LENGTH <= len(value) <= MAX_VALUE_LENGTH:
@@ -151,6 +157,18 @@ def _parse_secret(raw: object, index: int) -> SecretBinding:
         raise SessionError(f"{where}: value must be printable ASCII without line breaks or edge spaces")
     if SEALED_PREFIX in value:
         raise SessionError(f"{where}: value must not contain a sealed token")
+    return sealed, value
+
+
+def _parse_secret(raw: object, index: int) -> SecretBinding:
+    where = f"secrets[{index}]"
+    if not isinstance(raw, Mapping):
+        raise SessionError(f"{where} must be an object")
+    name = raw.get("name")
+    if not isinstance(name, str) or not ENV_NAME_RE.match(name):
+        raise SessionError(f"{where}.name must be a valid environment variable name")
+    where = f"secret {name}"
+    sealed, value = _check_sealed_and_value(where, raw.get("sealed"), raw.get("value"))
     try:
         hosts = parse_patterns(raw.get("hosts"), f"{where}: hosts")
     except HostPatternError as e:
@@ -158,8 +176,8 @@ def _parse_secret(raw: object, index: int) -> SecretBinding:
     if not hosts:
         raise SessionError(f"{where}: hosts must list at least one host")
     try:
-        locations = parse_locations(raw.get("locations"))
-    except SessionError as e:
+        locations = _parse_locations(raw.get("locations"))
+    except LocationError as e:
         raise SessionError(f"{where}: {e}") from None
     return SecretBinding(name=name, sealed=sealed, value=value, hosts=hosts, locations=locations)
 
@@ -188,6 +206,14 @@ def parse_session(doc: object) -> Session:
     if not isinstance(raw_secrets, list):
         raise SessionError("secrets must be a list")
     bindings = tuple(_parse_secret(raw, i) for i, raw in enumerate(raw_secrets))
+    return new_session(name, bindings, expires_at=expires_at, egress=egress, revoked=revoked)
+
+
+def new_session(name: str, secrets: Iterable[SecretBinding], *, expires_at: datetime | None = None,
+                egress: Iterable[HostPattern] | None = None, revoked: bool = False) -> Session:
+    """A session document from checked entries (`new_binding`), with the checks across entries the
+    reader makes: names unique, no sealed token inside another."""
+    bindings = tuple(secrets)
     names = [b.name for b in bindings]
     for dup in sorted({n for n in names if names.count(n) > 1}):
         raise SessionError(f"secret name {dup} appears more than once")
@@ -196,7 +222,8 @@ def parse_session(doc: object) -> Session:
         for j, b in enumerate(tokens):
             if i != j and a in b:
                 raise SessionError(f"sealed tokens of {names[i]} and {names[j]} overlap")
-    return Session(session=name, secrets=bindings, expires_at=expires_at, egress=egress, revoked=revoked)
+    return Session(session=name, secrets=bindings, expires_at=expires_at,
+                   egress=None if egress is None else tuple(egress), revoked=revoked)
 
 
 def loads_session(data: bytes | str) -> Session:
@@ -217,3 +244,26 @@ def load_session_file(path: str | Path) -> Session:
         return loads_session(data)
     except SessionError as e:
         raise SessionError(f"{path}: {e}") from None
+
+
+def recorded_tokens(data: bytes | None) -> dict[str, str]:
+    """Secret name -> sealed token recorded in a previous session file, for keeping tokens stable.
+
+    Tolerant where `loads_session` is strict: a file the reader would refuse (revoked,
+    partly valid, an older build's) still says which tokens agents were given. Only
+    well-formed tokens of well-formed names are returned.
+    """
+    if not data:
+        return {}
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    entries = doc.get("secrets") if isinstance(doc, dict) else None
+    out: dict[str, str] = {}
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, dict):
+            name, sealed = entry.get("name"), entry.get("sealed")
+            if isinstance(name, str) and ENV_NAME_RE.match(name) and is_sealed_token(sealed):
+                out[name] = sealed  # type: ignore[assignment]
+    return out
