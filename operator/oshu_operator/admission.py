@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Callable, Mapping, NoReturn
+from collections.abc import Callable, Mapping
+from typing import Any, NoReturn
 
 import kopf
 
@@ -58,8 +59,9 @@ class Admission:
                     raise
             await asyncio.sleep(POLL)
 
-    async def inject(self, body: Mapping[str, Any], namespace: str | None, lookup: Lookup,
-                     dryrun: bool = False) -> Plan | None:
+    async def inject(
+        self, body: Mapping[str, Any], namespace: str | None, lookup: Lookup, dryrun: bool = False
+    ) -> Plan | None:
         """The plan for this pod, None to leave it alone; raises kopf.AdmissionError to refuse."""
         try:
             if not self.config.injectable_namespace(namespace):
@@ -78,12 +80,25 @@ class Admission:
             self._refuse("refused", body, namespace, e)
         self.metrics.injections.labels("injected").inc()
         if not dryrun:
-            log.info("pod injected", extra={"namespace": namespace, "pod": _pod_name(body),
-                                            "session": name, "containers": result.record["containers"]})
+            log.info(
+                "pod injected",
+                extra={
+                    "namespace": namespace,
+                    "pod": _pod_name(body),
+                    "session": name,
+                    "containers": result.record["containers"],
+                },
+            )
         return result
 
-    async def check_update(self, body: Mapping[str, Any], old: Mapping[str, Any] | None,
-                           namespace: str | None, lookup: Lookup, subresource: str | None = None) -> None:
+    async def check_update(
+        self,
+        body: Mapping[str, Any],
+        old: Mapping[str, Any] | None,
+        namespace: str | None,
+        lookup: Lookup,
+        subresource: str | None = None,
+    ) -> None:
         """Run the admission rules on an update of an injected pod.
 
         `pods/ephemeralcontainers`: the same rules as for pods, on the pod as it will be stored,
@@ -97,8 +112,11 @@ class Admission:
         if not self.config.injectable_namespace(namespace):
             return
         assert namespace is not None
-        if not any(c.get("name") == n.SIDECAR_CONTAINER
-                   for pod in (body, old or {}) for c in (pod.get("spec") or {}).get("initContainers") or []):
+        if not any(
+            c.get("name") == n.SIDECAR_CONTAINER
+            for pod in (body, old or {})
+            for c in (pod.get("spec") or {}).get("initContainers") or []
+        ):
             return  # not injected (container names cannot change, so old and new agree)
         name = injection.injected_session_of(spec) or ""  # "" (no session volume): unknown, fail closed
         if subresource is None:
@@ -113,8 +131,14 @@ class Admission:
             if session is None and name:
                 found = await self.kube.get_session(namespace, name)
                 session = SessionView.from_body(found) if found is not None else None
-            subject = rules.Subject(pod=body, namespace=namespace, session_name=name, session=session,
-                                    injected_volumes=injection.volumes(n.session_secret_name(name)), old=old)
+            subject = rules.Subject(
+                pod=body,
+                namespace=namespace,
+                session_name=name,
+                session=session,
+                injected_volumes=injection.volumes(n.session_secret_name(name)),
+                old=old,
+            )
             findings = rules.ephemeral_findings(subject, added)
         if findings:
             self._refuse("refused", body, namespace, Refused(findings))
@@ -124,8 +148,16 @@ class Admission:
         self.metrics.injections.labels(result).inc()
         for rule_id in refused.rule_ids:
             self.metrics.refusals.labels(rule_id).inc()
-        log.info("pod refused", extra={"namespace": namespace, "pod": _pod_name(body), "result": result,
-                                       "rules": list(refused.rule_ids), "detail": str(refused)})
+        log.info(
+            "pod refused",
+            extra={
+                "namespace": namespace,
+                "pod": _pod_name(body),
+                "result": result,
+                "rules": list(refused.rule_ids),
+                "detail": str(refused),
+            },
+        )
         raise kopf.AdmissionError(str(refused), code=REFUSED) from None
 
 

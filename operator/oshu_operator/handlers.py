@@ -71,8 +71,10 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         except RetryLater as e:
             raise kopf.TemporaryError(str(e), delay=e.delay) from None
         if remaining > 0:
-            log.info("revoked session kept for kubelets", extra={
-                "session": f"{namespace}/{name}", "delete_in_seconds": round(remaining, 1)})
+            log.info(
+                "revoked session kept for kubelets",
+                extra={"session": f"{namespace}/{name}", "delete_in_seconds": round(remaining, 1)},
+            )
             raise kopf.TemporaryError(REVOCATION_WAIT, delay=remaining)
 
     @kopf.on.event("", "v1", "secrets", id="secret_changed", registry=registry)
@@ -82,8 +84,15 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
 
     # --- admission -----------------------------------------------------------------------
     @kopf.on.mutate("", "v1", "pods", id=n.WEBHOOK_HANDLER_ID, operations=["CREATE"], registry=registry)
-    async def inject(body: kopf.Body, namespace: str | None, patch: kopf.Patch, warnings: list[str],
-                     dryrun: bool, sessions: kopf.Index[Any, SessionView], **_: Any) -> None:
+    async def inject(
+        body: kopf.Body,
+        namespace: str | None,
+        patch: kopf.Patch,
+        warnings: list[str],
+        dryrun: bool,
+        sessions: kopf.Index[Any, SessionView],
+        **_: Any,
+    ) -> None:
         def lookup(ns: str, name: str) -> SessionView | None:
             return next(iter(sessions.get((ns, name), ())), None)
 
@@ -93,16 +102,24 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
             patch.fns.append(plan.apply)
 
     # Updates of injected pods: ephemeral containers (subresource) and in-place changes (images).
-    @kopf.on.mutate("", "v1", "pods", id=n.EPHEMERAL_HANDLER_ID, subresource="*",
-                    operations=["UPDATE"], registry=registry)
-    async def ephemeral(body: kopf.Body, old: kopf.Body | None, namespace: str | None, subresource: str | None,
-                        sessions: kopf.Index[Any, SessionView], **_: Any) -> None:
+    @kopf.on.mutate(
+        "", "v1", "pods", id=n.EPHEMERAL_HANDLER_ID, subresource="*", operations=["UPDATE"], registry=registry
+    )
+    async def ephemeral(
+        body: kopf.Body,
+        old: kopf.Body | None,
+        namespace: str | None,
+        subresource: str | None,
+        sessions: kopf.Index[Any, SessionView],
+        **_: Any,
+    ) -> None:
         def lookup(ns: str, name: str) -> SessionView | None:
             return next(iter(sessions.get((ns, name), ())), None)
 
         if subresource not in (None, "ephemeralcontainers"):
             return
-        await rt.admission.check_update(dict(body), dict(old) if old is not None else None, namespace, lookup,
-                                        subresource)
+        await rt.admission.check_update(
+            dict(body), dict(old) if old is not None else None, namespace, lookup, subresource
+        )
 
     return registry

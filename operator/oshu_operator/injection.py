@@ -10,16 +10,26 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 from . import names as n
 from . import rules
 from .config import OperatorConfig, SidecarConfig
 from .rules import NotReady, Refused, SessionView
 
-__all__ = ["NotReady", "Plan", "Refused", "SessionView", "infra_env", "plan", "session_name_of",
-           "sidecar_container", "volumes"]
+__all__ = [
+    "NotReady",
+    "Plan",
+    "Refused",
+    "SessionView",
+    "infra_env",
+    "plan",
+    "session_name_of",
+    "sidecar_container",
+    "volumes",
+]
 
 
 def session_name_of(pod: Mapping[str, Any]) -> str | None:
@@ -39,17 +49,21 @@ def injected_session_of(spec: Mapping[str, Any]) -> str | None:
         if vol.get("name") == n.VOLUME_SESSION:
             secret = (vol.get("secret") or {}).get("secretName") or ""
             if secret.startswith(n.SESSION_SECRET_PREFIX):
-                return secret[len(n.SESSION_SECRET_PREFIX):]
+                return secret[len(n.SESSION_SECRET_PREFIX) :]
     return None
 
 
 # --- what gets injected ----------------------------------------------------------------------
 
+
 def _probe(port: int, period: int, failures: int) -> dict[str, Any]:
     # Every field the API server would default is set, so a stored sidecar compares equal.
     return {
         "httpGet": {"path": n.SIDECAR_READY_PATH, "port": port, "scheme": "HTTP"},
-        "periodSeconds": period, "failureThreshold": failures, "timeoutSeconds": 1, "successThreshold": 1,
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": 1,
+        "successThreshold": 1,
     }
 
 
@@ -60,12 +74,18 @@ def sidecar_container(cfg: SidecarConfig) -> dict[str, Any]:
         "imagePullPolicy": cfg.pull_policy,
         "restartPolicy": "Always",  # native sidecar: starts before, outlives the app containers
         "args": [
-            "--listen", f"127.0.0.1:{cfg.proxy_port}",
-            "--admin-listen", f"0.0.0.0:{cfg.admin_port}",
-            "--session-file", n.SESSION_FILE_PATH,
-            "--ca-cert", n.SESSION_CA_CERT_PATH,
-            "--ca-key", n.SESSION_CA_KEY_PATH,
-            "--log-level", cfg.log_level,
+            "--listen",
+            f"127.0.0.1:{cfg.proxy_port}",
+            "--admin-listen",
+            f"0.0.0.0:{cfg.admin_port}",
+            "--session-file",
+            n.SESSION_FILE_PATH,
+            "--ca-cert",
+            n.SESSION_CA_CERT_PATH,
+            "--ca-key",
+            n.SESSION_CA_KEY_PATH,
+            "--log-level",
+            cfg.log_level,
         ],
         "ports": [{"name": n.SIDECAR_ADMIN_PORT_NAME, "containerPort": cfg.admin_port, "protocol": "TCP"}],
         "startupProbe": _probe(cfg.admin_port, period=1, failures=120),
@@ -98,10 +118,17 @@ def volumes(session_secret: str) -> list[dict[str, Any]]:
         # Sidecar only: the session file (real values) and the CA key.
         {"name": n.VOLUME_SESSION, "secret": {"secretName": session_secret, "defaultMode": 0o444}},
         # App containers: the CA certificate and bundle, and nothing else from the Secret.
-        {"name": n.VOLUME_CA, "secret": {
-            "secretName": session_secret, "defaultMode": 0o444,
-            "items": [{"key": n.KEY_CA_CERT, "path": n.KEY_CA_CERT}, {"key": n.KEY_CA_BUNDLE, "path": n.KEY_CA_BUNDLE}],
-        }},
+        {
+            "name": n.VOLUME_CA,
+            "secret": {
+                "secretName": session_secret,
+                "defaultMode": 0o444,
+                "items": [
+                    {"key": n.KEY_CA_CERT, "path": n.KEY_CA_CERT},
+                    {"key": n.KEY_CA_BUNDLE, "path": n.KEY_CA_BUNDLE},
+                ],
+            },
+        },
         {"name": n.VOLUME_TMP, "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
     ]
 
@@ -122,6 +149,7 @@ def infra_env(no_proxy: Iterable[str], proxy_url: str) -> list[tuple[str, str]]:
 
 
 # --- the plan --------------------------------------------------------------------------------
+
 
 @dataclass(slots=True)
 class Plan:
@@ -145,8 +173,8 @@ class Plan:
             elif vols[idx] != vol:
                 vols[idx] = vol
         for container in _containers(spec):
-            cname = container.get("name")
-            if cname in self.env and self.env[cname]:
+            cname = str(container.get("name"))
+            if self.env.get(cname):
                 container.setdefault("env", []).extend(self.env[cname])
             if self.mounts.get(cname):
                 container.setdefault("volumeMounts", []).append(dict(CA_MOUNT))
@@ -169,8 +197,13 @@ def _env_value(entry: Mapping[str, Any]) -> str | None:
 
 def subject(pod: Mapping[str, Any], session: SessionView) -> rules.Subject:
     """What the admission rules check for this pod and session."""
-    return rules.Subject(pod=pod, namespace=session.namespace, session_name=session.name, session=session,
-                         injected_volumes=volumes(session.session_secret))
+    return rules.Subject(
+        pod=pod,
+        namespace=session.namespace,
+        session_name=session.name,
+        session=session,
+        injected_volumes=volumes(session.session_secret),
+    )
 
 
 def plan(pod: Mapping[str, Any], session: SessionView, cfg: OperatorConfig) -> Plan:
@@ -188,7 +221,9 @@ def plan(pod: Mapping[str, Any], session: SessionView, cfg: OperatorConfig) -> P
     mounts: dict[str, bool] = {}
     kept: dict[str, list[str]] = {}
     warnings: list[str] = []
-    wanted_env = [(name, session.tokens[name]) for name in session.env_names] + infra_env(cfg.no_proxy, cfg.sidecar.proxy_url)
+    wanted_env = [(name, session.tokens[name]) for name in session.env_names] + infra_env(
+        cfg.no_proxy, cfg.sidecar.proxy_url
+    )
     for c in _containers(spec):
         cname = c.get("name")
         if cname not in targets:
@@ -204,15 +239,18 @@ def plan(pod: Mapping[str, Any], session: SessionView, cfg: OperatorConfig) -> P
             else:
                 kept.setdefault(cname, []).append(var)
         if kept.get(cname):
-            warnings.append(f"container {cname} already sets {', '.join(kept[cname])}: kept as is; "
-                            "its traffic may bypass the oshu-vault proxy or distrust the session CA")
+            warnings.append(
+                f"container {cname} already sets {', '.join(kept[cname])}: kept as is; "
+                "its traffic may bypass the oshu-vault proxy or distrust the session CA"
+            )
         env_plan[cname] = add
         mounts[cname] = not any(m.get("name") == n.VOLUME_CA for m in c.get("volumeMounts") or [])
 
     if not session.tokens or session.phase != n.PHASE_READY:
-        warnings.append(f"{where} is not Ready ({session.message or 'reconciling'}); "
-                        "the proxy starts once its Secret is complete")
-    record = {
+        warnings.append(
+            f"{where} is not Ready ({session.message or 'reconciling'}); the proxy starts once its Secret is complete"
+        )
+    record: dict[str, Any] = {
         "session": session.name,
         "uid": session.uid,
         "containers": sorted(env_plan),
@@ -221,8 +259,15 @@ def plan(pod: Mapping[str, Any], session: SessionView, cfg: OperatorConfig) -> P
     }
     if kept:
         record["kept"] = {k: sorted(v) for k, v in sorted(kept.items())}
-    result = Plan(session=session, sidecar=sidecar_container(cfg.sidecar), volumes=volumes(session.session_secret),
-                  env=env_plan, mounts=mounts, warnings=warnings, record=record)
+    result = Plan(
+        session=session,
+        sidecar=sidecar_container(cfg.sidecar),
+        volumes=volumes(session.session_secret),
+        env=env_plan,
+        mounts=mounts,
+        warnings=warnings,
+        record=record,
+    )
     after = copy.deepcopy(dict(pod))
     result.apply(after)
     rules.check_spec(subject(after, session))

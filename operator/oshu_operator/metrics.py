@@ -15,26 +15,41 @@ class Metrics:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
-        self.sessions = Gauge("oshu_vault_sessions", "VaultSessions known to the operator, by phase.",
-                              ["phase"], registry=self.registry)
-        self.reconciles = Counter("oshu_vault_reconciles_total", "Reconciles of VaultSessions, by result.",
-                                  ["result"], registry=self.registry)
-        self.reconcile_errors = Counter("oshu_vault_reconcile_errors_total",
-                                        "Reconciles that failed and will be retried, by error type.",
-                                        ["error"], registry=self.registry)
-        self.reconcile_seconds = Histogram("oshu_vault_reconcile_duration_seconds", "Time to reconcile one session.",
-                                           registry=self.registry)
-        self.injections = Counter("oshu_vault_injections_total",
-                                  "Pod admissions handled by the injection webhook, by result.",
-                                  ["result"], registry=self.registry)
-        self.refusals = Counter("oshu_vault_admission_refusals_total",
-                                "Admission refusals, by the rule that refused (a review breaking two rules counts "
-                                "for both).", ["rule"], registry=self.registry)
+        self.sessions = Gauge(
+            "oshu_vault_sessions", "VaultSessions known to the operator, by phase.", ["phase"], registry=self.registry
+        )
+        self.reconciles = Counter(
+            "oshu_vault_reconciles_total", "Reconciles of VaultSessions, by result.", ["result"], registry=self.registry
+        )
+        self.reconcile_errors = Counter(
+            "oshu_vault_reconcile_errors_total",
+            "Reconciles that failed and will be retried, by error type.",
+            ["error"],
+            registry=self.registry,
+        )
+        self.reconcile_seconds = Histogram(
+            "oshu_vault_reconcile_duration_seconds", "Time to reconcile one session.", registry=self.registry
+        )
+        self.injections = Counter(
+            "oshu_vault_injections_total",
+            "Pod admissions handled by the injection webhook, by result.",
+            ["result"],
+            registry=self.registry,
+        )
+        self.refusals = Counter(
+            "oshu_vault_admission_refusals_total",
+            "Admission refusals, by the rule that refused (a review breaking two rules counts for both).",
+            ["rule"],
+            registry=self.registry,
+        )
         for rule in RULES:
             self.refusals.labels(rule.id)
-        self.admission_seconds = Histogram("oshu_vault_admission_duration_seconds",
-                                           "Time to answer one admission review.", buckets=_ADMISSION_BUCKETS,
-                                           registry=self.registry)
+        self.admission_seconds = Histogram(
+            "oshu_vault_admission_duration_seconds",
+            "Time to answer one admission review.",
+            buckets=_ADMISSION_BUCKETS,
+            registry=self.registry,
+        )
         self._phase: dict[tuple[str, str], str] = {}
         for phase in PHASES:
             self.sessions.labels(phase).set(0)

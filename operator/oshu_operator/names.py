@@ -44,6 +44,8 @@ KEY_CA_BUNDLE = "ca-bundle.pem"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "oshu-vault-operator"
 LABEL_SESSION_OWNER = f"{GROUP}/owner-session"
+#: Annotation on the session Secret: when it was revoked (deletion waits out the grace period).
+ANNOTATION_REVOKED_AT = f"{GROUP}/revoked-at"
 FINALIZER = f"{GROUP}/revoke"
 
 # --- What the webhook injects -------------------------------------------------------------
@@ -63,8 +65,16 @@ ENV_NODE_EXTRA_CA = "NODE_EXTRA_CA_CERTS"
 #: Node's built-in fetch ignores proxy variables unless this is set.
 ENV_NODE_USE_ENV_PROXY = "NODE_USE_ENV_PROXY"
 #: aiohttp (and urllib's getproxies) look WebSocket URLs up as WS_PROXY/WSS_PROXY, not HTTP(S)_PROXY.
-ENV_PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy",
-                  "WS_PROXY", "WSS_PROXY", "ws_proxy", "wss_proxy")
+ENV_PROXY_VARS = (
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "WS_PROXY",
+    "WSS_PROXY",
+    "ws_proxy",
+    "wss_proxy",
+)
 ENV_NO_PROXY_VARS = ("NO_PROXY", "no_proxy")
 
 # --- The injected sidecar's command line ---------------------------------------------------
@@ -122,7 +132,11 @@ EVENT_COMPONENT = "oshu-vault-operator"
 
 #: Env names the injection sets itself: a VaultSession secret may not use them (CRD CEL + reconciler).
 RESERVED_ENV_NAMES = (
-    *ENV_PROXY_VARS, *ENV_NO_PROXY_VARS, *ENV_CA_BUNDLE_VARS, ENV_NODE_EXTRA_CA, ENV_NODE_USE_ENV_PROXY,
+    *ENV_PROXY_VARS,
+    *ENV_NO_PROXY_VARS,
+    *ENV_CA_BUNDLE_VARS,
+    ENV_NODE_EXTRA_CA,
+    ENV_NODE_USE_ENV_PROXY,
 )
 #: Type of the session Secret: tells it apart from user Secrets at a glance.
 SESSION_SECRET_TYPE = f"{GROUP}/session"

@@ -31,8 +31,7 @@ from .status import Outcome, changed, ready_condition, status_patch
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
-#: Annotation on the session Secret: when it was revoked (deletion waits out the grace period).
-ANNOTATION_REVOKED_AT = f"{n.GROUP}/revoked-at"
+ANNOTATION_REVOKED_AT = n.ANNOTATION_REVOKED_AT
 RETRY_DELAYS = (1, 2, 5, 10, 30, 60)
 
 

@@ -17,8 +17,9 @@ message (`[rule-id]`), and docs/operator.md lists them (a test compares that tab
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from . import names as n
 
@@ -33,6 +34,7 @@ PROXY_VOLUMES = (n.VOLUME_SESSION, n.VOLUME_TMP)
 
 
 # --- the session, as admission sees it -----------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class SessionView:
@@ -53,7 +55,7 @@ class SessionView:
         return n.session_secret_name(self.name)
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> "SessionView":
+    def from_body(cls, body: Mapping[str, Any]) -> SessionView:
         meta = body.get("metadata") or {}
         spec = body.get("spec") or {}
         status = body.get("status") or {}
@@ -63,7 +65,9 @@ class SessionView:
             ref = s.get("secretKeyRef") or {}
             if isinstance(ref.get("name"), str):
                 sources.setdefault(ref["name"], s["name"])
-        cond = next((c for c in status.get("conditions") or [] if c.get("type") == n.CONDITION_READY), {})
+        cond: Mapping[str, Any] = next(
+            (c for c in status.get("conditions") or [] if c.get("type") == n.CONDITION_READY), {}
+        )
         return cls(
             namespace=meta.get("namespace", ""),
             name=meta.get("name", ""),
@@ -82,6 +86,7 @@ class SessionView:
 
 
 # --- what the rules look at ----------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class Container:
@@ -194,6 +199,7 @@ def message(findings: Sequence[Finding]) -> str:
 
 # --- walking a pod spec ----------------------------------------------------------------------
 
+
 def containers(spec: Mapping[str, Any]) -> Iterator[Container]:
     """Every container of every kind, the injected proxy included (rules exempt it by `is_proxy`)."""
     for kind in CONTAINER_KINDS:
@@ -235,13 +241,13 @@ def secret_refs(spec: Mapping[str, Any]) -> Iterator[SecretRef]:
             yield SecretRef(ref["name"], "imagePullSecrets")
     for c in containers(spec):
         for e in c.body.get("env") or []:
-            name = ((e.get("valueFrom") or {}).get("secretKeyRef") or {}).get("name")
-            if isinstance(name, str):
-                yield SecretRef(name, f"{c.label} env {e.get('name')} (valueFrom.secretKeyRef)", container=c)
+            secret = ((e.get("valueFrom") or {}).get("secretKeyRef") or {}).get("name")
+            if isinstance(secret, str):
+                yield SecretRef(secret, f"{c.label} env {e.get('name')} (valueFrom.secretKeyRef)", container=c)
         for ef in c.body.get("envFrom") or []:
-            name = (ef.get("secretRef") or {}).get("name")
-            if isinstance(name, str):
-                yield SecretRef(name, f"{c.label} envFrom (secretRef)", container=c)
+            secret = (ef.get("secretRef") or {}).get("name")
+            if isinstance(secret, str):
+                yield SecretRef(secret, f"{c.label} envFrom (secretRef)", container=c)
 
 
 def volume_uses(spec: Mapping[str, Any]) -> Iterator[VolumeUse]:
@@ -249,8 +255,12 @@ def volume_uses(spec: Mapping[str, Any]) -> Iterator[VolumeUse]:
     for c in containers(spec):
         for m in c.body.get("volumeMounts") or []:
             path = m.get("mountPath")
-            yield VolumeUse(c, str(m.get("name")), f"mounts volume {m.get('name')} at {path}",
-                            path if isinstance(path, str) else None)
+            yield VolumeUse(
+                c,
+                str(m.get("name")),
+                f"mounts volume {m.get('name')} at {path}",
+                path if isinstance(path, str) else None,
+            )
         for d in c.body.get("volumeDevices") or []:
             yield VolumeUse(c, str(d.get("name")), f"uses volume {d.get('name')} as device {d.get('devicePath')}")
         for e in c.body.get("env") or []:
@@ -280,6 +290,7 @@ def _volumes_by_name(spec: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
 
 
 # --- the rules -----------------------------------------------------------------------------
+
 
 def _session_missing(s: Subject) -> Iterator[Hit]:
     if s.session is None:
@@ -329,6 +340,7 @@ def _flag(key: str) -> Callable[[Subject], Iterator[Hit]]:
     def check(s: Subject) -> Iterator[Hit]:
         if s.spec.get(key):
             yield Hit(f"{key}: true")
+
     return check
 
 
@@ -382,11 +394,17 @@ def _source_secret_reference(s: Subject) -> Iterator[Hit]:
         if ref.secret.startswith(n.SESSION_SECRET_PREFIX):
             continue  # the rule above
         if s.session is None:
-            yield Hit(f"{ref.where} references Secret {ref.secret}, and {s.where} cannot be read to tell "
-                      "whether it holds one of the session's real keys", ref.container)
+            yield Hit(
+                f"{ref.where} references Secret {ref.secret}, and {s.where} cannot be read to tell "
+                "whether it holds one of the session's real keys",
+                ref.container,
+            )
         elif ref.secret in s.session.source_secrets:
-            yield Hit(f"{ref.where} references Secret {ref.secret}, which holds the real value behind "
-                      f"{s.session.source_secrets[ref.secret]} in {s.where}", ref.container)
+            yield Hit(
+                f"{ref.where} references Secret {ref.secret}, which holds the real value behind "
+                f"{s.session.source_secrets[ref.secret]} in {s.where}",
+                ref.container,
+            )
 
 
 def _ca_mount_path(s: Subject) -> Iterator[Hit]:
@@ -418,10 +436,12 @@ def _proxy_container_changed(s: Subject) -> Iterator[Hit]:
     before = next((c for c in containers(s.old.get("spec") or {}) if c.is_proxy), None)
     after = next((c for c in containers(s.spec) if c.is_proxy), None)
     if before is not None and (after is None or after.body != before.body):
-        changed = sorted(k for k in {*before.body, *(after.body if after else {})}
-                         if (after.body if after else {}).get(k) != before.body.get(k))
-        yield Hit(f"an update changes the {n.SIDECAR_CONTAINER} init container ({', '.join(changed)})",
-                  after or before)
+        changed = sorted(
+            k
+            for k in {*before.body, *(after.body if after else {})}
+            if (after.body if after else {}).get(k) != before.body.get(k)
+        )
+        yield Hit(f"an update changes the {n.SIDECAR_CONTAINER} init container ({', '.join(changed)})", after or before)
 
 
 def _ephemeral_targets_proxy(s: Subject) -> Iterator[Hit]:
@@ -432,62 +452,122 @@ def _ephemeral_targets_proxy(s: Subject) -> Iterator[Hit]:
 
 #: The session's state: checked first, before the pod spec.
 SESSION_RULES: tuple[Rule, ...] = (
-    Rule("session-missing", "the pod names a VaultSession that does not exist",
-         f"does not exist; create it first (kubectl get {n.SHORT_NAMES[0]} lists the sessions)", _session_missing),
-    Rule("session-deleting", "the session is being deleted", "is being deleted; its keys are revoked",
-         _session_deleting),
-    Rule("session-expired", "the session has expired",
-         "has expired; create a new session or extend its spec.ttl", _session_expired),
+    Rule(
+        "session-missing",
+        "the pod names a VaultSession that does not exist",
+        f"does not exist; create it first (kubectl get {n.SHORT_NAMES[0]} lists the sessions)",
+        _session_missing,
+    ),
+    Rule(
+        "session-deleting", "the session is being deleted", "is being deleted; its keys are revoked", _session_deleting
+    ),
+    Rule(
+        "session-expired",
+        "the session has expired",
+        "has expired; create a new session or extend its spec.ttl",
+        _session_expired,
+    ),
     Rule("session-invalid", "the session's spec is Invalid", "; fix the VaultSession's spec", _session_invalid),
-    Rule("session-not-ready", "the session's tokens are not minted within `--token-wait`",
-         "; retry in a few seconds", _session_not_ready),
+    Rule(
+        "session-not-ready",
+        "the session's tokens are not minted within `--token-wait`",
+        "; retry in a few seconds",
+        _session_not_ready,
+    ),
 )
 
 #: The pod spec: run on the pod as submitted, on the pod as injected, and on ephemeral containers.
 SPEC_RULES: tuple[Rule, ...] = (
-    Rule("opt-in-mismatch", "the session label and annotation name different sessions",
-         "name different sessions; set one, or make them agree", _opt_in_mismatch),
-    Rule("containers-annotation-unknown", "the containers annotation names no container of the pod",
-         "; it must name app or init containers of this pod", _containers_annotation_unknown),
-    Rule("shared-process-namespace", "`shareProcessNamespace: true`",
-         "is not allowed with a VaultSession: app containers could read the proxy's memory, and with it the "
-         "real keys", _flag("shareProcessNamespace")),
-    Rule("host-pid", "`hostPID: true`",
-         "is not allowed with a VaultSession: app containers could read the proxy's memory, and with it the "
-         "real keys", _flag("hostPID")),
-    Rule("reserved-container-name", f"an app or ephemeral container named `{n.SIDECAR_CONTAINER}`",
-         f"uses the name {n.SIDECAR_CONTAINER}, which is reserved for the oshu-vault proxy; rename it",
-         _reserved_container_name),
-    Rule("reserved-volume-name", "a volume named `oshu-vault-session`, `oshu-vault-ca` or `oshu-vault-tmp` with other content than the injection's",
-         "uses a name reserved for the oshu-vault injection; rename it", _reserved_volume_name),
-    Rule("proxy-volume-use",
-         f"any container but the proxy using `{n.VOLUME_SESSION}` or `{n.VOLUME_TMP}` by name (mount, device, "
-         "env file), whether or not the volume exists yet",
-         ", which is reserved for the oshu-vault proxy: the session volume holds the real keys and the CA key; "
-         "only the proxy may use it", _proxy_volume_use),
-    Rule("secret-volume-use",
-         "any container but the proxy using (mount, device, env file) a volume that holds a session Secret or a "
-         "Secret behind the session's secrets",
-         ", which holds real keys; only the oshu-vault proxy may have them", _secret_volume_use),
-    Rule("session-secret-reference",
-         f"any reference to a session Secret (`{n.SESSION_SECRET_PREFIX}*`: volume source of any type, env, envFrom, "
-         "imagePullSecrets) other than the injected volumes",
-         ", which holds real keys; only the oshu-vault proxy may read it", _session_secret_reference),
-    Rule("source-secret-reference",
-         "any reference (volume source of any type, env, envFrom, imagePullSecrets) to a Secret behind one of the "
-         "session's secrets",
-         "; that would hand the agent the real key. Remove the reference: the pod gets a sealed token instead",
-         _source_secret_reference),
-    Rule("ca-mount-path", f"a mount at or under `{n.CA_MOUNT_DIR}` of anything but the session CA",
-         ", inside the path reserved for the session CA; mount it elsewhere", _ca_mount_path),
-    Rule("session-env-set", "an injected container setting one of the session's secret names itself",
-         "; remove it from the pod spec", _session_env_set),
-    Rule("proxy-container-changed", f"an update of an injected pod changing the `{n.SIDECAR_CONTAINER}` container "
-         "(e.g. its image: it runs with the session mounted)",
-         "; the proxy runs with the session's real keys mounted, so it stays as injected. Recreate the pod instead",
-         _proxy_container_changed),
-    Rule("ephemeral-targets-proxy", f"an ephemeral (debug) container targeting `{n.SIDECAR_CONTAINER}`",
-         ", whose memory holds the real keys; debug an app container instead", _ephemeral_targets_proxy),
+    Rule(
+        "opt-in-mismatch",
+        "the session label and annotation name different sessions",
+        "name different sessions; set one, or make them agree",
+        _opt_in_mismatch,
+    ),
+    Rule(
+        "containers-annotation-unknown",
+        "the containers annotation names no container of the pod",
+        "; it must name app or init containers of this pod",
+        _containers_annotation_unknown,
+    ),
+    Rule(
+        "shared-process-namespace",
+        "`shareProcessNamespace: true`",
+        "is not allowed with a VaultSession: app containers could read the proxy's memory, and with it the real keys",
+        _flag("shareProcessNamespace"),
+    ),
+    Rule(
+        "host-pid",
+        "`hostPID: true`",
+        "is not allowed with a VaultSession: app containers could read the proxy's memory, and with it the real keys",
+        _flag("hostPID"),
+    ),
+    Rule(
+        "reserved-container-name",
+        f"an app or ephemeral container named `{n.SIDECAR_CONTAINER}`",
+        f"uses the name {n.SIDECAR_CONTAINER}, which is reserved for the oshu-vault proxy; rename it",
+        _reserved_container_name,
+    ),
+    Rule(
+        "reserved-volume-name",
+        "a volume named `oshu-vault-session`, `oshu-vault-ca` or `oshu-vault-tmp` with other content than the injection's",
+        "uses a name reserved for the oshu-vault injection; rename it",
+        _reserved_volume_name,
+    ),
+    Rule(
+        "proxy-volume-use",
+        f"any container but the proxy using `{n.VOLUME_SESSION}` or `{n.VOLUME_TMP}` by name (mount, device, "
+        "env file), whether or not the volume exists yet",
+        ", which is reserved for the oshu-vault proxy: the session volume holds the real keys and the CA key; "
+        "only the proxy may use it",
+        _proxy_volume_use,
+    ),
+    Rule(
+        "secret-volume-use",
+        "any container but the proxy using (mount, device, env file) a volume that holds a session Secret or a "
+        "Secret behind the session's secrets",
+        ", which holds real keys; only the oshu-vault proxy may have them",
+        _secret_volume_use,
+    ),
+    Rule(
+        "session-secret-reference",
+        f"any reference to a session Secret (`{n.SESSION_SECRET_PREFIX}*`: volume source of any type, env, envFrom, "
+        "imagePullSecrets) other than the injected volumes",
+        ", which holds real keys; only the oshu-vault proxy may read it",
+        _session_secret_reference,
+    ),
+    Rule(
+        "source-secret-reference",
+        "any reference (volume source of any type, env, envFrom, imagePullSecrets) to a Secret behind one of the "
+        "session's secrets",
+        "; that would hand the agent the real key. Remove the reference: the pod gets a sealed token instead",
+        _source_secret_reference,
+    ),
+    Rule(
+        "ca-mount-path",
+        f"a mount at or under `{n.CA_MOUNT_DIR}` of anything but the session CA",
+        ", inside the path reserved for the session CA; mount it elsewhere",
+        _ca_mount_path,
+    ),
+    Rule(
+        "session-env-set",
+        "an injected container setting one of the session's secret names itself",
+        "; remove it from the pod spec",
+        _session_env_set,
+    ),
+    Rule(
+        "proxy-container-changed",
+        f"an update of an injected pod changing the `{n.SIDECAR_CONTAINER}` container "
+        "(e.g. its image: it runs with the session mounted)",
+        "; the proxy runs with the session's real keys mounted, so it stays as injected. Recreate the pod instead",
+        _proxy_container_changed,
+    ),
+    Rule(
+        "ephemeral-targets-proxy",
+        f"an ephemeral (debug) container targeting `{n.SIDECAR_CONTAINER}`",
+        ", whose memory holds the real keys; debug an app container instead",
+        _ephemeral_targets_proxy,
+    ),
 )
 
 RULES: tuple[Rule, ...] = SESSION_RULES + SPEC_RULES
@@ -508,8 +588,11 @@ def update_findings(subject: Subject) -> list[Finding]:
 def ephemeral_findings(subject: Subject, added: Iterable[str]) -> list[Finding]:
     """The spec rules' findings about the ephemeral containers named `added` (those an update adds)."""
     names = set(added)
-    return [f for f in evaluate(subject) if f.hit.container is not None
-            and f.hit.container.kind == KIND_EPHEMERAL and f.hit.container.name in names]
+    return [
+        f
+        for f in evaluate(subject)
+        if f.hit.container is not None and f.hit.container.kind == KIND_EPHEMERAL and f.hit.container.name in names
+    ]
 
 
 def check_session(namespace: str, name: str, session: SessionView | None) -> None:

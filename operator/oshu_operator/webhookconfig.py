@@ -20,12 +20,13 @@ EPHEMERAL_WEBHOOK_NAME = n.EPHEMERAL_WEBHOOK_NAME
 TIMEOUT_SECONDS = n.WEBHOOK_TIMEOUT_SECONDS
 
 #: CEL: the pod carries the opt-in label or the opt-in annotation (either opts in).
-OPTED_IN = (f"(has(object.metadata.labels) && '{n.LABEL_SESSION}' in object.metadata.labels) || "
-            f"(has(object.metadata.annotations) && '{n.ANNOTATION_SESSION}' in object.metadata.annotations)")
+OPTED_IN = (
+    f"(has(object.metadata.labels) && '{n.LABEL_SESSION}' in object.metadata.labels) || "
+    f"(has(object.metadata.annotations) && '{n.ANNOTATION_SESSION}' in object.metadata.annotations)"
+)
 #: CEL: the pod was injected (its proxy init container; pod containers cannot be renamed or removed,
 #: while labels and annotations can be removed by an update before a debug container is added).
-INJECTED = (f"has(object.spec.initContainers) && "
-            f"object.spec.initContainers.exists(c, c.name == '{n.SIDECAR_CONTAINER}')")
+INJECTED = f"has(object.spec.initContainers) && object.spec.initContainers.exists(c, c.name == '{n.SIDECAR_CONTAINER}')"
 
 
 def _client_config(base: dict[str, Any], path: str, ca_pem: bytes | None) -> dict[str, Any]:
@@ -69,8 +70,15 @@ def webhooks(cfg: OperatorConfig, base: dict[str, Any], ca_pem: bytes | None) ->
         {
             "name": n.WEBHOOK_NAME,
             "clientConfig": _client_config(base, n.WEBHOOK_PATH, ca_pem),
-            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
-                       "resources": ["pods"], "scope": "Namespaced"}],
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "apiVersions": ["v1"],
+                    "operations": ["CREATE"],
+                    "resources": ["pods"],
+                    "scope": "Namespaced",
+                }
+            ],
             # Another webhook adding containers after us gets them injected too.
             "reinvocationPolicy": "IfNeeded",
             "matchConditions": match_conditions(),
@@ -80,8 +88,15 @@ def webhooks(cfg: OperatorConfig, base: dict[str, Any], ca_pem: bytes | None) ->
             "name": n.EPHEMERAL_WEBHOOK_NAME,
             "clientConfig": _client_config(base, n.EPHEMERAL_PATH, ca_pem),
             # Updates of injected pods: debug containers, and in-place changes (container images).
-            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"],
-                       "resources": ["pods", "pods/ephemeralcontainers"], "scope": "Namespaced"}],
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "apiVersions": ["v1"],
+                    "operations": ["UPDATE"],
+                    "resources": ["pods", "pods/ephemeralcontainers"],
+                    "scope": "Namespaced",
+                }
+            ],
             "reinvocationPolicy": "Never",
             "matchConditions": match_conditions(ephemeral=True),
             **common,
@@ -115,14 +130,18 @@ def client_config_patch(current: dict[str, Any], wanted: list[dict[str, Any]]) -
     index = {hook.get("name"): i for i, hook in enumerate(hooks)}
     missing = [hook["name"] for hook in wanted if hook["name"] not in index]
     if missing:
-        raise LookupError(f"MutatingWebhookConfiguration {current['metadata']['name']} has no webhook named "
-                          f"{', '.join(missing)}; render it from the chart or `oshu-operator --print-webhook-config`")
-    ops = [{"op": "replace", "path": f"/webhooks/{index[hook['name']]}/clientConfig", "value": hook["clientConfig"]}
-           for hook in wanted if hooks[index[hook["name"]]].get("clientConfig") != hook["clientConfig"]]
+        raise LookupError(
+            f"MutatingWebhookConfiguration {current['metadata']['name']} has no webhook named "
+            f"{', '.join(missing)}; render it from the chart or `oshu-operator --print-webhook-config`"
+        )
+    ops = [
+        {"op": "replace", "path": f"/webhooks/{index[hook['name']]}/clientConfig", "value": hook["clientConfig"]}
+        for hook in wanted
+        if hooks[index[hook["name"]]].get("clientConfig") != hook["clientConfig"]
+    ]
     if not ops:
         return []
-    return [{"op": "test", "path": "/metadata/resourceVersion", "value": current["metadata"]["resourceVersion"]},
-            *ops]
+    return [{"op": "test", "path": "/metadata/resourceVersion", "value": current["metadata"]["resourceVersion"]}, *ops]
 
 
 def ca_bundle_patch(current: dict[str, Any], ca_pem: bytes) -> list[dict[str, Any]]:

@@ -10,16 +10,24 @@ import pytest
 from oshu_operator import names as n
 from oshu_operator.config import DEFAULT_NO_PROXY
 from oshu_operator.injection import CA_MOUNT, infra_env, sidecar_container, volumes
-
-from oshu_testkit.kube import pod, SIDECAR, SIDECAR_IMAGE, wait_for
+from oshu_testkit.kube import SIDECAR, SIDECAR_IMAGE, pod, wait_for
 
 
 @pytest.fixture
 def session(kube, ns, real):
     """A Ready session `claude` with ANTHROPIC_API_KEY backed by Secret `anthropic`."""
     kube.secret(ns, "anthropic", {"api-key": real()})
-    kube.session(ns, "claude", [{"name": "ANTHROPIC_API_KEY", "secretKeyRef": {"name": "anthropic", "key": "api-key"},
-                                 "hosts": ["api.anthropic.com"]}])
+    kube.session(
+        ns,
+        "claude",
+        [
+            {
+                "name": "ANTHROPIC_API_KEY",
+                "secretKeyRef": {"name": "anthropic", "key": "api-key"},
+                "hosts": ["api.anthropic.com"],
+            }
+        ],
+    )
     return kube.wait_phase(ns, "claude", n.PHASE_READY)
 
 
@@ -29,8 +37,15 @@ def create(kube, ns, obj, *extra):
 
 def test_annotated_pod_gets_exactly_the_sidecar_env_and_volumes(kube, ns, session):
     spec_env = [{"name": "FOO", "value": "bar"}]
-    made = create(kube, ns, pod("agent", "claude", [{"name": "agent", "image": "agent:1", "env": spec_env},
-                                                    {"name": "tool", "image": "tool:1"}]))
+    made = create(
+        kube,
+        ns,
+        pod(
+            "agent",
+            "claude",
+            [{"name": "agent", "image": "agent:1", "env": spec_env}, {"name": "tool", "image": "tool:1"}],
+        ),
+    )
     assert made.ok, made.error
     assert made.warnings == []
     spec = made.obj["spec"]
@@ -39,7 +54,8 @@ def test_annotated_pod_gets_exactly_the_sidecar_env_and_volumes(kube, ns, sessio
     assert [v for v in spec["volumes"] if v["name"].startswith("oshu-vault")] == ours
     token = session["tokens"]["ANTHROPIC_API_KEY"]
     want_env = [{"name": "ANTHROPIC_API_KEY", "value": token}] + [
-        {"name": k, "value": v} for k, v in infra_env(DEFAULT_NO_PROXY, SIDECAR.proxy_url)]
+        {"name": k, "value": v} for k, v in infra_env(DEFAULT_NO_PROXY, SIDECAR.proxy_url)
+    ]
     for c in spec["containers"]:
         before = spec_env if c["name"] == "agent" else []
         assert c["env"] == before + want_env
@@ -71,15 +87,17 @@ def test_injection_is_idempotent_through_the_api(kube, ns, session):
     first = create(kube, ns, pod("agent", "claude"))
     assert first.ok, first.error
     again = copy.deepcopy(first.obj)
-    again["metadata"] = {k: v for k, v in again["metadata"].items()
-                         if k in ("labels", "annotations")} | {"name": "agent-copy"}
+    again["metadata"] = {k: v for k, v in again["metadata"].items() if k in ("labels", "annotations")} | {
+        "name": "agent-copy"
+    }
     again.pop("status", None)
     second = create(kube, ns, again)
     assert second.ok, second.error
     assert second.obj["spec"]["initContainers"] == first.obj["spec"]["initContainers"]
     assert second.obj["spec"]["containers"] == first.obj["spec"]["containers"]
-    assert [v for v in second.obj["spec"]["volumes"] if v["name"].startswith("oshu")] == \
-        [v for v in first.obj["spec"]["volumes"] if v["name"].startswith("oshu")]
+    assert [v for v in second.obj["spec"]["volumes"] if v["name"].startswith("oshu")] == [
+        v for v in first.obj["spec"]["volumes"] if v["name"].startswith("oshu")
+    ]
 
 
 def test_dry_run_is_injected_and_leaves_nothing(kube, ns, session):
@@ -109,9 +127,15 @@ def test_the_annotation_alone_opts_in_like_the_label(kube, ns, session, operator
     annotated = create(kube, ns, pod("annotated", None, annotations={n.ANNOTATION_SESSION: "claude"}))
     assert labelled.ok and annotated.ok, (labelled.error, annotated.error)
     assert annotated.obj["spec"]["initContainers"] == labelled.obj["spec"]["initContainers"]
+
     def ours(spec):  # the service account token volume has a random name: compare what we inject
-        return ([(c["env"], [m for m in c["volumeMounts"] if m["name"].startswith("oshu-vault")])
-                 for c in spec["containers"]], [v for v in spec["volumes"] if v["name"].startswith("oshu-vault")])
+        return (
+            [
+                (c["env"], [m for m in c["volumeMounts"] if m["name"].startswith("oshu-vault")])
+                for c in spec["containers"]
+            ],
+            [v for v in spec["volumes"] if v["name"].startswith("oshu-vault")],
+        )
 
     assert ours(annotated.obj["spec"]) == ours(labelled.obj["spec"])
     record = json.loads(annotated.obj["metadata"]["annotations"][n.ANNOTATION_INJECTED])
@@ -140,9 +164,24 @@ def test_system_namespaces_are_never_touched(kube, operator):
 
 
 def test_existing_proxy_and_ca_variables_are_kept_with_a_warning(kube, ns, session):
-    made = create(kube, ns, pod("agent", "claude", [{"name": "agent", "image": "agent:1", "env": [
-        {"name": "HTTPS_PROXY", "value": "http://corp-proxy:3128"},
-        {"name": "REQUESTS_CA_BUNDLE", "value": "/etc/corp/ca.pem"}]}]))
+    made = create(
+        kube,
+        ns,
+        pod(
+            "agent",
+            "claude",
+            [
+                {
+                    "name": "agent",
+                    "image": "agent:1",
+                    "env": [
+                        {"name": "HTTPS_PROXY", "value": "http://corp-proxy:3128"},
+                        {"name": "REQUESTS_CA_BUNDLE", "value": "/etc/corp/ca.pem"},
+                    ],
+                }
+            ],
+        ),
+    )
     assert made.ok, made.error
     env = {e["name"]: e["value"] for e in made.obj["spec"]["containers"][0]["env"]}
     assert env["HTTPS_PROXY"] == "http://corp-proxy:3128" and env["REQUESTS_CA_BUNDLE"] == "/etc/corp/ca.pem"
@@ -151,8 +190,16 @@ def test_existing_proxy_and_ca_variables_are_kept_with_a_warning(kube, ns, sessi
 
 
 def test_containers_annotation_limits_injection(kube, ns, session):
-    made = create(kube, ns, pod("agent", "claude", [{"name": "agent", "image": "a"}, {"name": "db", "image": "d"}],
-                                annotations={n.ANNOTATION_CONTAINERS: "agent"}))
+    made = create(
+        kube,
+        ns,
+        pod(
+            "agent",
+            "claude",
+            [{"name": "agent", "image": "a"}, {"name": "db", "image": "d"}],
+            annotations={n.ANNOTATION_CONTAINERS: "agent"},
+        ),
+    )
     assert made.ok, made.error
     agent, db = made.obj["spec"]["containers"]
     assert any(e["name"] == "ANTHROPIC_API_KEY" for e in agent["env"])
@@ -169,8 +216,9 @@ def test_pending_session_admits_with_a_warning(kube, ns, real):
 
 def test_pod_applied_together_with_its_session_waits_for_the_tokens(kube, ns, real):
     kube.secret(ns, "anthropic", {"api-key": real()})
-    kube.session(ns, "fresh", [{"name": "K", "secretKeyRef": {"name": "anthropic", "key": "api-key"},
-                                "hosts": ["a.test"]}])
+    kube.session(
+        ns, "fresh", [{"name": "K", "secretKeyRef": {"name": "anthropic", "key": "api-key"}, "hosts": ["a.test"]}]
+    )
     made = create(kube, ns, pod("agent", "fresh"))  # no wait for Ready in between
     assert made.ok, made.error
     token = kube.status(ns, "fresh")["tokens"]["K"]
@@ -180,21 +228,48 @@ def test_pod_applied_together_with_its_session_waits_for_the_tokens(kube, ns, re
 REFUSALS = [
     ("missing session", lambda: pod("p", "no-such-session"), "session-missing"),
     ("shared process namespace", lambda: pod("p", "claude", shareProcessNamespace=True), "shared-process-namespace"),
-    ("session Secret in an app container", lambda: pod(
-        "p", "claude", [{"name": "agent", "image": "a", "volumeMounts": [{"name": "s", "mountPath": "/s"}]}],
-        volumes=[{"name": "s", "secret": {"secretName": "oshu-vault-session-claude"}}]),
-     "secret-volume-use"),
-    ("sets a session secret name itself", lambda: pod(
-        "p", "claude", [{"name": "agent", "image": "a", "env": [{"name": "ANTHROPIC_API_KEY", "value": "x"}]}]),
-     "session-env-set"),
-    ("takes the real Secret", lambda: pod(
-        "p", "claude", [{"name": "agent", "image": "a", "env": [{"name": "KEY", "valueFrom": {
-            "secretKeyRef": {"name": "anthropic", "key": "api-key"}}}]}]),
-     "source-secret-reference"),
-    ("label and annotation disagree", lambda: pod("p", "claude", annotations={n.ANNOTATION_SESSION: "other"}),
-     "opt-in-mismatch"),
-    ("reserved container name", lambda: pod("p", "claude", [{"name": n.SIDECAR_CONTAINER, "image": "evil"}]),
-     "reserved-container-name"),
+    (
+        "session Secret in an app container",
+        lambda: pod(
+            "p",
+            "claude",
+            [{"name": "agent", "image": "a", "volumeMounts": [{"name": "s", "mountPath": "/s"}]}],
+            volumes=[{"name": "s", "secret": {"secretName": "oshu-vault-session-claude"}}],
+        ),
+        "secret-volume-use",
+    ),
+    (
+        "sets a session secret name itself",
+        lambda: pod(
+            "p", "claude", [{"name": "agent", "image": "a", "env": [{"name": "ANTHROPIC_API_KEY", "value": "x"}]}]
+        ),
+        "session-env-set",
+    ),
+    (
+        "takes the real Secret",
+        lambda: pod(
+            "p",
+            "claude",
+            [
+                {
+                    "name": "agent",
+                    "image": "a",
+                    "env": [{"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "anthropic", "key": "api-key"}}}],
+                }
+            ],
+        ),
+        "source-secret-reference",
+    ),
+    (
+        "label and annotation disagree",
+        lambda: pod("p", "claude", annotations={n.ANNOTATION_SESSION: "other"}),
+        "opt-in-mismatch",
+    ),
+    (
+        "reserved container name",
+        lambda: pod("p", "claude", [{"name": n.SIDECAR_CONTAINER, "image": "evil"}]),
+        "reserved-container-name",
+    ),
 ]
 
 
@@ -214,20 +289,30 @@ def test_refusals_are_logged_as_info_not_as_errors(kube, ns, session, operator):
     """A refusal is the webhook working: one INFO record of ours, kopf's own record at DEBUG."""
     made = create(kube, ns, pod("refused-for-log", "claude", shareProcessNamespace=True))
     assert not made.ok
-    mine = wait_for(lambda: operator.find_log(lambda r: r.get("msg") == "pod refused"
-                                              and r.get("pod") == "refused-for-log"), 10, "the refusal logged")
+    mine = wait_for(
+        lambda: operator.find_log(lambda r: r.get("msg") == "pod refused" and r.get("pod") == "refused-for-log"),
+        10,
+        "the refusal logged",
+    )
     assert mine["level"] == "info" and mine["namespace"] == ns and "shareProcessNamespace" in mine["detail"]
     assert mine["rules"] == ["shared-process-namespace"]
-    kopfs = [r for r in operator.log_records() if "refused-for-log" in str(r.get("object"))
-             and "failed permanently" in str(r.get("msg"))]
+    kopfs = [
+        r
+        for r in operator.log_records()
+        if "refused-for-log" in str(r.get("object")) and "failed permanently" in str(r.get("msg"))
+    ]
     assert [r["level"] for r in kopfs] == ["debug"], kopfs  # the operator under test logs at DEBUG
     assert not [r for r in operator.log_records() if r.get("level") == "error" and "failed permanently" in r["msg"]]
 
 
 def test_expired_session_is_refused(kube, ns, real):
     kube.secret(ns, "anthropic", {"api-key": real()})
-    kube.session(ns, "short", [{"name": "K", "secretKeyRef": {"name": "anthropic", "key": "api-key"},
-                                "hosts": ["a.test"]}], ttl="2s")
+    kube.session(
+        ns,
+        "short",
+        [{"name": "K", "secretKeyRef": {"name": "anthropic", "key": "api-key"}, "hosts": ["a.test"]}],
+        ttl="2s",
+    )
     kube.wait_phase(ns, "short", n.PHASE_EXPIRED, timeout=20)
     made = create(kube, ns, pod("p", "short"))
     assert not made.ok and "[session-expired]" in made.error, made.error
@@ -241,13 +326,15 @@ def test_debug_container_targeting_the_proxy_is_refused(kube, ns, session):
     def add_ephemeral(container):
         body = copy.deepcopy(live)
         body["spec"]["ephemeralContainers"] = [container]
-        return kube.kubectl("replace", "--subresource=ephemeralcontainers", "-n", ns, "-f", "-",
-                            input=json.dumps(body), check=False)
+        return kube.kubectl(
+            "replace", "--subresource=ephemeralcontainers", "-n", ns, "-f", "-", input=json.dumps(body), check=False
+        )
 
     r = add_ephemeral({"name": "debug", "image": "busybox", "targetContainerName": n.SIDECAR_CONTAINER})
     assert r.returncode != 0 and "[ephemeral-targets-proxy]" in r.stderr, r.stderr
-    r = add_ephemeral({"name": "debug2", "image": "busybox",
-                       "volumeMounts": [{"name": n.VOLUME_SESSION, "mountPath": "/s"}]})
+    r = add_ephemeral(
+        {"name": "debug2", "image": "busybox", "volumeMounts": [{"name": n.VOLUME_SESSION, "mountPath": "/s"}]}
+    )
     assert r.returncode != 0 and "[proxy-volume-use]" in r.stderr, r.stderr
     r = add_ephemeral({"name": "debug3", "image": "busybox", "targetContainerName": "agent"})
     assert r.returncode == 0, r.stderr

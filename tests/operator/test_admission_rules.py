@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from oshu_contract.session import new_sealed_token
 from oshu_operator import names as n
 from oshu_operator import rules
 from oshu_operator.config import OperatorConfig, SidecarConfig
 from oshu_operator.injection import plan, subject, volumes
 from oshu_operator.metrics import Metrics
 from oshu_operator.rules import Refused, SessionView
-from oshu_contract.session import new_sealed_token
 
 CFG = OperatorConfig(sidecar=SidecarConfig(image="registry.test/oshu-sidecar:1"))
 TOKEN = new_sealed_token()
@@ -28,21 +29,36 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "operator.md"
 
 
 def session(**over) -> SessionView:
-    base = dict(namespace="agents", name="claude", uid="u", env_names=("ANTHROPIC_API_KEY",),
-                tokens={"ANTHROPIC_API_KEY": TOKEN}, source_secrets={"anthropic": "ANTHROPIC_API_KEY"},
-                phase=n.PHASE_READY)
+    base = dict(
+        namespace="agents",
+        name="claude",
+        uid="u",
+        env_names=("ANTHROPIC_API_KEY",),
+        tokens={"ANTHROPIC_API_KEY": TOKEN},
+        source_secrets={"anthropic": "ANTHROPIC_API_KEY"},
+        phase=n.PHASE_READY,
+    )
     base.update(over)
     return SessionView(**base)
 
 
 def base_pod() -> dict:
     """agent (injected), helper (left out by the containers annotation), clone (init container)."""
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "p", "namespace": "agents", "labels": {n.LABEL_SESSION: "claude"},
-                         "annotations": {n.ANNOTATION_CONTAINERS: "agent"}},
-            "spec": {"automountServiceAccountToken": False,
-                     "initContainers": [{"name": "clone", "image": "git:1"}],
-                     "containers": [{"name": "agent", "image": "agent:1"}, {"name": "helper", "image": "helper:1"}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "p",
+            "namespace": "agents",
+            "labels": {n.LABEL_SESSION: "claude"},
+            "annotations": {n.ANNOTATION_CONTAINERS: "agent"},
+        },
+        "spec": {
+            "automountServiceAccountToken": False,
+            "initContainers": [{"name": "clone", "image": "git:1"}],
+            "containers": [{"name": "agent", "image": "agent:1"}, {"name": "helper", "image": "helper:1"}],
+        },
+    }
 
 
 def refusal(pod: dict, view: SessionView | None = None) -> tuple[str, ...]:
@@ -83,8 +99,14 @@ VOLUME_SOURCES = {
     "cephfs": lambda s: {"cephfs": {"monitors": ["10.0.0.1:6789"], "secretRef": {"name": s}}},
     "cinder": lambda s: {"cinder": {"volumeID": "v", "secretRef": {"name": s}}},
     "flexVolume": lambda s: {"flexVolume": {"driver": "example/flex", "secretRef": {"name": s}}},
-    "iscsi": lambda s: {"iscsi": {"targetPortal": "10.0.0.1:3260", "iqn": "iqn.2001-04.com.example:x", "lun": 0,
-                                  "secretRef": {"name": s}}},
+    "iscsi": lambda s: {
+        "iscsi": {
+            "targetPortal": "10.0.0.1:3260",
+            "iqn": "iqn.2001-04.com.example:x",
+            "lun": 0,
+            "secretRef": {"name": s},
+        }
+    },
     "rbd": lambda s: {"rbd": {"monitors": ["10.0.0.1:6789"], "image": "i", "secretRef": {"name": s}}},
     "scaleIO": lambda s: {"scaleIO": {"gateway": "https://g", "system": "s", "secretRef": {"name": s}}},
     "storageos": lambda s: {"storageos": {"volumeName": "v", "secretRef": {"name": s}}},
@@ -98,39 +120,58 @@ SECRETS = {
     "unrelated Secret": ("corp-config", None),
 }
 
+
+def _mounted(make: Callable[[str], dict]) -> Callable[[str], tuple[dict, dict]]:
+    def ref(secret: str) -> tuple[dict, dict]:
+        return {"name": "vol", **make(secret)}, {"volumeMounts": [{"name": "vol", "mountPath": "/x"}]}
+
+    return ref
+
+
+def _unmounted(make: Callable[[str], dict]) -> Callable[[dict, str], None]:
+    def add(spec: dict, secret: str) -> None:
+        spec.setdefault("volumes", []).append({"name": "vol", **make(secret)})
+
+    return add
+
+
 #: How a container references a Secret: (pod spec edit, edit of the container). A mounted volume is
 #: referenced twice: by the volume (pod level) and by the use (secret-volume-use, which debug
 #: containers can reach).
 CONTAINER_REFS = {
-    "env valueFrom.secretKeyRef": lambda s: (None, {"env": [{"name": "K", "valueFrom": {
-        "secretKeyRef": {"name": s, "key": "k"}}}]}),
+    "env valueFrom.secretKeyRef": lambda s: (
+        None,
+        {"env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": s, "key": "k"}}}]},
+    ),
     "envFrom secretRef": lambda s: (None, {"envFrom": [{"secretRef": {"name": s}}]}),
-    **{f"mounted {kind} volume": (lambda make: lambda s: (
-        {"name": "vol", **make(s)}, {"volumeMounts": [{"name": "vol", "mountPath": "/x"}]}))(make)
-       for kind, make in VOLUME_SOURCES.items()},
+    **{f"mounted {kind} volume": _mounted(make) for kind, make in VOLUME_SOURCES.items()},
     "volume used as an env file": lambda s: (
         {"name": "vol", **VOLUME_SOURCES["secret"](s)},
-        {"env": [{"name": "K", "valueFrom": {"fileKeyRef": {"volumeName": "vol", "path": "f", "key": "k"}}}]}),
+        {"env": [{"name": "K", "valueFrom": {"fileKeyRef": {"volumeName": "vol", "path": "f", "key": "k"}}}]},
+    ),
 }
 #: Pod-level references: no container involved.
 POD_REFS = {
-    **{f"unmounted {kind} volume": (lambda make: lambda spec, s: spec.setdefault("volumes", []).append(
-        {"name": "vol", **make(s)}))(make) for kind, make in VOLUME_SOURCES.items()},
+    **{f"unmounted {kind} volume": _unmounted(make) for kind, make in VOLUME_SOURCES.items()},
     "imagePullSecrets": lambda spec, s: spec.setdefault("imagePullSecrets", []).append({"name": s}),
 }
 #: Uses of the proxy's reserved volumes by name, whether or not the volume exists yet.
 RESERVED_USES = {
     "mount of the session volume": {"volumeMounts": [{"name": n.VOLUME_SESSION, "mountPath": "/steal"}]},
-    "subPath mount of the session file": {"volumeMounts": [{"name": n.VOLUME_SESSION, "mountPath": "/steal.json",
-                                                            "subPath": n.KEY_SESSION_FILE}]},
-    "subPathExpr mount of the session volume": {"volumeMounts": [{"name": n.VOLUME_SESSION, "mountPath": "/s",
-                                                                  "subPathExpr": "$(POD_NAME)"}]},
-    "read-only mount of the session volume": {"volumeMounts": [{"name": n.VOLUME_SESSION, "mountPath": "/s",
-                                                                "readOnly": True}]},
+    "subPath mount of the session file": {
+        "volumeMounts": [{"name": n.VOLUME_SESSION, "mountPath": "/steal.json", "subPath": n.KEY_SESSION_FILE}]
+    },
+    "subPathExpr mount of the session volume": {
+        "volumeMounts": [{"name": n.VOLUME_SESSION, "mountPath": "/s", "subPathExpr": "$(POD_NAME)"}]
+    },
+    "read-only mount of the session volume": {
+        "volumeMounts": [{"name": n.VOLUME_SESSION, "mountPath": "/s", "readOnly": True}]
+    },
     "session volume as a block device": {"volumeDevices": [{"name": n.VOLUME_SESSION, "devicePath": "/dev/s"}]},
     "mount of the proxy's scratch volume": {"volumeMounts": [{"name": n.VOLUME_TMP, "mountPath": "/t"}]},
-    "env file from the proxy's scratch volume": {"env": [{"name": "K", "valueFrom": {"fileKeyRef": {
-        "volumeName": n.VOLUME_TMP, "path": "f", "key": "k"}}}]},
+    "env file from the proxy's scratch volume": {
+        "env": [{"name": "K", "valueFrom": {"fileKeyRef": {"volumeName": n.VOLUME_TMP, "path": "f", "key": "k"}}}]
+    },
 }
 #: Where the container sits at pod creation: (list, name).
 CREATE_KINDS = {
@@ -198,8 +239,10 @@ def test_ephemeral_container_with_the_session_unreadable_fails_closed(ref: str) 
         pod["spec"]["volumes"].append(volume)
     got = ephemeral_refusal(pod, {"name": "debug", "image": "busybox", **edit}, view=None)
     assert got == (("secret-volume-use",) if volume is not None else ("source-secret-reference",))
-    assert ephemeral_refusal(pod, {"name": "debug", "image": "busybox", "env": [{"name": "A", "value": "b"}]},
-                             view=None) == ()
+    assert (
+        ephemeral_refusal(pod, {"name": "debug", "image": "busybox", "env": [{"name": "A", "value": "b"}]}, view=None)
+        == ()
+    )
 
 
 @pytest.mark.parametrize("use", sorted(RESERVED_USES))
@@ -234,38 +277,60 @@ def test_the_check_after_injection_sees_what_a_mount_becomes(monkeypatch: pytest
 
 def test_issue_12_item_1_exact_pod() -> None:
     """A labelled pod with automountServiceAccountToken: false, mounting oshu-vault-session at /steal."""
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "steal", "labels": {n.LABEL_SESSION: "claude"}},
-           "spec": {"automountServiceAccountToken": False, "containers": [{"name": "app", "image": "busybox",
-                    "volumeMounts": [{"name": n.VOLUME_SESSION, "mountPath": "/steal"}]}]}}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "steal", "labels": {n.LABEL_SESSION: "claude"}},
+        "spec": {
+            "automountServiceAccountToken": False,
+            "containers": [
+                {"name": "app", "image": "busybox", "volumeMounts": [{"name": n.VOLUME_SESSION, "mountPath": "/steal"}]}
+            ],
+        },
+    }
     assert refusal(pod) == ("proxy-volume-use",)
 
 
-@pytest.mark.parametrize("path, refused", [
-    (n.CA_MOUNT_DIR, True), (n.CA_MOUNT_DIR + "/", True), (n.CA_MOUNT_DIR + "/ca.crt", True),
-    ("/var/run/oshu-vault//ca", True), ("/var/run/oshu-vault/x/../ca", True), (n.CA_MOUNT_DIR.lstrip("/"), True),
-    (n.CA_MOUNT_DIR + "b", False), ("/var/run/oshu-vault", False), ("/data", False),
-])
+@pytest.mark.parametrize(
+    "path, refused",
+    [
+        (n.CA_MOUNT_DIR, True),
+        (n.CA_MOUNT_DIR + "/", True),
+        (n.CA_MOUNT_DIR + "/ca.crt", True),
+        ("/var/run/oshu-vault//ca", True),
+        ("/var/run/oshu-vault/x/../ca", True),
+        (n.CA_MOUNT_DIR.lstrip("/"), True),
+        (n.CA_MOUNT_DIR + "b", False),
+        ("/var/run/oshu-vault", False),
+        ("/data", False),
+    ],
+)
 def test_ca_mount_path(path: str, refused: bool) -> None:
-    pod = pod_with("app container", {"name": "data", "emptyDir": {}},
-                   {"volumeMounts": [{"name": "data", "mountPath": path}]})
+    pod = pod_with(
+        "app container", {"name": "data", "emptyDir": {}}, {"volumeMounts": [{"name": "data", "mountPath": path}]}
+    )
     assert refusal(pod) == (("ca-mount-path",) if refused else ())
 
 
 def test_debug_container_targets() -> None:
     pod = injected_pod()
-    assert ephemeral_refusal(pod, {"name": "d", "image": "b", "targetContainerName": n.SIDECAR_CONTAINER},
-                             session()) == ("ephemeral-targets-proxy",)
+    assert ephemeral_refusal(
+        pod, {"name": "d", "image": "b", "targetContainerName": n.SIDECAR_CONTAINER}, session()
+    ) == ("ephemeral-targets-proxy",)
     assert ephemeral_refusal(pod, {"name": "d", "image": "b", "targetContainerName": "agent"}, session()) == ()
 
 
-@pytest.mark.parametrize("change, refused", [
-    (lambda spec: spec["initContainers"][0].update(image="attacker.example/steal:1"), True),
-    (lambda spec: spec["initContainers"][0]["args"].append("--log-level=debug"), True),
-    (lambda spec: spec["initContainers"][0].update(imagePullPolicy="Always"), True),
-    (lambda spec: spec["containers"][0].update(image="agent:2"), False),
-    (lambda spec: spec["initContainers"][1].update(image="git:2"), False),
-    (lambda spec: spec.update(activeDeadlineSeconds=60), False),
-])
+@pytest.mark.parametrize(
+    "change, refused",
+    [
+        (lambda spec: spec["initContainers"][0].update(image="attacker.example/steal:1"), True),
+        (lambda spec: spec["initContainers"][0]["args"].append("--log-level=debug"), True),
+        (lambda spec: spec["initContainers"][0].update(imagePullPolicy="Always"), True),
+        (lambda spec: spec["containers"][0].update(image="agent:2"), False),
+        (lambda spec: spec["initContainers"][1].update(image="git:2"), False),
+        (lambda spec: spec.update(activeDeadlineSeconds=60), False),
+    ],
+)
 def test_an_update_may_not_change_the_proxy(change, refused: bool) -> None:
     old = injected_pod()
     new = copy.deepcopy(old)
@@ -273,17 +338,23 @@ def test_an_update_may_not_change_the_proxy(change, refused: bool) -> None:
     subj = rules.Subject(new, "agents", "claude", None, old=old)
     assert [f.rule.id for f in rules.update_findings(subj)] == (["proxy-container-changed"] if refused else [])
     # At creation (no old pod) the rule never fires.
-    assert rules.evaluate(rules.Subject(new, "agents", "claude", session()), [rules.BY_ID["proxy-container-changed"]]) == []
+    assert (
+        rules.evaluate(rules.Subject(new, "agents", "claude", session()), [rules.BY_ID["proxy-container-changed"]])
+        == []
+    )
 
 
 def test_earlier_ephemeral_containers_are_not_judged_again() -> None:
     """Findings about anything but the added containers are left out (the rest cannot change here)."""
     pod = injected_pod()
-    pod["spec"][rules.KIND_EPHEMERAL] = [{"name": "old", "image": "b", "envFrom": [{"secretRef": {"name": "anthropic"}}]}]
+    pod["spec"][rules.KIND_EPHEMERAL] = [
+        {"name": "old", "image": "b", "envFrom": [{"secretRef": {"name": "anthropic"}}]}
+    ]
     assert ephemeral_refusal(pod, {"name": "new", "image": "b"}, session()) == ()
 
 
 # --- the registry itself ---------------------------------------------------------------------
+
 
 def _spec(**kw) -> dict:
     pod = base_pod()
@@ -299,21 +370,28 @@ def _container(**kw) -> dict:
 
 #: For each spec rule, a pod that breaks it and no other.
 ONE_PER_RULE = {
-    "opt-in-mismatch": lambda: {**base_pod(), "metadata": {**base_pod()["metadata"], "annotations": {
-        n.ANNOTATION_SESSION: "other"}}},
-    "containers-annotation-unknown": lambda: {**base_pod(), "metadata": {**base_pod()["metadata"], "annotations": {
-        n.ANNOTATION_CONTAINERS: "nope"}}},
+    "opt-in-mismatch": lambda: {
+        **base_pod(),
+        "metadata": {**base_pod()["metadata"], "annotations": {n.ANNOTATION_SESSION: "other"}},
+    },
+    "containers-annotation-unknown": lambda: {
+        **base_pod(),
+        "metadata": {**base_pod()["metadata"], "annotations": {n.ANNOTATION_CONTAINERS: "nope"}},
+    },
     "shared-process-namespace": lambda: _spec(shareProcessNamespace=True),
     "host-pid": lambda: _spec(hostPID=True),
-    "reserved-container-name": lambda: _spec(containers=[{"name": "agent", "image": "a"},
-                                                         {"name": n.SIDECAR_CONTAINER, "image": "x"}]),
+    "reserved-container-name": lambda: _spec(
+        containers=[{"name": "agent", "image": "a"}, {"name": n.SIDECAR_CONTAINER, "image": "x"}]
+    ),
     "reserved-volume-name": lambda: _spec(volumes=[{"name": n.VOLUME_CA, "emptyDir": {}}]),
     "proxy-volume-use": lambda: _container(volumeMounts=[{"name": n.VOLUME_TMP, "mountPath": "/t"}]),
     "secret-volume-use": None,  # always with a reference rule at creation: see test_the_check_after_injection...
     "session-secret-reference": lambda: _spec(imagePullSecrets=[{"name": OWN_SESSION_SECRET}]),
     "source-secret-reference": lambda: _container(envFrom=[{"secretRef": {"name": "anthropic"}}]),
-    "ca-mount-path": lambda: _spec(volumes=[{"name": "d", "emptyDir": {}}], containers=[
-        {"name": "agent", "image": "a", "volumeMounts": [{"name": "d", "mountPath": n.CA_MOUNT_DIR}]}]),
+    "ca-mount-path": lambda: _spec(
+        volumes=[{"name": "d", "emptyDir": {}}],
+        containers=[{"name": "agent", "image": "a", "volumeMounts": [{"name": "d", "mountPath": n.CA_MOUNT_DIR}]}],
+    ),
     "session-env-set": lambda: _container(env=[{"name": "ANTHROPIC_API_KEY", "value": "sk-literal"}]),
     "proxy-container-changed": None,  # updates only: test_an_update_may_not_change_the_proxy
     "ephemeral-targets-proxy": None,  # ephemeral containers only: test_debug_container_targets
@@ -360,8 +438,13 @@ def test_rule_ids_are_stable_slugs() -> None:
 
 def test_every_rule_is_a_metric_label() -> None:
     metrics = Metrics()
-    labels = {s.labels["rule"] for m in metrics.registry.collect() if m.name == "oshu_vault_admission_refusals"
-              for s in m.samples if s.name.endswith("_total")}
+    labels = {
+        s.labels["rule"]
+        for m in metrics.registry.collect()
+        if m.name == "oshu_vault_admission_refusals"
+        for s in m.samples
+        if s.name.endswith("_total")
+    }
     assert labels == set(rules.BY_ID)
 
 

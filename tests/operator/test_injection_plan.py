@@ -7,12 +7,19 @@ import json
 
 import pytest
 
+from oshu_contract.session import new_sealed_token
 from oshu_operator import names as n
 from oshu_operator.config import OperatorConfig, SidecarConfig
 from oshu_operator.injection import (
-    NotReady, Refused, SessionView, infra_env, plan, session_name_of, sidecar_container, volumes,
+    NotReady,
+    Refused,
+    SessionView,
+    infra_env,
+    plan,
+    session_name_of,
+    sidecar_container,
+    volumes,
 )
-from oshu_contract.session import new_sealed_token
 
 CFG = OperatorConfig(sidecar=SidecarConfig(image="registry.test/oshu-sidecar:1"), no_proxy=("localhost", ".svc"))
 TOKEN_A = new_sealed_token()
@@ -20,20 +27,33 @@ TOKEN_B = new_sealed_token()
 
 
 def session(**over) -> SessionView:
-    base = dict(namespace="agents", name="claude", uid="uid-1", env_names=("ANTHROPIC_API_KEY", "GITHUB_TOKEN"),
-                tokens={"ANTHROPIC_API_KEY": TOKEN_A, "GITHUB_TOKEN": TOKEN_B},
-                source_secrets={"anthropic": "ANTHROPIC_API_KEY", "github": "GITHUB_TOKEN"}, phase=n.PHASE_READY)
+    base = dict(
+        namespace="agents",
+        name="claude",
+        uid="uid-1",
+        env_names=("ANTHROPIC_API_KEY", "GITHUB_TOKEN"),
+        tokens={"ANTHROPIC_API_KEY": TOKEN_A, "GITHUB_TOKEN": TOKEN_B},
+        source_secrets={"anthropic": "ANTHROPIC_API_KEY", "github": "GITHUB_TOKEN"},
+        phase=n.PHASE_READY,
+    )
     base.update(over)
     return SessionView(**base)
 
 
 def pod(**spec_over) -> dict:
-    spec = {"containers": [{"name": "agent", "image": "agent:1", "env": [{"name": "FOO", "value": "bar"}]},
-                           {"name": "helper", "image": "helper:1"}]}
+    spec = {
+        "containers": [
+            {"name": "agent", "image": "agent:1", "env": [{"name": "FOO", "value": "bar"}]},
+            {"name": "helper", "image": "helper:1"},
+        ]
+    }
     spec.update(spec_over)
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "p", "namespace": "agents", "labels": {n.LABEL_SESSION: "claude"}},
-            "spec": spec}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p", "namespace": "agents", "labels": {n.LABEL_SESSION: "claude"}},
+        "spec": spec,
+    }
 
 
 def injected(p: dict, s: SessionView | None = None) -> tuple[dict, list[str]]:
@@ -78,8 +98,13 @@ def test_sidecar_volumes_env_and_record_are_exactly_as_designed():
         assert c["volumeMounts"] == [{"name": n.VOLUME_CA, "mountPath": n.CA_MOUNT_DIR, "readOnly": True}]
     assert env_of(out, "agent")["FOO"] == "bar"  # existing env kept, in front
     record = json.loads(out["metadata"]["annotations"][n.ANNOTATION_INJECTED])
-    assert record == {"session": "claude", "uid": "uid-1", "containers": ["agent", "helper"],
-                      "secrets": ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"], "sidecar": "registry.test/oshu-sidecar:1"}
+    assert record == {
+        "session": "claude",
+        "uid": "uid-1",
+        "containers": ["agent", "helper"],
+        "secrets": ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"],
+        "sidecar": "registry.test/oshu-sidecar:1",
+    }
     # The session Secret reaches the sidecar only.
     assert [m["name"] for m in side["volumeMounts"]] == [n.VOLUME_SESSION, n.VOLUME_TMP]
 
@@ -116,8 +141,10 @@ def test_containers_annotation_naming_nothing_is_refused(value):
 
 def test_proxy_and_ca_variables_the_pod_sets_are_kept_with_a_warning():
     p = pod()
-    p["spec"]["containers"][0]["env"] += [{"name": "HTTPS_PROXY", "value": "http://corp:3128"},
-                                          {"name": "SSL_CERT_FILE", "value": "/etc/corp.pem"}]
+    p["spec"]["containers"][0]["env"] += [
+        {"name": "HTTPS_PROXY", "value": "http://corp:3128"},
+        {"name": "SSL_CERT_FILE", "value": "/etc/corp.pem"},
+    ]
     out, warnings = injected(p)
     env = env_of(out, "agent")
     assert env["HTTPS_PROXY"] == "http://corp:3128" and env["SSL_CERT_FILE"] == "/etc/corp.pem"
@@ -125,7 +152,8 @@ def test_proxy_and_ca_variables_the_pod_sets_are_kept_with_a_warning():
     assert names.count("HTTPS_PROXY") == 1 and names.count("SSL_CERT_FILE") == 1
     assert len(warnings) == 1 and "HTTPS_PROXY" in warnings[0] and "SSL_CERT_FILE" in warnings[0]
     assert json.loads(out["metadata"]["annotations"][n.ANNOTATION_INJECTED])["kept"] == {
-        "agent": ["HTTPS_PROXY", "SSL_CERT_FILE"]}
+        "agent": ["HTTPS_PROXY", "SSL_CERT_FILE"]
+    }
     again, warnings2 = injected(out)
     assert again == out and warnings2 == warnings
 
@@ -136,37 +164,70 @@ def refused_rules(p: dict, s: SessionView | None = None) -> tuple[str, ...]:
     return e.value.rule_ids
 
 
-@pytest.mark.parametrize("entry", [
-    {"name": "ANTHROPIC_API_KEY", "value": "sk-literal"},
-    {"name": "ANTHROPIC_API_KEY", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "k"}}},
-])
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"name": "ANTHROPIC_API_KEY", "value": "sk-literal"},
+        {"name": "ANTHROPIC_API_KEY", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "k"}}},
+    ],
+)
 def test_pod_setting_a_session_secret_name_itself_is_refused(entry):
     p = pod()
     p["spec"]["containers"][0]["env"].append(entry)
     assert refused_rules(p) == ("session-env-set",)
 
 
-@pytest.mark.parametrize("mutate, rule", [
-    (lambda s: s.update(shareProcessNamespace=True), "shared-process-namespace"),
-    (lambda s: s.update(hostPID=True), "host-pid"),
-    (lambda s: s["containers"].append({"name": n.SIDECAR_CONTAINER, "image": "evil"}), "reserved-container-name"),
-    (lambda s: s.update(volumes=[{"name": n.VOLUME_SESSION, "hostPath": {"path": "/"}}]), "reserved-volume-name"),
-    (lambda s: (s.update(volumes=[{"name": "steal", "secret": {"secretName": "oshu-vault-session-claude"}}]),
-                s["containers"][0].update(volumeMounts=[{"name": "steal", "mountPath": "/x"}])),
-     "secret-volume-use"),
-    (lambda s: (s.update(volumes=[{"name": "steal", "projected": {"sources": [
-        {"secret": {"name": "oshu-vault-session-claude"}}]}}]),
-                s["containers"][1].update(volumeMounts=[{"name": "steal", "mountPath": "/x"}])),
-     "session-secret-reference"),
-    (lambda s: s["containers"][0]["env"].append({"name": "X", "valueFrom": {"secretKeyRef": {
-        "name": "oshu-vault-session-claude", "key": "session.json"}}}), "session-secret-reference"),
-    (lambda s: s["containers"][1].update(envFrom=[{"secretRef": {"name": "anthropic"}}]), "source-secret-reference"),
-    (lambda s: s["containers"][0]["env"].append({"name": "K", "valueFrom": {"secretKeyRef": {
-        "name": "github", "key": "token"}}}), "source-secret-reference"),
-    (lambda s: s.update(volumes=[{"name": "g", "secret": {"secretName": "github"}}]), "source-secret-reference"),
-    (lambda s: s["containers"][0].update(volumeMounts=[{"name": "other", "mountPath": n.CA_MOUNT_DIR}]),
-     "ca-mount-path"),
-])
+@pytest.mark.parametrize(
+    "mutate, rule",
+    [
+        (lambda s: s.update(shareProcessNamespace=True), "shared-process-namespace"),
+        (lambda s: s.update(hostPID=True), "host-pid"),
+        (lambda s: s["containers"].append({"name": n.SIDECAR_CONTAINER, "image": "evil"}), "reserved-container-name"),
+        (lambda s: s.update(volumes=[{"name": n.VOLUME_SESSION, "hostPath": {"path": "/"}}]), "reserved-volume-name"),
+        (
+            lambda s: (
+                s.update(volumes=[{"name": "steal", "secret": {"secretName": "oshu-vault-session-claude"}}]),
+                s["containers"][0].update(volumeMounts=[{"name": "steal", "mountPath": "/x"}]),
+            ),
+            "secret-volume-use",
+        ),
+        (
+            lambda s: (
+                s.update(
+                    volumes=[
+                        {"name": "steal", "projected": {"sources": [{"secret": {"name": "oshu-vault-session-claude"}}]}}
+                    ]
+                ),
+                s["containers"][1].update(volumeMounts=[{"name": "steal", "mountPath": "/x"}]),
+            ),
+            "session-secret-reference",
+        ),
+        (
+            lambda s: s["containers"][0]["env"].append(
+                {
+                    "name": "X",
+                    "valueFrom": {"secretKeyRef": {"name": "oshu-vault-session-claude", "key": "session.json"}},
+                }
+            ),
+            "session-secret-reference",
+        ),
+        (
+            lambda s: s["containers"][1].update(envFrom=[{"secretRef": {"name": "anthropic"}}]),
+            "source-secret-reference",
+        ),
+        (
+            lambda s: s["containers"][0]["env"].append(
+                {"name": "K", "valueFrom": {"secretKeyRef": {"name": "github", "key": "token"}}}
+            ),
+            "source-secret-reference",
+        ),
+        (lambda s: s.update(volumes=[{"name": "g", "secret": {"secretName": "github"}}]), "source-secret-reference"),
+        (
+            lambda s: s["containers"][0].update(volumeMounts=[{"name": "other", "mountPath": n.CA_MOUNT_DIR}]),
+            "ca-mount-path",
+        ),
+    ],
+)
 def test_refusals(mutate, rule):
     p = pod()
     mutate(p["spec"])
@@ -187,12 +248,15 @@ def test_label_and_annotation_must_agree():
     assert session_name_of({"metadata": {}}) is None
 
 
-@pytest.mark.parametrize("view, rule", [
-    (session(phase=n.PHASE_EXPIRED), "session-expired"),
-    (session(deleting=True), "session-deleting"),
-    (session(deleting=True, phase=n.PHASE_EXPIRED), "session-deleting"),
-    (session(phase=n.PHASE_INVALID, message="bad"), "session-invalid"),
-])
+@pytest.mark.parametrize(
+    "view, rule",
+    [
+        (session(phase=n.PHASE_EXPIRED), "session-expired"),
+        (session(deleting=True), "session-deleting"),
+        (session(deleting=True, phase=n.PHASE_EXPIRED), "session-deleting"),
+        (session(phase=n.PHASE_INVALID, message="bad"), "session-invalid"),
+    ],
+)
 def test_unusable_sessions_are_refused(view, rule):
     with pytest.raises(Refused) as e:
         view.check_usable()
@@ -215,10 +279,17 @@ def test_pending_session_injects_with_a_warning():
 def test_session_view_reads_a_vaultsession_body():
     body = {
         "metadata": {"namespace": "agents", "name": "claude", "uid": "u"},
-        "spec": {"secrets": [{"name": "A", "secretKeyRef": {"name": "s1", "key": "k"}, "hosts": ["x.test"]},
-                             {"name": "B", "secretKeyRef": {"name": "s1", "key": "k2"}, "hosts": ["y.test"]}]},
-        "status": {"phase": "Ready", "tokens": {"A": TOKEN_A, "B": TOKEN_B},
-                   "conditions": [{"type": "Ready", "status": "True", "message": "ok"}]},
+        "spec": {
+            "secrets": [
+                {"name": "A", "secretKeyRef": {"name": "s1", "key": "k"}, "hosts": ["x.test"]},
+                {"name": "B", "secretKeyRef": {"name": "s1", "key": "k2"}, "hosts": ["y.test"]},
+            ]
+        },
+        "status": {
+            "phase": "Ready",
+            "tokens": {"A": TOKEN_A, "B": TOKEN_B},
+            "conditions": [{"type": "Ready", "status": "True", "message": "ok"}],
+        },
     }
     view = SessionView.from_body(body)
     assert view.env_names == ("A", "B") and view.tokens == {"A": TOKEN_A, "B": TOKEN_B}
@@ -237,7 +308,10 @@ def test_injected_args_are_a_valid_sidecar_command_line():
     assert cfg.listen == ("127.0.0.1", n.SIDECAR_PROXY_PORT)
     assert cfg.admin_listen == ("0.0.0.0", n.SIDECAR_ADMIN_PORT)
     assert (cfg.session_file, cfg.ca_cert, cfg.ca_key) == (
-        n.SESSION_FILE_PATH, n.SESSION_CA_CERT_PATH, n.SESSION_CA_KEY_PATH)
+        n.SESSION_FILE_PATH,
+        n.SESSION_CA_CERT_PATH,
+        n.SESSION_CA_KEY_PATH,
+    )
     # The sidecar's own defaults agree with the ports the webhook wires up.
     defaults = load_config(["--session-file", "s", "--ca-cert", "c", "--ca-key", "k"], environ={})
     assert defaults.listen[1] == n.SIDECAR_PROXY_PORT and defaults.admin_listen[1] == n.SIDECAR_ADMIN_PORT
