@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from oshu_contract.hosts import HostPattern
+from oshu_contract.locations import Location
 from oshu_contract.session import DEFAULT_LOCATIONS, SecretBinding, Session, loads_session, new_sealed_token
 
 #: What a session may be given as: a `Session`, its JSON document, or the file's bytes or text.
@@ -33,7 +34,7 @@ def new_secret(
         sealed=new_sealed_token(),
         value=value if value is not None else "sk-test-" + _secrets.token_urlsafe(24),
         hosts=tuple(HostPattern.parse(h) for h in hosts),
-        locations=frozenset(locations) if locations is not None else DEFAULT_LOCATIONS,
+        locations=frozenset(Location(x) for x in locations) if locations is not None else DEFAULT_LOCATIONS,
     )
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from oshu_contract.session import SEALED_PREFIX
 from oshu_e2e import chart, examples
 from oshu_e2e.manifests import NAMESPACE, render
 from oshu_e2e.paths import CRD_FILE, INSTALL_YAML
 from oshu_operator import names as n
-from oshu_contract.session import SEALED_PREFIX
 
 
 def test_install_yaml_is_not_stale(helm: Path) -> None:

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from oshu_contract.hosts import HostPattern, HostPatternError
 from oshu_operator import names as n
 from oshu_operator.cli import build_parser, config_from_args
 from oshu_operator.config import OperatorConfig
 from oshu_operator.webhookconfig import configuration
-from oshu_contract.hosts import HostPattern, HostPatternError
 from oshu_testkit.operator_process import CRD_PATH
 
 CRD = yaml.safe_load(CRD_PATH.read_text())

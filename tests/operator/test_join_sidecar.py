@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from oshu_operator import names as n
 from oshu_contract.pki import KeyPair
+from oshu_operator import names as n
 from oshu_testkit.clientenv import pod_env_on_host
 from oshu_testkit.kube import SIDECAR, pod, wait_for
 from oshu_testkit.sidecar_process import SidecarProcess

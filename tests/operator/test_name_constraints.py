@@ -12,8 +12,8 @@ from datetime import timedelta
 
 import pytest
 
-from oshu_operator import material
 from oshu_contract.hosts import HostPattern
+from oshu_operator import material
 from oshu_testkit.client_matrix import CLIENTS, available, run_client
 from oshu_testkit.sessions import new_secret, new_session
 from oshu_testkit.sidecar_process import SidecarProcess
