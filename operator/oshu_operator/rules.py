@@ -503,6 +503,13 @@ SPEC_RULES: tuple[Rule, ...] = (
         _flag("hostPID"),
     ),
     Rule(
+        "host-network",
+        "`hostNetwork: true`",
+        "is not allowed with a VaultSession: the proxy's loopback port would be the node's, so every process and "
+        "host-network pod on the node could use the session's keys",
+        _flag("hostNetwork"),
+    ),
+    Rule(
         "reserved-container-name",
         f"an app or ephemeral container named `{n.SIDECAR_CONTAINER}`",
         f"uses the name {n.SIDECAR_CONTAINER}, which is reserved for the oshu-vault proxy; rename it",

@@ -228,6 +228,7 @@ def test_pod_applied_together_with_its_session_waits_for_the_tokens(kube, ns, re
 REFUSALS = [
     ("missing session", lambda: pod("p", "no-such-session"), "session-missing"),
     ("shared process namespace", lambda: pod("p", "claude", shareProcessNamespace=True), "shared-process-namespace"),
+    ("host network", lambda: pod("p", "claude", hostNetwork=True), "host-network"),
     (
         "session Secret in an app container",
         lambda: pod(

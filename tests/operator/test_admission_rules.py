@@ -380,6 +380,7 @@ ONE_PER_RULE = {
     },
     "shared-process-namespace": lambda: _spec(shareProcessNamespace=True),
     "host-pid": lambda: _spec(hostPID=True),
+    "host-network": lambda: _spec(hostNetwork=True),
     "reserved-container-name": lambda: _spec(
         containers=[{"name": "agent", "image": "a"}, {"name": n.SIDECAR_CONTAINER, "image": "x"}]
     ),
