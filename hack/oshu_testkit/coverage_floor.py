@@ -32,7 +32,7 @@ def per_package(cov: coverage.Coverage, packages: list[str]) -> dict[str, float]
     out: dict[str, float] = {}
     for pkg in packages:
         try:
-            out[pkg] = cov.report(include=[f"*/{pkg}/*"], file=io.StringIO())
+            out[pkg] = cov.report(include=[f"*/{pkg}/*"], file=io.StringIO(), ignore_errors=True)
         except coverage.exceptions.NoDataError:
             continue  # no file of the package was measured
     return out
