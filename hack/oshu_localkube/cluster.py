@@ -267,6 +267,9 @@ class LocalCluster:
             except _PortClash as clash:
                 self._log(f"port clash on attempt {attempt + 1} ({clash}); retrying with new ports")
                 self.stop()
+            except node_module.NodeBusyError:
+                self.stop()  # nothing ran: no logs worth keeping (waiting callers retry often)
+                raise
             except BaseException:
                 self.stop(keep_logs=True)
                 raise
@@ -774,11 +777,18 @@ def sweep_dead_clusters(root: Path | None = None, *, log: Log = _stderr) -> list
             state = json.loads(state_file.read_text())
         except (OSError, ValueError):
             continue
+        node_state = state.get("node") or {}
+        if node_state and node_state.get("slot", "") != node_module.machine_slot():
+            continue  # a node cluster of another network namespace: cleaned up from there
         cluster = LocalCluster.attach(state_dir, log=log)
         dead = not cluster.is_running() if state.get("daemon") else not _owner_alive(state)
         if dead:
             log(f"removing leftover cluster {state_dir}")
-            cluster.stop()
+            try:
+                cluster.stop()
+            except ClusterError as error:  # never block a new cluster on an old one's leftovers
+                log(f"could not fully remove {state_dir}: {error}")
+                continue
             removed.append(state_dir)
     return removed
 

@@ -18,9 +18,12 @@ machine-wide, which this module installs before anything starts and removes at s
   the machine's network, and nothing from the machine's network is forwarded to them;
 - kube-proxy's iptables chains (``kube-proxy --cleanup`` removes them).
 
-Those names and addresses are machine-wide, so one node cluster runs at a time; a second
-``start --node`` fails with a message naming the running one (control-plane-only clusters
-still run side by side). A node cluster whose owner died is cleaned up by the next start.
+Those names and addresses are per network namespace, so one node cluster runs at a time in
+a network namespace; a second ``start --node`` there fails with a message naming the running
+one (control-plane-only clusters still run side by side). Node clusters in different network
+namespaces (``unshare --net``) share nothing: the claim and the cgroup root are keyed by the
+namespace (:func:`machine_slot`). A node cluster whose owner died is cleaned up by the next
+start in its namespace.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -60,7 +63,7 @@ FORWARD_CHAIN = "OSHU-LOCALKUBE"
 FORWARD_TABLE = "mangle"  # before filter, where kube-proxy inserts its own ACCEPTs
 ROUTE_PROTOCOL = "157"  # marks our routes: teardown removes exactly these
 BACKSTOP_METRIC = "4242"  # the unreachable routes lose to the bridge's own routes
-CGROUP_ROOT = "/oshu-localkube"
+CGROUP_ROOT = "/oshu-localkube"  # plus "-<slot>" in another network namespace (machine_slot())
 CONTAINER_LOG_LINKS = Path("/var/log/containers")  # the kubelet's fixed symlink directory
 
 Log = Callable[[str], None]
@@ -74,6 +77,27 @@ class NodeBusyError(NodeError):
     """Another node cluster runs on this machine (only one can: its addresses are machine-wide)."""
 
 
+def machine_slot() -> str:
+    """ "" in the machine's own network namespace, else an id of the one we run in.
+
+    Everything machine-wide of a node (addresses, bridge, routes, iptables) is per network
+    namespace, so node clusters in different namespaces are independent; what is not (the
+    claim file, the cgroup tree) is keyed by this. ``OSHU_LOCALKUBE_NODE_SLOT`` overrides it."""
+    configured = os.environ.get("OSHU_LOCALKUBE_NODE_SLOT")
+    if configured is not None:
+        return re.sub(r"[^A-Za-z0-9_.-]", "-", configured)
+    try:
+        mine, machine = os.stat("/proc/self/ns/net").st_ino, os.stat("/proc/1/ns/net").st_ino
+    except OSError:
+        return ""
+    return "" if mine == machine else f"netns-{mine}"
+
+
+def cgroup_root() -> str:
+    slot = machine_slot()
+    return f"{CGROUP_ROOT}-{slot}" if slot else CGROUP_ROOT
+
+
 @dataclass(frozen=True)
 class NodeNetwork:
     """The node's addresses and ranges (machine-wide: see the module docstring)."""
@@ -85,6 +109,7 @@ class NodeNetwork:
     service_cidr: str = "10.96.0.0/16"
     bridge: str = "oshu-kube0"
     cluster_domain: str = "cluster.local"
+    slot: str = field(default_factory=machine_slot)  # the network namespace it lives in
 
     @property
     def bridge_ip(self) -> str:
@@ -256,7 +281,7 @@ def kubelet_config(node: Node, *, healthz_port: int) -> dict[str, object]:
         },
         "authorization": {"mode": "Webhook"},
         "cgroupDriver": "cgroupfs",
-        "cgroupRoot": CGROUP_ROOT,
+        "cgroupRoot": cgroup_root(),
         "failCgroupV1": False,
         "containerRuntimeEndpoint": socket_url,
         "imageServiceEndpoint": socket_url,
@@ -370,7 +395,10 @@ def missing_prerequisites() -> list[str]:
 
 def claim_path() -> Path:
     configured = os.environ.get("OSHU_LOCALKUBE_NODE_CLAIM")
-    return Path(configured) if configured else Path("/run/oshu-localkube-node.json")
+    if configured:
+        return Path(configured)
+    slot = machine_slot()
+    return Path(f"/run/oshu-localkube-node-{slot}.json" if slot else "/run/oshu-localkube-node.json")
 
 
 _claim_depth = 0  # re-entrant within this process: claim() stops a dead holder, which releases
@@ -460,6 +488,7 @@ def _sysctl(name: str, value: str) -> None:
 
 def setup_host(net: NodeNetwork) -> None:
     """Install the machine-wide pieces (idempotent). Runs before any component starts."""
+    _run(["ip", "link", "set", "lo", "up"])  # down in a fresh network namespace
     _run(["ip", "link", "add", net.bridge, "type", "bridge"], check=False)
     _run(["ip", "addr", "replace", f"{net.bridge_ip}/{ipaddress.ip_network(net.node_pod_cidr).prefixlen}",
           "dev", net.bridge])  # fmt: skip
@@ -531,8 +560,8 @@ def _cgroup_dirs() -> list[Path]:
     """Our cgroup root in every v1 hierarchy (and the v2 one, if any), whether or not present."""
     base = Path("/sys/fs/cgroup")
     if (base / "cgroup.controllers").exists():  # pure v2
-        return [base / CGROUP_ROOT.strip("/")]
-    return [hierarchy / CGROUP_ROOT.strip("/") for hierarchy in sorted(base.iterdir()) if hierarchy.is_dir()]
+        return [base / cgroup_root().strip("/")]
+    return [hierarchy / cgroup_root().strip("/") for hierarchy in sorted(base.iterdir()) if hierarchy.is_dir()]
 
 
 def prepare_cgroup_root() -> None:
