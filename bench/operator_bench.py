@@ -33,13 +33,9 @@ from pathlib import Path
 
 from kubernetes_asyncio import client, config
 
-REPO = Path(__file__).resolve().parents[1]
-for sub in ("operator", "sidecar", "hack"):
-    sys.path.insert(0, str(REPO / sub))
-
-from oshu_localkube.cluster import LocalCluster  # noqa: E402
-from oshu_operator import names as n  # noqa: E402
-from oshu_testkit.operator_process import CRD_PATH, OperatorProcess  # noqa: E402
+from oshu_localkube.cluster import LocalCluster
+from oshu_operator import names as n
+from oshu_testkit.operator_process import CRD_PATH, OperatorProcess
 
 
 def pct(values: list[float], p: float) -> float:
