@@ -21,7 +21,7 @@ from pathlib import Path
 from . import profile, report, rounds, scenario, upstream
 from .certs import make_pki
 from .loadgen import Loadgen, Route
-from .targets import ALL, BENCH_DIR, REPO, Context, clean_env
+from .targets import ALL, BENCH_DIR, DEFAULT, REPO, Context, clean_env
 
 HOST = "api.bench.test"
 
@@ -29,7 +29,12 @@ HOST = "api.bench.test"
 def _args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench/run", description=__doc__)
     p.add_argument("--quick", action="store_true", help="short smoke run (seconds, not minutes)")
-    p.add_argument("--targets", default=",".join(ALL), help=f"comma-separated subset of: {', '.join(ALL)}")
+    p.add_argument("--targets", default=",".join(DEFAULT), help=f"comma-separated subset of: {', '.join(ALL)}")
+    p.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run the sidecar of git revision REV as target oshu-baseline (before/after in one run)",
+    )
     p.add_argument("--load-seconds", type=float, help="override the length of each load phase")
     p.add_argument("--rounds", type=int, help="round-robin repetitions, medians reported (default 3, --quick 1)")
     p.add_argument(
@@ -43,6 +48,19 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=BENCH_DIR / ".work" / "results")
     p.add_argument("--keep-workdir", action="store_true")
     return p.parse_args(argv)
+
+
+def _checkout(rev: str, into: Path) -> list[Path]:
+    """The sidecar (and contract, where the revision has one) packages of `rev`, for PYTHONPATH."""
+    into.mkdir(parents=True)
+    paths = [
+        p
+        for p in ("sidecar", "contract")
+        if subprocess.run(["git", "cat-file", "-e", f"{rev}:{p}"], cwd=REPO, capture_output=True).returncode == 0
+    ]
+    archive = subprocess.run(["git", "archive", rev, *paths], cwd=REPO, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return [into / p for p in paths]
 
 
 def _sidecar_available(python: Path) -> str | None:
@@ -88,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown targets: {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
+    if args.baseline and "oshu-baseline" not in wanted:
+        wanted.append("oshu-baseline")
+    if "oshu-baseline" in wanted and not args.baseline:
+        print("target oshu-baseline needs --baseline REV", file=sys.stderr)
+        return 2
     skipped: dict[str, str] = {}
     if report.OURS in wanted or (args.profile and args.profile_target == report.OURS):
         why = _sidecar_available(args.project_python)
@@ -103,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     pki = make_pki(workdir, HOST)
     ups = upstream.start(workdir, pki, HOST, secret, args.nginx, args.loadgen)
     ctx = Context(workdir, pki, ups, sealed, secret, args.peers_python, args.project_python)
+    if args.baseline:
+        ctx.baseline_src = _checkout(args.baseline, workdir / "baseline")
     lg = Loadgen(args.loadgen, sealed)
     n_rounds = max(1, min(args.rounds or (1 if args.quick else 3), 10))
     per_target: dict[str, list[dict]] = {name: [] for name in wanted}

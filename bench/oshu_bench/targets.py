@@ -30,6 +30,7 @@ class Context:
     secret: str
     peers_python: Path
     project_python: Path
+    baseline_src: list[Path] = field(default_factory=list)  # PYTHONPATH of the `oshu-baseline` target
 
     def write_session(self) -> Path:
         path = self.workdir / "session.json"
@@ -128,6 +129,18 @@ class OshuSidecar(Target):
         return Launch(cmd, clean_env(), port, admin_port=admin, cwd=REPO)
 
 
+class OshuBaseline(OshuSidecar):
+    """The sidecar of another commit (`--baseline REV`), same flags: before/after in one run."""
+
+    def __init__(self) -> None:
+        Target.__init__(self, "oshu-baseline")
+
+    def launch(self, ctx: Context) -> Launch:
+        launch = super().launch(ctx)
+        launch.env["PYTHONPATH"] = os.pathsep.join(str(p) for p in ctx.baseline_src)
+        return launch
+
+
 class Mitmproxy(Target):
     def __init__(self) -> None:
         super().__init__("mitmproxy")
@@ -192,4 +205,6 @@ class ProxyPy(Target):
         return Launch(cmd, env, port)
 
 
-ALL = {t.name: t for t in (Direct(), OshuSidecar(), Mitmproxy(), ProxyPy())}
+ALL = {t.name: t for t in (Direct(), OshuSidecar(), Mitmproxy(), ProxyPy(), OshuBaseline())}
+#: What runs without --targets (the baseline only with --baseline).
+DEFAULT = [name for name in ALL if name != "oshu-baseline"]
