@@ -8,6 +8,7 @@ same name in tests/sidecar/test_adversarial.py, which can import it from here.)
 
 from __future__ import annotations
 
+import functools
 import socket
 import ssl
 import threading
@@ -43,7 +44,7 @@ class ScriptedUpstream:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
-    def __enter__(self) -> "ScriptedUpstream":
+    def __enter__(self) -> ScriptedUpstream:
         t = threading.Thread(target=self._accept, daemon=True)
         t.start()
         self._threads.append(t)
@@ -62,7 +63,7 @@ class ScriptedUpstream:
         while not self._stop.is_set():
             try:
                 raw, _ = self.sock.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             t = threading.Thread(target=self._serve, args=(raw,), daemon=True)
             t.start()
@@ -102,7 +103,7 @@ class ScriptedUpstream:
                     body, buf = buf, b""
                 elif b"content-length:" in lower:
                     n = int(lower.split(b"content-length:")[1].split(b"\r\n")[0])
-                    buf = self._recv_into(conn, buf, lambda b: len(b) >= n)
+                    buf = self._recv_into(conn, buf, functools.partial(_at_least, n))
                     if buf is None:
                         return
                     body, buf = buf[:n], buf[n:]
@@ -115,6 +116,10 @@ class ScriptedUpstream:
             return
         finally:
             conn.close()
+
+
+def _at_least(n: int, data: bytes) -> bool:
+    return len(data) >= n
 
 
 def header_value(head: bytes, name: bytes) -> bytes:
@@ -148,7 +153,7 @@ def read_until_close(c: RawClient, limit: int = 1 << 20) -> bytes:
     for _ in range(10000):
         try:
             piece = c.sock.recv(65536)
-        except (ConnectionError, ssl.SSLError, socket.timeout):
+        except (TimeoutError, ConnectionError, ssl.SSLError):
             break
         if not piece:
             break

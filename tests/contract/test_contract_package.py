@@ -53,11 +53,14 @@ def imported_packages(package: str) -> dict[str, set[str]]:
     return out
 
 
-@pytest.mark.parametrize("package, allowed", [
-    ("oshu_contract", set()),
-    ("oshu_sidecar", {"oshu_contract"}),
-    ("oshu_operator", {"oshu_contract"}),
-])
+@pytest.mark.parametrize(
+    "package, allowed",
+    [
+        ("oshu_contract", set()),
+        ("oshu_sidecar", {"oshu_contract"}),
+        ("oshu_operator", {"oshu_contract"}),
+    ],
+)
 def test_each_side_imports_only_the_contract(package: str, allowed: set[str]) -> None:
     found = imported_packages(package)
     assert found, f"no modules found for {package}"
@@ -88,7 +91,7 @@ def crd_locations_enum() -> list[str]:
 
 def test_the_crd_locations_enum_is_the_contracts() -> None:
     assert sorted(crd_locations_enum()) == sorted(loc.value for loc in Location)
-    assert DEFAULT_LOCATIONS == {Location.HEADERS}
+    assert {Location.HEADERS} == DEFAULT_LOCATIONS
 
 
 def test_every_location_maps_to_the_substitution_code_of_that_place() -> None:
@@ -111,16 +114,22 @@ def test_unknown_or_empty_locations_are_refused(raw: object) -> None:
 def test_the_writer_checks_what_the_reader_checks() -> None:
     """`new_binding` refuses exactly what `parse_session` refuses, with the same message."""
     hosts = [HostPattern.parse("api.example.com")]
-    cases = {"short value": ("K", new_sealed_token(), "short"),
-             "bad token": ("K", "SEALED_x", VALUE),
-             "token in value": ("K", new_sealed_token(), "x" + new_sealed_token()),
-             "edge space": ("K", new_sealed_token(), VALUE + " ")}
+    cases = {
+        "short value": ("K", new_sealed_token(), "short"),
+        "bad token": ("K", "SEALED_x", VALUE),
+        "token in value": ("K", new_sealed_token(), "x" + new_sealed_token()),
+        "edge space": ("K", new_sealed_token(), VALUE + " "),
+    }
     for what, (name, sealed, value) in cases.items():
         with pytest.raises(SessionError) as built:
             new_binding(name, sealed, value, hosts)
         with pytest.raises(SessionError) as parsed:
-            parse_session({"session": "s", "secrets": [{"name": name, "sealed": sealed, "value": value,
-                                                        "hosts": ["api.example.com"]}]})
+            parse_session(
+                {
+                    "session": "s",
+                    "secrets": [{"name": name, "sealed": sealed, "value": value, "hosts": ["api.example.com"]}],
+                }
+            )
         assert str(built.value) == str(parsed.value), what
     with pytest.raises(SessionError, match="overlap"):
         token = new_sealed_token()
@@ -128,9 +137,10 @@ def test_the_writer_checks_what_the_reader_checks() -> None:
 
 
 def test_what_the_writer_builds_the_reader_reads_back() -> None:
-    bindings = [new_binding("A", new_sealed_token(), VALUE, [HostPattern.parse("api.example.com:8443")],
-                            ["body", "headers"]),
-                new_binding("B", new_sealed_token(), VALUE + "b", [HostPattern.parse("*.example.org")])]
+    bindings = [
+        new_binding("A", new_sealed_token(), VALUE, [HostPattern.parse("api.example.com:8443")], ["body", "headers"]),
+        new_binding("B", new_sealed_token(), VALUE + "b", [HostPattern.parse("*.example.org")]),
+    ]
     session = new_session("agents/a", bindings, egress=[HostPattern.parse("pypi.org")])
     data = session.to_json()
     assert loads_session(data) == session
@@ -142,9 +152,16 @@ def test_what_the_writer_builds_the_reader_reads_back() -> None:
 def test_recorded_tokens_reads_what_the_strict_reader_would_refuse() -> None:
     """A previous file that no longer parses (a value since made invalid) still says which tokens agents hold."""
     token = new_sealed_token()
-    doc = {"session": "s", "revoked": True,
-           "secrets": [{"name": "A", "sealed": token, "value": "bad"}, {"name": "B", "sealed": "not-a-token"},
-                       {"name": "no such name!", "sealed": new_sealed_token()}, "junk"]}
+    doc = {
+        "session": "s",
+        "revoked": True,
+        "secrets": [
+            {"name": "A", "sealed": token, "value": "bad"},
+            {"name": "B", "sealed": "not-a-token"},
+            {"name": "no such name!", "sealed": new_sealed_token()},
+            "junk",
+        ],
+    }
     with pytest.raises(SessionError):
         loads_session(json.dumps(doc))
     assert recorded_tokens(json.dumps(doc).encode()) == {"A": token}

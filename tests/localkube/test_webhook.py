@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from oshu_contract.pki import CertificateAuthority, new_ca
 from oshu_localkube import LocalCluster
 from oshu_localkube.cluster import wait_for
-from oshu_contract.pki import CertificateAuthority, new_ca
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from oshu_contract.session import SecretBinding
 from oshu_sidecar.admin import MAX_INPUT, AdminApp, AdminServer
 from oshu_sidecar.metrics import RENDER_BURST, RENDER_RATE, RENDER_TTL, Metrics
-from oshu_contract.session import SecretBinding
 from oshu_testkit.scripted import tls_client
 from oshu_testkit.sidecar_process import SidecarProcess
 from oshu_testkit.upstreams import HOST, Upstream
@@ -174,8 +174,9 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def test_a_flood_on_the_admin_port_does_not_hold_up_proxied_requests(sidecar: SidecarProcess, upstream: Upstream,
-                                                                    keys: dict[str, SecretBinding]) -> None:
+def test_a_flood_on_the_admin_port_does_not_hold_up_proxied_requests(
+    sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     assert sidecar.proc is not None and sidecar.admin is not None
     key = keys["API_KEY"]
 

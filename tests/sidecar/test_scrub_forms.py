@@ -19,8 +19,8 @@ from urllib.parse import quote, unquote
 
 import pytest
 
-from oshu_sidecar.scrub import Scrubber
 from oshu_contract.session import SecretBinding
+from oshu_sidecar.scrub import Scrubber
 from oshu_testkit.leaks import scan_sidecar
 from oshu_testkit.scripted import ScriptedUpstream, header_value, read_until_close, tls_client
 from oshu_testkit.sessions import new_secret, new_session
@@ -50,7 +50,7 @@ def js_escape(ch: str, rng: random.Random) -> str:
     options = ["\\u{" + "0" * rng.choice([0, 2, 5]) + format(cp, "x") + "}"]
     options.append(json.dumps(ch, ensure_ascii=True)[1:-1])  # \uXXXX, surrogate pairs, \" \\ \n
     if cp < 0x100:
-        options.append("\\x%02x" % cp)
+        options.append(f"\\x{cp:02x}")
     if ch in "'\"/\\&<>":
         options.append("\\" + ch)
     text = rng.choice(options)
@@ -66,7 +66,7 @@ def _decodes_to(piece: str, kind: str, ch: str) -> bool:
             return chr(int(piece[3:-1], 16)) == ch
         if piece.startswith("\\x"):
             return chr(int(piece[2:], 16)) == ch
-        if piece.startswith("\\u") or piece[1:] in "\"\\/":
+        if piece.startswith("\\u") or piece[1:] in '"\\/':
             return json.loads('"' + piece + '"') == ch
         return len(piece) == 2 and piece[1] == ch and not ch.isalnum()  # identity escape
     return html.unescape(piece + "\x01") == ch + "\x01"
@@ -108,8 +108,14 @@ def test_php_htmlspecialchars_output_is_scrubbed() -> None:
     value = b"sk-it's/a&key"
     scrubber = Scrubber([(value, SEALED, "K")])
     php = b"sk-it&#039;s/a&amp;key"
-    for text in (php, php.replace(b"/", b"&#047;"), php.replace(b"/", b"&#x002F;"), php.replace(b"/", b"&#X002f;"),
-                 b"sk-it&#0000000000039;s&#x2f;a&#38;key", b"sk-it&#39s&#47a&#x26key"):
+    for text in (
+        php,
+        php.replace(b"/", b"&#047;"),
+        php.replace(b"/", b"&#x002F;"),
+        php.replace(b"/", b"&#X002f;"),
+        b"sk-it&#0000000000039;s&#x2f;a&#38;key",
+        b"sk-it&#39s&#47a&#x26key",
+    ):
         assert html.unescape(text.decode()) == value.decode()  # what a browser shows: the key
         names: list[str] = []
         assert scrubber.scrub(b"<p>" + text + b"</p>", names) == b"<p>" + SEALED + b"</p>", text
@@ -122,7 +128,7 @@ def test_random_mixes_of_every_encoding_are_scrubbed_whole_and_streamed() -> Non
     rng = random.Random(12)
     for i in range(500):
         form = mixed_form(VALUE, rng)
-        text = ("data: {\"echo\": \"" + form + "\"}\n\n").encode()
+        text = ('data: {"echo": "' + form + '"}\n\n').encode()
         names: list[str] = []
         out = scrubber.scrub(text, names)
         assert out == b'data: {"echo": "' + SEALED + b'"}\n\n', form
@@ -166,7 +172,7 @@ def test_padding_cannot_make_scrubbing_blow_up() -> None:
     for _ in range(20):
         assert scrubber.scrub(crafted, []) == crafted
     stream = scrubber.stream()
-    out = b"".join(stream.feed(crafted[i:i + 997]) for i in range(0, len(crafted), 997)) + stream.flush()
+    out = b"".join(stream.feed(crafted[i : i + 997]) for i in range(0, len(crafted), 997)) + stream.flush()
     assert out == crafted
     assert scrubber.scrub(crafted[:-1] + b"x", []) != crafted[:-1] + b"x"  # one more char and it is the value
 
@@ -176,11 +182,20 @@ def padded_everywhere(head: bytes, body: bytes) -> bytes:
     v = header_value(head, b"x-api-key").decode()
     php = html.escape(v, quote=True).replace("&#x27;", "&#039;").replace("/", "&#x002F;").encode()
     payload = b"<p>invalid key " + php + b"</p>\n"
-    chunks = b"".join(b"%x\r\n%b\r\n" % (len(payload[i:i + 3]), payload[i:i + 3]) for i in range(0, len(payload), 3))
-    return (b"HTTP/1.1 103 Early Hints\r\nLink: </hint?k=" + php + b">\r\n\r\n"
-            b"HTTP/1.1 302 Bad " + php + b"\r\nLocation: https://api.oshu.test/x?k=" + php + b"\r\n"
-            b"X-Echo: " + php + b"\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n"
-            + chunks + b"0\r\nX-T: " + php + b"\r\n\r\n")
+    chunks = b"".join(
+        b"%x\r\n%b\r\n" % (len(payload[i : i + 3]), payload[i : i + 3]) for i in range(0, len(payload), 3)
+    )
+    return (
+        b"HTTP/1.1 103 Early Hints\r\nLink: </hint?k=" + php + b">\r\n\r\n"
+        b"HTTP/1.1 302 Bad " + php + b"\r\nLocation: https://api.oshu.test/x?k=" + php + b"\r\n"
+        b"X-Echo: "
+        + php
+        + b"\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n"
+        + chunks
+        + b"0\r\nX-T: "
+        + php
+        + b"\r\n\r\n"
+    )
 
 
 @pytest.fixture
@@ -188,10 +203,16 @@ def scripted(tmp_path: Path) -> Iterator[Callable[..., tuple[ScriptedUpstream, S
     """A ScriptedUpstream for HOST and a sidecar reaching HOST there; logs and metrics leak-scanned."""
     started: list[tuple[ScriptedUpstream, SidecarProcess, list[str]]] = []
 
-    def make(respond: Callable[[bytes, bytes], bytes], *secrets: SecretBinding) -> tuple[ScriptedUpstream, SidecarProcess]:
+    def make(
+        respond: Callable[[bytes, bytes], bytes], *secrets: SecretBinding
+    ) -> tuple[ScriptedUpstream, SidecarProcess]:
         up = ScriptedUpstream(tmp_path / f"up{len(started)}", [HOST], respond).__enter__()
-        sc = SidecarProcess(new_session(*secrets), directory=tmp_path / f"sc{len(started)}",
-                            connect_to=up.connect_to([HOST]), upstream_ca_files=[up.ca.cert_file])
+        sc = SidecarProcess(
+            new_session(*secrets),
+            directory=tmp_path / f"sc{len(started)}",
+            connect_to=up.connect_to([HOST]),
+            upstream_ca_files=[up.ca.cert_file],
+        )
         started.append((up, sc, [s.value for s in secrets]))
         sc.start()
         return up, sc
@@ -206,13 +227,16 @@ def scripted(tmp_path: Path) -> Iterator[Callable[..., tuple[ScriptedUpstream, S
 
 
 def test_zero_padded_references_are_scrubbed_in_every_corner_of_a_response(
-        scripted: Callable[..., tuple[ScriptedUpstream, SidecarProcess]]) -> None:
+    scripted: Callable[..., tuple[ScriptedUpstream, SidecarProcess]],
+) -> None:
     """Body (3-byte chunks, so escapes are split), header, Location, trailer, 103 hint, reason phrase."""
-    key = new_secret("API_KEY", [HOST], value="sk-it's/a<b>&\"c\"")
+    key = new_secret("API_KEY", [HOST], value='sk-it\'s/a<b>&"c"')
     up, sc = scripted(padded_everywhere, key)
     with tls_client(sc, f"{HOST}:443") as c:
-        c.send(b"GET /leak HTTP/1.1\r\nHost: api.oshu.test\r\nx-api-key: %b\r\nConnection: close\r\n\r\n"
-               % key.sealed.encode())
+        c.send(
+            b"GET /leak HTTP/1.1\r\nHost: api.oshu.test\r\nx-api-key: %b\r\nConnection: close\r\n\r\n"
+            % key.sealed.encode()
+        )
         seen = read_until_close(c)
     assert up.received and header_value(up.received[0][0], b"x-api-key") == key.value.encode()
     php = html.escape(key.value, quote=True).replace("&#x27;", "&#039;").replace("/", "&#x002F;").encode()
@@ -220,8 +244,13 @@ def test_zero_padded_references_are_scrubbed_in_every_corner_of_a_response(
     assert key.value not in html.unescape(seen.decode("latin-1"))
     assert key.value.encode() not in seen and quote(key.value, safe="").encode() not in seen
     t = key.sealed.encode()
-    for where in (b"Link: </hint?k=" + t, b"302 Bad " + t, b"Location: https://api.oshu.test/x?k=" + t,
-                  b"X-Echo: " + t, b"X-T: " + t):
+    for where in (
+        b"Link: </hint?k=" + t,
+        b"302 Bad " + t,
+        b"Location: https://api.oshu.test/x?k=" + t,
+        b"X-Echo: " + t,
+        b"X-T: " + t,
+    ):
         assert where in seen, where
     assert _dechunk(seen.split(b"\r\n\r\n", 2)[2]).startswith(b"<p>invalid key " + t + b"</p>\n")
 
@@ -234,5 +263,5 @@ def _dechunk(data: bytes) -> bytes:
         if size == 0:
             return out
         out += rest[:size]
-        data = rest[size + 2:]
+        data = rest[size + 2 :]
     raise AssertionError("too many chunks")

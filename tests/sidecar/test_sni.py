@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import struct
 
 import pytest
@@ -34,11 +33,25 @@ def client_hello(server_name: bytes) -> bytes:
     groups = b"\x00\x1d\x00\x17"
     sigalgs = b"\x04\x03\x08\x04\x04\x01"
     versions = b"\x04\x03\x04\x03\x03"
-    exts = (sni + struct.pack(">HHH", 10, len(groups) + 2, len(groups)) + groups
-            + struct.pack(">HHH", 13, len(sigalgs) + 2, len(sigalgs)) + sigalgs
-            + struct.pack(">HH", 43, len(versions)) + versions)
-    body = (b"\x03\x03" + os.urandom(32) + b"\x00" + struct.pack(">H", len(ciphers)) + ciphers + b"\x01\x00"
-            + struct.pack(">H", len(exts)) + exts)
+    exts = (
+        sni
+        + struct.pack(">HHH", 10, len(groups) + 2, len(groups))
+        + groups
+        + struct.pack(">HHH", 13, len(sigalgs) + 2, len(sigalgs))
+        + sigalgs
+        + struct.pack(">HH", 43, len(versions))
+        + versions
+    )
+    body = (
+        b"\x03\x03"
+        + os.urandom(32)
+        + b"\x00"
+        + struct.pack(">H", len(ciphers))
+        + ciphers
+        + b"\x01\x00"
+        + struct.pack(">H", len(exts))
+        + exts
+    )
     handshake = b"\x01" + struct.pack(">I", len(body))[1:] + body
     return b"\x16\x03\x01" + struct.pack(">H", len(handshake)) + handshake
 
@@ -47,10 +60,12 @@ def stderr_lines(sc: SidecarProcess) -> list[str]:
     return [ln for ln in sc.log_text().splitlines() if ln.strip()]
 
 
-@pytest.mark.parametrize("name", ["é.oshu.test".encode(), b"api.oshu.test\x80", b"\xff\xfe\xfd", "пример.oshu.test".encode()])
-def test_a_non_ascii_server_name_is_refused_with_one_json_line(name: bytes, sidecar: SidecarProcess,
-                                                               upstream: Upstream,
-                                                               keys: dict[str, SecretBinding]) -> None:
+@pytest.mark.parametrize(
+    "name", ["é.oshu.test".encode(), b"api.oshu.test\x80", b"\xff\xfe\xfd", "пример.oshu.test".encode()]
+)
+def test_a_non_ascii_server_name_is_refused_with_one_json_line(
+    name: bytes, sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     assert sidecar.listen is not None
     with RawClient(sidecar.listen, timeout=TIMEOUT) as c:
         assert c.connect(f"{HOST}:443").status == 200
@@ -59,7 +74,7 @@ def test_a_non_ascii_server_name_is_refused_with_one_json_line(name: bytes, side
         for _ in range(100):
             try:
                 piece = c.sock.recv(4096)
-            except (ConnectionError, socket.timeout):
+            except (TimeoutError, ConnectionError):
                 break
             if not piece:
                 break
@@ -81,8 +96,9 @@ def test_a_non_ascii_server_name_is_refused_with_one_json_line(name: bytes, side
     assert resp.status == 200 and upstream.last.header("x-api-key") == key.value
 
 
-def test_an_ascii_server_name_naming_another_host_still_gets_421(sidecar: SidecarProcess, upstream: Upstream,
-                                                                  keys: dict[str, SecretBinding]) -> None:
+def test_an_ascii_server_name_naming_another_host_still_gets_421(
+    sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     """The ASCII path is unchanged: the name reaches the proxy's check and a mismatch is refused."""
     key = keys["API_KEY"]
     with tls_client(sidecar, f"{HOST}:443", sni="other.oshu.test") as c:
@@ -91,7 +107,7 @@ def test_an_ascii_server_name_naming_another_host_still_gets_421(sidecar: Sideca
     assert upstream.requests == []
 
 
-CHILD = r'''
+CHILD = r"""
 import threading, warnings
 from oshu_sidecar.logs import setup_logging
 setup_logging()
@@ -105,7 +121,7 @@ t = threading.Thread(target=lambda: 1 / 0, name="worker")
 t.start()
 t.join()
 warnings.warn("a warning")
-'''
+"""
 
 
 def test_whatever_python_would_print_on_stderr_is_a_json_line() -> None:
