@@ -83,7 +83,7 @@ class HostPattern:
     wildcard: bool = False
 
     @classmethod
-    def parse(cls, text: str) -> "HostPattern":
+    def parse(cls, text: str) -> HostPattern:
         if not isinstance(text, str) or not text.strip():
             raise HostPatternError("host pattern must be a non-empty string")
         wildcard = text.strip().startswith("*.")

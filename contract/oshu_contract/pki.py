@@ -8,9 +8,9 @@ calls `issue_leaf` in an executor, never on the event loop.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Iterable
+from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -62,10 +62,14 @@ def new_ca(
     With `permitted_dns`, the CA is name-constrained to those DNS subtrees, so a
     leaked session CA cannot impersonate hosts outside its session.
     """
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     key = _new_key()
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "oshu-vault"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64])])
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "oshu-vault"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64]),
+        ]
+    )
     builder = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -76,9 +80,17 @@ def new_ca(
         .not_valid_after(now + validity)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
-            x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                          key_encipherment=False, data_encipherment=False, key_agreement=False,
-                          encipher_only=False, decipher_only=False),
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
@@ -100,20 +112,21 @@ class CertificateAuthority:
     key: ec.EllipticCurvePrivateKey | object
 
     @classmethod
-    def from_pem(cls, cert_pem: bytes, key_pem: bytes) -> "CertificateAuthority":
+    def from_pem(cls, cert_pem: bytes, key_pem: bytes) -> CertificateAuthority:
         cert = x509.load_pem_x509_certificate(cert_pem)
         key = serialization.load_pem_private_key(key_pem, password=None)
         if cert.public_key().public_numbers() != key.public_key().public_numbers():  # type: ignore[union-attr]
             raise ValueError("CA certificate and key do not belong together")
         return cls(cert=cert, key=key)
 
-    def issue_leaf(self, names: Iterable[str], validity: timedelta = DEFAULT_LEAF_VALIDITY,
-                   now: datetime | None = None) -> KeyPair:
+    def issue_leaf(
+        self, names: Iterable[str], validity: timedelta = DEFAULT_LEAF_VALIDITY, now: datetime | None = None
+    ) -> KeyPair:
         """Mint a server leaf (EC P-256) for `names`; validity never outlives the CA."""
         names = list(dict.fromkeys(names))
         if not names:
             raise ValueError("a leaf needs at least one name")
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         not_after = min(now + validity, self.cert.not_valid_after_utc)
         key = _new_key()
         cn = names[0][:64]
@@ -128,14 +141,24 @@ class CertificateAuthority:
             .add_extension(x509.SubjectAlternativeName([_san(n) for n in names]), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
-                x509.KeyUsage(digital_signature=True, key_cert_sign=False, crl_sign=False, content_commitment=False,
-                              key_encipherment=False, data_encipherment=False, key_agreement=False,
-                              encipher_only=False, decipher_only=False),
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
                 critical=True,
             )
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.cert.public_key()),  # type: ignore[arg-type]
-                           critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.cert.public_key()),  # type: ignore[arg-type]
+                critical=False,
+            )
             .sign(self.key, hashes.SHA256())  # type: ignore[arg-type]
         )
         return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .hosts import HostPattern, HostPatternError, parse_patterns
 from .locations import DEFAULT_LOCATIONS, LOCATIONS, Location, LocationError
@@ -26,10 +26,28 @@ from .locations import parse_locations as _parse_locations
 from .tokens import SEALED_PREFIX, SEALED_RANDOM_BYTES, is_sealed_token, new_sealed_token
 
 __all__ = [
-    "DEFAULT_LOCATIONS", "ENV_NAME_RE", "LOCATIONS", "MAX_VALUE_LENGTH", "MIN_VALUE_LENGTH", "SCHEMA_VERSION",
-    "SEALED_PREFIX", "SEALED_RANDOM_BYTES", "Location", "SecretBinding", "Session", "SessionError", "format_time",
-    "load_session_file", "loads_session", "new_binding", "new_sealed_token", "new_session", "parse_locations", "parse_session",
-    "parse_time", "recorded_tokens",
+    "DEFAULT_LOCATIONS",
+    "ENV_NAME_RE",
+    "LOCATIONS",
+    "MAX_VALUE_LENGTH",
+    "MIN_VALUE_LENGTH",
+    "SCHEMA_VERSION",
+    "SEALED_PREFIX",
+    "SEALED_RANDOM_BYTES",
+    "Location",
+    "SecretBinding",
+    "Session",
+    "SessionError",
+    "format_time",
+    "load_session_file",
+    "loads_session",
+    "new_binding",
+    "new_sealed_token",
+    "new_session",
+    "parse_locations",
+    "parse_session",
+    "parse_time",
+    "recorded_tokens",
 ]
 
 SCHEMA_VERSION = 1
@@ -84,7 +102,7 @@ class Session:
     def is_expired(self, now: datetime | None = None) -> bool:
         if self.expires_at is None:
             return False
-        return (now or datetime.now(timezone.utc)) >= self.expires_at
+        return (now or datetime.now(UTC)) >= self.expires_at
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"schemaVersion": SCHEMA_VERSION, "session": self.session}
@@ -102,7 +120,7 @@ class Session:
 
 
 def format_time(value: datetime) -> str:
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time(value: object, what: str) -> datetime:
@@ -114,7 +132,7 @@ def parse_time(value: object, what: str) -> datetime:
         raise SessionError(f"{what} is not an RFC 3339 timestamp: {value!r}") from None
     if parsed.tzinfo is None:
         raise SessionError(f"{what} must carry a timezone (e.g. a trailing Z)")
-    return parsed.astimezone(timezone.utc)
+    return parsed.astimezone(UTC)
 
 
 def parse_locations(raw: object) -> frozenset[Location]:
@@ -125,8 +143,9 @@ def parse_locations(raw: object) -> frozenset[Location]:
         raise SessionError(str(e)) from None
 
 
-def new_binding(name: str, sealed: str, value: str, hosts: Iterable[HostPattern],
-                locations: Iterable[str] | None = None) -> SecretBinding:
+def new_binding(
+    name: str, sealed: str, value: str, hosts: Iterable[HostPattern], locations: Iterable[str] | None = None
+) -> SecretBinding:
     """A session-file entry, built by the writer with the checks the reader makes (SessionError)."""
     if not ENV_NAME_RE.match(name):
         raise SessionError(f"secret name {name!r} must be a valid environment variable name")
@@ -209,8 +228,14 @@ def parse_session(doc: object) -> Session:
     return new_session(name, bindings, expires_at=expires_at, egress=egress, revoked=revoked)
 
 
-def new_session(name: str, secrets: Iterable[SecretBinding], *, expires_at: datetime | None = None,
-                egress: Iterable[HostPattern] | None = None, revoked: bool = False) -> Session:
+def new_session(
+    name: str,
+    secrets: Iterable[SecretBinding],
+    *,
+    expires_at: datetime | None = None,
+    egress: Iterable[HostPattern] | None = None,
+    revoked: bool = False,
+) -> Session:
     """A session document from checked entries (`new_binding`), with the checks across entries the
     reader makes: names unique, no sealed token inside another."""
     bindings = tuple(secrets)
@@ -222,15 +247,22 @@ def new_session(name: str, secrets: Iterable[SecretBinding], *, expires_at: date
         for j, b in enumerate(tokens):
             if i != j and a in b:
                 raise SessionError(f"sealed tokens of {names[i]} and {names[j]} overlap")
-    return Session(session=name, secrets=bindings, expires_at=expires_at,
-                   egress=None if egress is None else tuple(egress), revoked=revoked)
+    return Session(
+        session=name,
+        secrets=bindings,
+        expires_at=expires_at,
+        egress=None if egress is None else tuple(egress),
+        revoked=revoked,
+    )
 
 
 def loads_session(data: bytes | str) -> Session:
     try:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
-        raise SessionError(f"session file is not valid JSON: {e.__class__.__name__} at {getattr(e, 'pos', '?')}") from None
+        raise SessionError(
+            f"session file is not valid JSON: {e.__class__.__name__} at {getattr(e, 'pos', '?')}"
+        ) from None
     return parse_session(doc)
 
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Callable
+from collections.abc import Callable
+from typing import cast
 
 from .errors import error_response
 from .http1 import HttpError, parse_request_head
@@ -33,8 +34,10 @@ METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def _response(status: int, reason: str, body: bytes, content_type: str) -> bytes:
-    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-            "Cache-Control: no-store\r\n\r\n").encode() + body
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+        "Cache-Control: no-store\r\n\r\n"
+    ).encode() + body
 
 
 class AdminApp:
@@ -68,7 +71,7 @@ class _AdminProtocol(asyncio.Protocol):
     served: half-sent heads, and clients that never read their responses, must not pile up.
     """
 
-    def __init__(self, app: AdminApp, timeout: float, connections: set["_AdminProtocol"]) -> None:
+    def __init__(self, app: AdminApp, timeout: float, connections: set[_AdminProtocol]) -> None:
         self.app = app
         self.timeout = timeout
         self.connections = connections
@@ -81,7 +84,7 @@ class _AdminProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # a stream server's transport (uvloop's too)
         # pause_writing() as soon as any byte of a response is left unsent.
         self.transport.set_write_buffer_limits(high=0)
         self.connections.add(self)
@@ -154,7 +157,7 @@ class _AdminProtocol(asyncio.Protocol):
             else:
                 self._resume_reading()
             return
-        raw, self.buf = self.buf[: end + 4], self.buf[end + 4:]
+        raw, self.buf = self.buf[: end + 4], self.buf[end + 4 :]
         try:
             req = parse_request_head(raw)
         except HttpError as e:
@@ -191,8 +194,9 @@ class AdminServer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: _AdminProtocol(self.app, self.timeout, self.connections),
-                                               self.host, self.port, reuse_address=True)
+        self.server = await loop.create_server(
+            lambda: _AdminProtocol(self.app, self.timeout, self.connections), self.host, self.port, reuse_address=True
+        )
         self.address = self.server.sockets[0].getsockname()[:2]
 
     async def stop(self) -> None:

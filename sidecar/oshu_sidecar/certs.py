@@ -20,7 +20,8 @@ import ssl
 import tempfile
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .logs import log, unraisable_handlers
 
@@ -47,8 +48,13 @@ def non_ascii_server_name(unraisable: Any) -> bytes | None:
     """The raw name, if this "exception ignored" event is CPython's SNI hook failing to decode a
     ClientHello's server name as ASCII (the name is the event's object; no other path reports that)."""
     exc, obj = unraisable.exc_value, unraisable.object
-    if (isinstance(exc, UnicodeDecodeError) and isinstance(obj, bytes) and exc.object == obj
-            and exc.encoding == "ascii" and unraisable.err_msg is None):
+    if (
+        isinstance(exc, UnicodeDecodeError)
+        and isinstance(obj, bytes)
+        and exc.object == obj
+        and exc.encoding == "ascii"
+        and unraisable.err_msg is None
+    ):
         return obj
     return None
 
@@ -58,15 +64,19 @@ def refuse_non_ascii_sni(unraisable: Any) -> bool:
     name = non_ascii_server_name(unraisable)
     if name is None:
         return False
-    log(logging.INFO, "client TLS handshake refused: server name is not ASCII", reason="sni_not_ascii",
-        sni=name[:253].decode("ascii", "backslashreplace"))
+    log(
+        logging.INFO,
+        "client TLS handshake refused: server name is not ASCII",
+        reason="sni_not_ascii",
+        sni=name[:253].decode("ascii", "backslashreplace"),
+    )
     return True
 
 
 unraisable_handlers.append(refuse_non_ascii_sni)
 
 
-def _load_chain(ctx: ssl.SSLContext, pair: "KeyPair") -> None:
+def _load_chain(ctx: ssl.SSLContext, pair: KeyPair) -> None:
     """Load a PEM cert+key into `ctx` without the key ever touching a filesystem (memfd on Linux)."""
     pem = pair.cert_pem + pair.key_pem
     if hasattr(os, "memfd_create"):
@@ -83,7 +93,7 @@ def _load_chain(ctx: ssl.SSLContext, pair: "KeyPair") -> None:
         ctx.load_cert_chain(f.name)
 
 
-def server_context(pair: "KeyPair") -> ssl.SSLContext:
+def server_context(pair: KeyPair) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_alpn_protocols(["http/1.1"])
@@ -103,10 +113,15 @@ class LeafCache:
     idle sidecar never pays for the X.509 machinery.
     """
 
-    def __init__(self, ca_cert_pem: bytes, ca_key_pem: bytes, on_mint: Callable[[], None] | None = None,
-                 max_entries: int = MAX_CACHED) -> None:
+    def __init__(
+        self,
+        ca_cert_pem: bytes,
+        ca_key_pem: bytes,
+        on_mint: Callable[[], None] | None = None,
+        max_entries: int = MAX_CACHED,
+    ) -> None:
         self._ca_pem = (ca_cert_pem, ca_key_pem)
-        self._ca: "CertificateAuthority | None" = None
+        self._ca: CertificateAuthority | None = None
         self.on_mint = on_mint
         self.max_entries = max_entries
         self._cache: OrderedDict[str, tuple[ssl.SSLContext, float]] = OrderedDict()

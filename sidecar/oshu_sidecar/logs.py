@@ -18,8 +18,9 @@ import os
 import sys
 import threading
 import time
-from json.encoder import encode_basestring_ascii as _q  # type: ignore[attr-defined]
-from typing import Any, Callable
+from collections.abc import Callable
+from json.encoder import encode_basestring_ascii as _q
+from typing import Any
 
 LOGGER_NAME = "oshu.sidecar"
 logger = logging.getLogger(LOGGER_NAME)
@@ -71,7 +72,7 @@ sink = LineSink()
 class _Clock:
     """ISO-8601 timestamps with milliseconds, formatted at most once per millisecond."""
 
-    __slots__ = ("_sec", "_text", "_ms", "_stamp")
+    __slots__ = ("_ms", "_sec", "_stamp", "_text")
 
     def __init__(self) -> None:
         self._sec = -1
@@ -137,13 +138,22 @@ def _log_unraisable(unraisable: Any) -> None:
                 return
         except Exception:  # pragma: no cover - a recognizer must not hide the event
             break
-    log(logging.ERROR, "exception ignored", where=unraisable.err_msg or "",
-        object=type(unraisable.object).__name__, error=_error_text(unraisable.exc_value))
+    log(
+        logging.ERROR,
+        "exception ignored",
+        where=unraisable.err_msg or "",
+        object=type(unraisable.object).__name__,
+        error=_error_text(unraisable.exc_value),
+    )
 
 
 def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
-    log(logging.ERROR, "uncaught exception in a thread", thread=args.thread.name if args.thread else "",
-        error=_error_text(args.exc_value))
+    log(
+        logging.ERROR,
+        "uncaught exception in a thread",
+        thread=args.thread.name if args.thread else "",
+        error=_error_text(args.exc_value),
+    )
 
 
 def setup_logging(level: str = "info") -> None:
@@ -172,7 +182,7 @@ def log(level: int, msg: str, **fields: Any) -> None:
 class AuditLog:
     """The per-request audit line; disabled when the level is above INFO."""
 
-    __slots__ = ("enabled", "_prefix", "_names")
+    __slots__ = ("_names", "_prefix", "enabled")
 
     def __init__(self, session: str) -> None:
         self.enabled = logger.isEnabledFor(logging.INFO)
@@ -182,8 +192,19 @@ class AuditLog:
     def set_session(self, session: str) -> None:
         self._prefix = f',"level":"info","logger":"{LOGGER_NAME}.audit","msg":"request","session":{_q(session)}'
 
-    def request(self, host: str, method: str, path: str, status: int, outcome: str, bytes_in: int,
-                bytes_out: int, duration: float, secrets: list[str] | tuple[str, ...], scheme: str) -> None:
+    def request(
+        self,
+        host: str,
+        method: str,
+        path: str,
+        status: int,
+        outcome: str,
+        bytes_in: int,
+        bytes_out: int,
+        duration: float,
+        secrets: list[str] | tuple[str, ...],
+        scheme: str,
+    ) -> None:
         if not self.enabled:
             return
         sink.write(

@@ -16,14 +16,33 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from typing import TYPE_CHECKING, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # prometheus-client is imported on the first scrape: an unscraped sidecar never pays for it
     from prometheus_client.core import Metric
 
 #: Upstream latency buckets (seconds): sub-millisecond local upstreams up to slow LLM calls.
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                   120.0, 300.0)
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+)
 #: Seconds a rendering is reused while no metric changed (the expiry gauge moves with time).
 RENDER_TTL = 1.0
 #: Renders allowed at once, and per second after that (a token bucket): ~2% of a core at most.
@@ -135,7 +154,7 @@ class Metrics:
         self.session_reloads[result] = self.session_reloads.get(result, 0) + 1
 
     # -- exposition -------------------------------------------------------------------
-    def collect(self) -> Iterator["Metric"]:
+    def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
         def counter(name: str, doc: str, labels: list[str], values: dict) -> CounterMetricFamily:  # type: ignore[type-arg]
@@ -145,37 +164,55 @@ class Metrics:
             return fam
 
         yield counter("oshu_requests", "Proxied HTTP requests by host and outcome.", ["host", "outcome"], self.requests)
-        yield counter("oshu_substitutions", "Requests in which a sealed token was replaced, by secret and host.",
-                      ["secret", "host"], self.substitutions)
-        yield counter("oshu_response_scrubs", "Responses in which a real value was replaced by its sealed token.",
-                      ["secret", "host"], self.scrubs)
+        yield counter(
+            "oshu_substitutions",
+            "Requests in which a sealed token was replaced, by secret and host.",
+            ["secret", "host"],
+            self.substitutions,
+        )
+        yield counter(
+            "oshu_response_scrubs",
+            "Responses in which a real value was replaced by its sealed token.",
+            ["secret", "host"],
+            self.scrubs,
+        )
         yield counter("oshu_refusals", "Requests and connections refused, by reason code.", ["reason"], self.refusals)
         yield counter("oshu_tunnels", "CONNECT tunnels by mode (intercept or blind).", ["mode"], self.tunnels)
-        yield counter("oshu_connections_opened", "Connections opened, by side (pool reuse shows here).", ["side"],
-                      self.connections_opened)
+        yield counter(
+            "oshu_connections_opened",
+            "Connections opened, by side (pool reuse shows here).",
+            ["side"],
+            self.connections_opened,
+        )
         yield counter("oshu_session_reloads", "Session file (re)loads by result.", ["result"], self.session_reloads)
         minted = CounterMetricFamily("oshu_leaf_certificates_minted", "Leaf certificates minted from the session CA.")
         minted.add_metric([], self.leaves_minted)
         yield minted
-        hist = HistogramMetricFamily("oshu_upstream_latency_seconds",
-                                     "Time from sending a request upstream to its response head.")
+        hist = HistogramMetricFamily(
+            "oshu_upstream_latency_seconds", "Time from sending a request upstream to its response head."
+        )
         cumulative, buckets = 0, []
-        for bound, count in zip(LATENCY_BUCKETS + (float("inf"),), self._latency_counts):
+        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), self._latency_counts, strict=False):
             cumulative += count
             buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
         hist.add_metric([], buckets, self._latency_sum)
         yield hist
         conns = GaugeMetricFamily("oshu_open_connections", "Open connections by side.", labels=["side"])
-        for side, value in self.open_connections.items():
-            conns.add_metric([side], value)
+        for side, count in self.open_connections.items():
+            conns.add_metric([side], count)
         yield conns
         for name, doc, value in (
-            ("oshu_session_expiry_seconds",
-             "Seconds until the session expires (+Inf without expiresAt; <= 0 once expired).", self._expiry()),
+            (
+                "oshu_session_expiry_seconds",
+                "Seconds until the session expires (+Inf without expiresAt; <= 0 once expired).",
+                self._expiry(),
+            ),
             ("oshu_session_revoked", "1 once the session is revoked or its file deleted.", self._session_revoked),
-            ("oshu_session_load_error",
-             "1 while the newest session file content is unusable (the last good one is served).",
-             self._session_load_error),
+            (
+                "oshu_session_load_error",
+                "1 while the newest session file content is unusable (the last good one is served).",
+                self._session_load_error,
+            ),
         ):
             yield GaugeMetricFamily(name, doc, value=value)
         info = GaugeMetricFamily("oshu_session_info", "The loaded session.", labels=["session"])
@@ -205,6 +242,6 @@ class Metrics:
         self.renders += 1
         if self._registry is None:
             registry = CollectorRegistry(auto_describe=False)
-            registry.register(self)  # type: ignore[arg-type]
+            registry.register(self)
             self._registry = registry
         return generate_latest(self._registry)  # type: ignore[arg-type]

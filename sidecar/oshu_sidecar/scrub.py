@@ -48,7 +48,8 @@ from __future__ import annotations
 import base64
 import functools
 import re
-from typing import Iterable, NamedTuple, Protocol
+from collections.abc import Iterable
+from typing import NamedTuple, Protocol
 
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
@@ -94,7 +95,7 @@ def _padded(digits: bytes, case: bool) -> Shape:
     sig = digits.lstrip(b"0")
     if not sig:
         return (Atom(b"0", 1, None),)
-    return (Atom(b"0", 0, None),) + tuple(Atom(bytes({c, ord(chr(c).upper())}) if case else bytes([c])) for c in sig)
+    return (Atom(b"0", 0, None), *tuple(Atom(bytes({c, ord(chr(c).upper())}) if case else bytes([c])) for c in sig))
 
 
 def percent_shapes(cp: int, raw: bytes) -> list[Shape]:
@@ -126,8 +127,10 @@ def backslash_shapes(cp: int, raw: bytes) -> list[Shape]:
 def html_shapes(cp: int, raw: bytes) -> list[Shape]:
     """HTML/XML character references: decimal and hex (`x`/`X`, either case), any leading zeros,
     `;` optional where HTML allows (not before another digit), and the HTML5 named references."""
-    out = [_lit(b"&#") + _padded(b"%d" % cp, False) + (Atom(b";", 0, 1, _DIGITS),),
-           (Atom(b"&"), Atom(b"#"), Atom(b"xX")) + _padded(b"%x" % cp, True) + (Atom(b";", 0, 1, _HEX),)]
+    out = [
+        _lit(b"&#") + _padded(b"%d" % cp, False) + (Atom(b";", 0, 1, _DIGITS),),
+        (Atom(b"&"), Atom(b"#"), Atom(b"xX"), *_padded(b"%x" % cp, True), Atom(b";", 0, 1, _HEX)),
+    ]
     out += [_lit(b"&" + name.encode()) for name in _html_names().get(cp, ())]
     return out
 
@@ -157,7 +160,7 @@ def char_shapes(cp: int, raw: bytes) -> tuple[Shape, ...]:
     escapes longest-first (so `&amp;` is tried before `&amp`), the raw bytes last."""
     escapes = [s for enc in ENCODINGS for s in enc(cp, raw)] if cp >= 0 else percent_shapes(-1, raw)
     escapes.sort(key=lambda s: -sum(a.lo for a in s))
-    return tuple(escapes) + (_lit(raw),)
+    return (*tuple(escapes), _lit(raw))
 
 
 def _atom_regex(a: Atom) -> bytes:
@@ -166,8 +169,13 @@ def _atom_regex(a: Atom) -> bytes:
         return b"(?:" + cls + b"|(?![" + re.escape(a.stop) + b"]))"
     if (a.lo, a.hi) == (1, 1):
         return cls
-    return cls + (b"*" if a.lo == 0 and a.hi is None else b"+" if a.hi is None and a.lo == 1 else
-                  b"{%d,%s}" % (a.lo, b"" if a.hi is None else b"%d" % a.hi))
+    return cls + (
+        b"*"
+        if a.lo == 0 and a.hi is None
+        else b"+"
+        if a.hi is None and a.lo == 1
+        else b"{%d,%s}" % (a.lo, b"" if a.hi is None else b"%d" % a.hi)
+    )
 
 
 def shape_regex(shape: Shape) -> bytes:
@@ -222,7 +230,7 @@ def b64_cores(data: bytes) -> list[bytes]:
     out = []
     for k in range(3):
         enc = base64.b64encode(b"\0" * k + data)
-        out.append(enc[(4 if k else 0):(len(data) + k) // 3 * 4])
+        out.append(enc[(4 if k else 0) : (len(data) + k) // 3 * 4])
     return out
 
 
@@ -234,19 +242,27 @@ def _window(shape: Shape) -> int:
 class _Pattern:
     """The escaped forms of one value: a compiled regex to replace them, shapes to spot a partial one."""
 
-    __slots__ = ("regex", "units", "first", "max_len")
+    __slots__ = ("first", "max_len", "regex", "units")
 
     def __init__(self, value: bytes) -> None:
-        self.units = tuple((_lit(raw),) if len(raw) == 1 and raw[0] in _UNRESERVED else char_shapes(cp, raw)
-                           for cp, raw in _value_units(value))
+        self.units = tuple(
+            (_lit(raw),) if len(raw) == 1 and raw[0] in _UNRESERVED else char_shapes(cp, raw)
+            for cp, raw in _value_units(value)
+        )
         # Atomic groups, escapes before the raw character: no backtracking into a character once
         # matched, so a value like `\\\\...` cannot make the search exponential on crafted input.
         # (The raw value is also a literal needle of its own, for the one form this choice could miss.)
-        self.regex = re.compile(b"".join(
-            shape_regex(u[0]) if len(u) == 1 else b"(?>" + b"|".join(shape_regex(s) for s in u) + b")"
-            for u in self.units))
-        self.first = re.compile(b"[" + b"".join(re.escape(bytes([c])) for c in
-                                                 sorted({c for s in self.units[0] for c in s[0].chars})) + b"]")
+        self.regex = re.compile(
+            b"".join(
+                shape_regex(u[0]) if len(u) == 1 else b"(?>" + b"|".join(shape_regex(s) for s in u) + b")"
+                for u in self.units
+            )
+        )
+        self.first = re.compile(
+            b"["
+            + b"".join(re.escape(bytes([c])) for c in sorted({c for s in self.units[0] for c in s[0].chars}))
+            + b"]"
+        )
         self.max_len = sum(max(_window(s) for s in u) for u in self.units)
 
     def holdback(self, data: bytes, best: int) -> int:
@@ -288,7 +304,7 @@ class _Pattern:
 class Scrubber:
     """Finds every value of a session (in every recognized form) and puts its sealed token in its place."""
 
-    __slots__ = ("literals", "patterns", "needles", "active", "tail_bytes")
+    __slots__ = ("active", "literals", "needles", "patterns", "tail_bytes")
 
     def __init__(self, secrets: Iterable[tuple[bytes, bytes, str]]) -> None:
         """`secrets`: (value, sealed, name) triples."""
@@ -296,9 +312,11 @@ class Scrubber:
         patterns: list[tuple[_Pattern, bytes, str, int]] = []
         for value, sealed, name in secrets:
             literals.append((value, sealed, name))
-            if len(value) <= MAX_PATTERN_VALUE and any(c not in _UNRESERVED for c in value):  # (a regex template: escape backslashes; tokens have none)
+            if len(value) <= MAX_PATTERN_VALUE and any(
+                c not in _UNRESERVED for c in value
+            ):  # (a regex template: escape backslashes; tokens have none)
                 patterns.append((_Pattern(value), sealed.replace(b"\\", b"\\\\"), name, len(value)))
-            for core, sealed_core in zip(b64_cores(value), b64_cores(sealed)):
+            for core, sealed_core in zip(b64_cores(value), b64_cores(sealed), strict=False):
                 if not core:  # a value of a few bytes has no base64 core at some alignment ("" is in everything)
                     continue
                 literals.append((core, sealed_core, name))
@@ -316,7 +334,8 @@ class Scrubber:
         self.active = bool(literals)
         #: Bytes that occur in some form: a piece ending in any other byte (a line break, say) holds nothing back.
         self.tail_bytes = frozenset(b"".join(self.needles)) | frozenset(
-            c for p in patterns for u in p[0].units for s in u for a in s for c in a.chars)
+            c for p in patterns for u in p[0].units for s in u for a in s for c in a.chars
+        )
 
     def scrub(self, data: bytes, names: list[str]) -> bytes:
         """`data` with every recognized form of every value replaced; appends the names found to `names`."""
@@ -341,9 +360,8 @@ class Scrubber:
             best = pattern.holdback(data, best)
         return best
 
-    def stream(self) -> "StreamScrubber":
+    def stream(self) -> StreamScrubber:
         return StreamScrubber(self)
-
 
 
 def holdback(data: bytes, needles: Iterable[bytes]) -> int:
@@ -377,7 +395,7 @@ class StreamScrubber:
     `Scrubber`, or the sealed-token needles of a streamed request body (substitute.py).
     """
 
-    __slots__ = ("scrubber", "pending", "names")
+    __slots__ = ("names", "pending", "scrubber")
 
     def __init__(self, scrubber: _Replacer) -> None:
         self.scrubber = scrubber
