@@ -109,7 +109,7 @@ class Kube:
         return self.apply(body)
 
     def session_secret(self, namespace: str, session: str) -> dict[str, bytes] | None:
-        obj = self.get("secret", n.SESSION_SECRET_PREFIX + session, namespace)
+        obj = self.get("secret", n.session_secret_name(session), namespace)
         if obj is None:
             return None
         return {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
