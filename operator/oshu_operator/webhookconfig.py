@@ -14,11 +14,6 @@ from typing import Any
 from . import names as n
 from .config import OperatorConfig
 
-#: Kept for importers; the names live in names.py.
-EPHEMERAL_HANDLER_ID = n.EPHEMERAL_HANDLER_ID
-EPHEMERAL_WEBHOOK_NAME = n.EPHEMERAL_WEBHOOK_NAME
-TIMEOUT_SECONDS = n.WEBHOOK_TIMEOUT_SECONDS
-
 #: CEL: the pod carries the opt-in label or the opt-in annotation (either opts in).
 OPTED_IN = (
     f"(has(object.metadata.labels) && '{n.LABEL_SESSION}' in object.metadata.labels) || "

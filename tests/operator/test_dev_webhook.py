@@ -12,8 +12,9 @@ import copy
 
 import pytest
 
+from oshu_operator import names as n
 from oshu_operator.config import OperatorConfig
-from oshu_operator.webhookconfig import EPHEMERAL_WEBHOOK_NAME, client_config_patch, configuration, is_ours
+from oshu_operator.webhookconfig import client_config_patch, configuration, is_ours
 from oshu_testkit.operator_process import OperatorError, OperatorProcess
 
 NEVER = {"matchLabels": {"never": "matches"}}
@@ -101,9 +102,9 @@ def test_our_own_configuration_from_an_earlier_run_is_brought_up_to_date(kube, n
 
 def test_a_configuration_lacking_our_webhooks_stops_the_operator_clearly(kube, ns, webhook_config, tmp_path):
     body = chart_configuration(webhook_config, ns)
-    body["webhooks"] = [h for h in body["webhooks"] if h["name"] != EPHEMERAL_WEBHOOK_NAME]
+    body["webhooks"] = [h for h in body["webhooks"] if h["name"] != n.EPHEMERAL_WEBHOOK_NAME]
     kube.apply(body)
-    with pytest.raises(OperatorError, match=f"has no webhook named {EPHEMERAL_WEBHOOK_NAME}"):
+    with pytest.raises(OperatorError, match=f"has no webhook named {n.EPHEMERAL_WEBHOOK_NAME}"):
         OperatorProcess(
             kube.cluster.kubeconfig, webhook_config=webhook_config, namespaces=[ns], directory=tmp_path
         ).start(timeout=30)
