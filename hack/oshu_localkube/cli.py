@@ -2,8 +2,8 @@
 
 ``start`` leaves etcd, kube-apiserver and kube-controller-manager running in the background
 (with ``--node`` also containerd, the kubelet, kube-scheduler, kube-proxy and CoreDNS, so pods
-run; one node cluster per machine) and records them in a state directory (default ``$TMPDIR/oshu-localkube-$UID/<name>``), which
-is how ``status`` and ``stop`` find them later.
+run; one node cluster per network namespace) and records them in a state directory (default
+``$TMPDIR/oshu-localkube-$UID/<name>``), which is how ``status`` and ``stop`` find them later.
 """
 
 from __future__ import annotations

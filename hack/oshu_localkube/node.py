@@ -63,7 +63,7 @@ FORWARD_CHAIN = "OSHU-LOCALKUBE"
 FORWARD_TABLE = "mangle"  # before filter, where kube-proxy inserts its own ACCEPTs
 ROUTE_PROTOCOL = "157"  # marks our routes: teardown removes exactly these
 BACKSTOP_METRIC = "4242"  # the unreachable routes lose to the bridge's own routes
-CGROUP_ROOT = "/oshu-localkube"  # plus "-<slot>" in another network namespace (machine_slot())
+CGROUP_ROOT = "/oshu-localkube"  # plus "-<slot>" (machine_slot()): one tree per network namespace
 CONTAINER_LOG_LINKS = Path("/var/log/containers")  # the kubelet's fixed symlink directory
 
 Log = Callable[[str], None]
@@ -78,19 +78,19 @@ class NodeBusyError(NodeError):
 
 
 def machine_slot() -> str:
-    """ "" in the machine's own network namespace, else an id of the one we run in.
+    """An id of the network namespace we run in (its inode).
 
     Everything machine-wide of a node (addresses, bridge, routes, iptables) is per network
     namespace, so node clusters in different namespaces are independent; what is not (the
-    claim file, the cgroup tree) is keyed by this. ``OSHU_LOCALKUBE_NODE_SLOT`` overrides it."""
+    claim file, the cgroup tree) is keyed by this. ``OSHU_LOCALKUBE_NODE_SLOT`` overrides it.
+    (The machine's own namespace cannot be told apart reliably: pid 1's may be unreadable.)"""
     configured = os.environ.get("OSHU_LOCALKUBE_NODE_SLOT")
     if configured is not None:
         return re.sub(r"[^A-Za-z0-9_.-]", "-", configured)
     try:
-        mine, machine = os.stat("/proc/self/ns/net").st_ino, os.stat("/proc/1/ns/net").st_ino
+        return f"netns-{os.stat('/proc/self/ns/net').st_ino}"
     except OSError:
         return ""
-    return "" if mine == machine else f"netns-{mine}"
 
 
 def cgroup_root() -> str:
@@ -398,7 +398,10 @@ def claim_path() -> Path:
     if configured:
         return Path(configured)
     slot = machine_slot()
-    return Path(f"/run/oshu-localkube-node-{slot}.json" if slot else "/run/oshu-localkube-node.json")
+    return Path(f"/run/oshu-localkube-node-{slot}.json" if slot else LEGACY_CLAIM)
+
+
+LEGACY_CLAIM = "/run/oshu-localkube-node.json"  # before claims were per namespace: still honoured
 
 
 _claim_depth = 0  # re-entrant within this process: claim() stops a dead holder, which releases
@@ -427,7 +430,7 @@ def _claim_lock() -> Iterator[None]:
 
 
 def claim(cluster: LocalCluster) -> None:
-    """Make ``cluster`` the machine's node cluster, cleaning up after a dead previous one.
+    """Make ``cluster`` this network namespace's node cluster, cleaning up after a dead previous one.
 
     Raises :class:`NodeBusyError` if a live node cluster holds the claim."""
     from .cluster import ClusterError, LocalCluster
@@ -437,6 +440,10 @@ def claim(cluster: LocalCluster) -> None:
         holder = None
         with contextlib.suppress(OSError, ValueError):
             holder = json.loads(path.read_text())
+        with contextlib.suppress(OSError, ValueError):
+            legacy = json.loads(Path(LEGACY_CLAIM).read_text())
+            if Path(LEGACY_CLAIM) != path and LocalCluster.attach(Path(legacy["state_dir"])).is_running():
+                holder = legacy  # a node cluster started by an older version of this code
         if holder and holder.get("state_dir") != str(cluster.state_dir):
             previous_dir = Path(holder["state_dir"])
             previous = None
@@ -445,8 +452,9 @@ def claim(cluster: LocalCluster) -> None:
             if previous is not None and previous.is_running():
                 raise NodeBusyError(
                     f"a node cluster already runs from {previous_dir} (server {previous.server}); only one node "
-                    "cluster runs per machine (its addresses, bridge and iptables chains are machine-wide): stop it "
-                    f"first with `oshu-local-cluster stop --state-dir {previous_dir}`"
+                    "cluster runs per network namespace (its addresses, bridge and iptables chains are the "
+                    f"namespace's): stop it first with `oshu-local-cluster stop --state-dir {previous_dir}`, or run "
+                    "this one in another network namespace (unshare --net)"
                 )
             cluster._log(f"cleaning up the node of a dead cluster in {previous_dir}")
             if previous is not None:
@@ -458,7 +466,7 @@ def claim(cluster: LocalCluster) -> None:
 
 
 def holds_claim(state_dir: Path) -> bool:
-    """True if the cluster in ``state_dir`` is the machine's node cluster (its teardown is ours)."""
+    """True if the cluster in ``state_dir`` is this network namespace's node cluster (its teardown is ours)."""
     with contextlib.suppress(OSError, ValueError):
         return json.loads(claim_path().read_text()).get("state_dir") == str(state_dir)
     return False

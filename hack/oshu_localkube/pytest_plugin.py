@@ -10,7 +10,7 @@
   (pods are admitted only then); deleted after the test.
 - ``kube_node_cluster`` (session): a started :class:`LocalCluster` with a node (pods run);
   ``cluster.node`` is its :class:`~oshu_localkube.node.Node` (containerd socket, namespace
-  ``k8s.io``, ``import_image()``, addresses). One node cluster runs per machine: if another
+  ``k8s.io``, ``import_image()``, addresses). One node cluster runs per network namespace: if another
   session holds it, this waits (up to ``OSHU_NODE_WAIT`` seconds, default 240) and says so.
   ``OSHU_KUBE_NODE_CLUSTER_DIR`` attaches to one started by ``oshu-local-cluster start --node``.
   On a machine that cannot run the node at all (not root, packages missing) the tests using
@@ -42,7 +42,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "oshu_node_exclusive: starts and stops its own node cluster; runs before any test that uses the "
-        "session's kube_node_cluster (one node cluster per machine)",
+        "session's kube_node_cluster (one node cluster per network namespace)",
     )
 
 
@@ -55,7 +55,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def start_node_cluster(*, log: Callable[[str], None] | None = None, wait: float | None = None) -> LocalCluster:
-    """Start a node cluster, waiting (bounded) while another session holds the machine's node."""
+    """Start a node cluster, waiting (bounded) while another session holds this namespace's node."""
     deadline = time.monotonic() + (wait if wait is not None else float(os.environ.get("OSHU_NODE_WAIT", "900")))
     said = False
     while True:
@@ -66,7 +66,7 @@ def start_node_cluster(*, log: Callable[[str], None] | None = None, wait: float 
             if time.monotonic() > deadline:
                 raise
             if not said and log is not None:
-                log(f"waiting for the machine's node: {busy}")
+                log(f"waiting for this network namespace's node: {busy}")
                 said = True
             time.sleep(5)
 

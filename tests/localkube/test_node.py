@@ -2,7 +2,7 @@
 reach the kubelet, and the node's ranges can never be routed off the machine.
 
 All tests share one node cluster (fixture ``kube_node_cluster``); the stop/cleanup and
-one-node-per-machine tests are in test_node_lifecycle.py.
+one-node-per-namespace and other-namespace tests are in test_node_lifecycle.py.
 """
 
 from __future__ import annotations

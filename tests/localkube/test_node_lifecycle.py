@@ -8,6 +8,7 @@ before the session's shared node cluster exists).
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -111,6 +112,38 @@ def test_node_of_a_killed_owner_is_cleaned_up_by_the_next_start() -> None:
     finally:
         successor.stop()
     assert node.host_leftovers(net, dead_dir) == []
+
+
+OTHER_NAMESPACE_NODE = """
+import json
+from oshu_localkube import node
+from oshu_localkube.cluster import LocalCluster
+
+cluster = LocalCluster(node=True).start()
+assert cluster.node is not None and cluster.node.node_ready()
+net, state_dir = cluster.node.net, cluster.state_dir
+cluster.stop()
+print(json.dumps({"slot": node.machine_slot(), "left": node.host_leftovers(net, state_dir)}))
+"""
+
+
+def test_a_node_cluster_in_another_network_namespace_runs_beside(own_node_cluster: LocalCluster) -> None:
+    """Two node clusters on one machine: the second in its own network namespace."""
+    assert own_node_cluster.node is not None
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) not found")
+    result = subprocess.run(
+        ["unshare", "--net", "--fork", "sh", "-c", 'ip link set lo up && exec "$0" -c "$1"', sys.executable,
+         OTHER_NAMESPACE_NODE],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["slot"].startswith("netns-")
+    assert report["left"] == []
+    # Ours, in the machine's namespace, never noticed.
+    assert own_node_cluster.node.node_ready()
+    assert node.holds_claim(own_node_cluster.state_dir)
 
 
 def test_second_node_cluster_fails_clearly_and_plain_clusters_still_start(own_node_cluster: LocalCluster) -> None:
