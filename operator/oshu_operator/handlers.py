@@ -17,12 +17,11 @@ from .reconciler import RetryLater
 from .runtime import Runtime
 
 SESSIONS = (n.GROUP, n.VERSION, n.PLURAL)
-REVOKE_HANDLER_ID = n.REVOKE_HANDLER_ID
 #: What the revoke handler tells kopf while a revoked session waits out --revocation-grace.
 REVOCATION_WAIT = "session revoked; waiting for kubelets to sync it into running pods"
 #: Outcomes kopf would log as errors that are the operator working as designed (logs.ExpectedOutcomes).
 REFUSING_WEBHOOKS = (n.WEBHOOK_HANDLER_ID, n.EPHEMERAL_HANDLER_ID)
-WAITING_HANDLERS = {REVOKE_HANDLER_ID: REVOCATION_WAIT}
+WAITING_HANDLERS = {n.REVOKE_HANDLER_ID: REVOCATION_WAIT}
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +63,7 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         except RetryLater as e:
             raise kopf.TemporaryError(str(e), delay=e.delay) from None
 
-    @kopf.on.delete(*SESSIONS, id=REVOKE_HANDLER_ID, registry=registry)
+    @kopf.on.delete(*SESSIONS, id=n.REVOKE_HANDLER_ID, registry=registry)
     async def revoke(body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
         try:
             remaining = await rt.reconciler.revoke(namespace, name, body)
