@@ -4,6 +4,7 @@ built with podman from a private configuration, cached by a hash of their inputs
 imported into a containerd so a kubelet finds them with ``IfNotPresent``.
 See docs/install.md ("Images built on this machine")."""
 
-from .build import IMAGES, BuiltImage, ImageError, build, build_all, import_into_containerd, push
+# Not the function ``build``: the name stays the submodule (``oshu_images.build.build()``).
+from .build import IMAGES, BuiltImage, ImageError, build_all, import_into_containerd, push
 
-__all__ = ["IMAGES", "BuiltImage", "ImageError", "build", "build_all", "import_into_containerd", "push"]
+__all__ = ["IMAGES", "BuiltImage", "ImageError", "build_all", "import_into_containerd", "push"]
