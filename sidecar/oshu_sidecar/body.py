@@ -12,7 +12,7 @@ import re
 
 from .channel import Channel, ChannelClosed, HeadTooLarge
 from .errors import bad_request
-from .http1 import _FIELD_VALUE_RE, _METHOD_RE, _TCHAR, CHUNKED, LENGTH, UNTIL_CLOSE
+from .http1 import _FIELD_VALUE_RE, _METHOD_RE, _TCHAR, CHUNKED, LENGTH, UNTIL_CLOSE, filter_fields
 
 #: Largest piece handed out at once for a close-delimited body.
 _PIECE = 1 << 20
@@ -125,3 +125,16 @@ def trailer_field(line: bytes, strict: bool) -> tuple[bytes, bytes]:
 def ChunkedDecoder(ch: Channel, max_line: int = 8192, strict: bool = True) -> BodyReader:
     """A reader of a chunked body (the name the unit tests know)."""
     return BodyReader(ch, CHUNKED, strict=strict, max_line=max_line)
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def serialize_trailers(trailers: list[tuple[bytes, bytes]]) -> bytes:
+    """The last chunk with (filtered) trailer fields."""
+    kept = filter_fields(trailers, frozenset())
+    return b"0\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in kept) + b"\r\n"

@@ -14,7 +14,7 @@ than a timer per read, so an idle keep-alive connection costs nothing per reques
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from collections.abc import Callable
 
 #: Pause reading from the socket once this much unread data is buffered.
 READ_LIMIT = 256 * 1024
@@ -36,8 +36,21 @@ class Channel(asyncio.Protocol):
     """One connection's bytes: a read buffer, one waiting reader, flow-controlled writes."""
 
     __slots__ = (
-        "loop", "transport", "buf", "eof", "closed", "_waiter", "_drain_waiter", "_write_paused",
-        "_read_paused", "peer", "deadline", "expired", "on_lost", "keep_open_on_eof", "_pump_done",
+        "_drain_waiter",
+        "_pump_done",
+        "_read_paused",
+        "_waiter",
+        "_write_paused",
+        "buf",
+        "closed",
+        "deadline",
+        "eof",
+        "expired",
+        "keep_open_on_eof",
+        "loop",
+        "on_lost",
+        "peer",
+        "transport",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -200,8 +213,9 @@ class Channel(asyncio.Protocol):
             start = max(0, len(self.buf) - 1)
             await self.wait_data_more(len(self.buf))
 
-    async def read_head(self, max_size: int, first_byte_deadline: float = 0.0,
-                        head_deadline: float = 0.0) -> bytes | None:
+    async def read_head(
+        self, max_size: int, first_byte_deadline: float = 0.0, head_deadline: float = 0.0
+    ) -> bytes | None:
         """A complete header block up to and including CRLFCRLF, or None on a clean EOF.
 
         `first_byte_deadline` bounds the wait for the first byte (keep-alive idle time);

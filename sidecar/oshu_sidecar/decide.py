@@ -15,8 +15,9 @@ import functools
 import ipaddress
 import re
 
-from .errors import ProxyError, bad_request
 from oshu_contract.hosts import HostPatternError, normalize_host, split_host_port
+
+from .errors import ProxyError, bad_request
 from .http1 import NO_BODY, Edit, RequestHead
 from .policy import SEALED_MARK, HostPlan, Policy, Substitution, egress_refusal, plaintext_refusal
 from .substitute import substitute_head, substitute_query, tokens_in_request

@@ -71,8 +71,6 @@ def error_response(status: int, code: str, message: str, close: bool = False) ->
         "Content-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n"
         f"X-Oshu-Error: {code}\r\n"
-        "Cache-Control: no-store\r\n"
-        + ("Connection: close\r\n" if close else "")
-        + "\r\n"
+        "Cache-Control: no-store\r\n" + ("Connection: close\r\n" if close else "") + "\r\n"
     )
     return head.encode("latin-1") + body

@@ -12,11 +12,11 @@ import asyncio
 from time import perf_counter
 from typing import TYPE_CHECKING
 
-from .body import BodyReader
+from .body import LAST_CHUNK, BodyReader, chunk, serialize_trailers
 from .channel import ChannelClosed, DeadlineExpired, HeadTooLarge
 from .decide import Decision, Facts, body_refusal, decide, display, refusal_closes
 from .errors import ProxyError
-from .http1 import CHUNKED, LAST_CHUNK, LENGTH, NO_BODY, RequestHead, chunk, edit_head, serialize_trailers
+from .http1 import CHUNKED, LENGTH, NO_BODY, RequestHead, edit_head
 from .policy import Policy, withdrawn
 from .response import read_response_head, relay, switch_protocols
 from .substitute import StreamReplacer, redact_query, replace_all

@@ -15,7 +15,7 @@ than guessed at -- the classic request-smuggling openings. Bodies are read by bo
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from .errors import ProxyError, bad_request
 
@@ -30,14 +30,15 @@ _STATUS_RE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*
 _HOP = rb"connection|keep-alive|te|trailer|transfer-encoding|upgrade|proxy-" + _TCHAR + rb"*"
 # The fields the proxy acts on; everything else passes through untouched.
 _REQUEST_SPECIAL_RE = re.compile(
-    rb"\r\n(host|content-length|expect|authorization|accept-encoding|" + _HOP + rb"):", re.I)
+    rb"\r\n(host|content-length|expect|authorization|accept-encoding|" + _HOP + rb"):", re.I
+)
 _RESPONSE_SPECIAL_RE = re.compile(rb"\r\n(content-length|content-encoding|" + _HOP + rb"):", re.I)
 
 #: Never forwarded in either direction (RFC 9110 7.6.1), plus the proxy-only fields.
-HOP_BY_HOP = frozenset({
-    b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade",
-    b"proxy-connection", b"proxy-authorization", b"proxy-authenticate",
-})
+HOP_BY_HOP = frozenset(
+    b"connection keep-alive te trailer transfer-encoding upgrade proxy-connection proxy-authorization "
+    b"proxy-authenticate".split()
+)
 #: Fields a Connection option can never remove: the proxy frames and routes the message by them,
 #: so dropping one would let the peer read the body differently (`Connection: content-length`
 #: turns the body into a second request the proxy never checked).
@@ -63,9 +64,25 @@ HttpError = ProxyError
 class RequestHead:
     """A validated request head: what the proxy decides on, and where in `raw` things are."""
 
-    __slots__ = ("method", "target", "version", "raw", "line_end", "host", "host_spans", "framing",
-                 "content_length", "length_spans", "keep_alive", "websocket", "expect_continue", "authorization",
-                 "accept_encoding", "drop", "connection_tokens")
+    __slots__ = (
+        "accept_encoding",
+        "authorization",
+        "connection_tokens",
+        "content_length",
+        "drop",
+        "expect_continue",
+        "framing",
+        "host",
+        "host_spans",
+        "keep_alive",
+        "length_spans",
+        "line_end",
+        "method",
+        "raw",
+        "target",
+        "version",
+        "websocket",
+    )
 
     def __init__(self, method: bytes, target: bytes, version: bytes, raw: bytes, line_end: int) -> None:
         self.method = method
@@ -104,8 +121,20 @@ class RequestHead:
 class ResponseHead:
     """A validated upstream response head."""
 
-    __slots__ = ("status", "reason", "minor", "raw", "line_end", "framing", "content_length", "length_spans",
-                 "keep_alive", "content_encoded", "drop", "connection_tokens")
+    __slots__ = (
+        "connection_tokens",
+        "content_encoded",
+        "content_length",
+        "drop",
+        "framing",
+        "keep_alive",
+        "length_spans",
+        "line_end",
+        "minor",
+        "raw",
+        "reason",
+        "status",
+    )
 
     def __init__(self, status: int, reason: bytes, minor: int, raw: bytes, line_end: int) -> None:
         self.status = status
@@ -176,7 +205,7 @@ def _named_spans(raw: bytes, start: int, names: frozenset[bytes]) -> list[Span]:
     end = len(raw) - 2
     while pos < end:
         le = raw.find(b"\r\n", pos)
-        if raw[pos:raw.find(b":", pos, le)].lower() in names:
+        if raw[pos : raw.find(b":", pos, le)].lower() in names:
             spans.append((pos, le + 2))
         pos = le + 2
     return spans
@@ -301,8 +330,7 @@ def parse_response_head(raw: bytes, request_method: bytes) -> ResponseHead:
             resp.drop.append((f.start() + 2, ve + 2, name))
             if name == b"transfer-encoding":
                 if [c.strip() for c in value.lower().split(b",")] != [b"chunked"] or chunked:
-                    raise ProxyError("upstream_protocol_error",
-                                    "upstream used a transfer coding other than chunked")
+                    raise ProxyError("upstream_protocol_error", "upstream used a transfer coding other than chunked")
                 chunked = True
             elif name == b"connection":
                 tokens = tokens | _tokens(value)
@@ -353,8 +381,9 @@ def edit_head(raw: bytes, edits: list[Edit], extra: bytes = b"") -> bytes:
     return b"".join(out)
 
 
-def filter_fields(fields: list[tuple[bytes, bytes]], connection_tokens: frozenset[bytes],
-                  keep: frozenset[bytes] = frozenset()) -> list[tuple[bytes, bytes]]:
+def filter_fields(
+    fields: list[tuple[bytes, bytes]], connection_tokens: frozenset[bytes], keep: frozenset[bytes] = frozenset()
+) -> list[tuple[bytes, bytes]]:
     """Drop hop-by-hop fields, Proxy-* fields and fields named by Connection (except `keep`)."""
     out = []
     for name, value in fields:
@@ -366,16 +395,3 @@ def filter_fields(fields: list[tuple[bytes, bytes]], connection_tokens: frozense
         else:
             out.append((name, value))
     return out
-
-
-def chunk(data: bytes) -> bytes:
-    return b"%x\r\n%b\r\n" % (len(data), data)
-
-
-LAST_CHUNK = b"0\r\n\r\n"
-
-
-def serialize_trailers(trailers: list[tuple[bytes, bytes]]) -> bytes:
-    """The last chunk with (filtered) trailer fields."""
-    kept = filter_fields(trailers, frozenset())
-    return b"0\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in kept) + b"\r\n"

@@ -11,11 +11,12 @@ import time
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from .errors import ProxyError
 from oshu_contract.hosts import HostPattern, any_match
-from .scrub import Scrubber
 from oshu_contract.locations import Location
 from oshu_contract.session import SEALED_PREFIX, Session, format_time
+
+from .errors import ProxyError
+from .scrub import Scrubber
 
 SEALED_MARK = SEALED_PREFIX.encode()
 #: Distinct host:port plans kept per policy; beyond that the cache is reset (bounded memory).
@@ -59,8 +60,9 @@ class HostPlan:
 class Policy:
     """Decisions for one loaded session; immutable once built (a reload builds a new one)."""
 
-    def __init__(self, session: Session, revoked_reason: str | None = None,
-                 retired: tuple[tuple[bytes, bytes, str], ...] = ()) -> None:
+    def __init__(
+        self, session: Session, revoked_reason: str | None = None, retired: tuple[tuple[bytes, bytes, str], ...] = ()
+    ) -> None:
         """`retired`: (value, sealed, name) of secrets earlier sessions had and this one dropped; still scrubbed."""
         self.session = session
         self.name = session.session
@@ -98,7 +100,7 @@ class Policy:
         return plan
 
     def _build_plan(self, host: str, port: int) -> HostPlan:
-        allowed = [s for s, b in zip(self.subs, self.session.secrets) if b.allowed_for(host, port)]
+        allowed = [s for s, b in zip(self.subs, self.session.secrets, strict=True) if b.allowed_for(host, port)]
         intercept = bool(allowed)
         in_egress = self._egress is not None and any_match(self._egress, host, port)
         egress_allowed = intercept or self._egress is None or in_egress
@@ -129,9 +131,11 @@ class Policy:
             return ProxyError("session_revoked", f"{self.revoked_reason}; sealed tokens are no longer honoured")
         if self.expires_at is not None and (now if now is not None else time.time()) >= self.expires_at:
             assert self.session.expires_at is not None
-            return ProxyError("session_expired",
-                           f"session {self.name} expired at {format_time(self.session.expires_at)};"
-                           " sealed tokens are no longer honoured")
+            return ProxyError(
+                "session_expired",
+                f"session {self.name} expired at {format_time(self.session.expires_at)};"
+                " sealed tokens are no longer honoured",
+            )
         return None
 
     def seconds_until_expiry(self, now: float | None = None) -> float:
@@ -168,9 +172,11 @@ def withdrawn(policy: Policy, plan: HostPlan, names: list[str] | None, body_only
         for s in then:
             if (names is None or s.name in names) and (s.name, s.sealed) not in allowed:
                 where = plan.host if plan.port == 443 else f"{plan.host}:{plan.port}"
-                return ProxyError("session_changed",
-                               f"session {policy.name} changed: secret {s.name} is no longer substituted for {where}"
-                               " here; the request was stopped")
+                return ProxyError(
+                    "session_changed",
+                    f"session {policy.name} changed: secret {s.name} is no longer substituted for {where}"
+                    " here; the request was stopped",
+                )
     return None
 
 
@@ -180,5 +186,6 @@ def egress_refusal(host: str, port: int) -> ProxyError:
 
 
 def plaintext_refusal(names: list[str]) -> ProxyError:
-    return ProxyError("plaintext_secret",
-                   f"refusing to send sealed token(s) of {', '.join(names)} over plain http://; use https://")
+    return ProxyError(
+        "plaintext_secret", f"refusing to send sealed token(s) of {', '.join(names)} over plain http://; use https://"
+    )

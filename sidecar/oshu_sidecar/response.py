@@ -10,21 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .body import BodyReader
+from .body import LAST_CHUNK, BodyReader, chunk, serialize_trailers
 from .channel import ChannelClosed, link
 from .errors import ProxyError
-from .http1 import (
-    CHUNKED,
-    LAST_CHUNK,
-    LENGTH,
-    NO_BODY,
-    UNTIL_CLOSE,
-    ResponseHead,
-    chunk,
-    edit_head,
-    parse_response_head,
-    serialize_trailers,
-)
+from .http1 import CHUNKED, LENGTH, NO_BODY, UNTIL_CLOSE, ResponseHead, edit_head, parse_response_head
 from .scrub import Scrubber, StreamScrubber
 
 if TYPE_CHECKING:

@@ -17,13 +17,15 @@ echo one it stored (the last MAX_RETIRED are kept).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-from typing import Callable
+from collections.abc import Callable
+
+from oshu_contract.session import Session, SessionError, load_session_file
 
 from .logs import log
 from .policy import Policy
-from oshu_contract.session import Session, SessionError, load_session_file
 
 Signature = tuple[int, int, int, int]
 #: Values of secrets dropped by a reload that are still scrubbed from responses (oldest forgotten first).
@@ -43,8 +45,13 @@ def file_signature(path: str) -> Signature | None:
 class SessionWatcher:
     """Owns the current Policy; calls `on_change(policy)` whenever it is replaced."""
 
-    def __init__(self, path: str, on_change: Callable[[Policy], None], interval: float = 0.5,
-                 on_result: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        on_change: Callable[[Policy], None],
+        interval: float = 0.5,
+        on_result: Callable[[str], None] | None = None,
+    ) -> None:
         self.path = path
         self.on_change = on_change
         self.on_result = on_result or (lambda result: None)
@@ -93,8 +100,9 @@ class SessionWatcher:
         self.signature = sig
         assert self.last_good is not None
         if sig is None:
-            log(logging.WARNING, "session file deleted: session revoked", session=self.last_good.session,
-                path=self.path)
+            log(
+                logging.WARNING, "session file deleted: session revoked", session=self.last_good.session, path=self.path
+            )
             self.load_error = None
             self.on_result("deleted")
             self._install(self.last_good, f"session {self.last_good.session} was revoked (session file deleted)")
@@ -104,8 +112,12 @@ class SessionWatcher:
         except SessionError as e:
             self.load_error = str(e)
             self.on_result("error")
-            log(logging.ERROR, "session file change rejected; still serving the last good session",
-                session=self.last_good.session, error=str(e))
+            log(
+                logging.ERROR,
+                "session file change rejected; still serving the last good session",
+                session=self.last_good.session,
+                error=str(e),
+            )
             return
         self.load_error = None
         self.on_result("ok")
@@ -113,8 +125,13 @@ class SessionWatcher:
         if policy.revoked_reason is not None:
             log(logging.WARNING, "session revoked", session=session.session)
         else:
-            log(logging.INFO, "session reloaded", session=session.session, secrets=[s.name for s in session.secrets],
-                expires_at=session.to_dict().get("expiresAt"))
+            log(
+                logging.INFO,
+                "session reloaded",
+                session=session.session,
+                secrets=[s.name for s in session.secrets],
+                expires_at=session.to_dict().get("expiresAt"),
+            )
 
     def _check_expiry(self) -> None:
         policy = self.policy
@@ -140,7 +157,5 @@ class SessionWatcher:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass

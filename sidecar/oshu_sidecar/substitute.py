@@ -36,7 +36,7 @@ def tokens_in_request(policy: Policy, raw_head: bytes, authorization: tuple[int,
     """
     names = policy.tokens_in(raw_head)
     if authorization is not None:
-        creds = decode_basic(raw_head[authorization[0]:authorization[1]].strip(b" \t"))
+        creds = decode_basic(raw_head[authorization[0] : authorization[1]].strip(b" \t"))
         if creds is not None:
             names.extend(n for n in policy.tokens_in(creds) if n not in names)
     return names
@@ -51,8 +51,9 @@ def _replace(data: bytes, subs: tuple[Substitution, ...], names: list[str], quer
     return data
 
 
-def substitute_head(raw: bytes, start: int, authorization: tuple[int, int] | None,
-                    subs: tuple[Substitution, ...], names: list[str]) -> list[tuple[int, int, bytes]]:
+def substitute_head(
+    raw: bytes, start: int, authorization: tuple[int, int] | None, subs: tuple[Substitution, ...], names: list[str]
+) -> list[tuple[int, int, bytes]]:
     """Edits (for `http1.edit_head`) replacing sealed tokens of `subs` in header values of `raw[start:]`.
 
     Only values are touched (a token inside a field name stays as it is); the base64
@@ -66,7 +67,7 @@ def substitute_head(raw: bytes, start: int, authorization: tuple[int, int] | Non
         line_end = raw.find(b"\r\n", pos)
         colon = raw.find(b":", line_start, line_end)
         if 0 <= colon < pos:
-            value = raw[colon + 1:line_end]
+            value = raw[colon + 1 : line_end]
             replaced = _replace(value, subs, names)
             if replaced != value:
                 edits.append((colon + 1, line_end, replaced))
@@ -113,7 +114,7 @@ class _Needles:
     """Exact byte strings to replace (sealed tokens in a streamed request body), in the shape a
     StreamScrubber drives: `scrub` a buffer, `holdback` the tail that could still grow into one."""
 
-    __slots__ = ("pairs", "needles")
+    __slots__ = ("needles", "pairs")
 
     def __init__(self, pairs: tuple[tuple[bytes, bytes, str], ...]) -> None:
         self.pairs = pairs

@@ -12,13 +12,13 @@ import asyncio
 import os
 import re
 import ssl
-from typing import Callable
+from collections.abc import Callable
 
 import certifi
 
 from .channel import Channel, Deadlines
-from .errors import ProxyError
 from .config import ConnectTo, Resolve
+from .errors import ProxyError
 
 _HASH_LINK_RE = re.compile(r"[0-9a-f]{8}\.[0-9]+")
 
@@ -92,9 +92,9 @@ class Router:
 class UpstreamConn(Channel):
     """A connection to one upstream; knows its pool key so it can be returned and evicted."""
 
-    __slots__ = ("key", "idle", "pool")
+    __slots__ = ("idle", "key", "pool")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, key: tuple[bool, str, int], pool: "UpstreamPool") -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, key: tuple[bool, str, int], pool: UpstreamPool) -> None:
         super().__init__(loop)
         self.key = key
         self.idle = False
@@ -125,9 +125,15 @@ class UpstreamConn(Channel):
 class UpstreamPool:
     """Keep-alive connections per (tls, host, port); LIFO reuse, bounded idle count and age."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, ssl_ctx: ssl.SSLContext, router: Router,
-                 connect_timeout: float = 10.0, on_open: Callable[[], None] | None = None,
-                 on_close: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        ssl_ctx: ssl.SSLContext,
+        router: Router,
+        connect_timeout: float = 10.0,
+        on_open: Callable[[], None] | None = None,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
         self.loop = loop
         self.ssl_ctx = ssl_ctx
         self.router = router
@@ -212,22 +218,28 @@ class UpstreamPool:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await self.loop.create_connection(
                     lambda: UpstreamConn(self.loop, key, self),
-                    chost, cport,
+                    chost,
+                    cport,
                     ssl=self.ssl_ctx if tls else None,
                     server_hostname=host if tls else None,
                     ssl_handshake_timeout=self.connect_timeout if tls else None,
                 )
         except ssl.SSLCertVerificationError as e:
-            raise ProxyError("upstream_tls_error",
-                                f"TLS verification of upstream {host}:{port} failed: {e.verify_message}") from None
+            raise ProxyError(
+                "upstream_tls_error", f"TLS verification of upstream {host}:{port} failed: {e.verify_message}"
+            ) from None
         except ssl.SSLError as e:
-            raise ProxyError("upstream_tls_error",
-                                f"TLS handshake with upstream {host}:{port} failed: {e.reason or e.__class__.__name__}") from None
+            raise ProxyError(
+                "upstream_tls_error",
+                f"TLS handshake with upstream {host}:{port} failed: {e.reason or e.__class__.__name__}",
+            ) from None
         except TimeoutError:
             raise ProxyError("upstream_timeout", f"connecting to upstream {host}:{port} timed out") from None
         except OSError as e:
-            raise ProxyError("upstream_unreachable",
-                                f"cannot connect to upstream {host}:{port}: {e.strerror or e.__class__.__name__}") from None
+            raise ProxyError(
+                "upstream_unreachable",
+                f"cannot connect to upstream {host}:{port}: {e.strerror or e.__class__.__name__}",
+            ) from None
         if not tls:
             conn.keep_open_on_eof = True
         return conn  # type: ignore[return-value]
