@@ -162,6 +162,29 @@ def test_service_reaches_pod_from_node_and_from_pod_by_dns_name(
     assert from_pod(fqdn) == "served from web\n"
 
 
+def test_port_forward_reaches_a_pod(
+    kube_node_cluster: LocalCluster, kube_node_namespace: str, nodetest_image: str
+) -> None:
+    """kubectl port-forward: apiserver -> kubelet (client certificate) -> containerd's stream."""
+    ns = kube_node_namespace
+    _apply(kube_node_cluster, ns, _pod("pf", nodetest_image, ["serve", "8080", "forwarded"], restart="Always"))
+    _wait_ready(kube_node_cluster, ns, "pf")
+    command = [str(kube_node_cluster.kubectl_path), "port-forward", "--address=127.0.0.1", "-n", ns, "pod/pf", ":8080"]
+    forward = subprocess.Popen(command, env=kube_node_cluster.env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert forward.stdout is not None
+        line = forward.stdout.readline()  # "Forwarding from 127.0.0.1:PORT -> 8080" (EOF if it failed)
+        assert "127.0.0.1:" in line, f"kubectl port-forward did not start: {line!r}"
+        port = int(line.split("127.0.0.1:", 1)[1].split()[0])
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
+            f"http://127.0.0.1:{port}/", timeout=10
+        ) as response:
+            assert response.read().decode() == "forwarded from pf\n"
+    finally:
+        forward.terminate()
+        forward.wait(timeout=10)
+
+
 def test_cluster_dns_answers_only_the_cluster_zone(
     kube_node_cluster: LocalCluster, kube_node_namespace: str, nodetest_image: str
 ) -> None:
