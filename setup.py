@@ -20,6 +20,13 @@ DEV_SCRIPTS = {
     "oshu-local-cluster": "oshu_localkube.cli:main",
 }
 
+#: The gateway (gateway/oshu_gateway): present when its sources are (a checkout; the sidecar and
+#: operator images do not copy gateway/, so their wheels get no command for a missing module).
+GATEWAY_SCRIPTS = {
+    "oshu-gateway": "oshu_gateway.__main__:main",
+}
+
 here = Path(__file__).resolve().parent
 scripts = SCRIPTS | (DEV_SCRIPTS if (here / "hack" / "oshu_localkube").is_dir() else {})
+scripts |= GATEWAY_SCRIPTS if (here / "gateway" / "oshu_gateway").is_dir() else {}
 setup(entry_points={"console_scripts": [f"{name} = {target}" for name, target in scripts.items()]})

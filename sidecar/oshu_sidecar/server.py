@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from time import perf_counter
 
 from .certs import LeafCache, sni_of
@@ -32,23 +32,31 @@ from .upstream import UpstreamPool
 
 #: Chooses the session policy of a client connection (the gateway: one per authenticated client).
 PolicyResolver = Callable[[Channel], Policy]
+#: The gateway's hook on each request head read outside an intercepted tunnel (origin-form:
+#: its session API; CONNECT/absolute-form: Proxy-Authorization, setting `conn.principal`).
+#: Returns None to let the proxy handle the request, else True/False once it has answered it
+#: (keep the connection open / close it). The sidecar has none.
+FrontHook = Callable[["ClientConn", RequestHead, float], Awaitable[bool | None]]
 _PLAIN = Facts(tls=False)
 
 
 class ClientConn(Channel):
     """A client connection; owns the coroutine that serves it."""
 
-    __slots__ = ("proxy", "task", "upstream")
+    __slots__ = ("principal", "proxy", "task", "upstream")
 
     def __init__(self, proxy: Proxy) -> None:
         super().__init__(proxy.loop)
         self.proxy = proxy
         self.task: asyncio.Task[None] | None = None
         self.upstream: Channel | None = None  # the upstream of the exchange in progress
+        self.principal: object = None  # set by a FrontHook (the gateway: the authenticated session id)
         self.keep_open_on_eof = True  # plain TCP until a CONNECT turns it into TLS
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        if transport.get_extra_info("sslcontext") is not None:
+            self.keep_open_on_eof = False  # a TLS listener (the gateway's): TLS cannot half-close
         proxy = self.proxy
         proxy.metrics.opened("client")
         proxy.deadlines.channels.add(self)
@@ -70,9 +78,11 @@ class Proxy:
     """Shared state of all connections: config, policy resolver, metrics, leaves, upstream pool."""
 
     def __init__(
-        self, cfg: Config, resolve_policy: PolicyResolver, metrics: Metrics, leaves: LeafCache, pool: UpstreamPool
+        self, cfg: Config, resolve_policy: PolicyResolver, metrics: Metrics, leaves: LeafCache, pool: UpstreamPool,
+        front: FrontHook | None = None,
     ) -> None:
         self.cfg = cfg
+        self.front = front
         self.resolve_policy = resolve_policy
         self.metrics = metrics
         self.leaves = leaves
@@ -95,10 +105,12 @@ class Proxy:
         return audit
 
     # -- lifecycle --------------------------------------------------------------------
-    async def start(self) -> None:
+    async def start(self, tls: ssl.SSLContext | None = None) -> None:
+        """Listen on `cfg.listen`; with `tls` (the gateway's HTTPS proxy address) clients do TLS first."""
         host, port = self.cfg.listen
+        extra = {"ssl": tls, "ssl_handshake_timeout": self.cfg.header_timeout} if tls is not None else {}
         self.server = await self.loop.create_server(
-            lambda: ClientConn(self), host, port, backlog=1024, reuse_address=True
+            lambda: ClientConn(self), host, port, backlog=1024, reuse_address=True, **extra  # type: ignore[arg-type]
         )
         sock = self.server.sockets[0]
         self.address = sock.getsockname()[:2]
@@ -136,6 +148,14 @@ class Proxy:
             if got is None:
                 return
             req, t0 = got
+            if self.front is not None and not facts.tls:
+                answered = await self.front(conn, req, t0)
+                if answered is not None:
+                    if not answered:
+                        conn.close()
+                        return
+                    await conn.drain()
+                    continue
             if req.method == b"CONNECT" and not facts.tls:
                 await self._connect(conn, req, t0)
                 return
