@@ -289,8 +289,13 @@ class LocalCluster:
         self._processes = []
         if not self._owns_state_dir or not self.state_dir.exists():
             return
-        if node_module.mounts_under(self.state_dir):  # never rmtree through a live mount
-            raise ClusterError(f"mounts remain under {self.state_dir}: {node_module.mounts_under(self.state_dir)}")
+        remaining = node_module.mounts_under(self.state_dir)
+        if remaining:  # never rmtree through a live mount
+            message = f"mounts remain under {self.state_dir}: {remaining}"
+            if keep_logs:  # a failed start: its own error matters more than this one
+                self._log(message)
+                return
+            raise ClusterError(message)
         if keep_logs:
             # Failed start: keep only the logs, somewhere the error message points to.
             (self.state_dir / STATE_FILE).unlink(missing_ok=True)
