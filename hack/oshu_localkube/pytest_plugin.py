@@ -22,6 +22,7 @@ Missing binaries are built once after collection, outside any test's timeout.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -46,6 +47,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+@pytest.hookimpl(trylast=True)  # after any other reordering
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Node-exclusive tests first: the session's node cluster is started lazily, so before it."""
     exclusive = [item for item in items if item.get_closest_marker("oshu_node_exclusive")]
@@ -63,12 +65,22 @@ def start_node_cluster(*, log: Callable[[str], None] | None = None, wait: float 
         try:
             return cluster.start()
         except node.NodeBusyError as busy:
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or _held_by_this_process():
                 raise
             if not said and log is not None:
                 log(f"waiting for this network namespace's node: {busy}")
                 said = True
             time.sleep(5)
+
+
+def _held_by_this_process() -> bool:
+    """The node is held by a cluster this very process started: waiting would never end."""
+    try:
+        holder = json.loads(node.claim_path().read_text())["state_dir"]
+        state = json.loads((Path(holder) / "cluster.json").read_text())
+    except (OSError, ValueError, KeyError):
+        return False
+    return bool(state.get("owner_pid") == os.getpid())
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
