@@ -440,7 +440,7 @@ def claim(cluster: LocalCluster) -> None:
         holder = None
         with contextlib.suppress(OSError, ValueError):
             holder = json.loads(path.read_text())
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError, KeyError, ClusterError):
             legacy = json.loads(Path(LEGACY_CLAIM).read_text())
             if Path(LEGACY_CLAIM) != path and LocalCluster.attach(Path(legacy["state_dir"])).is_running():
                 holder = legacy  # a node cluster started by an older version of this code
