@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Union
+from typing import Any
 
 __all__ = ["CA_ENV_VARS", "AsyncSecretsProxyClient", "SecretsProxyClient", "SecretsProxyError", "Session"]
 
@@ -112,7 +112,7 @@ class SecretsProxyClient:
             urllib.request.HTTPSHandler(context=self._ssl),
         )
 
-    def _call(self, method: str, path: str, body: dict | None = None, auth: bool = True) -> tuple:
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None, auth: bool = True) -> tuple[int, bytes]:
         headers = {"Accept": "application/json"}
         data = None
         if body is not None:
