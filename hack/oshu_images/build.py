@@ -188,19 +188,29 @@ def _cached_or_build(kind: str, name: str, tag: str, make: Callable[[str], None]
         tmp.unlink(missing_ok=True)
         pm.podman(["save", "--format", "docker-archive", "-o", str(tmp), ref])
         tmp.replace(archive)
-        for old in archive.parent.glob(f"{name.rsplit('/', 1)[-1]}-h-*.tar"):
-            if old != archive:
-                old.unlink(missing_ok=True)
-        # Older builds of this image leave the private storage (layers shared with others stay).
-        listed = pm.podman(["images", "--format", "{{.Repository}}:{{.Tag}}", "--filter", f"reference={name}"],
-                           check=False).stdout.split()
-        stale = [r for r in listed if r != ref and r.startswith(f"{name}:h-")]
-        if stale:
-            pm.podman(["rmi", *stale], check=False)
+        _evict_old_builds(name, keep=KEEP_BUILDS)
         seconds = time.monotonic() - started
         _record_time(kind, seconds)
         log(f"{kind}: built {ref} in {seconds:.0f}s ({archive.stat().st_size / 1e6:.0f} MB archive)")
         return BuiltImage(kind, name, tag, archive, seconds)
+
+
+#: Builds of one image kept (archive and storage tag): the newest few, so a run that took an
+#: image a moment ago still finds it after another run rebuilt it from edited sources.
+KEEP_BUILDS = 3
+
+
+def _evict_old_builds(name: str, keep: int) -> None:
+    stem = name.rsplit("/", 1)[-1]
+    archives = sorted((pm.root() / "archives").glob(f"{stem}-h-*.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
+    kept = {p.name.removeprefix(f"{stem}-").removesuffix(".tar") for p in archives[:keep]}
+    for old in archives[keep:]:
+        old.unlink(missing_ok=True)
+    listed = pm.podman(["images", "--format", "{{.Repository}}:{{.Tag}}", "--filter", f"reference={name}"],
+                       check=False).stdout.split()
+    stale = [r for r in listed if r.startswith(f"{name}:h-") and r.rpartition(":")[2] not in kept]
+    if stale:
+        pm.podman(["rmi", *stale], check=False)
 
 
 def _run(cmd: list[str], what: str, log: Log, *, env: dict[str, str] | None = None, cwd: Path | None = None,
