@@ -23,16 +23,25 @@ class RenderError(RuntimeError):
     """helm template failed; the message carries helm's stderr (e.g. a values.schema.json error)."""
 
 
-def template(helm: Path | str, *, release: str, namespace: str, values: Mapping[str, Any] | None = None,
-             set_values: Sequence[str] = (), extra: Sequence[str] = (), chart: Path = CHART_DIR) -> str:
+def template(
+    helm: Path | str,
+    *,
+    release: str,
+    namespace: str,
+    values: Mapping[str, Any] | None = None,
+    set_values: Sequence[str] = (),
+    extra: Sequence[str] = (),
+    chart: Path = CHART_DIR,
+) -> str:
     """`helm template` output as text (no cluster needed)."""
     command = [str(helm), "template", release, str(chart), "--namespace", namespace, *extra]
     if values:
         command += ["--values", "-"]
     for item in set_values:
         command += ["--set", item]
-    proc = subprocess.run(command, input=json.dumps(values) if values else None, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        command, input=json.dumps(values) if values else None, capture_output=True, text=True, timeout=120
+    )
     if proc.returncode != 0:
         raise RenderError(proc.stderr.strip())
     return proc.stdout

@@ -93,8 +93,11 @@ def show_pod(tell: Narrator, pod: dict[str, Any], real: str, sealed: str) -> Non
     _check(len(sidecars) == 1, "the Pod was not injected with the sidecar")
     sidecar = sidecars[0]
     tell.say(f"initContainers[{n.SIDECAR_CONTAINER}]  (a native sidecar: restartPolicy {sidecar.get('restartPolicy')})")
-    tell.say(f"image {sidecar['image']}, runs as uid {sidecar['securityContext'].get('runAsUser')}, "
-             f"read-only root, no capabilities; startup probe GET :{n.SIDECAR_ADMIN_PORT}{n.SIDECAR_READY_PATH}", 8)
+    tell.say(
+        f"image {sidecar['image']}, runs as uid {sidecar['securityContext'].get('runAsUser')}, "
+        f"read-only root, no capabilities; startup probe GET :{n.SIDECAR_ADMIN_PORT}{n.SIDECAR_READY_PATH}",
+        8,
+    )
     tell.say("args: " + " ".join(sidecar.get("args", [])), 8)
     for mount in sidecar.get("volumeMounts", []):
         tell.say(f"mounts {mount['name']} at {mount['mountPath']}", 8)
@@ -112,9 +115,11 @@ def show_pod(tell: Narrator, pod: dict[str, Any], real: str, sealed: str) -> Non
     app_env = {v["name"]: v.get("value") for c in spec["containers"] for v in c.get("env", [])}
     _check(app_env.get("ANTHROPIC_API_KEY") == sealed, "the agent's ANTHROPIC_API_KEY is not the sealed token")
     _check(real not in json.dumps(pod), "the real key appears in the Pod object")
-    tell.say(f"The agent sees ANTHROPIC_API_KEY={_short(sealed, 20)} and the proxy variables; the real key appears "
-             "nowhere in the Pod object (checked).", 6)
-
+    tell.say(
+        f"The agent sees ANTHROPIC_API_KEY={_short(sealed, 20)} and the proxy variables; the real key appears "
+        "nowhere in the Pod object (checked).",
+        6,
+    )
 
 
 @contextlib.contextmanager
@@ -125,11 +130,22 @@ def cluster_for_demo(tell: Narrator) -> Iterator[tuple[Any, Any]]:
         if not external.kubeconfig.is_file():
             raise DemoFailure(f"OSHU_E2E_KUBECONFIG={external.kubeconfig}: no such file")
         if not (os.environ.get("OSHU_E2E_REGISTRY") or os.environ.get("OSHU_E2E_IMAGES")):
-            raise DemoFailure("OSHU_E2E_KUBECONFIG needs OSHU_E2E_REGISTRY (images are pushed there) or "
-                              "OSHU_E2E_IMAGES=operator=REF,sidecar=REF,agent=REF")
+            raise DemoFailure(
+                "OSHU_E2E_KUBECONFIG needs OSHU_E2E_REGISTRY (images are pushed there) or "
+                "OSHU_E2E_IMAGES=operator=REF,sidecar=REF,agent=REF"
+            )
         tell.say(f"your cluster: KUBECONFIG={external.kubeconfig}")
         yield external, None
         return
+    from oshu_images.podman import available
+
+    problems = lk_node.missing_prerequisites() + ([available()] if available() else [])
+    if problems:
+        raise DemoFailure(
+            "this machine cannot run the local node: "
+            + "; ".join(p for p in problems if p)
+            + " (.ci/run installs the Debian packages; or use your cluster: OSHU_E2E_KUBECONFIG)"
+        )
     deadline = time.monotonic() + NODE_WAIT
     said = False
     while True:
@@ -173,18 +189,23 @@ def run(tell: Narrator) -> None:
         t = tell.begin("A Kubernetes cluster with a node: pods really run")
         kube, node = stack.enter_context(cluster_for_demo(tell))
         if node is not None:
-            tell.say("local: etcd, kube-apiserver, controller-manager, scheduler, kubelet + containerd, kube-proxy, "
-                     "CoreDNS\n(pinned builds; addresses never leave this machine)")
+            tell.say(
+                "local: etcd, kube-apiserver, controller-manager, scheduler, kubelet + containerd, kube-proxy, "
+                "CoreDNS\n(pinned builds; addresses never leave this machine)"
+            )
             tell.done(t, f"API server at {kube.server}")
         else:
             tell.done(t)
 
         t = tell.begin("Images: Dockerfile.operator and Dockerfile.sidecar (local Debian base), an agent image")
         registry = os.environ.get("OSHU_E2E_REGISTRY")
-        images = pods.images_from_env() or pods.prepare_images(node=node, registry=registry,
-                                                               log=lambda m: tell.say(m, 8))
-        tell.say(f"operator {images.operator}\nsidecar  {images.sidecar}\n         (trusts the API stand-in's CA "
-                 f"through the sidecar's own OSHU_UPSTREAM_CA_FILE)\nagent    {images.agent}")
+        images = pods.images_from_env() or pods.prepare_images(
+            node=node, registry=registry, log=lambda m: tell.say(m, 8)
+        )
+        tell.say(
+            f"operator {images.operator}\nsidecar  {images.sidecar}\n         (trusts the API stand-in's CA "
+            f"through the sidecar's own OSHU_UPSTREAM_CA_FILE)\nagent    {images.agent}"
+        )
         tell.done(t)
 
         docs = demo_objects(images.agent, standin.host(API_NAMESPACE), images.pull_policy)
@@ -193,14 +214,18 @@ def run(tell: Narrator) -> None:
 
         t = tell.begin(f"helm install {RELEASE} {_rel(CHART_DIR)} --namespace {NAMESPACE} --create-namespace --wait")
         values = pods.chart_values(images)
-        tell.say(f"--set operator.image=...,sidecar.image=...,sidecar.noProxy={{{','.join(pods.NO_PROXY)}}}\n"
-                 "(noProxy without the .svc suffixes: the demo's API is a cluster Service name)")
+        tell.say(
+            f"--set operator.image=...,sidecar.image=...,sidecar.noProxy={{{','.join(pods.NO_PROXY)}}}\n"
+            "(noProxy without the .svc suffixes: the demo's API is a cluster Service name)"
+        )
         seconds = pods.helm_install(kube, RELEASE, NAMESPACE, values)
         pods.webhook_ready(kube, RELEASE)
         op = pods.operator_pod(kube, NAMESPACE, RELEASE)
-        tell.say(f"the operator runs as Pod {NAMESPACE}/{op['metadata']['name']} with ServiceAccount "
-                 f"{op['spec']['serviceAccountName']};\nthe API server calls its webhook through the chart's "
-                 "Service, verifying the operator's own CA")
+        tell.say(
+            f"the operator runs as Pod {NAMESPACE}/{op['metadata']['name']} with ServiceAccount "
+            f"{op['spec']['serviceAccountName']};\nthe API server calls its webhook through the chart's "
+            "Service, verifying the operator's own CA"
+        )
         tell.done(t, f"helm took {seconds:.1f}s")
 
         t = tell.begin("A local HTTPS stand-in of the API, as a pod with its own CA")
@@ -208,8 +233,9 @@ def run(tell: Narrator) -> None:
         pods.apply(kube, standin.manifests(API_NAMESPACE, images.agent, images.pull_policy))
         pods.pod_running(kube, API_NAMESPACE, standin.NAME)
         api_host, other_host = standin.host(API_NAMESPACE), standin.host(API_NAMESPACE, standin.OTHER)
-        tell.say(f"https://{api_host} (the allowed host)\nhttps://{other_host} (same pod, a host the session "
-                 "does not allow)")
+        tell.say(
+            f"https://{api_host} (the allowed host)\nhttps://{other_host} (same pod, a host the session does not allow)"
+        )
         tell.done(t)
 
         t = tell.begin(f"kubectl apply -f {_rel(EXAMPLES_DIR)}/  (host: the stand-in, image: the agent image)")
@@ -233,8 +259,9 @@ def run(tell: Narrator) -> None:
         _check(bool(sidecar_status.get("ready")), "the sidecar is not ready")
         sidecar_started = sidecar_status.get("state", {}).get("running", {}).get("startedAt", "")
         app_started = app_status.get("state", {}).get("running", {}).get("startedAt", "")
-        _check(bool(sidecar_started) and sidecar_started <= app_started,
-               "the agent container started before the sidecar")
+        _check(
+            bool(sidecar_started) and sidecar_started <= app_started, "the agent container started before the sidecar"
+        )
         tell.say(f"kubelet: {n.SIDECAR_CONTAINER} started and ready before the agent container started")
         tell.done(t)
 
@@ -242,8 +269,10 @@ def run(tell: Narrator) -> None:
         url = f"https://{api_host}/v1/messages"
         tag = secrets.token_hex(3)
         command = pods.clients(url, tag, env_name="ANTHROPIC_API_KEY")["curl"]
-        tell.say(f"$ kubectl -n {ns} exec {pod_name} -c agent -- sh -c \\\n"
-                 f"    'curl -H \"x-api-key: $ANTHROPIC_API_KEY\" --data {{...}} {url}'")
+        tell.say(
+            f"$ kubectl -n {ns} exec {pod_name} -c agent -- sh -c \\\n"
+            f"    'curl -H \"x-api-key: $ANTHROPIC_API_KEY\" --data {{...}} {url}'"
+        )
         result = pods.exec_in(kube, ns, pod_name, command)
         code = result.stdout.strip()
         _check(result.returncode == 0 and code == "200", f"the allowed request failed: {code} {result.stderr.strip()}")
@@ -257,11 +286,13 @@ def run(tell: Narrator) -> None:
 
         t = tell.begin("The same sealed token, sent to a host the session does not allow")
         bad = pods.clients(f"https://{other_host}/collect", tag + "x", env_name="ANTHROPIC_API_KEY")["curl"]
-        tell.say(f"$ curl -H \"x-api-key: $ANTHROPIC_API_KEY\" --data {{...}} https://{other_host}/collect")
+        tell.say(f'$ curl -H "x-api-key: $ANTHROPIC_API_KEY" --data {{...}} https://{other_host}/collect')
         result = pods.exec_in(kube, ns, pod_name, bad)
         _check(result.stdout.strip() != "200", "the request to a host outside the session succeeded")
         time.sleep(1)
-        leaked = [r for r in standin.requests_seen(kube, API_NAMESPACE) if (r.get("host") or "").startswith(standin.OTHER)]
+        leaked = [
+            r for r in standin.requests_seen(kube, API_NAMESPACE) if (r.get("host") or "").startswith(standin.OTHER)
+        ]
         _check(not leaked, "something reached the stand-in under the disallowed host")
 
         def refusal_logged() -> str:
@@ -281,8 +312,11 @@ def run(tell: Narrator) -> None:
         _check(real not in logs + op_logs, "the real key appears in the sidecar or operator log")
         tell.say("Neither the sidecar's nor the operator's log contains the real key (checked).")
         tell.done(t)
-        print("\nCleaning up: helm uninstall, the demo's namespaces"
-              + (", and the local cluster (its state directory is removed)." if node is not None else "."), flush=True)
+        print(
+            "\nCleaning up: helm uninstall, the demo's namespaces"
+            + (", and the local cluster (its state directory is removed)." if node is not None else "."),
+            flush=True,
+        )
     summary = f"""
 {_bold("What this showed")} ({time.monotonic() - tell.started:.0f}s in all):
   - One `helm install` with the images built from Dockerfile.operator and Dockerfile.sidecar

@@ -16,18 +16,24 @@ import yaml
 from oshu_localkube import LocalCluster
 
 
-def service_account_kubeconfig(cluster: LocalCluster, namespace: str, name: str, path: Path,
-                               duration: str = "2h") -> Path:
+def service_account_kubeconfig(
+    cluster: LocalCluster, namespace: str, name: str, path: Path, duration: str = "2h"
+) -> Path:
     token = cluster.kubectl("-n", namespace, "create", "token", name, f"--duration={duration}").stdout.strip()
     if not token:
         raise RuntimeError(f"no token issued for ServiceAccount {namespace}/{name}")
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "local", "cluster": {
-            "server": cluster.server,
-            "certificate-authority-data": base64.b64encode(cluster.ca_cert.read_bytes()).decode(),
-        }}],
+        "clusters": [
+            {
+                "name": "local",
+                "cluster": {
+                    "server": cluster.server,
+                    "certificate-authority-data": base64.b64encode(cluster.ca_cert.read_bytes()).decode(),
+                },
+            }
+        ],
         "users": [{"name": f"{namespace}:{name}", "user": {"token": token}}],
         "contexts": [{"name": "sa", "context": {"cluster": "local", "user": f"{namespace}:{name}"}}],
         "current-context": "sa",

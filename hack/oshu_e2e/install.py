@@ -38,8 +38,13 @@ from .identity import service_account_kubeconfig
 from .paths import CHART_DIR, INSTALL_YAML
 
 #: Arguments that only make sense for the in-cluster TLS modes (not with --dev-webhook).
-_IN_CLUSTER_TLS = ("--webhook-tls-secret", "--webhook-service", "--webhook-config-name",
-                   "--webhook-cert-file", "--webhook-key-file")
+_IN_CLUSTER_TLS = (
+    "--webhook-tls-secret",
+    "--webhook-service",
+    "--webhook-config-name",
+    "--webhook-cert-file",
+    "--webhook-key-file",
+)
 
 
 @dataclass
@@ -74,7 +79,8 @@ class Installation:
         """A kubeconfig holding only a token of the chart's ServiceAccount."""
         if self._kubeconfig is None:
             self._kubeconfig = service_account_kubeconfig(
-                self.cluster, self.namespace, self.service_account, self.workdir / "operator.kubeconfig")
+                self.cluster, self.namespace, self.service_account, self.workdir / "operator.kubeconfig"
+            )
         return self._kubeconfig
 
     def _dir(self, name: str) -> Path:
@@ -94,11 +100,18 @@ class Installation:
 
     def dev_operator(self, extra_args: Sequence[str] = ()) -> OperatorProcess:
         """The operator serving the webhook on 127.0.0.1 through the chart's own configuration."""
-        args = [a for a in chart.local_operator_args(self.docs, self.kubeconfig())
-                if a.partition("=")[0] not in _IN_CLUSTER_TLS and not a.startswith("--kubeconfig")]
-        return OperatorProcess(self.kubeconfig(), webhook_config=self.webhook_config,
-                               directory=self._dir("dev-operator"), env=self._env(),
-                               args=[*args, *extra_args])
+        args = [
+            a
+            for a in chart.local_operator_args(self.docs, self.kubeconfig())
+            if a.partition("=")[0] not in _IN_CLUSTER_TLS and not a.startswith("--kubeconfig")
+        ]
+        return OperatorProcess(
+            self.kubeconfig(),
+            webhook_config=self.webhook_config,
+            directory=self._dir("dev-operator"),
+            env=self._env(),
+            args=[*args, *extra_args],
+        )
 
     # -- checks ----------------------------------------------------------------------------
     def webhook_configuration(self) -> Doc:
@@ -107,11 +120,16 @@ class Installation:
     def restore_webhook_service(self) -> None:
         """Point the configuration back at the chart's Service (as in a cluster), undoing what
         `dev_operator()` changed, e.g. before a `helm upgrade`, which patches it."""
-        rendered = {h["name"]: h["clientConfig"] for h in chart.find(self.docs, "MutatingWebhookConfiguration")["webhooks"]}
-        ops = [{"op": "replace", "path": f"/webhooks/{i}/clientConfig", "value": rendered[hook["name"]]}
-               for i, hook in enumerate(self.webhook_configuration()["webhooks"])]
-        self.cluster.kubectl("patch", "mutatingwebhookconfiguration", self.webhook_config, "--type=json",
-                             "-p", json.dumps(ops))
+        rendered = {
+            h["name"]: h["clientConfig"] for h in chart.find(self.docs, "MutatingWebhookConfiguration")["webhooks"]
+        }
+        ops = [
+            {"op": "replace", "path": f"/webhooks/{i}/clientConfig", "value": rendered[hook["name"]]}
+            for i, hook in enumerate(self.webhook_configuration()["webhooks"])
+        ]
+        self.cluster.kubectl(
+            "patch", "mutatingwebhookconfiguration", self.webhook_config, "--type=json", "-p", json.dumps(ops)
+        )
 
     def assert_webhook_is_local(self) -> None:
         """Refuse to go on while the API server would call the webhook through its Service."""
@@ -122,11 +140,25 @@ class Installation:
 
 
 # -- installing -----------------------------------------------------------------------------
-def helm_install(cluster: LocalCluster, release: str, namespace: str, values: dict[str, Any] | None = None,
-                 *, create_namespace: bool = False, workdir: Path | None = None) -> tuple[Installation, float]:
+def helm_install(
+    cluster: LocalCluster,
+    release: str,
+    namespace: str,
+    values: dict[str, Any] | None = None,
+    *,
+    create_namespace: bool = False,
+    workdir: Path | None = None,
+) -> tuple[Installation, float]:
     """`helm install` the chart; returns the installation and how long helm took (seconds)."""
-    docs = chart.documents(chart.template(cluster.helm_path, release=release, namespace=namespace, values=values,
-                                          extra=["--include-crds", "--skip-tests"]))
+    docs = chart.documents(
+        chart.template(
+            cluster.helm_path,
+            release=release,
+            namespace=namespace,
+            values=values,
+            extra=["--include-crds", "--skip-tests"],
+        )
+    )
     args = ["install", release, str(CHART_DIR), "--namespace", namespace, "--wait=false"]
     if create_namespace:
         args.append("--create-namespace")
@@ -140,11 +172,26 @@ def helm_install(cluster: LocalCluster, release: str, namespace: str, values: di
 
 def helm_upgrade(installation: Installation, values: dict[str, Any]) -> Installation:
     namespace = installation.namespace
-    docs = chart.documents(chart.template(installation.cluster.helm_path, release=installation.release,
-                                          namespace=namespace, values=values,
-                                          extra=["--include-crds", "--skip-tests"]))
-    installation.cluster.helm("upgrade", installation.release, str(CHART_DIR), "--namespace", namespace,
-                              "--wait=false", "--values", "-", input=json.dumps(values))
+    docs = chart.documents(
+        chart.template(
+            installation.cluster.helm_path,
+            release=installation.release,
+            namespace=namespace,
+            values=values,
+            extra=["--include-crds", "--skip-tests"],
+        )
+    )
+    installation.cluster.helm(
+        "upgrade",
+        installation.release,
+        str(CHART_DIR),
+        "--namespace",
+        namespace,
+        "--wait=false",
+        "--values",
+        "-",
+        input=json.dumps(values),
+    )
     installation.docs = docs
     return installation
 
@@ -170,8 +217,10 @@ def apply_docs(cluster: LocalCluster, docs: Iterable[Doc]) -> None:
 
 def session_ready(cluster: LocalCluster, namespace: str, name: str, timeout: float = 60) -> Doc:
     """Wait until the VaultSession's Ready condition is True; returns the session."""
+
     def ready() -> Doc | None:
         session = get_json(cluster, "vaultsession", name, namespace)
         conditions = (session.get("status") or {}).get("conditions") or []
         return session if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions) else None
+
     return wait_for(ready, timeout=timeout, what=f"VaultSession {namespace}/{name} Ready")

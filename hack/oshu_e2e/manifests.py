@@ -37,11 +37,12 @@ metadata:
 
 
 def render(helm: Path | str) -> str:
-    text = template(helm, release=RELEASE, namespace=NAMESPACE, extra=["--include-crds", "--skip-tests"],
-                    chart=CHART_DIR)
+    text = template(
+        helm, release=RELEASE, namespace=NAMESPACE, extra=["--include-crds", "--skip-tests"], chart=CHART_DIR
+    )
     # Not managed by Helm once applied with kubectl: say so, and drop the chart-version label
     # that only Helm's upgrades keep meaningful.
     text = text.replace("app.kubernetes.io/managed-by: Helm", "app.kubernetes.io/managed-by: kubectl")
     text = re.sub(r"(?m)^\s*helm\.sh/chart: .*\n", "", text)
     crd_end = text.index("\n---", text.index("kind: CustomResourceDefinition"))
-    return HEADER + text[:crd_end].rstrip() + "\n" + NAMESPACE_DOC + text[crd_end + 1:].lstrip("\n")
+    return HEADER + text[:crd_end].rstrip() + "\n" + NAMESPACE_DOC + text[crd_end + 1 :].lstrip("\n")

@@ -79,6 +79,7 @@ def external_from_env() -> ExternalCluster | None:
         return None
     try:
         from oshu_localkube.build import ensure_built
+
         tools = ensure_built(["kubectl", "helm"])
         return ExternalCluster(path, tools["kubectl"], tools["helm"])
     except Exception:
@@ -124,8 +125,9 @@ def build_images(log: Log = print) -> dict[str, Any]:
     return {"operator": built["operator"], "sidecar": trusting, "agent": built["agent"]}
 
 
-def prepare_images(*, node: Any = None, registry: str | None = None, log: Log = print,
-                   built: Mapping[str, Any] | None = None) -> Images:
+def prepare_images(
+    *, node: Any = None, registry: str | None = None, log: Log = print, built: Mapping[str, Any] | None = None
+) -> Images:
     """Build (or reuse, or take ``built``) the images; import them into ``node`` or push them
     to ``registry``."""
     from oshu_images.build import push
@@ -141,7 +143,9 @@ def prepare_images(*, node: Any = None, registry: str | None = None, log: Log = 
             if image.ref not in present:
                 started = time.monotonic()
                 node.import_image(image.archive)
-                log(f"{image.kind}: imported {image.ref} into the node's containerd ({time.monotonic() - started:.0f}s)")
+                log(
+                    f"{image.kind}: imported {image.ref} into the node's containerd ({time.monotonic() - started:.0f}s)"
+                )
     return Images(wanted["operator"].ref, wanted["sidecar"].ref, wanted["agent"].ref)
 
 
@@ -153,8 +157,10 @@ def chart_values(images: Images, extra: Mapping[str, Any] | None = None) -> dict
     sc_repo, sc_tag = _split(images.sidecar)
     values: dict[str, Any] = {
         "operator": {"image": {"repository": op_repo, "tag": op_tag, "pullPolicy": images.pull_policy}},
-        "sidecar": {"image": {"repository": sc_repo, "tag": sc_tag, "pullPolicy": images.pull_policy},
-                    "noProxy": NO_PROXY},
+        "sidecar": {
+            "image": {"repository": sc_repo, "tag": sc_tag, "pullPolicy": images.pull_policy},
+            "noProxy": NO_PROXY,
+        },
     }
     for key, value in (extra or {}).items():
         if isinstance(value, Mapping) and isinstance(values.get(key), dict):
@@ -167,8 +173,20 @@ def chart_values(images: Images, extra: Mapping[str, Any] | None = None) -> dict
 def helm_install(kube: Kube, release: str, namespace: str, values: Mapping[str, Any], timeout: int = 240) -> float:
     """`helm install --wait` (the operator Deployment ready); returns the seconds it took."""
     started = time.monotonic()
-    kube.helm("install", release, str(CHART_DIR), "--namespace", namespace, "--create-namespace",
-              "--wait", f"--timeout={timeout}s", "--values", "-", input=json.dumps(values), timeout=timeout + 30)
+    kube.helm(
+        "install",
+        release,
+        str(CHART_DIR),
+        "--namespace",
+        namespace,
+        "--create-namespace",
+        "--wait",
+        f"--timeout={timeout}s",
+        "--values",
+        "-",
+        input=json.dumps(values),
+        timeout=timeout + 30,
+    )
     return time.monotonic() - started
 
 
@@ -182,16 +200,24 @@ def apply(kube: Kube, docs: Iterable[Doc]) -> None:
 
 def webhook_ready(kube: Kube, release: str, timeout: float = 120) -> Doc:
     """Wait until the operator has put its CA into the chart's webhook configuration."""
+
     def ready() -> Doc | None:
         items = get_json(kube, "mutatingwebhookconfigurations", "-l", f"app.kubernetes.io/instance={release}")["items"]
         hooks = [h for item in items for h in item.get("webhooks", [])]
         return items[0] if hooks and all(h["clientConfig"].get("caBundle") for h in hooks) else None
+
     return wait_for(ready, timeout=timeout, what="the operator's CA in the webhook configuration", interval=1)
 
 
 def operator_pod(kube: Kube, namespace: str, release: str) -> Doc:
-    pods = get_json(kube, "pods", "-n", namespace, "-l", f"app.kubernetes.io/instance={release},"
-                    "app.kubernetes.io/component=operator")["items"]
+    pods = get_json(
+        kube,
+        "pods",
+        "-n",
+        namespace,
+        "-l",
+        f"app.kubernetes.io/instance={release},app.kubernetes.io/component=operator",
+    )["items"]
     running = [p for p in pods if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")]
     if not running:
         raise LookupError(f"no running operator pod in {namespace}")
@@ -218,13 +244,29 @@ def session_docs(namespace: str, session: str, real_key: str, *, allowed_host: s
     """The real key's Secret and a VaultSession sending it only to ``allowed_host``; every
     other host is refused (egress allowlist)."""
     return [
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"{session}-key", "namespace": namespace},
-         "type": "Opaque", "stringData": {"key": real_key}},
-        {"apiVersion": "vault.oshu.dev/v1alpha1", "kind": "VaultSession",
-         "metadata": {"name": session, "namespace": namespace},
-         "spec": {"secrets": [{"name": ENV_NAME, "secretKeyRef": {"name": f"{session}-key", "key": "key"},
-                               "hosts": [allowed_host]}],
-                  "ttl": "2h", "egress": [allowed_host]}},
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": f"{session}-key", "namespace": namespace},
+            "type": "Opaque",
+            "stringData": {"key": real_key},
+        },
+        {
+            "apiVersion": "vault.oshu.dev/v1alpha1",
+            "kind": "VaultSession",
+            "metadata": {"name": session, "namespace": namespace},
+            "spec": {
+                "secrets": [
+                    {
+                        "name": ENV_NAME,
+                        "secretKeyRef": {"name": f"{session}-key", "key": "key"},
+                        "hosts": [allowed_host],
+                    }
+                ],
+                "ttl": "2h",
+                "egress": [allowed_host],
+            },
+        },
     ]
 
 
@@ -233,51 +275,76 @@ def session_ready(kube: Kube, namespace: str, session: str, timeout: float = 90)
         doc = get_json(kube, "vaultsession", session, "-n", namespace)
         conds = (doc.get("status") or {}).get("conditions") or []
         return doc if any(c["type"] == "Ready" and c["status"] == "True" for c in conds) else None
+
     return wait_for(ready, timeout=timeout, what=f"VaultSession {namespace}/{session} Ready", interval=0.5)
 
 
 #: The agent's command: first ask the sidecar's /readyz (is the proxy up before we start?),
 #: keep the answer in /tmp/sidecar-at-start, then idle.
-AGENT_COMMAND = ("code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 http://127.0.0.1:$ADMIN_PORT/readyz); "
-                 "echo \"$code\" > /tmp/sidecar-at-start; exec sleep infinity")
+AGENT_COMMAND = (
+    "code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 http://127.0.0.1:$ADMIN_PORT/readyz); "
+    'echo "$code" > /tmp/sidecar-at-start; exec sleep infinity'
+)
 
 
 def agent_pod_spec(image: str, session: str, admin_port: int = 15090, pull_policy: str = "IfNotPresent") -> Doc:
     return {
         "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": 2,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000,
-                            "seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [{
-            "name": "agent", "image": image, "imagePullPolicy": pull_policy,
-            "command": ["sh", "-c", AGENT_COMMAND],
-            "env": [{"name": "ADMIN_PORT", "value": str(admin_port)}],
-            "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}},
-            "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
-        }],
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": "agent",
+                "image": image,
+                "imagePullPolicy": pull_policy,
+                "command": ["sh", "-c", AGENT_COMMAND],
+                "env": [{"name": "ADMIN_PORT", "value": str(admin_port)}],
+                "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}},
+                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+            }
+        ],
     }
 
 
 def agent_pod(namespace: str, name: str, image: str, session: str, **kw: Any) -> Doc:
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace, "labels": {SESSION_LABEL: session, "app": name}},
-            "spec": agent_pod_spec(image, session, **kw)}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": {SESSION_LABEL: session, "app": name}},
+        "spec": agent_pod_spec(image, session, **kw),
+    }
 
 
 def agent_deployment(namespace: str, name: str, image: str, session: str, replicas: int = 3, **kw: Any) -> Doc:
     labels = {"app": name}
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": namespace},
-            "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
-                     "template": {"metadata": {"labels": {**labels, SESSION_LABEL: session}},
-                                  "spec": agent_pod_spec(image, session, **kw)}}}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": {**labels, SESSION_LABEL: session}},
+                "spec": agent_pod_spec(image, session, **kw),
+            },
+        },
+    }
 
 
 def pod_running(kube: Kube, namespace: str, name: str, timeout: float = 180) -> Doc:
     """Wait until every container of the pod is ready; returns the pod."""
+
     def ready() -> Doc | None:
         pod = get_json(kube, "pod", name, "-n", namespace)
         statuses = pod["status"].get("containerStatuses") or []
         return pod if statuses and all(s.get("ready") for s in statuses) else None
+
     try:
         return wait_for(ready, timeout=timeout, what=f"pod {namespace}/{name} ready", interval=0.5)
     except TimeoutError as e:
@@ -285,11 +352,30 @@ def pod_running(kube: Kube, namespace: str, name: str, timeout: float = 180) -> 
         raise TimeoutError(f"{e}\n{described[-3000:]}") from None
 
 
-def exec_in(kube: Kube, namespace: str, pod: str, script: str, *, container: str = "agent",
-            stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def exec_in(
+    kube: Kube,
+    namespace: str,
+    pod: str,
+    script: str,
+    *,
+    container: str = "agent",
+    stdin: str | None = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[str]:
     """``kubectl exec`` a shell script in the agent container (not checked: callers look)."""
-    args = ["-n", namespace, "exec", *(["-i"] if stdin is not None else []), pod, "-c", container, "--",
-            "sh", "-c", script]
+    args = [
+        "-n",
+        namespace,
+        "exec",
+        *(["-i"] if stdin is not None else []),
+        pod,
+        "-c",
+        container,
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]
     return kube.kubectl(*args, input=stdin, check=False, timeout=timeout)
 
 
@@ -300,16 +386,20 @@ def clients(url: str, tag: str, env_name: str = ENV_NAME) -> dict[str, str]:
     ENV_NAME = env_name
     git_url = url.replace("https://", f"https://x-access-token:${ENV_NAME}@", 1).rstrip("/") + "/org/repo.git"
     return {
-        "curl": (f"curl -sS --max-time 20 -o /dev/null -w '%{{http_code}}' -H \"x-api-key: ${ENV_NAME}\" "
-                 f"-H 'x-client: curl-{tag}' -H 'content-type: application/json' --data '{{}}' {url}"),
+        "curl": (
+            f"curl -sS --max-time 20 -o /dev/null -w '%{{http_code}}' -H \"x-api-key: ${ENV_NAME}\" "
+            f"-H 'x-client: curl-{tag}' -H 'content-type: application/json' --data '{{}}' {url}"
+        ),
         "python-requests": (
             "python3 -c 'import os, requests; "
-            f"r = requests.post(\"{url}\", json={{}}, timeout=20, headers={{\"authorization\": \"Bearer \" + "
-            f"os.environ[\"{ENV_NAME}\"], \"x-client\": \"python-requests-{tag}\"}}); print(r.status_code)'"),
+            f'r = requests.post("{url}", json={{}}, timeout=20, headers={{"authorization": "Bearer " + '
+            f'os.environ["{ENV_NAME}"], "x-client": "python-requests-{tag}"}}); print(r.status_code)\''
+        ),
         "node-fetch": (
-            f"node -e 'fetch(\"{url}\", {{method: \"POST\", body: \"{{}}\", headers: {{\"x-api-key\": "
-            f"process.env.{ENV_NAME}, \"x-client\": \"node-fetch-{tag}\"}}}})"
-            ".then(r => console.log(r.status), e => { console.error(String(e.cause || e)); process.exit(1) })'"),
+            f'node -e \'fetch("{url}", {{method: "POST", body: "{{}}", headers: {{"x-api-key": '
+            f'process.env.{ENV_NAME}, "x-client": "node-fetch-{tag}"}}}})'
+            ".then(r => console.log(r.status), e => { console.error(String(e.cause || e)); process.exit(1) })'"
+        ),
         "git": (f"git -c http.extraHeader='x-client: git-{tag}' ls-remote \"{git_url}\" >/dev/null && echo 200"),
     }
 
@@ -325,7 +415,7 @@ def client_of(record: Doc) -> str | None:
 #: process it can see (but this scanner itself), searched for the needle and its base64.
 #: Prints JSON: what it scanned, where it found the needle, and where it found ``control``
 #: (the sealed token: the scan must see what the agent does see).
-SCAN_SCRIPT = r'''
+SCAN_SCRIPT = r"""
 import base64, json, os, re, sys
 needle, control = sys.stdin.read().split("\n")[:2]
 needles = [needle.encode(), base64.b64encode(needle.encode())]
@@ -379,12 +469,26 @@ for pid in filter(str.isdigit, os.listdir("/proc")):
         pass
 print(json.dumps({"files": files, "unreadable": unreadable, "processes": procs,
                   "hits": sorted(set(hits)), "control_seen_in": sorted(set(seen))}))
-'''
+"""
 
 
 def scan_agent(kube: Kube, namespace: str, pod: str, needle: str, control: str) -> Doc:
-    proc = kube.kubectl("-n", namespace, "exec", "-i", pod, "-c", "agent", "--", "python3", "-c", SCAN_SCRIPT,
-                        input=f"{needle}\n{control}\n", check=False, timeout=300)
+    proc = kube.kubectl(
+        "-n",
+        namespace,
+        "exec",
+        "-i",
+        pod,
+        "-c",
+        "agent",
+        "--",
+        "python3",
+        "-c",
+        SCAN_SCRIPT,
+        input=f"{needle}\n{control}\n",
+        check=False,
+        timeout=300,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"scan failed: {proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -53,44 +53,79 @@ def host(namespace: str, name: str = NAME, domain: str = "cluster.local") -> str
     return f"{name}.{namespace}.svc.{domain}"
 
 
-def manifests(namespace: str, image: str, pull_policy: str = "IfNotPresent", domain: str = "cluster.local") -> list[Doc]:
+def manifests(
+    namespace: str, image: str, pull_policy: str = "IfNotPresent", domain: str = "cluster.local"
+) -> list[Doc]:
     """TLS Secret, code ConfigMap, the pod and its two Services."""
     names = [host(namespace, n, domain) for n in (NAME, OTHER)]  # the CA may sign only under cluster.local
     leaf = CertificateAuthority.from_pem(*_ca_pem()).issue_leaf(names, validity=timedelta(days=2))
     labels = {"app.kubernetes.io/name": NAME}
     pod = {
-        "apiVersion": "v1", "kind": "Pod",
+        "apiVersion": "v1",
+        "kind": "Pod",
         "metadata": {"name": NAME, "namespace": namespace, "labels": labels},
         "spec": {
             "automountServiceAccountToken": False,
-            "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000,
-                                "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [{
-                "name": "api", "image": image, "imagePullPolicy": pull_policy,
-                "command": ["python3", "-u", "/code/standin_server.py"],
-                "env": [{"name": "PORT", "value": str(PORT)}],
-                "ports": [{"containerPort": PORT, "name": "https"}],
-                "readinessProbe": {"tcpSocket": {"port": PORT}, "periodSeconds": 1},
-                "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                    "capabilities": {"drop": ["ALL"]}},
-                "volumeMounts": [{"name": "tls", "mountPath": "/tls", "readOnly": True},
-                                 {"name": "code", "mountPath": "/code", "readOnly": True}],
-            }],
-            "volumes": [{"name": "tls", "secret": {"secretName": f"{NAME}-tls", "defaultMode": 0o444}},
-                        {"name": "code", "configMap": {"name": f"{NAME}-code"}}],
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 1000,
+                "runAsGroup": 1000,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [
+                {
+                    "name": "api",
+                    "image": image,
+                    "imagePullPolicy": pull_policy,
+                    "command": ["python3", "-u", "/code/standin_server.py"],
+                    "env": [{"name": "PORT", "value": str(PORT)}],
+                    "ports": [{"containerPort": PORT, "name": "https"}],
+                    "readinessProbe": {"tcpSocket": {"port": PORT}, "periodSeconds": 1},
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "readOnlyRootFilesystem": True,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                    "volumeMounts": [
+                        {"name": "tls", "mountPath": "/tls", "readOnly": True},
+                        {"name": "code", "mountPath": "/code", "readOnly": True},
+                    ],
+                }
+            ],
+            "volumes": [
+                {"name": "tls", "secret": {"secretName": f"{NAME}-tls", "defaultMode": 0o444}},
+                {"name": "code", "configMap": {"name": f"{NAME}-code"}},
+            ],
         },
     }
-    services = [{
-        "apiVersion": "v1", "kind": "Service", "metadata": {"name": n, "namespace": namespace},
-        "spec": {"selector": labels, "ports": [{"name": "https", "port": 443, "targetPort": PORT}]},
-    } for n in (NAME, OTHER)]
+    services = [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": n, "namespace": namespace},
+            "spec": {"selector": labels, "ports": [{"name": "https", "port": 443, "targetPort": PORT}]},
+        }
+        for n in (NAME, OTHER)
+    ]
     return [
-        {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-         "metadata": {"name": f"{NAME}-tls", "namespace": namespace},
-         "data": {"tls.crt": base64.b64encode(leaf.cert_pem).decode(), "tls.key": base64.b64encode(leaf.key_pem).decode()}},
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"{NAME}-code", "namespace": namespace},
-         "data": {"standin_server.py": SERVER_SOURCE.read_text()}},
-        pod, *services,
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/tls",
+            "metadata": {"name": f"{NAME}-tls", "namespace": namespace},
+            "data": {
+                "tls.crt": base64.b64encode(leaf.cert_pem).decode(),
+                "tls.key": base64.b64encode(leaf.key_pem).decode(),
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": f"{NAME}-code", "namespace": namespace},
+            "data": {"standin_server.py": SERVER_SOURCE.read_text()},
+        },
+        pod,
+        *services,
     ]
 
 

@@ -28,8 +28,14 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def _record(self, body: bytes) -> None:
-        line = {"ts": time.time(), "method": self.command, "path": self.path, "host": self.headers.get("host"),
-                "headers": [[k, v] for k, v in self.headers.items()], "body_bytes": len(body)}
+        line = {
+            "ts": time.time(),
+            "method": self.command,
+            "path": self.path,
+            "host": self.headers.get("host"),
+            "headers": [[k, v] for k, v in self.headers.items()],
+            "body_bytes": len(body),
+        }
         sys.stdout.write(json.dumps(line) + "\n")
         sys.stdout.flush()
 

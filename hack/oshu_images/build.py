@@ -30,9 +30,9 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 from . import podman as pm
 
@@ -79,7 +79,7 @@ class BuiltImage:
 # --- inputs and hashing -------------------------------------------------------------------------
 
 
-def _hash_files(h: "hashlib._Hash", root: Path, files: Iterable[Path]) -> None:
+def _hash_files(h: hashlib._Hash, root: Path, files: Iterable[Path]) -> None:
     for path in sorted(files):
         rel = path.relative_to(root).as_posix()
         h.update(rel.encode() + b"\0")
@@ -103,8 +103,12 @@ def _copy_sources(dockerfile: Path) -> list[str]:
 def _context_files(dockerfile: Path) -> list[Path]:
     """Working-tree files the Dockerfile's COPY lines take (tracked or new, not ignored)."""
     sources = [s.rstrip("/") for s in _copy_sources(dockerfile)]
-    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", *sources],
-                         cwd=REPO_ROOT, check=True, capture_output=True).stdout.decode()
+    out = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", *sources],
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True,
+    ).stdout.decode()
     files = []
     for rel in filter(None, out.split("\0")):
         path = REPO_ROOT / rel
@@ -125,7 +129,7 @@ def _digest(*parts: str | bytes) -> str:
 
 def debian_source() -> tuple[str, str]:
     """(mirror URL, suite) of the first Debian main source apt uses here (deb822 or one-line)."""
-    candidates = sorted(Path("/etc/apt/sources.list.d").glob("*.sources")) + [Path("/etc/apt/sources.list")]
+    candidates = [*sorted(Path("/etc/apt/sources.list.d").glob("*.sources")), Path("/etc/apt/sources.list")]
     candidates += sorted(Path("/etc/apt/sources.list.d").glob("*.list"))
     for path in candidates:
         if not path.is_file():
@@ -206,15 +210,23 @@ def _evict_old_builds(name: str, keep: int) -> None:
     kept = {p.name.removeprefix(f"{stem}-").removesuffix(".tar") for p in archives[:keep]}
     for old in archives[keep:]:
         old.unlink(missing_ok=True)
-    listed = pm.podman(["images", "--format", "{{.Repository}}:{{.Tag}}", "--filter", f"reference={name}"],
-                       check=False).stdout.split()
+    listed = pm.podman(
+        ["images", "--format", "{{.Repository}}:{{.Tag}}", "--filter", f"reference={name}"], check=False
+    ).stdout.split()
     stale = [r for r in listed if r.startswith(f"{name}:h-") and r.rpartition(":")[2] not in kept]
     if stale:
         pm.podman(["rmi", *stale], check=False)
 
 
-def _run(cmd: list[str], what: str, log: Log, *, env: dict[str, str] | None = None, cwd: Path | None = None,
-         timeout: float = 1800) -> None:
+def _run(
+    cmd: list[str],
+    what: str,
+    log: Log,
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 1800,
+) -> None:
     """Run a long step, echoing a line of its output every ~20 s so progress shows."""
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     tail: list[str] = []
@@ -222,7 +234,7 @@ def _run(cmd: list[str], what: str, log: Log, *, env: dict[str, str] | None = No
     deadline = last + timeout
     assert proc.stdout is not None
     for line in proc.stdout:
-        tail = (tail + [line.rstrip()])[-40:]
+        tail = ([*tail, line.rstrip()])[-40:]
         now = time.monotonic()
         if now - last > 20 and line.strip():
             log(f"  {what}: {line.strip()[:140]}")
@@ -258,12 +270,20 @@ def build_base(log: Log = _stderr) -> BuiltImage:
         rootfs.mkdir(parents=True)
         log(f"base: debootstrap --variant=minbase {suite} from {mirror} (+ {', '.join(DEBIAN_PACKAGES)}) ...")
         env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-        _run(["debootstrap", "--variant=minbase", f"--include={','.join(DEBIAN_PACKAGES)}", suite, str(rootfs), mirror],
-             "debootstrap", log, env=env)
+        _run(
+            ["debootstrap", "--variant=minbase", f"--include={','.join(DEBIAN_PACKAGES)}", suite, str(rootfs), mirror],
+            "debootstrap",
+            log,
+            env=env,
+        )
         # Same layout as the release base for what the Dockerfiles use: `python` and `python -m pip`
         # on PATH, a pip that can uninstall itself. Debian's own python3 stays the interpreter.
-        _run(["chroot", str(rootfs), "/usr/bin/python3", "-m", "venv", "/opt/python"], "python venv", log,
-             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
+        _run(
+            ["chroot", str(rootfs), "/usr/bin/python3", "-m", "venv", "/opt/python"],
+            "python venv",
+            log,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
+        )
         for junk in ("var/cache/apt/archives", "var/lib/apt/lists", "var/log"):
             for child in (rootfs / junk).glob("*"):
                 if child.is_file():
@@ -313,9 +333,26 @@ def build_product(kind: str, base: BuiltImage, log: Log = _stderr) -> BuiltImage
         with tempfile.TemporaryDirectory(prefix=f"oshu-{kind}-ctx-", dir=pm.root()) as tmp:
             ctx = Path(tmp) / "ctx"
             df = _build_context(dockerfile, files, ctx)
-            _run(["podman", "build", "--network=host", "--pull=never", "--layers=false",
-                  "-f", str(df), "--build-arg", f"PYTHON_IMAGE={base.ref}",
-                  *_build_mounts(Path(tmp)), "-t", ref, str(ctx)], f"podman build {kind}", log, env=pm.env())
+            _run(
+                [
+                    "podman",
+                    "build",
+                    "--network=host",
+                    "--pull=never",
+                    "--layers=false",
+                    "-f",
+                    str(df),
+                    "--build-arg",
+                    f"PYTHON_IMAGE={base.ref}",
+                    *_build_mounts(Path(tmp)),
+                    "-t",
+                    ref,
+                    str(ctx),
+                ],
+                f"podman build {kind}",
+                log,
+                env=pm.env(),
+            )
 
     return _cached_or_build(kind, f"localhost/oshu-vault-{kind}", tag, make, log)
 
@@ -351,9 +388,26 @@ def build_agent(base: BuiltImage, log: Log = _stderr) -> BuiltImage:
             ctx.mkdir()
             _node_binary(ctx, log)
             shutil.copy2(dockerfile, ctx / "Dockerfile")
-            _run(["podman", "build", "--network=host", "--pull=never", "--layers=false",
-                  "--build-arg", f"BASE_IMAGE={base.ref}", "--build-arg", f"PACKAGES={' '.join(AGENT_PACKAGES)}",
-                  *_build_mounts(Path(tmp)), "-t", ref, str(ctx)], "podman build agent", log, env=pm.env())
+            _run(
+                [
+                    "podman",
+                    "build",
+                    "--network=host",
+                    "--pull=never",
+                    "--layers=false",
+                    "--build-arg",
+                    f"BASE_IMAGE={base.ref}",
+                    "--build-arg",
+                    f"PACKAGES={' '.join(AGENT_PACKAGES)}",
+                    *_build_mounts(Path(tmp)),
+                    "-t",
+                    ref,
+                    str(ctx),
+                ],
+                "podman build agent",
+                log,
+                env=pm.env(),
+            )
 
     return _cached_or_build("agent", "localhost/oshu-agent", tag, make, log)
 
@@ -371,9 +425,23 @@ def build_sidecar_trusting(sidecar: BuiltImage, ca_pem: bytes, log: Log = _stder
             ctx.mkdir()
             (ctx / "upstream-ca.pem").write_bytes(ca_pem)
             shutil.copy2(dockerfile, ctx / "Dockerfile")
-            _run(["podman", "build", "--network=none", "--pull=never", "--layers=false",
-                  "--build-arg", f"SIDECAR_IMAGE={sidecar.ref}", "-t", ref, str(ctx)],
-                 "podman build sidecar-upstream-ca", log, env=pm.env())
+            _run(
+                [
+                    "podman",
+                    "build",
+                    "--network=none",
+                    "--pull=never",
+                    "--layers=false",
+                    "--build-arg",
+                    f"SIDECAR_IMAGE={sidecar.ref}",
+                    "-t",
+                    ref,
+                    str(ctx),
+                ],
+                "podman build sidecar-upstream-ca",
+                log,
+                env=pm.env(),
+            )
 
     return _cached_or_build("sidecar-upstream-ca", "localhost/oshu-vault-sidecar-upstream-ca", tag, make, log)
 
@@ -409,8 +477,9 @@ def build_all(log: Log = _stderr) -> dict[str, BuiltImage]:
 # --- getting them to a runtime ------------------------------------------------------------------
 
 
-def import_into_containerd(images: Iterable[BuiltImage], socket: str | Path, *, namespace: str = "k8s.io",
-                           ctr: str = "ctr", log: Log = _stderr) -> None:
+def import_into_containerd(
+    images: Iterable[BuiltImage], socket: str | Path, *, namespace: str = "k8s.io", ctr: str = "ctr", log: Log = _stderr
+) -> None:
     """``ctr images import`` each archive the containerd at ``socket`` does not have yet."""
     base = [ctr, "-a", str(socket), "-n", namespace]
     have = subprocess.run([*base, "images", "ls", "-q"], check=True, capture_output=True, text=True).stdout.split()

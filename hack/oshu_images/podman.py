@@ -11,8 +11,8 @@ import os
 import resource
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from oshu_localkube.build import cache_dir
 
@@ -53,9 +53,9 @@ log_driver = "k8s-file"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
 runtime = "runc"
-tmp_dir = "{base / 'podman-tmp'}"
-static_dir = "{base / 'podman-libpod'}"
-volume_path = "{base / 'podman-volumes'}"
+tmp_dir = "{base / "podman-tmp"}"
+static_dir = "{base / "podman-libpod"}"
+volume_path = "{base / "podman-volumes"}"
 
 [engine.runtimes]
 runc = ["{runtime}"]
@@ -70,8 +70,10 @@ runroot = "{runroot}"
         "CONTAINERS_CONF": (conf_dir / "containers.conf", containers_conf),
         "CONTAINERS_STORAGE_CONF": (conf_dir / "storage.conf", storage_conf),
         # No registry is ever consulted: short names do not expand to docker.io.
-        "CONTAINERS_REGISTRIES_CONF": (conf_dir / "registries.conf",
-                                       "unqualified-search-registries = []\nshort-name-mode = \"disabled\"\n"),
+        "CONTAINERS_REGISTRIES_CONF": (
+            conf_dir / "registries.conf",
+            'unqualified-search-registries = []\nshort-name-mode = "disabled"\n',
+        ),
     }
     out: dict[str, Path] = {}
     for var, (path, text) in files.items():
@@ -105,13 +107,25 @@ def available() -> str | None:
     return None
 
 
-def podman(args: Sequence[str], *, check: bool = True, capture: bool = True, timeout: float | None = None,
-           input: str | None = None) -> subprocess.CompletedProcess[str]:
+def podman(
+    args: Sequence[str],
+    *,
+    check: bool = True,
+    capture: bool = True,
+    timeout: float | None = None,
+    input: str | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run podman with the private configuration."""
     cmd = ["podman", *args]
-    proc = subprocess.run(cmd, env=env(), text=True, input=input, timeout=timeout,
-                          stdout=subprocess.PIPE if capture else None,
-                          stderr=subprocess.PIPE if capture else None)
+    proc = subprocess.run(
+        cmd,
+        env=env(),
+        text=True,
+        input=input,
+        timeout=timeout,
+        stdout=subprocess.PIPE if capture else None,
+        stderr=subprocess.PIPE if capture else None,
+    )
     if check and proc.returncode != 0:
         tail = ((proc.stderr or "") + (proc.stdout or ""))[-3000:]
         raise PodmanError(f"{' '.join(cmd[:4])} ... exited {proc.returncode}:\n{tail}")

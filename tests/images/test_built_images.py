@@ -40,20 +40,51 @@ def test_image_runs_its_command(built: dict[str, images.BuiltImage], kind: str, 
 
 
 def test_final_images_have_no_pip_and_the_sidecar_no_operator_deps(built: dict[str, images.BuiltImage]) -> None:
-    probe = ("import importlib.util as u, json; "
-             "print(json.dumps({m: u.find_spec(m) is not None for m in ('pip', 'kopf', 'aiohttp', 'kubernetes_asyncio', "
-             "'oshu_localkube', 'oshu_e2e', 'oshu_testkit', 'oshu_sidecar')}))")
+    probe = (
+        "import importlib.util as u, json; "
+        "print(json.dumps({m: u.find_spec(m) is not None for m in ('pip', 'kopf', 'aiohttp', 'kubernetes_asyncio', "
+        "'oshu_localkube', 'oshu_e2e', 'oshu_testkit', 'oshu_sidecar')}))"
+    )
     found = {}
     for kind in ("sidecar", "operator"):
-        out = pm.podman(["run", "--rm", "--network=none", "--entrypoint", "/opt/oshu-vault/bin/python",
-                         built[kind].ref, "-c", probe]).stdout
+        out = pm.podman(
+            [
+                "run",
+                "--rm",
+                "--network=none",
+                "--entrypoint",
+                "/opt/oshu-vault/bin/python",
+                built[kind].ref,
+                "-c",
+                probe,
+            ]
+        ).stdout
         found[kind] = json.loads(out)
         # The base's own python (PATH's second entry) lost its pip in the final stage too.
-        base_pip = pm.podman(["run", "--rm", "--network=none", "--entrypoint", "/opt/python/bin/python",
-                              built[kind].ref, "-c", "import pip"], check=False)
+        base_pip = pm.podman(
+            [
+                "run",
+                "--rm",
+                "--network=none",
+                "--entrypoint",
+                "/opt/python/bin/python",
+                built[kind].ref,
+                "-c",
+                "import pip",
+            ],
+            check=False,
+        )
         assert base_pip.returncode != 0
-    assert found["sidecar"] == {"pip": False, "kopf": False, "aiohttp": False, "kubernetes_asyncio": False,
-                                "oshu_localkube": False, "oshu_e2e": False, "oshu_testkit": False, "oshu_sidecar": True}
+    assert found["sidecar"] == {
+        "pip": False,
+        "kopf": False,
+        "aiohttp": False,
+        "kubernetes_asyncio": False,
+        "oshu_localkube": False,
+        "oshu_e2e": False,
+        "oshu_testkit": False,
+        "oshu_sidecar": True,
+    }
     assert found["operator"]["kopf"] and found["operator"]["aiohttp"] and not found["operator"]["pip"]
     assert not any(found["operator"][m] for m in ("oshu_localkube", "oshu_e2e", "oshu_testkit"))
 
@@ -95,6 +126,9 @@ def test_private_podman_config_carries_the_machine_quirks(tmp_path: Path) -> Non
 
 def test_debian_source_is_the_one_apt_uses() -> None:
     mirror, suite = images.debian_source()
-    apt = "".join(p.read_text() for p in [Path("/etc/apt/sources.list"), *Path("/etc/apt/sources.list.d").glob("*")]
-                  if p.is_file())
+    apt = "".join(
+        p.read_text()
+        for p in [Path("/etc/apt/sources.list"), *Path("/etc/apt/sources.list.d").glob("*")]
+        if p.is_file()
+    )
     assert mirror in apt and suite in apt

@@ -136,9 +136,7 @@ MUST_NOT_IMPORT = {
 #: What the wheel the images install holds: the product's packages and commands, nothing else.
 WHEEL_PACKAGES = {"oshu_contract", "oshu_sidecar", "oshu_operator"}
 WHEEL_SCRIPTS = {"oshu-sidecar": "oshu_sidecar.__main__:main", "oshu-operator": "oshu_operator.cli:main"}
-BASE_RE = re.compile(
-    r"^python:(?P<version>3\.\d+\.\d+)-slim-(?P<distro>[a-z]+)@sha256:[0-9a-f]{64}$"
-)
+BASE_RE = re.compile(r"^python:(?P<version>3\.\d+\.\d+)-slim-(?P<distro>[a-z]+)@sha256:[0-9a-f]{64}$")
 BUILD_TOOLS = ("gcc", "g++", "make", "build-essential", "apt-get", "apk ", "pip install", "pip wheel", "curl ", "wget ")
 
 
@@ -152,7 +150,10 @@ def hadolint() -> str:
 def run_hadolint(*files: Path) -> tuple[int, list[dict]]:
     proc = subprocess.run(
         [hadolint(), "--config", str(ROOT / ".hadolint.yaml"), "--format", "json", *map(str, files)],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
     )
     return proc.returncode, json.loads(proc.stdout or "[]")
 
@@ -226,8 +227,8 @@ def test_sidecar_image_installs_no_extra_and_operator_image_the_operator_extra(i
 
 
 def test_build_context_is_an_allowlist() -> None:
-    lines = [l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines()]
-    rules = [l for l in lines if l and not l.startswith("#")]
+    lines = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()]
+    rules = [line for line in lines if line and not line.startswith("#")]
     assert rules[0] == "*", ".dockerignore should exclude everything and allow back what the build needs"
     allowed = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
     for path, _, _ in IMAGES.values():
@@ -235,8 +236,9 @@ def test_build_context_is_an_allowlist() -> None:
             *sources, _ = shlex.split(inst.args)
             for source in sources:
                 assert (ROOT / source).exists(), f"{path.name} copies {source}, which does not exist"
-                assert any(source.rstrip("/") == a or a.startswith(source.rstrip("/") + "/") for a in allowed), \
+                assert any(source.rstrip("/") == a or a.startswith(source.rstrip("/") + "/") for a in allowed), (
                     f"{path.name} copies {source}, which .dockerignore keeps out of the context"
+                )
                 assert not source.startswith("hack"), f"{path.name} copies dev tooling ({source}) into the image"
     assert not [a for a in allowed if a.startswith("hack")], ".dockerignore lets dev tooling into the context"
 
@@ -281,8 +283,9 @@ def built(image, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, l
     env = {**os.environ, **build.env(), "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
     env.pop("PIP_NO_CACHE_DIR", None)  # the host's pip cache keeps reruns fast; same packages
     env.pop("VIRTUAL_ENV", None)
-    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", command], cwd=src, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", command], cwd=src, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, f"{name}: build stage failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     entrypoint = dockerfile.final.all("ENTRYPOINT")[-1].exec_form() or []
     return name, venv, [entrypoint[0].replace("/opt/oshu-vault", str(venv)), *entrypoint[1:]], wheels
@@ -297,7 +300,11 @@ def test_entrypoint_starts_from_the_installed_package(built) -> None:
     # It ran the installed copy, not the checkout: nothing of the repository is on its path.
     where = subprocess.run(
         [str(venv / "bin" / "python"), "-c", f"import {MUST_IMPORT[name]} as m; print(m.__file__)"],
-        capture_output=True, text=True, timeout=60, env=env, cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd="/",
     )
     assert where.returncode == 0, where.stderr
     assert where.stdout.strip().startswith(str(venv)), where.stdout
@@ -314,7 +321,9 @@ def test_the_wheel_holds_only_the_product(built) -> None:
         scripts.read_string(zf.read(entry_points).decode())
     packages = {n.split("/", 1)[0] for n in names if not n.split("/", 1)[0].endswith((".dist-info", ".data"))}
     assert packages == WHEEL_PACKAGES, f"{name}: the wheel holds {sorted(packages)}"
-    assert dict(scripts["console_scripts"]) == WHEEL_SCRIPTS, f"{name}: console scripts {dict(scripts['console_scripts'])}"
+    assert dict(scripts["console_scripts"]) == WHEEL_SCRIPTS, (
+        f"{name}: console scripts {dict(scripts['console_scripts'])}"
+    )
 
 
 def test_image_venv_holds_only_what_it_needs(built) -> None:
@@ -322,7 +331,10 @@ def test_image_venv_holds_only_what_it_needs(built) -> None:
     for module in MUST_NOT_IMPORT[name]:
         proc = subprocess.run(
             [str(venv / "bin" / "python"), "-c", f"import {module}"],
-            capture_output=True, text=True, timeout=60, cwd="/",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd="/",
         )
         assert proc.returncode != 0 and "ModuleNotFoundError" in proc.stderr, (
             f"the {name} image should not contain {module}"
@@ -331,8 +343,16 @@ def test_image_venv_holds_only_what_it_needs(built) -> None:
 
 
 #: glibc of the Debian release the slim base is built on (bookworm: 2.36), newest tag first.
-MANYLINUX = ("manylinux_2_36", "manylinux_2_34", "manylinux_2_31", "manylinux_2_28", "manylinux_2_27",
-             "manylinux_2_24", "manylinux_2_17", "manylinux2014")
+MANYLINUX = (
+    "manylinux_2_36",
+    "manylinux_2_34",
+    "manylinux_2_31",
+    "manylinux_2_28",
+    "manylinux_2_27",
+    "manylinux_2_24",
+    "manylinux_2_17",
+    "manylinux2014",
+)
 
 
 def test_dependencies_have_binary_wheels_for_the_images_python(built, tmp_path: Path) -> None:
@@ -347,10 +367,32 @@ def test_dependencies_have_binary_wheels_for_the_images_python(built, tmp_path: 
     requirement = f"{wheel}[{extra}]" if extra else str(wheel)
     platforms = [arg for tag in MANYLINUX for arg in ("--platform", f"{tag}_x86_64")]
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--dest", str(tmp_path),
-         "--python-version", version, "--implementation", "cp", "--abi", f"cp{major_minor}", "--abi", "abi3",
-         "--abi", "none", *platforms, requirement],
-        capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--only-binary=:all:",
+            "--dest",
+            str(tmp_path),
+            "--python-version",
+            version,
+            "--implementation",
+            "cp",
+            "--abi",
+            f"cp{major_minor}",
+            "--abi",
+            "abi3",
+            "--abi",
+            "none",
+            *platforms,
+            requirement,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, f"{name}: no binary wheel for Python {version}:\n{proc.stderr[-3000:]}"
     got = {p.name.split("-")[0].lower() for p in tmp_path.glob("*.whl")}
     assert "oshu_vault" in got and ("kopf" in got) == (extra == "operator"), got

@@ -58,7 +58,12 @@ def test_demo_exits_non_zero_with_a_clear_message(tmp_path: Path) -> None:
     before starting or installing anything, and says why."""
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
-    proc = subprocess.run([sys.executable, str(DEMO)], capture_output=True, text=True, timeout=120,
-                          env=_env(OSHU_E2E_KUBECONFIG=str(kubeconfig)))
+    proc = subprocess.run(
+        [sys.executable, str(DEMO)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(OSHU_E2E_KUBECONFIG=str(kubeconfig)),
+    )
     assert proc.returncode == 1
     assert "DEMO FAILED at step 1: DemoFailure: OSHU_E2E_KUBECONFIG needs OSHU_E2E_REGISTRY" in proc.stderr
