@@ -78,7 +78,12 @@ class Proxy:
     """Shared state of all connections: config, policy resolver, metrics, leaves, upstream pool."""
 
     def __init__(
-        self, cfg: Config, resolve_policy: PolicyResolver, metrics: Metrics, leaves: LeafCache, pool: UpstreamPool,
+        self,
+        cfg: Config,
+        resolve_policy: PolicyResolver,
+        metrics: Metrics,
+        leaves: LeafCache,
+        pool: UpstreamPool,
         front: FrontHook | None = None,
     ) -> None:
         self.cfg = cfg
@@ -110,7 +115,12 @@ class Proxy:
         host, port = self.cfg.listen
         extra = {"ssl": tls, "ssl_handshake_timeout": self.cfg.header_timeout} if tls is not None else {}
         self.server = await self.loop.create_server(
-            lambda: ClientConn(self), host, port, backlog=1024, reuse_address=True, **extra  # type: ignore[arg-type]
+            lambda: ClientConn(self),
+            host,
+            port,
+            backlog=1024,
+            reuse_address=True,
+            **extra,  # type: ignore[arg-type]
         )
         sock = self.server.sockets[0]
         self.address = sock.getsockname()[:2]
