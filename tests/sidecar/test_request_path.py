@@ -162,3 +162,25 @@ def test_a_reload_that_keeps_the_secret_lets_the_upload_finish(make_sidecar, ups
         resp = c.response()
     assert resp.status == 200
     assert upstream.last.body.count(key.value.encode()) == 2
+
+
+def test_removing_the_host_stops_a_buffered_request_before_it_is_sent(make_sidecar, upstream: Upstream  # type: ignore[no-untyped-def]
+                                                                      ) -> None:
+    """A body buffered for substitution takes a while to arrive; the reload lands in between.
+
+    The head's token was substituted when it arrived: the request is checked again against the
+    reloaded session right before it is sent, and refused (nothing reaches the upstream).
+    """
+    key = new_secret("BODY_KEY", [HOST], locations=["headers", "body"])
+    sc = make_sidecar(new_session(key))
+    body = b'{"k": "' + key.sealed.encode() + b'"}'
+    with tls_client(sc) as c:
+        c.send(b"POST /echo/slow HTTP/1.1\r\nHost: api.oshu.test\r\nx-api-key: %b\r\nContent-Length: %d\r\n\r\n%b"
+               % (key.sealed.encode(), len(body), body[:5]))
+        moved = dataclasses.replace(key, hosts=(HostPattern.parse("other.oshu.test"),))
+        sc.write_session(new_session(moved))
+        sc.wait_for_log(lambda r: r.get("msg") == "session reloaded", timeout=TIMEOUT)
+        c.send(body[5:])
+        resp = c.response()
+    assert resp.status == 403 and error_code(resp.body) == "session_changed"
+    assert upstream.requests == []
