@@ -252,6 +252,8 @@ class Gateway:
             conn.write(_http(Response(413, error_body("body_too_large", f"the body limit is {MAX_BODY} bytes")),
                              close=True))
             return False
+        if length and req.expect_continue:
+            conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # curl waits for this before sending a body > 1 KiB
         try:
             body = await conn.read_exactly(length) if length else b""
         except (ChannelClosed, TimeoutError):

@@ -179,3 +179,16 @@ def test_metrics_and_logs_hold_no_value(gateway: GatewayProcess, upstream: Upstr
     assert audit is not None and audit["msg"] == "request" and audit["host"] == "api.oshu.test", audit
     assert_no_secret({"log": gateway.log_text(), "metrics": metrics, "response": out.stdout}, [VALUE])
     assert s["token"] not in gateway.log_text() and s["token"] not in metrics
+
+
+def test_expect_100_continue_from_curl(gateway: GatewayProcess) -> None:
+    body = json.dumps({"secrets": {"OPENAI_API_KEY": VALUE}, "allowed_egress": [f"h{i}.oshu.test" for i in range(100)]})
+    out = subprocess.run(
+        ["curl", "-s", "--max-time", "20", "--expect100-timeout", "15", "--cacert", str(gateway.ca_file),
+         "-H", "Expect: 100-continue", "-H", "Content-Type: application/json",
+         "-H", f"Authorization: Bearer {gateway.api_key}", "--data-binary", body, "-w", "\n%{http_code} %{time_total}",
+         gateway.base_url + "/v1/sessions"],
+        capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin"},
+    )
+    code = out.stdout.rsplit("\n", 1)[1].split()[0]
+    assert code == "201", out.stdout[-500:]
