@@ -181,14 +181,19 @@ def test_metrics_and_logs_hold_no_value(gateway: GatewayProcess, upstream: Upstr
     assert s["token"] not in gateway.log_text() and s["token"] not in metrics
 
 
-def test_expect_100_continue_from_curl(gateway: GatewayProcess) -> None:
-    body = json.dumps({"secrets": {"OPENAI_API_KEY": VALUE}, "allowed_egress": [f"h{i}.oshu.test" for i in range(100)]})
-    out = subprocess.run(
-        ["curl", "-s", "--max-time", "20", "--expect100-timeout", "15", "--cacert", str(gateway.ca_file),
-         "-H", "Expect: 100-continue", "-H", "Content-Type: application/json",
-         "-H", f"Authorization: Bearer {gateway.api_key}", "--data-binary", body, "-w", "\n%{http_code} %{time_total}",
-         gateway.base_url + "/v1/sessions"],
-        capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin"},
-    )
-    code = out.stdout.rsplit("\n", 1)[1].split()[0]
-    assert code == "201", out.stdout[-500:]
+def test_expect_100_continue(gateway: GatewayProcess) -> None:
+    """The interim 100 comes before the body is sent (curl waits for it on larger bodies)."""
+    body = json.dumps({"secrets": {"OPENAI_API_KEY": VALUE}}).encode()
+    ctx = ssl.create_default_context(cafile=str(gateway.ca_file))
+    assert gateway.listen is not None
+    with socket.create_connection(gateway.listen, timeout=10) as raw, ctx.wrap_socket(
+        raw, server_hostname="127.0.0.1"
+    ) as sock:
+        sock.sendall(
+            f"POST /v1/sessions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {gateway.api_key}\r\nExpect: 100-continue\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+        )
+        assert sock.recv(4096).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")  # nothing sent yet but the head
+        sock.sendall(body)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 201 ")
