@@ -41,11 +41,21 @@ def main() -> None:
         lat: list[float] = []
         t_start = time.perf_counter()
         for i in range(args.sessions):
-            body = json.dumps({"secrets": {"ANTHROPIC_API_KEY": f"sk-ant-bench-{i:08d}-abcdefgh",
-                                           "OPENAI_API_KEY": f"sk-openai-bench-{i:08d}"}})
+            body = json.dumps(
+                {
+                    "secrets": {
+                        "ANTHROPIC_API_KEY": f"sk-ant-bench-{i:08d}-abcdefgh",
+                        "OPENAI_API_KEY": f"sk-openai-bench-{i:08d}",
+                    }
+                }
+            )
             t0 = time.perf_counter()
-            conn.request("POST", "/v1/sessions", body, {"Content-Type": "application/json",
-                                                        "Authorization": f"Bearer {keys[i // 40]}"})
+            conn.request(
+                "POST",
+                "/v1/sessions",
+                body,
+                {"Content-Type": "application/json", "Authorization": f"Bearer {keys[i // 40]}"},
+            )
             resp = conn.getresponse()
             resp.read()
             if resp.status != 201:
@@ -59,24 +69,32 @@ def main() -> None:
         t0 = time.perf_counter()
         gw.start()
         startup = time.perf_counter() - t0
-        status, _, metrics = gw.request("GET", "/metrics", api_key="")
-        live = next(int(float(ln.split()[1])) for ln in metrics.decode().splitlines()
-                    if ln.startswith("oshu_gateway_sessions_live "))
+        _, _, metrics = gw.request("GET", "/metrics", api_key="")
+        live = next(
+            int(float(ln.split()[1]))
+            for ln in metrics.decode().splitlines()
+            if ln.startswith("oshu_gateway_sessions_live ")
+        )
         rss_loaded = _rss_mb(gw.proc.pid)
         db_mb = (gw.state_dir / "sessions.db").stat().st_size / 1e6
     lat.sort()
-    print(json.dumps({
-        "sessions": args.sessions,
-        "create_p50_ms": round(statistics.median(lat) * 1000, 2),
-        "create_p99_ms": round(lat[int(len(lat) * 0.99) - 1] * 1000, 2),
-        "creations_per_s": round(args.sessions / total, 1),
-        "rss_idle_mb": round(idle_rss, 1),
-        "rss_after_creating_mb": round(rss_full, 1),
-        "startup_s_with_sessions": round(startup, 2),
-        "sessions_live_after_restart": live,
-        "rss_after_restart_mb": round(rss_loaded, 1),
-        "db_mb": round(db_mb, 1),
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "sessions": args.sessions,
+                "create_p50_ms": round(statistics.median(lat) * 1000, 2),
+                "create_p99_ms": round(lat[int(len(lat) * 0.99) - 1] * 1000, 2),
+                "creations_per_s": round(args.sessions / total, 1),
+                "rss_idle_mb": round(idle_rss, 1),
+                "rss_after_creating_mb": round(rss_full, 1),
+                "startup_s_with_sessions": round(startup, 2),
+                "sessions_live_after_restart": live,
+                "rss_after_restart_mb": round(rss_loaded, 1),
+                "db_mb": round(db_mb, 1),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":
