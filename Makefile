@@ -5,9 +5,13 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 NODE_STAMP := tests/node/node_modules/.installed
 
-.PHONY: demo test lint setup node binaries bench clean
+.PHONY: demo test lint setup debian node binaries bench clean
 
 setup: $(STAMP)
+
+# containerd, runc, CNI plugins, podman, debootstrap...: only those missing (needs root or sudo).
+debian:
+	hack/install-debian-packages
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,8 +26,8 @@ $(NODE_STAMP): tests/node/package.json tests/node/package-lock.json
 
 # kube-apiserver, kube-controller-manager, kubectl, etcd and helm, and the node's kubelet,
 # kube-scheduler, kube-proxy and CoreDNS, built from the Go module proxy once per version into
-# ~/.cache/oshu-vault (override with OSHU_CACHE_DIR). The node's Debian packages: .ci/run.
-binaries: setup
+# ~/.cache/oshu-vault (override with OSHU_CACHE_DIR). The node's Debian packages: hack/install-debian-packages.
+binaries: setup debian
 	$(PY) -m oshu_localkube build
 
 # Habits, checked before any test runs (configured in pyproject.toml; .pre-commit-config.yaml runs

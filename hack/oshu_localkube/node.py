@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 #: Built from the Go module proxy like the control plane (see versions.py).
 NODE_TOOLS = ("kubelet", "kube-scheduler", "kube-proxy", "coredns")
-#: From Debian's packages (``.ci/run`` installs them).
+#: From Debian's packages (``hack/install-debian-packages`` installs them, from ``make test`` and ``make demo``).
 HOST_TOOLS = {"containerd": "containerd", "containerd-shim-runc-v2": "containerd", "ctr": "containerd",
               "runc": "runc", "iptables": "iptables", "ip": "iproute2"}  # fmt: skip
 CNI_BIN_DIR = Path("/usr/lib/cni")
