@@ -6,6 +6,7 @@ and (no API key) /healthz, /readyz, /metrics. Errors are `{"error": {"code", "me
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -64,10 +65,8 @@ class ApiKeys:
 
     def check(self, header: bytes | None) -> bytes:
         """The key's digest (the rate-limit bucket) for `Bearer <key>`; 401 otherwise. Constant-time per key."""
-        try:
+        with contextlib.suppress(OSError):  # unreadable now: keep the last good list
             self.reload()
-        except OSError:
-            pass  # keep the last good list
         scheme, _, key = (header or b"").strip().partition(b" ")
         digest = hashlib.sha256(key.strip()).digest()
         found = b""
@@ -91,8 +90,12 @@ class RateLimit:
         tokens = min(float(self.burst), tokens + (now - at) * self.rate)
         if tokens < 1.0:
             wait = max(1, int((1.0 - tokens) / self.rate + 0.999))
-            raise ApiError(429, "rate_limited", f"at most {self.rate:g} session creations per second per API key "
-                           f"(burst {self.burst})", (("Retry-After", str(wait)),))
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"at most {self.rate:g} session creations per second per API key (burst {self.burst})",
+                (("Retry-After", str(wait)),),
+            )
         self.buckets[key] = (tokens - 1.0, now)
 
 
@@ -103,9 +106,17 @@ def openapi_document() -> bytes:
 class Api:
     """Routes API requests; `counts` (route, status) -> n feeds /metrics."""
 
-    def __init__(self, registry: Registry, keys: ApiKeys, ca_pem: bytes, public_url: Callable[[], str],
-                 max_ttl: float, default_idle_ttl: float, ready: Callable[[], bool],
-                 metrics: Callable[[], bytes]) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        keys: ApiKeys,
+        ca_pem: bytes,
+        public_url: Callable[[], str],
+        max_ttl: float,
+        default_idle_ttl: float,
+        ready: Callable[[], bool],
+        metrics: Callable[[], bytes],
+    ) -> None:
         self.registry = registry
         self.keys = keys
         self.ca_pem = ca_pem
@@ -129,19 +140,27 @@ class Api:
         return resp
 
     def _dispatch(self, route: str, method: str, path: str, headers: dict[str, bytes], body: bytes) -> Response:
-        allowed = {"/healthz": ("GET",), "/readyz": ("GET",), "/metrics": ("GET",), "/v1/ca.pem": ("GET",),
-                   "/v1/openapi.json": ("GET",), "/v1/sessions": ("POST",),
-                   "/v1/sessions/{id}": ("GET", "DELETE")}.get(route)
+        allowed = {
+            "/healthz": ("GET",),
+            "/readyz": ("GET",),
+            "/metrics": ("GET",),
+            "/v1/ca.pem": ("GET",),
+            "/v1/openapi.json": ("GET",),
+            "/v1/sessions": ("POST",),
+            "/v1/sessions/{id}": ("GET", "DELETE"),
+        }.get(route)
         if allowed is None:
             raise ApiError(404, "not_found", "no such route; see /v1/openapi.json")
         if method not in allowed and not (method == "HEAD" and "GET" in allowed):
-            raise ApiError(405, "method_not_allowed", f"{route} accepts {', '.join(allowed)}",
-                           (("Allow", ", ".join(allowed)),))
+            raise ApiError(
+                405, "method_not_allowed", f"{route} accepts {', '.join(allowed)}", (("Allow", ", ".join(allowed)),)
+            )
         if route == "/healthz":
             return Response(200, b"ok\n", "text/plain")
         if route == "/readyz":
-            return Response(200, b"ready\n", "text/plain") if self.ready() else Response(503, b"not ready\n",
-                                                                                         "text/plain")
+            return (
+                Response(200, b"ready\n", "text/plain") if self.ready() else Response(503, b"not ready\n", "text/plain")
+            )
         if route == "/metrics":
             return Response(200, self.metrics(), "text/plain; version=0.0.4; charset=utf-8")
         if route == "/v1/ca.pem":
@@ -152,7 +171,7 @@ class Api:
         now = time.time()
         if route == "/v1/sessions":
             return self._create(key, headers, body, now)
-        sid = path.split("?", 1)[0][len("/v1/sessions/"):]
+        sid = path.split("?", 1)[0][len("/v1/sessions/") :]
         if method == "DELETE":
             if not self.registry.delete(sid, now):
                 raise ApiError(404, "not_found", "no such session (unknown, deleted or expired)")
@@ -176,20 +195,23 @@ class Api:
         entry = self.registry.add(new.session, token, new.ttl, new.idle_ttl, now)
         base = self.public_url()
         scheme, _, hostport = base.partition("://")
-        return json_response(201, {
-            "session_id": sid,
-            "token": token,
-            "sealed_secrets": {b.name: b.sealed for b in new.session.secrets},
-            "expires_at": entry.metadata()["expires_at"],
-            "idle_ttl_seconds": new.idle_ttl,
-            "proxy_url": f"{scheme}://{sid}:{token}@{hostport}",
-            "ca_url": f"{base}/v1/ca.pem",
-        })
+        return json_response(
+            201,
+            {
+                "session_id": sid,
+                "token": token,
+                "sealed_secrets": {b.name: b.sealed for b in new.session.secrets},
+                "expires_at": entry.metadata()["expires_at"],
+                "idle_ttl_seconds": new.idle_ttl,
+                "proxy_url": f"{scheme}://{sid}:{token}@{hostport}",
+                "ca_url": f"{base}/v1/ca.pem",
+            },
+        )
 
 
 def _route_of(path: str) -> str:
     p = path.split("?", 1)[0]
-    if p.startswith("/v1/sessions/") and "/" not in p[len("/v1/sessions/"):] and len(p) > len("/v1/sessions/"):
+    if p.startswith("/v1/sessions/") and "/" not in p[len("/v1/sessions/") :] and len(p) > len("/v1/sessions/"):
         return "/v1/sessions/{id}"
     if p in ("/healthz", "/readyz", "/metrics", "/v1/ca.pem", "/v1/openapi.json", "/v1/sessions"):
         return p

@@ -56,7 +56,7 @@ def _write_private(path: Path, data: bytes) -> None:
 def _headers(req: RequestHead) -> dict[str, bytes]:
     """Field name (lower case) -> value of a parsed head (the parser already refused malformed ones)."""
     out: dict[str, bytes] = {}
-    for line in req.raw[req.line_end + 2:].split(b"\r\n"):
+    for line in req.raw[req.line_end + 2 :].split(b"\r\n"):
         name, sep, value = line.partition(b":")
         if sep:
             out.setdefault(name.strip().lower().decode("latin-1"), value.strip())
@@ -85,7 +85,9 @@ PROXY_AUTH_REQUIRED = (
 
 
 def _proxy_auth_required() -> bytes:
-    body = error_body("proxy_auth_required", "send Proxy-Authorization: Basic base64(session_id:token) of a live session")
+    body = error_body(
+        "proxy_auth_required", "send Proxy-Authorization: Basic base64(session_id:token) of a live session"
+    )
     return PROXY_AUTH_REQUIRED + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
 
 
@@ -134,8 +136,12 @@ class Gateway:
         cert.unlink(missing_ok=True)
         key.unlink(missing_ok=True)
         _write_private(key, pair.key_pem)
-        cert.write_bytes(pair.cert_pem + ca.cert.public_bytes(__import__("cryptography.hazmat.primitives.serialization",
-                                                                         fromlist=["Encoding"]).Encoding.PEM))
+        cert.write_bytes(
+            pair.cert_pem
+            + ca.cert.public_bytes(
+                __import__("cryptography.hazmat.primitives.serialization", fromlist=["Encoding"]).Encoding.PEM
+            )
+        )
         ctx.load_cert_chain(cert, key)
         return ctx
 
@@ -168,17 +174,39 @@ class Gateway:
             up_ctx = client_context(cfg.upstream_ca_files)
         except (OSError, ValueError) as e:
             raise StartupError(f"unusable --upstream-ca-file: {e}") from None
-        scfg = Config(listen=cfg.listen, admin_listen=("127.0.0.1", 0), session_file="", ca_cert=str(ca_cert_path),
-                      ca_key=str(ca_key_path), upstream_ca_files=cfg.upstream_ca_files, resolve=cfg.resolve,
-                      connect_to=cfg.connect_to, log_level=cfg.log_level)
+        scfg = Config(
+            listen=cfg.listen,
+            admin_listen=("127.0.0.1", 0),
+            session_file="",
+            ca_cert=str(ca_cert_path),
+            ca_key=str(ca_key_path),
+            upstream_ca_files=cfg.upstream_ca_files,
+            resolve=cfg.resolve,
+            connect_to=cfg.connect_to,
+            log_level=cfg.log_level,
+        )
         m = self.metrics
         m.set_session("gateway")
-        pool = UpstreamPool(loop, up_ctx, Router(cfg.connect_to, cfg.resolve), scfg.connect_timeout,
-                            on_open=lambda: m.opened("upstream"), on_close=lambda: m.closed("upstream"))
+        pool = UpstreamPool(
+            loop,
+            up_ctx,
+            Router(cfg.connect_to, cfg.resolve),
+            scfg.connect_timeout,
+            on_open=lambda: m.opened("upstream"),
+            on_close=lambda: m.closed("upstream"),
+        )
         leaves = LeafCache(ca_cert, ca_key, on_mint=m.leaf_minted)
         self.proxy = Proxy(scfg, self._policy_for, m, leaves, pool, front=self.front)
-        self.api = Api(self.registry, keys, ca_cert, self.public_url, cfg.max_ttl, cfg.default_idle_ttl,
-                       lambda: self.ready, self._metrics_text)
+        self.api = Api(
+            self.registry,
+            keys,
+            ca_cert,
+            self.public_url,
+            cfg.max_ttl,
+            cfg.default_idle_ttl,
+            lambda: self.ready,
+            self._metrics_text,
+        )
         tls = self._listener_tls(ca)
         try:
             await self.proxy.start(tls)
@@ -188,18 +216,25 @@ class Gateway:
         if cfg.plain_listen is not None:
             proxy = self.proxy
             try:
-                self.plain = await loop.create_server(lambda: ClientConn(proxy), *cfg.plain_listen, backlog=1024,
-                                                      reuse_address=True)
+                self.plain = await loop.create_server(
+                    lambda: ClientConn(proxy), *cfg.plain_listen, backlog=1024, reuse_address=True
+                )
             except OSError as e:
-                raise StartupError(f"cannot listen on {cfg.plain_listen[0]}:{cfg.plain_listen[1]}: "
-                                   f"{e.strerror or e}") from None
+                raise StartupError(
+                    f"cannot listen on {cfg.plain_listen[0]}:{cfg.plain_listen[1]}: {e.strerror or e}"
+                ) from None
             self.plain_address = self.plain.sockets[0].getsockname()[:2]
         self._sweeper = loop.create_task(self._sweep())
         self.ready = True
         assert self.address is not None
-        log(logging.INFO, "listening", listen=_fmt(self.address),
+        log(
+            logging.INFO,
+            "listening",
+            listen=_fmt(self.address),
             plain_listen=_fmt(self.plain_address) if self.plain_address else None,
-            public_url=self.public_url(), sessions=loaded)
+            public_url=self.public_url(),
+            sessions=loaded,
+        )
 
     def public_url(self) -> str:
         if self.cfg.public_url:
@@ -220,8 +255,13 @@ class Gateway:
         if entry is None:
             conn.principal = None
             self.metrics.refused("proxy_auth_required")
-            log(logging.INFO, "proxy request refused", code="proxy_auth_required", status=407,
-                method=req.method.decode("latin-1"))
+            log(
+                logging.INFO,
+                "proxy request refused",
+                code="proxy_auth_required",
+                status=407,
+                method=req.method.decode("latin-1"),
+            )
             conn.write(_proxy_auth_required())
             return False
         entry.touch(now, 1)
@@ -244,13 +284,15 @@ class Gateway:
         method = req.method.decode("latin-1")
         path = req.target.decode("latin-1")
         if "transfer-encoding" in headers:
-            conn.write(_http(Response(411, error_body("length_required", "send the body with Content-Length")),
-                             close=True))
+            conn.write(
+                _http(Response(411, error_body("length_required", "send the body with Content-Length")), close=True)
+            )
             return False
         length = req.content_length or 0
         if length > MAX_BODY:
-            conn.write(_http(Response(413, error_body("body_too_large", f"the body limit is {MAX_BODY} bytes")),
-                             close=True))
+            conn.write(
+                _http(Response(413, error_body("body_too_large", f"the body limit is {MAX_BODY} bytes")), close=True)
+            )
             return False
         if length and req.expect_continue:
             conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # curl waits for this before sending a body > 1 KiB
@@ -261,8 +303,13 @@ class Gateway:
         resp = self.api.handle(method, path, headers, body)
         close = not req.keep_alive
         conn.write(_http(resp, close, head_only=method == "HEAD"))
-        log(logging.INFO, "api", method=method, route=path.split("?")[0] if not path.startswith("/v1/sessions/")
-            else "/v1/sessions/{id}", status=resp.status)
+        log(
+            logging.INFO,
+            "api",
+            method=method,
+            route=path.split("?")[0] if not path.startswith("/v1/sessions/") else "/v1/sessions/{id}",
+            status=resp.status,
+        )
         return not close
 
     def _metrics_text(self) -> bytes:
@@ -274,13 +321,19 @@ class Gateway:
             f"oshu_gateway_sessions_live {len(r.sessions)}",
         ]
         for name, value in (("created", r.created), ("deleted", r.deleted), ("expired", r.expired)):
-            lines += [f"# HELP oshu_gateway_sessions_{name}_total Sessions {name} since start.",
-                      f"# TYPE oshu_gateway_sessions_{name}_total counter",
-                      f"oshu_gateway_sessions_{name}_total {value}"]
-        lines += ["# HELP oshu_gateway_api_requests_total API requests by route and status.",
-                  "# TYPE oshu_gateway_api_requests_total counter"]
-        lines += [f'oshu_gateway_api_requests_total{{route="{route}",status="{status}"}} {n}'
-                  for (route, status), n in sorted(self.api.counts.items())]
+            lines += [
+                f"# HELP oshu_gateway_sessions_{name}_total Sessions {name} since start.",
+                f"# TYPE oshu_gateway_sessions_{name}_total counter",
+                f"oshu_gateway_sessions_{name}_total {value}",
+            ]
+        lines += [
+            "# HELP oshu_gateway_api_requests_total API requests by route and status.",
+            "# TYPE oshu_gateway_api_requests_total counter",
+        ]
+        lines += [
+            f'oshu_gateway_api_requests_total{{route="{route}",status="{status}"}} {n}'
+            for (route, status), n in sorted(self.api.counts.items())
+        ]
         return self.metrics.render() + ("\n".join(lines) + "\n").encode()
 
     async def _sweep(self) -> None:

@@ -55,21 +55,30 @@ def build_parser() -> argparse.ArgumentParser:
         description="Self-hosted secrets proxy: a session API and the proxy on one address. "
         f"Every flag can also be set as {ENV_PREFIX}<FLAG> (upper case, dashes to underscores).",
     )
-    p.add_argument("--listen", help="HOST:PORT of the TLS listener serving the session API and the proxy "
-                   "(default 127.0.0.1:8443; port 0 picks one)")
+    p.add_argument(
+        "--listen",
+        help="HOST:PORT of the TLS listener serving the session API and the proxy "
+        "(default 127.0.0.1:8443; port 0 picks one)",
+    )
     p.add_argument("--plain-listen", help="HOST:PORT of an optional listener doing the same without TLS")
     p.add_argument("--tls-cert", help="PEM certificate (chain) of the listener; default: minted from the gateway CA")
     p.add_argument("--tls-key", help="PEM key of --tls-cert")
-    p.add_argument("--public-host", help="name the minted listener certificate is for (default localhost; "
-                   "127.0.0.1 is always included)")
-    p.add_argument("--public-url", help="base URL used in proxy_url and ca_url of API responses "
-                   "(default https://<listen address>)")
+    p.add_argument(
+        "--public-host",
+        help="name the minted listener certificate is for (default localhost; 127.0.0.1 is always included)",
+    )
+    p.add_argument(
+        "--public-url", help="base URL used in proxy_url and ca_url of API responses (default https://<listen address>)"
+    )
     p.add_argument("--state-dir", help="required: the database, the generated CA and keys")
     p.add_argument("--api-key-file", help="required: management API keys, one per line; re-read when it changes")
     p.add_argument("--ca-cert", help="interception CA certificate (default: generated into the state dir)")
     p.add_argument("--ca-key", help="interception CA key (default: generated into the state dir)")
-    p.add_argument("--encryption-key-file", help="AES-256 key (64 hex characters) for values at rest "
-                   "(default: <state-dir>/encryption.key, created 0600 on first start)")
+    p.add_argument(
+        "--encryption-key-file",
+        help="AES-256 key (64 hex characters) for values at rest "
+        "(default: <state-dir>/encryption.key, created 0600 on first start)",
+    )
     p.add_argument("--upstream-ca-file", action="append", help="extra CA trusted for upstreams (repeatable)")
     p.add_argument("--resolve", action="append", help="HOST:PORT:ADDR as curl (repeatable)")
     p.add_argument("--connect-to", action="append", help="HOST:PORT:CHOST:CPORT as curl (repeatable)")

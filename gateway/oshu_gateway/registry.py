@@ -29,8 +29,19 @@ def token_hash(token: str) -> bytes:
 class Entry:
     """One session: its policy, credentials hash, lifetimes and usage."""
 
-    __slots__ = ("created", "dead", "expires_at", "idle_ttl", "last_used", "policy", "request_count", "session",
-                 "session_id", "token_hash", "used")
+    __slots__ = (
+        "created",
+        "dead",
+        "expires_at",
+        "idle_ttl",
+        "last_used",
+        "policy",
+        "request_count",
+        "session",
+        "session_id",
+        "token_hash",
+        "used",
+    )
 
     def __init__(self, rec: StoredSession, session: Session) -> None:
         self.session_id = rec.session_id
@@ -77,8 +88,9 @@ class Entry:
         s = self.session
         return {
             "session_id": self.session_id,
-            "secrets": {b.name: {"hosts": [str(h) for h in b.hosts], "locations": sorted(b.locations)}
-                        for b in s.secrets},
+            "secrets": {
+                b.name: {"hosts": [str(h) for h in b.hosts], "locations": sorted(b.locations)} for b in s.secrets
+            },
             "allowed_egress": None if s.egress is None else [str(h) for h in s.egress],
             "created_at": _iso(self.created),
             "expires_at": _iso(self.expires_at),

@@ -67,7 +67,7 @@ def _seconds(body: dict[str, Any], name: str, default: float, cap: float) -> flo
     raw = body.get(name)
     if raw is None:
         return min(default, cap)
-    if isinstance(raw, bool) or not isinstance(raw, int | float) or not 1 <= raw:
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not raw >= 1:
         raise invalid(f"{name} must be a positive number of seconds")
     if raw > cap:
         raise invalid(f"{name} must not exceed {cap:g} (the gateway's --max-ttl)")
@@ -128,8 +128,9 @@ def build_session(
         except SessionError as e:
             raise invalid(str(e)) from None
     try:
-        session = new_session(session_id, bindings, expires_at=datetime.fromtimestamp(now.timestamp() + ttl, UTC),
-                              egress=egress)
+        session = new_session(
+            session_id, bindings, expires_at=datetime.fromtimestamp(now.timestamp() + ttl, UTC), egress=egress
+        )
     except SessionError as e:
         raise invalid(str(e)) from None
     return NewSession(session, token, ttl, idle)

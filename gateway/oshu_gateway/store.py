@@ -93,7 +93,9 @@ class SqliteStore:
                 self._create()
             self._check()
         except sqlite3.DatabaseError as e:
-            raise StoreError(f"database {path} is not a usable SQLite database ({e}); move it away or restore it") from None
+            raise StoreError(
+                f"database {path} is not a usable SQLite database ({e}); move it away or restore it"
+            ) from None
 
     def _create(self) -> None:
         nonce = secrets.token_bytes(12)
@@ -148,8 +150,16 @@ class SqliteStore:
         with self.db:
             self.db.execute(
                 "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (rec.session_id, rec.token_hash, self._seal(rec.session_id, rec.document), rec.created,
-                 rec.expires_at, rec.idle_ttl, rec.last_used, rec.request_count),
+                (
+                    rec.session_id,
+                    rec.token_hash,
+                    self._seal(rec.session_id, rec.document),
+                    rec.created,
+                    rec.expires_at,
+                    rec.idle_ttl,
+                    rec.last_used,
+                    rec.request_count,
+                ),
             )
 
     def delete(self, session_id: str) -> bool:

@@ -36,9 +36,15 @@ class GatewayError(RuntimeError):
 class GatewayProcess:
     """Start/stop/kill -9/restart a gateway; call its API; read its log."""
 
-    def __init__(self, upstream: Upstream | None = None, directory: Path | None = None,
-                 extra_args: Sequence[str] = (), api_keys: Sequence[str] = (API_KEY,), plain: bool = True,
-                 python: str = sys.executable) -> None:
+    def __init__(
+        self,
+        upstream: Upstream | None = None,
+        directory: Path | None = None,
+        extra_args: Sequence[str] = (),
+        api_keys: Sequence[str] = (API_KEY,),
+        plain: bool = True,
+        python: str = sys.executable,
+    ) -> None:
         self._own_dir = directory is None
         self.directory = Path(directory or tempfile.mkdtemp(prefix="oshu-gateway-"))
         self.state_dir = self.directory / "state"
@@ -47,14 +53,28 @@ class GatewayProcess:
         self.api_key = api_keys[0] if api_keys else ""
         self.log_file = self.directory / "gateway.log"
         self.upstream = upstream
-        self.args = [python, "-m", "oshu_gateway", "--listen", "127.0.0.1:0", "--state-dir", str(self.state_dir),
-                     "--api-key-file", str(self.key_file)]
+        self.args = [
+            python,
+            "-m",
+            "oshu_gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+            str(self.state_dir),
+            "--api-key-file",
+            str(self.key_file),
+        ]
         if plain:
             self.args += ["--plain-listen", "127.0.0.1:0"]
         if upstream is not None:
-            self.args += ["--upstream-ca-file", str(upstream.ca_file),
-                          "--connect-to", f":443:127.0.0.1:{upstream.port}",
-                          "--connect-to", f":80:127.0.0.1:{upstream.http_port}"]
+            self.args += [
+                "--upstream-ca-file",
+                str(upstream.ca_file),
+                "--connect-to",
+                f":443:127.0.0.1:{upstream.port}",
+                "--connect-to",
+                f":80:127.0.0.1:{upstream.http_port}",
+            ]
         self.args += ["--connect-to", "::127.0.0.1:", *extra_args]
         self.proc: subprocess.Popen[bytes] | None = None
         self.listen: tuple[str, int] | None = None
@@ -73,8 +93,13 @@ class GatewayProcess:
     def spawn(self, args: Sequence[str] = ()) -> subprocess.Popen[bytes]:
         self._log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
         with open(self.log_file, "ab") as log:
-            self.proc = subprocess.Popen([*self.args, *args], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                         env=without_proxy_env(__import__("os").environ))
+            self.proc = subprocess.Popen(
+                [*self.args, *args],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=without_proxy_env(__import__("os").environ),
+            )
         return self.proc
 
     def start(self, timeout: float = _START_TIMEOUT, args: Sequence[str] = ()) -> GatewayProcess:
@@ -128,15 +153,23 @@ class GatewayProcess:
         return ssl.create_default_context(cafile=str(self.ca_file))
 
     # API
-    def request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
-                api_key: str | None = None, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        api_key: str | None = None,
+        timeout: float = 10.0,
+    ) -> tuple[int, dict[str, str], bytes]:
         hdrs = dict(headers or {})
         key = self.api_key if api_key is None else api_key
         if key:
             hdrs.setdefault("Authorization", f"Bearer {key}")
         req = urllib.request.Request(self.base_url + path, data=body, method=method, headers=hdrs)
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
-                                             urllib.request.HTTPSHandler(context=self.ssl_context()))
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=self.ssl_context())
+        )
         try:
             with opener.open(req, timeout=timeout) as resp:
                 return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
@@ -144,8 +177,9 @@ class GatewayProcess:
             return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
 
     def create_session(self, doc: dict[str, Any]) -> dict[str, Any]:
-        status, _, body = self.request("POST", "/v1/sessions", json.dumps(doc).encode(),
-                                       {"Content-Type": "application/json"})
+        status, _, body = self.request(
+            "POST", "/v1/sessions", json.dumps(doc).encode(), {"Content-Type": "application/json"}
+        )
         if status != 201:
             raise GatewayError(f"create_session: {status} {body!r}")
         out: dict[str, Any] = json.loads(body)
@@ -158,7 +192,7 @@ class GatewayProcess:
     def log_records(self, since_start: bool = False) -> list[dict[str, Any]]:
         text = self.log_text()
         if since_start:
-            text = self.log_file.read_bytes()[self._log_offset:].decode(errors="replace")
+            text = self.log_file.read_bytes()[self._log_offset :].decode(errors="replace")
         out = []
         for line in text.splitlines():
             try:

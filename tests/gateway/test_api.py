@@ -24,9 +24,18 @@ def _post(gw: GatewayProcess, doc: object, **kw: object) -> tuple[int, dict[str,
 
 
 def test_create_get_delete(gateway: GatewayProcess) -> None:
-    status, _, s = _post(gateway, {"secrets": {"ANTHROPIC_API_KEY": VALUE, "MY_KEY": {"value": VALUE + "x",
-                                   "hosts": ["api.oshu.test"], "locations": ["headers", "query"]}},
-                                   "allowed_egress": ["pypi.org"], "ttl_seconds": 600, "idle_ttl_seconds": 60})
+    status, _, s = _post(
+        gateway,
+        {
+            "secrets": {
+                "ANTHROPIC_API_KEY": VALUE,
+                "MY_KEY": {"value": VALUE + "x", "hosts": ["api.oshu.test"], "locations": ["headers", "query"]},
+            },
+            "allowed_egress": ["pypi.org"],
+            "ttl_seconds": 600,
+            "idle_ttl_seconds": 60,
+        },
+    )
     assert status == 201
     assert s["session_id"].startswith("sess_") and s["token"].startswith("tok_")
     assert set(s["sealed_secrets"]) == {"ANTHROPIC_API_KEY", "MY_KEY"}
@@ -46,7 +55,7 @@ def test_create_get_delete(gateway: GatewayProcess) -> None:
 
 
 def test_secret_hosts_and_unknown_names(gateway: GatewayProcess) -> None:
-    status, _, s = _post(gateway, {"secrets": {"CUSTOM": VALUE}, "secret_hosts": ["api.oshu.test"]})
+    status, _, _s = _post(gateway, {"secrets": {"CUSTOM": VALUE}, "secret_hosts": ["api.oshu.test"]})
     assert status == 201
     status, _, e = _post(gateway, {"secrets": {"CUSTOM": VALUE}})
     assert status == 400 and "CUSTOM" in e["error"]["message"] and "catalog" in e["error"]["message"]
@@ -101,12 +110,17 @@ def test_error_statuses(gateway: GatewayProcess) -> None:
 
 def test_raw_garbage_then_still_serving(gateway: GatewayProcess) -> None:
     ctx = ssl.create_default_context(cafile=str(gateway.ca_file))
-    for junk in (b"\x00\x01garbage\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n", b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\n"
-                 b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n"):
+    for junk in (
+        b"\x00\x01garbage\r\n\r\n",
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n",
+    ):
         assert gateway.listen is not None
-        with socket.create_connection(gateway.listen, timeout=10) as raw, ctx.wrap_socket(
-            raw, server_hostname="127.0.0.1"
-        ) as sock:
+        with (
+            socket.create_connection(gateway.listen, timeout=10) as raw,
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as sock,
+        ):
             sock.sendall(junk)
             head = sock.recv(4096)
         assert head.startswith(b"HTTP/1.1 4") or head.startswith(b"HTTP/1.1 5"), head[:80]
@@ -114,7 +128,7 @@ def test_raw_garbage_then_still_serving(gateway: GatewayProcess) -> None:
     assert gateway.listen is not None
     with socket.create_connection(gateway.listen, timeout=10) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
-    status, _, s = _post(gateway, {"secrets": {"OPENAI_API_KEY": VALUE}})
+    status, _, _s = _post(gateway, {"secrets": {"OPENAI_API_KEY": VALUE}})
     assert status == 201
 
 
@@ -137,10 +151,10 @@ def test_creation_rate_limit_then_other_keys_still_served(upstream: Upstream) ->
 
 def test_idle_and_absolute_expiry(upstream: Upstream) -> None:
     with GatewayProcess(upstream) as gw:
-        idle = gw.create_session({"secrets": {"K": {"value": VALUE, "hosts": ["api.oshu.test"]}},
-                                  "idle_ttl_seconds": 1})
-        absolute = gw.create_session({"secrets": {"K": {"value": VALUE, "hosts": ["api.oshu.test"]}},
-                                      "ttl_seconds": 2})
+        idle = gw.create_session(
+            {"secrets": {"K": {"value": VALUE, "hosts": ["api.oshu.test"]}}, "idle_ttl_seconds": 1}
+        )
+        absolute = gw.create_session({"secrets": {"K": {"value": VALUE, "hosts": ["api.oshu.test"]}}, "ttl_seconds": 2})
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if all(gw.request("GET", f"/v1/sessions/{s['session_id']}")[0] == 404 for s in (idle, absolute)):
@@ -148,9 +162,23 @@ def test_idle_and_absolute_expiry(upstream: Upstream) -> None:
             time.sleep(0.3)
         for s in (idle, absolute):
             assert gw.request("GET", f"/v1/sessions/{s['session_id']}")[0] == 404
-            out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--proxy",
-                                  gw.proxy_url(s, False), "http://api.oshu.test/echo"],
-                                 capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+            out = subprocess.run(
+                [
+                    "curl",
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--proxy",
+                    gw.proxy_url(s, False),
+                    "http://api.oshu.test/echo",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                env={"PATH": "/usr/bin:/bin"},
+            )
             assert out.stdout == "407"
         deadline = time.monotonic() + 15  # purged from storage by the sweeper (every second)
         while time.monotonic() < deadline:
@@ -165,10 +193,25 @@ def test_idle_and_absolute_expiry(upstream: Upstream) -> None:
 def test_metrics_and_logs_hold_no_value(gateway: GatewayProcess, upstream: Upstream) -> None:
     s = gateway.create_session({"secrets": {"K": {"value": VALUE, "hosts": ["api.oshu.test"]}}})
     sealed = s["sealed_secrets"]["K"]
-    out = subprocess.run(["curl", "-s", "--proxy", gateway.proxy_url(s), "--proxy-cacert", str(gateway.ca_file),
-                          "--cacert", str(gateway.ca_file), "-H", f"x-api-key: {sealed}",
-                          "https://api.oshu.test/reflect?header=x-api-key"],
-                         capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+    out = subprocess.run(
+        [
+            "curl",
+            "-s",
+            "--proxy",
+            gateway.proxy_url(s),
+            "--proxy-cacert",
+            str(gateway.ca_file),
+            "--cacert",
+            str(gateway.ca_file),
+            "-H",
+            f"x-api-key: {sealed}",
+            "https://api.oshu.test/reflect?header=x-api-key",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     assert sealed in out.stdout and upstream.last.header("x-api-key") == VALUE
     metrics = gateway.request("GET", "/metrics", api_key="")[2].decode()
     assert "oshu_gateway_sessions_live" in metrics and 'route="/v1/sessions",status="201"' in metrics
@@ -186,9 +229,10 @@ def test_expect_100_continue(gateway: GatewayProcess) -> None:
     body = json.dumps({"secrets": {"OPENAI_API_KEY": VALUE}}).encode()
     ctx = ssl.create_default_context(cafile=str(gateway.ca_file))
     assert gateway.listen is not None
-    with socket.create_connection(gateway.listen, timeout=10) as raw, ctx.wrap_socket(
-        raw, server_hostname="127.0.0.1"
-    ) as sock:
+    with (
+        socket.create_connection(gateway.listen, timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as sock,
+    ):
         sock.sendall(
             f"POST /v1/sessions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
             f"Authorization: Bearer {gateway.api_key}\r\nExpect: 100-continue\r\n"

@@ -33,9 +33,21 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
 
 
 async def scenario(upstream: Upstream, tls: bool) -> list[tuple[int, bytes]]:
-    cfg = load_config(["--session-file", "unused", "--ca-cert", "unused", "--ca-key", "unused",
-                       "--listen", "127.0.0.1:0", "--connect-to", f"{HOST}:80:127.0.0.1:{upstream.http_port}"],
-                      environ={})
+    cfg = load_config(
+        [
+            "--session-file",
+            "unused",
+            "--ca-cert",
+            "unused",
+            "--ca-key",
+            "unused",
+            "--listen",
+            "127.0.0.1:0",
+            "--connect-to",
+            f"{HOST}:80:127.0.0.1:{upstream.http_port}",
+        ],
+        environ={},
+    )
     open_policy = Policy(new_session(new_secret("API_KEY", [HOST]), name="open"))
     fenced = Policy(new_session(new_secret("API_KEY", [HOST]), name="fenced", egress=["nothing.oshu.test"]))
     seen: list[bytes] = []
@@ -70,15 +82,22 @@ async def scenario(upstream: Upstream, tls: bool) -> list[tuple[int, bytes]]:
     await proxy.start(server_ctx)
     assert proxy.address is not None
     try:
-        conn = await asyncio.open_connection(*proxy.address, ssl=client_ctx,
-                                             server_hostname="127.0.0.1" if tls else None)
+        conn = await asyncio.open_connection(
+            *proxy.address, ssl=client_ctx, server_hostname="127.0.0.1" if tls else None
+        )
         out = [await _exchange(*conn, b"GET /v1/anything HTTP/1.1\r\nHost: gw\r\n\r\n")]
         out.append(await _exchange(*conn, f"GET http://{HOST}/echo/a HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()))
-        out.append(await _exchange(*conn, f"GET http://{HOST}/echo/b HTTP/1.1\r\nHost: {HOST}\r\nx-who: fenced\r\n\r\n"
-                                   .encode()))
+        out.append(
+            await _exchange(
+                *conn, f"GET http://{HOST}/echo/b HTTP/1.1\r\nHost: {HOST}\r\nx-who: fenced\r\n\r\n".encode()
+            )
+        )
         out.append(await _exchange(*conn, b"GET /v1/again HTTP/1.1\r\nHost: gw\r\n\r\n"))  # same connection
-        out.append(await _exchange(*conn, f"GET http://{HOST}/echo/c HTTP/1.1\r\nHost: {HOST}\r\nx-who: nobody\r\n\r\n"
-                                   .encode()))
+        out.append(
+            await _exchange(
+                *conn, f"GET http://{HOST}/echo/c HTTP/1.1\r\nHost: {HOST}\r\nx-who: nobody\r\n\r\n".encode()
+            )
+        )
         assert await asyncio.wait_for(conn[0].read(), TIMEOUT) == b""  # closed after the refusal
         conn[1].close()
         assert len(seen) == 5

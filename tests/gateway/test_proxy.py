@@ -26,9 +26,28 @@ def _session(gw: GatewayProcess, value: str, **extra: object) -> dict:
 
 def _curl(gw: GatewayProcess, proxy: str, url: str, *args: str) -> tuple[int, str]:
     out = subprocess.run(
-        ["curl", "-sS", "--max-time", "20", "--proxy", proxy, "--proxy-cacert", str(gw.ca_file),
-         "--cacert", str(gw.ca_file), "-o", "-", "-w", "\n%{http_code}", *args, url],
-        capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin"},
+        [
+            "curl",
+            "-sS",
+            "--max-time",
+            "20",
+            "--proxy",
+            proxy,
+            "--proxy-cacert",
+            str(gw.ca_file),
+            "--cacert",
+            str(gw.ca_file),
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            *args,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin"},
     )
     body, _, code = out.stdout.rpartition("\n")
     return int(code or 0), body
@@ -42,8 +61,13 @@ def _sent_key(upstream: Upstream) -> str | None:
 def test_curl_gets_the_key_swapped_and_scrubbed(gateway: GatewayProcess, upstream: Upstream, tls: bool) -> None:
     s = _session(gateway, KEY_A)
     sealed = s["sealed_secrets"]["API_KEY"]
-    code, body = _curl(gateway, gateway.proxy_url(s, tls), "https://api.oshu.test/reflect?header=x-api-key",
-                       "-H", f"x-api-key: {sealed}")
+    code, body = _curl(
+        gateway,
+        gateway.proxy_url(s, tls),
+        "https://api.oshu.test/reflect?header=x-api-key",
+        "-H",
+        f"x-api-key: {sealed}",
+    )
     assert code == 200
     assert _sent_key(upstream) == KEY_A  # the upstream got the real key
     assert KEY_A not in body and sealed in body  # the echo came back scrubbed
@@ -58,13 +82,15 @@ def test_python_clients(gateway: GatewayProcess, upstream: Upstream, tls: bool) 
     # requests (urllib3 does TLS-in-TLS for an https:// proxy)
     with requests.Session() as rs:
         rs.trust_env = False
-        r = rs.get("https://api.oshu.test/echo", headers={"x-api-key": sealed}, proxies={"https": proxy},
-                   verify=ca, timeout=20)
+        r = rs.get(
+            "https://api.oshu.test/echo", headers={"x-api-key": sealed}, proxies={"https": proxy}, verify=ca, timeout=20
+        )
     assert r.status_code == 200 and _sent_key(upstream) == KEY_A
     # httpx
     ctx = ssl.create_default_context(cafile=ca)
-    with httpx.Client(proxy=httpx.Proxy(proxy, ssl_context=ctx) if tls else proxy, verify=ctx, trust_env=False,
-                      timeout=20) as hc:
+    with httpx.Client(
+        proxy=httpx.Proxy(proxy, ssl_context=ctx) if tls else proxy, verify=ctx, trust_env=False, timeout=20
+    ) as hc:
         r2 = hc.get("https://api.oshu.test/reflect?header=x-api-key", headers={"x-api-key": sealed})
     assert r2.status_code == 200 and _sent_key(upstream) == KEY_A
     assert KEY_A not in r2.text
@@ -80,9 +106,10 @@ def test_aiohttp_client(gateway: GatewayProcess, upstream: Upstream) -> None:
 
     async def go(proxy: str) -> int:
         ctx = ssl.create_default_context(cafile=str(gateway.ca_file))
-        async with aiohttp.ClientSession(trust_env=False) as cs, cs.get(
-            "https://api.oshu.test/echo", headers={"x-api-key": sealed}, proxy=proxy, ssl=ctx
-        ) as r:
+        async with (
+            aiohttp.ClientSession(trust_env=False) as cs,
+            cs.get("https://api.oshu.test/echo", headers={"x-api-key": sealed}, proxy=proxy, ssl=ctx) as r,
+        ):
             await r.read()
             return r.status
 
@@ -98,8 +125,11 @@ def test_missing_or_wrong_credentials_get_407(gateway: GatewayProcess, upstream:
     base = gateway.base_url if tls else gateway.plain_url
     scheme, _, hostport = base.partition("://")
     upstream.clear()
-    for proxy in (base, f"{scheme}://{s['session_id']}:tok_wrong@{hostport}",
-                  f"{scheme}://sess_nope:{s['token']}@{hostport}"):
+    for proxy in (
+        base,
+        f"{scheme}://{s['session_id']}:tok_wrong@{hostport}",
+        f"{scheme}://sess_nope:{s['token']}@{hostport}",
+    ):
         code, _ = _curl(gateway, proxy, "https://api.oshu.test/echo")
         assert code in (0, 407)  # curl reports CONNECT failures as 000 with the 407 in stderr
     # absolute-form plain HTTP gets the 407 as a response
@@ -122,13 +152,19 @@ def test_isolation_between_sessions(gateway: GatewayProcess, upstream: Upstream)
     a = _session(gateway, KEY_A)
     b = _session(gateway, KEY_B)
     sealed_a = a["sealed_secrets"]["API_KEY"]
-    code, body = _curl(gateway, gateway.proxy_url(b, True), "https://api.oshu.test/echo",
-                       "-H", f"x-api-key: {sealed_a}")
+    code, body = _curl(
+        gateway, gateway.proxy_url(b, True), "https://api.oshu.test/echo", "-H", f"x-api-key: {sealed_a}"
+    )
     assert code == 200
     assert _sent_key(upstream) == sealed_a  # passed through as the sealed string, never A's value
     assert KEY_A not in body
-    code, _ = _curl(gateway, gateway.proxy_url(b, True), "https://api.oshu.test/echo",
-                    "-H", f"x-api-key: {b['sealed_secrets']['API_KEY']}")
+    code, _ = _curl(
+        gateway,
+        gateway.proxy_url(b, True),
+        "https://api.oshu.test/echo",
+        "-H",
+        f"x-api-key: {b['sealed_secrets']['API_KEY']}",
+    )
     assert code == 200 and _sent_key(upstream) == KEY_B
 
 
@@ -138,8 +174,13 @@ def test_egress_allowlist_and_plaintext_refusal(gateway: GatewayProcess, upstrea
     assert code == 403 and json.loads(body)["error"]["code"] == "egress_denied"
     open_ = _session(gateway, KEY_A)
     upstream.clear()
-    code, body = _curl(gateway, gateway.proxy_url(open_, False), "http://api.oshu.test/echo",
-                       "-H", f"x-api-key: {open_['sealed_secrets']['API_KEY']}")
+    code, body = _curl(
+        gateway,
+        gateway.proxy_url(open_, False),
+        "http://api.oshu.test/echo",
+        "-H",
+        f"x-api-key: {open_['sealed_secrets']['API_KEY']}",
+    )
     assert code == 403 and json.loads(body)["error"]["code"] == "plaintext_secret"
     assert upstream.requests == []
     code, _ = _curl(gateway, gateway.proxy_url(open_, False), "http://api.oshu.test/echo")
@@ -151,12 +192,13 @@ def test_delete_takes_effect_on_open_connections(gateway: GatewayProcess, upstre
     sealed = s["sealed_secrets"]["API_KEY"]
     with requests.Session() as rs:
         rs.trust_env = False
-        kw = {"proxies": {"https": gateway.proxy_url(s, True)}, "verify": str(gateway.ca_file), "timeout": 20}
-        assert rs.get("https://api.oshu.test/echo", headers={"x-api-key": sealed}, **kw).status_code == 200
+        rs.proxies = {"https": gateway.proxy_url(s, True)}
+        rs.verify = str(gateway.ca_file)
+        assert rs.get("https://api.oshu.test/echo", headers={"x-api-key": sealed}, timeout=20).status_code == 200
         status, _, _ = gateway.request("DELETE", f"/v1/sessions/{s['session_id']}")
         assert status == 204
         upstream.clear()
-        r = rs.get("https://api.oshu.test/echo", headers={"x-api-key": sealed}, **kw)  # same pooled tunnel
+        r = rs.get("https://api.oshu.test/echo", headers={"x-api-key": sealed}, timeout=20)  # same pooled tunnel
     assert r.status_code == 403 and r.json()["error"]["code"] == "session_revoked"
     assert upstream.requests == []
     code, _ = _curl(gateway, gateway.proxy_url(s, False), "http://api.oshu.test/echo")
@@ -168,13 +210,22 @@ def test_git_and_node_through_the_gateway(gateway: GatewayProcess, upstream: Ups
     sealed = s["sealed_secrets"]["API_KEY"]
     for tls in (True, False):
         upstream.clear()
-        env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "GIT_SSL_CAINFO": str(gateway.ca_file),
-               "GIT_TERMINAL_PROMPT": "0", "https_proxy": gateway.proxy_url(s, tls),
-               "GIT_CONFIG_NOSYSTEM": "1"}
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "GIT_SSL_CAINFO": str(gateway.ca_file),
+            "GIT_TERMINAL_PROMPT": "0",
+            "https_proxy": gateway.proxy_url(s, tls),
+            "GIT_CONFIG_NOSYSTEM": "1",
+        }
         if tls:
             env["GIT_PROXY_SSL_CAINFO"] = str(gateway.ca_file)
-        subprocess.run(["git", "-c", f"http.extraHeader=x-api-key: {sealed}", "ls-remote",
-                        "https://api.oshu.test/echo/repo.git"], env=env, capture_output=True, timeout=30)
+        subprocess.run(
+            ["git", "-c", f"http.extraHeader=x-api-key: {sealed}", "ls-remote", "https://api.oshu.test/echo/repo.git"],
+            env=env,
+            capture_output=True,
+            timeout=30,
+        )
         got = [r for r in upstream.requests if r.path.startswith("/echo/repo.git")]
         assert got and got[0].header("x-api-key") == KEY_A, f"tls={tls}"
     node_modules = Path(__file__).resolve().parents[1] / "node" / "node_modules"
@@ -189,9 +240,19 @@ def test_git_and_node_through_the_gateway(gateway: GatewayProcess, upstream: Ups
     )
     for tls in (True, False):
         upstream.clear()
-        out = subprocess.run(["node", "-e", script], capture_output=True, text=True, timeout=60,
-                             env={"PATH": "/usr/bin:/bin", "NODE_PATH": str(node_modules), "CA": str(gateway.ca_file),
-                                  "PROXY": gateway.proxy_url(s, tls), "SEALED": sealed})
+        out = subprocess.run(
+            ["node", "-e", script],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={
+                "PATH": "/usr/bin:/bin",
+                "NODE_PATH": str(node_modules),
+                "CA": str(gateway.ca_file),
+                "PROXY": gateway.proxy_url(s, tls),
+                "SEALED": sealed,
+            },
+        )
         assert out.returncode == 0, out.stderr[-2000:]
         assert out.stdout.startswith("200") and KEY_A not in out.stdout
         assert _sent_key(upstream) == KEY_A
@@ -203,6 +264,8 @@ def test_basic_header_shape_is_what_clients_send(gateway: GatewayProcess) -> Non
     cred = base64.b64encode(f"{s['session_id']}:{s['token']}".encode()).decode()
     assert gateway.plain_listen is not None
     with socket.create_connection(gateway.plain_listen, timeout=10) as sock:
-        sock.sendall(f"CONNECT api.oshu.test:443 HTTP/1.1\r\nHost: api.oshu.test:443\r\n"
-                     f"Proxy-Authorization: Basic {cred}\r\n\r\n".encode())
+        sock.sendall(
+            f"CONNECT api.oshu.test:443 HTTP/1.1\r\nHost: api.oshu.test:443\r\n"
+            f"Proxy-Authorization: Basic {cred}\r\n\r\n".encode()
+        )
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")

@@ -15,10 +15,19 @@ VALUE = "sk-js-sdk-0123456789abcdef"
 def test_js_sdk_node_test_runner(gateway: GatewayProcess, upstream: Upstream) -> None:
     upstream.clear()
     r = subprocess.run(
-        ["node", "--test", "test/"], cwd=ROOT / "sdk" / "js", capture_output=True, text=True, timeout=180,
-        env={"PATH": "/usr/bin:/bin", "GATEWAY_URL": gateway.base_url, "SECRETS_PROXY_API_KEY": gateway.api_key,
-             "GATEWAY_CA": str(gateway.ca_file), "NODE_EXTRA_CA_CERTS": str(gateway.ca_file),
-             "UNDICI": str(ROOT / "tests" / "node" / "node_modules" / "undici")},
+        ["node", "--test", "test/"],
+        cwd=ROOT / "sdk" / "js",
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "GATEWAY_URL": gateway.base_url,
+            "SECRETS_PROXY_API_KEY": gateway.api_key,
+            "GATEWAY_CA": str(gateway.ca_file),
+            "NODE_EXTRA_CA_CERTS": str(gateway.ca_file),
+            "UNDICI": str(ROOT / "tests" / "node" / "node_modules" / "undici"),
+        },
     )
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     assert "# pass 4" in r.stdout and "# fail 0" in r.stdout

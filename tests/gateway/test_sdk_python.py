@@ -70,20 +70,37 @@ def bare_python(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(venv / "bin" / "python")
 
 
-def test_python_sdk_end_to_end(gateway: GatewayProcess, upstream: Upstream, bare_python: str,
-                               tmp_path: Path) -> None:
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(SDK), "PROXY_BASE_URL": gateway.base_url,
-           "SECRETS_PROXY_API_KEY": gateway.api_key, "WORK": str(tmp_path)}
-    r = subprocess.run([bare_python, "-c", SCRIPT, str(gateway.ca_file), VALUE], env=env, capture_output=True,
-                       text=True, timeout=120)
+def test_python_sdk_end_to_end(gateway: GatewayProcess, upstream: Upstream, bare_python: str, tmp_path: Path) -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(SDK),
+        "PROXY_BASE_URL": gateway.base_url,
+        "SECRETS_PROXY_API_KEY": gateway.api_key,
+        "WORK": str(tmp_path),
+    }
+    r = subprocess.run(
+        [bare_python, "-c", SCRIPT, str(gateway.ca_file), VALUE], env=env, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout)
     assert out["has_proxy_deps"] is False  # the SDK ran with the standard library alone
     assert upstream.last.header("x-api-key") == VALUE
     assert VALUE not in out["curl"] and "SEALED_" in out["curl"]
-    for name in ("K", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy",
-                 "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO", "AWS_CA_BUNDLE",
-                 "NODE_EXTRA_CA_CERTS"):
+    for name in (
+        "K",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "NO_PROXY",
+        "no_proxy",
+        "SSL_CERT_FILE",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "GIT_SSL_CAINFO",
+        "AWS_CA_BUNDLE",
+        "NODE_EXTRA_CA_CERTS",
+    ):
         assert name in out["env_keys"]
     assert out["meta"]["secrets"]["K"]["hosts"] == ["api.oshu.test"]
     assert out["after_exit"] == [404, "not_found"]  # the context manager deleted it

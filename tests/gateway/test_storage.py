@@ -18,10 +18,29 @@ VALUE = "sk-stored-0a1b2c3d4e5f6789"
 def _use(gw: GatewayProcess, s: dict, upstream: Upstream) -> None:
     """A request through the TLS proxy URL with the sealed token; the upstream gets the real value."""
     upstream.clear()
-    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--proxy", gw.proxy_url(s),
-                          "--proxy-cacert", str(gw.ca_file), "--cacert", str(gw.ca_file),
-                          "-H", f"x-api-key: {s['sealed_secrets']['K']}", "https://api.oshu.test/echo"],
-                         capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+    out = subprocess.run(
+        [
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--proxy",
+            gw.proxy_url(s),
+            "--proxy-cacert",
+            str(gw.ca_file),
+            "--cacert",
+            str(gw.ca_file),
+            "-H",
+            f"x-api-key: {s['sealed_secrets']['K']}",
+            "https://api.oshu.test/echo",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     assert out.stdout == "200"
     assert upstream.last.header("x-api-key") == VALUE
 
@@ -85,9 +104,7 @@ def test_wrong_key_corrupt_and_foreign_databases_refuse_to_start(upstream: Upstr
         gw.stop()
         other_key = tmp_path / "other.key"
         other_key.write_text("ab" * 32 + "\n")
-        for args, words in (
-            (["--encryption-key-file", str(other_key)], "another key"),
-        ):
+        for args, words in ((["--encryption-key-file", str(other_key)], "another key"),):
             try:
                 gw.start(args=args)
             except GatewayError as e:
