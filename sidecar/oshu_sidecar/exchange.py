@@ -17,6 +17,7 @@ from .channel import ChannelClosed, DeadlineExpired, HeadTooLarge
 from .decide import Decision, Facts, body_refusal, decide, display, refusal_closes
 from .errors import ProxyError
 from .http1 import CHUNKED, LENGTH, NO_BODY, RequestHead, edit_head
+from .logs import AuditEntry
 from .policy import Policy, withdrawn
 from .response import read_response_head, relay, switch_protocols
 from .substitute import StreamReplacer, redact_query, replace_all
@@ -299,18 +300,20 @@ class Exchange:
             m.scrubbed(self.scrubbed, label)
         audit = proxy.audit_for(self.policy.name)
         if audit.enabled:
-            scheme = "https" if self.facts.tls else "http"
+            tls = self.facts.tls
             audit.request(
-                display(d.host, d.port, 443 if self.facts.tls else 80),
-                self.req.method.decode("latin-1"),
-                redact_query(d.audit_path),
-                self.status,
-                self.outcome,
-                self.bytes_in,
-                self.bytes_out,
-                perf_counter() - self.t0,
-                self.secrets,
-                scheme,
+                AuditEntry(
+                    "https" if tls else "http",
+                    display(d.host, d.port, 443 if tls else 80),
+                    self.req.method.decode("latin-1"),
+                    redact_query(d.audit_path),
+                    self.status,
+                    self.outcome,
+                    self.bytes_in,
+                    self.bytes_out,
+                    perf_counter() - self.t0,
+                    self.secrets,
+                )
             )
 
 

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _q
 from typing import Any
 
@@ -179,6 +180,22 @@ def log(level: int, msg: str, **fields: Any) -> None:
         logger.log(level, msg, extra={"fields": fields})
 
 
+@dataclass(slots=True)
+class AuditEntry:
+    """One audit line's fields: names of secrets and a path with query values removed, never a value."""
+
+    scheme: str
+    host: str
+    method: str
+    path: str
+    status: int
+    outcome: str
+    bytes_in: int
+    bytes_out: int
+    duration: float
+    secrets: list[str] | tuple[str, ...]
+
+
 class AuditLog:
     """The per-request audit line; disabled when the level is above INFO."""
 
@@ -192,26 +209,14 @@ class AuditLog:
     def set_session(self, session: str) -> None:
         self._prefix = f',"level":"info","logger":"{LOGGER_NAME}.audit","msg":"request","session":{_q(session)}'
 
-    def request(
-        self,
-        host: str,
-        method: str,
-        path: str,
-        status: int,
-        outcome: str,
-        bytes_in: int,
-        bytes_out: int,
-        duration: float,
-        secrets: list[str] | tuple[str, ...],
-        scheme: str,
-    ) -> None:
+    def request(self, e: AuditEntry) -> None:
         if not self.enabled:
             return
         sink.write(
-            f'{{"ts":"{clock.now()}"{self._prefix},"scheme":"{scheme}","host":{_q(host)},'
-            f'"method":{_q(method)},"path":{_q(path)},"status":{status},"outcome":"{outcome}",'
-            f'"bytes_in":{bytes_in},"bytes_out":{bytes_out},"duration_ms":{duration * 1000:.3f},'
-            f'"secrets":{self._secrets_json(secrets)}}}'
+            f'{{"ts":"{clock.now()}"{self._prefix},"scheme":"{e.scheme}","host":{_q(e.host)},'
+            f'"method":{_q(e.method)},"path":{_q(e.path)},"status":{e.status},"outcome":"{e.outcome}",'
+            f'"bytes_in":{e.bytes_in},"bytes_out":{e.bytes_out},"duration_ms":{e.duration * 1000:.3f},'
+            f'"secrets":{self._secrets_json(e.secrets)}}}'
         )
 
     def _secrets_json(self, secrets: list[str] | tuple[str, ...]) -> str:

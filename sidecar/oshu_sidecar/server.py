@@ -24,7 +24,7 @@ from .decide import Facts, decide_connect, display, sni_matches
 from .errors import ProxyError, bad_request
 from .exchange import Exchange
 from .http1 import RequestHead, parse_request_head
-from .logs import AuditLog, log
+from .logs import AuditEntry, AuditLog, log
 from .metrics import Metrics
 from .policy import Policy
 from .tunnel import CONNECT_OK, run_tunnel
@@ -238,9 +238,10 @@ class Proxy:
         self, conn: ClientConn, policy: Policy, target: tuple[str, int], error: ProxyError, t0: float
     ) -> None:
         self.metrics.refused(error.code)
-        self.audit_for(policy.name).request(
-            display(*target, 443), "CONNECT", "", error.status, error.code, 0, 0, perf_counter() - t0, (), "https"
+        entry = AuditEntry(
+            "https", display(*target, 443), "CONNECT", "", error.status, error.code, 0, 0, perf_counter() - t0, ()
         )
+        self.audit_for(policy.name).request(entry)
         conn.write(error.response(close=True))
         conn.close()
 
