@@ -128,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="TLS-intercepting HTTPS proxy that swaps sealed tokens for real keys, only for allowed hosts. "
         "Every flag can also be set by an environment variable OSHU_<FLAG_NAME>.",
     )
+    _add_endpoints(p)
+    _add_limits(p)
+    return p
+
+
+def _add_endpoints(p: argparse.ArgumentParser) -> None:
+    """Where the proxy listens and logs, what it reads (session, CA), how it reaches and trusts upstreams."""
     p.add_argument("--listen", metavar="HOST:PORT", help="proxy address (default 127.0.0.1:15080; port 0 picks one)")
     p.add_argument("--session-file", metavar="PATH", help="session document (JSON), hot-reloaded")
     p.add_argument("--ca-cert", metavar="PATH", help="PEM CA certificate used to mint leaf certificates")
@@ -157,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="log level; audit lines are at info (default info)",
     )
+
+
+def _add_limits(p: argparse.ArgumentParser) -> None:
+    """Timeouts and size limits: how long and how much a client or upstream may take."""
     p.add_argument(
         "--header-timeout",
         type=float,
@@ -190,7 +201,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how often the session file is checked for changes (default 0.5)",
     )
-    return p
 
 
 _LIST_SPLIT = {"upstream_ca_file": os.pathsep, "resolve": None, "connect_to": None}

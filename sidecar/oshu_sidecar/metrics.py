@@ -155,7 +155,13 @@ class Metrics:
 
     # -- exposition -------------------------------------------------------------------
     def collect(self) -> Iterator[Metric]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+        yield from self._counters()
+        yield self._latency()
+        yield from self._gauges()
+
+    def _counters(self) -> Iterator[Metric]:
+        """The event counts: requests, substitutions, scrubs, refusals, tunnels, connections, reloads."""
+        from prometheus_client.core import CounterMetricFamily
 
         def counter(name: str, doc: str, labels: list[str], values: dict) -> CounterMetricFamily:  # type: ignore[type-arg]
             fam = CounterMetricFamily(name, doc, labels=labels)
@@ -188,6 +194,11 @@ class Metrics:
         minted = CounterMetricFamily("oshu_leaf_certificates_minted", "Leaf certificates minted from the session CA.")
         minted.add_metric([], self.leaves_minted)
         yield minted
+
+    def _latency(self) -> Metric:
+        """The upstream latency histogram, cumulative over LATENCY_BUCKETS."""
+        from prometheus_client.core import HistogramMetricFamily
+
         hist = HistogramMetricFamily(
             "oshu_upstream_latency_seconds", "Time from sending a request upstream to its response head."
         )
@@ -196,7 +207,12 @@ class Metrics:
             cumulative += count
             buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
         hist.add_metric([], buckets, self._latency_sum)
-        yield hist
+        return hist
+
+    def _gauges(self) -> Iterator[Metric]:
+        """The current state: open connections and the session's expiry, revocation, load error, name."""
+        from prometheus_client.core import GaugeMetricFamily
+
         conns = GaugeMetricFamily("oshu_open_connections", "Open connections by side.", labels=["side"])
         for side, count in self.open_connections.items():
             conns.add_metric([side], count)
