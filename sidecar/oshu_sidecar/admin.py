@@ -22,8 +22,8 @@ import json
 from collections.abc import Callable
 from typing import cast
 
-from .errors import error_response
-from .http1 import HttpError, parse_request_head
+from .errors import ProxyError
+from .http1 import parse_request_head
 from .metrics import Metrics
 
 MAX_HEAD = 8192
@@ -51,7 +51,7 @@ class AdminApp:
     def handle(self, method: bytes, path: bytes) -> bytes:
         path = path.split(b"?", 1)[0]
         if method not in (b"GET", b"HEAD"):
-            return error_response(405, "method_not_allowed", "admin endpoints answer GET only")
+            return ProxyError("method_not_allowed", "admin endpoints answer GET only").response()
         if path == b"/metrics":
             return _response(200, "OK", self.metrics.render(), METRICS_CONTENT_TYPE)
         if path == b"/healthz":
@@ -61,7 +61,7 @@ class AdminApp:
                 body = json.dumps({"status": "ready", **self.status()}).encode() + b"\n"
                 return _response(200, "OK", body, "application/json")
             return _response(503, "Service Unavailable", b'{"status":"starting"}\n', "application/json")
-        return error_response(404, "not_found", "admin endpoints: /metrics, /healthz, /readyz")
+        return ProxyError("not_found", "admin endpoints: /metrics, /healthz, /readyz").response()
 
 
 class _AdminProtocol(asyncio.Protocol):
@@ -110,7 +110,8 @@ class _AdminProtocol(asyncio.Protocol):
             self.transport.abort()
             return
         if self.buf:
-            self.transport.write(error_response(408, "request_timeout", "request head not received in time", True))
+            timeout = ProxyError("request_timeout", "request head not received in time")
+            self.transport.write(timeout.response(close=True))
         self.transport.close()
 
     # -- flow control ---------------------------------------------------------------------
@@ -152,7 +153,7 @@ class _AdminProtocol(asyncio.Protocol):
         end = self.buf.find(b"\r\n\r\n")
         if end < 0:
             if len(self.buf) > MAX_HEAD:
-                transport.write(error_response(431, "headers_too_large", "request head too large", True))
+                transport.write(ProxyError("headers_too_large", "request head too large").response(close=True))
                 transport.close()
             else:
                 self._resume_reading()
@@ -160,8 +161,8 @@ class _AdminProtocol(asyncio.Protocol):
         raw, self.buf = self.buf[: end + 4], self.buf[end + 4 :]
         try:
             req = parse_request_head(raw)
-        except HttpError as e:
-            transport.write(error_response(e.status, e.code, e.message, close=True))
+        except ProxyError as e:
+            transport.write(e.response(close=True))
             transport.close()
             return
         response = self.app.handle(req.method, req.target)

@@ -48,7 +48,16 @@ class ProxyError(Exception):
         self.status = CODES[code]
 
     def response(self, close: bool = False) -> bytes:
-        return error_response(self.status, self.code, self.message, close)
+        """A complete HTTP/1.1 response carrying this error as JSON (status from `CODES`)."""
+        body = error_body(self.code, self.message)
+        head = (
+            f"HTTP/1.1 {self.status} {_reason(self.status)}\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            f"X-Oshu-Error: {self.code}\r\n"
+            "Cache-Control: no-store\r\n" + ("Connection: close\r\n" if close else "") + "\r\n"
+        )
+        return head.encode("latin-1") + body
 
 
 def bad_request(message: str) -> ProxyError:
@@ -59,18 +68,8 @@ def error_body(code: str, message: str) -> bytes:
     return json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":")).encode() + b"\n"
 
 
-def error_response(status: int, code: str, message: str, close: bool = False) -> bytes:
-    """A complete HTTP/1.1 response carrying a JSON error."""
-    body = error_body(code, message)
+def _reason(status: int) -> str:
     try:
-        reason = HTTPStatus(status).phrase
+        return HTTPStatus(status).phrase
     except ValueError:
-        reason = "Error"
-    head = (
-        f"HTTP/1.1 {status} {reason}\r\n"
-        "Content-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        f"X-Oshu-Error: {code}\r\n"
-        "Cache-Control: no-store\r\n" + ("Connection: close\r\n" if close else "") + "\r\n"
-    )
-    return head.encode("latin-1") + body
+        return "Error"

@@ -57,10 +57,6 @@ Edit = tuple[int, int, bytes]
 _NO_TOKENS: frozenset[bytes] = frozenset()
 
 
-#: The proxy's one error type under the name the parser's callers have used (admin.py).
-HttpError = ProxyError
-
-
 class RequestHead:
     """A validated request head: what the proxy decides on, and where in `raw` things are."""
 

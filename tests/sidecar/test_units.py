@@ -10,9 +10,9 @@ import pytest
 
 from oshu_sidecar.channel import Channel
 from oshu_sidecar.config import ConfigError, load_config, parse_connect_to, parse_resolve
-from oshu_sidecar.errors import CODES, error_response
+from oshu_sidecar.errors import CODES, ProxyError
 from oshu_sidecar.http1 import (
-    CHUNKED, LENGTH, NO_BODY, UNTIL_CLOSE, HttpError, edit_head, filter_fields, parse_request_head,
+    CHUNKED, LENGTH, NO_BODY, UNTIL_CLOSE, edit_head, filter_fields, parse_request_head,
     parse_response_head,
 )
 from oshu_sidecar.body import ChunkedDecoder
@@ -100,7 +100,7 @@ def test_request_framing_and_connection() -> None:
     assert ws.websocket
     assert not parse_request_head(b"GET / HTTP/1.0\r\n\r\n").keep_alive
     assert parse_request_head(b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").framing == NO_BODY
-    with pytest.raises(HttpError):  # even equal ones: strict llhttp refuses a duplicate (issue 12, item 5)
+    with pytest.raises(ProxyError):  # even equal ones: strict llhttp refuses a duplicate (issue 12, item 5)
         parse_request_head(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n")
 
 
@@ -116,7 +116,7 @@ def test_request_framing_and_connection() -> None:
     b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
 ])
 def test_request_head_rejections(raw: bytes) -> None:
-    with pytest.raises(HttpError) as e:
+    with pytest.raises(ProxyError) as e:
         parse_request_head(raw)
     assert e.value.status in (400, 501)
 
@@ -137,7 +137,7 @@ def test_response_framing() -> None:
     assert p(b"HTTP/1.1 200\r\nContent-Length: 1\r\n\r\n").reason == b""
     for bad in (b"HTTP/1.1 20 OK\r\n\r\n", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
                 b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", b"ICY 200 OK\r\n\r\n"):
-        with pytest.raises(HttpError) as e:
+        with pytest.raises(ProxyError) as e:
             p(bad)
         assert e.value.status == 502
 
@@ -170,7 +170,7 @@ def test_chunked_decoder() -> None:
     for pieces in (1, 3, len(wire)):
         assert _decode_chunked(wire, pieces) == (b"hello 0123456789", [(b"X-T", b"v")])
     for bad in (b"zz\r\n", b"5\r\nhelloXX", b"-1\r\n"):
-        with pytest.raises(HttpError):
+        with pytest.raises(ProxyError):
             _decode_chunked(bad + b"\r\n0\r\n\r\n", 1)
 
 
@@ -280,7 +280,7 @@ def test_stream_replacer_prefers_longer_values() -> None:
 
 def test_error_responses_are_json() -> None:
     for code, status in CODES.items():
-        raw = error_response(status, code, "msg", close=True)
+        raw = ProxyError(code, "msg").response(close=True)
         head, _, body = raw.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 %d " % status) and b"Connection: close" in head
         assert b"Content-Length: %d" % len(body) in head
