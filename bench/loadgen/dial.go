@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -36,9 +37,14 @@ type target struct {
 	path    string
 	headers headerList
 	timeout time.Duration
+	// identities: a file of "session_id:token SEALED_..." lines (the gateway target). Connection i
+	// authenticates its CONNECT as identity i mod n and sends that identity's sealed token as x-api-key.
+	identities string
 
-	tlsConf *tls.Config
-	request []byte
+	tlsConf   *tls.Config
+	request   []byte
+	proxyAuth string    // "Basic ..." for CONNECT, or empty
+	variants  []*target // one per identity
 }
 
 func (t *target) register(fs *flag.FlagSet) {
@@ -49,6 +55,54 @@ func (t *target) register(fs *flag.FlagSet) {
 	fs.StringVar(&t.path, "path", "/", "request path")
 	fs.Var(&t.headers, "header", "extra request header 'Name: value' (repeatable)")
 	fs.DurationVar(&t.timeout, "timeout", 5*time.Second, "per-operation I/O timeout")
+	fs.StringVar(&t.identities, "identities", "", "file of 'session_id:token SEALED_...' lines, one identity per connection (round robin)")
+}
+
+// forConn is the target as connection i sends it: itself, or its identity's variant.
+func (t *target) forConn(i int) *target {
+	if len(t.variants) == 0 {
+		return t
+	}
+	return t.variants[i%len(t.variants)]
+}
+
+// buildRequest renders the request head; a non-empty sealed replaces the x-api-key value.
+func (t *target) buildRequest(sealed string) []byte {
+	var b strings.Builder
+	fmt.Fprintf(&b, "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: oshu-bench-loadgen\r\n", t.path, t.name)
+	for _, h := range t.headers {
+		name, value, _ := strings.Cut(h, ":")
+		if sealed != "" && strings.EqualFold(strings.TrimSpace(name), "x-api-key") {
+			value = sealed
+		}
+		fmt.Fprintf(&b, "%s: %s\r\n", strings.TrimSpace(name), strings.TrimSpace(value))
+	}
+	b.WriteString("\r\n")
+	return []byte(b.String())
+}
+
+func (t *target) loadIdentities() error {
+	data, err := os.ReadFile(t.identities)
+	if err != nil {
+		return err
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		cred, sealed, ok := strings.Cut(strings.TrimSpace(line), " ")
+		if !ok || !strings.Contains(cred, ":") {
+			return fmt.Errorf("-identities: bad line %q", line)
+		}
+		v := *t
+		v.variants = nil
+		v.proxyAuth = "Basic " + base64.StdEncoding.EncodeToString([]byte(cred))
+		v.request = t.buildRequest(strings.TrimSpace(sealed))
+		t.variants = append(t.variants, &v)
+	}
+	if len(t.variants) == 0 {
+		return errors.New("-identities: no identities")
+	}
+	// fresh and sse use the target itself: identity 0.
+	t.proxyAuth, t.request = t.variants[0].proxyAuth, t.variants[0].request
+	return nil
 }
 
 // prepare validates the flags and builds the TLS config and request bytes once.
@@ -82,14 +136,10 @@ func (t *target) prepare() error {
 		// No ClientSessionCache: every new connection is a full handshake,
 		// like a fresh client process.
 	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: oshu-bench-loadgen\r\n", t.path, t.name)
-	for _, h := range t.headers {
-		name, value, _ := strings.Cut(h, ":")
-		fmt.Fprintf(&b, "%s: %s\r\n", strings.TrimSpace(name), strings.TrimSpace(value))
+	t.request = t.buildRequest("")
+	if t.identities != "" {
+		return t.loadIdentities()
 	}
-	b.WriteString("\r\n")
-	t.request = []byte(b.String())
 	return nil
 }
 
@@ -131,7 +181,11 @@ func (t *target) open() (*conn, phases, error) {
 	ph.tcp = time.Since(start)
 	_ = raw.SetDeadline(time.Now().Add(t.timeout))
 	if t.proxy != "" {
-		if _, err := fmt.Fprintf(raw, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", t.name, t.name); err != nil {
+		auth := ""
+		if t.proxyAuth != "" {
+			auth = "Proxy-Authorization: " + t.proxyAuth + "\r\n"
+		}
+		if _, err := fmt.Fprintf(raw, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n%s\r\n", t.name, t.name, auth); err != nil {
 			raw.Close()
 			return nil, ph, err
 		}

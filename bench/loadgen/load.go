@@ -48,7 +48,7 @@ func runLoad(args []string) error {
 	setupStart := time.Now()
 	open := make([]*conn, *conns)
 	for i := range open {
-		c, _, err := t.open()
+		c, _, err := t.forConn(i).open()
 		if err != nil {
 			for _, o := range open[:i] {
 				o.close()
@@ -73,6 +73,7 @@ func runLoad(args []string) error {
 		go func(i int) {
 			defer wg.Done()
 			c := open[i]
+			ti := t.forConn(i)
 			defer func() {
 				if c != nil {
 					c.close()
@@ -80,7 +81,7 @@ func runLoad(args []string) error {
 			}()
 			for time.Now().Before(deadline) && issued.Add(1) <= *maxReq {
 				if c == nil {
-					nc, _, err := t.open()
+					nc, _, err := ti.open()
 					if err != nil {
 						errs[i].add("connect", err.Error())
 						time.Sleep(10 * time.Millisecond)
@@ -90,7 +91,7 @@ func runLoad(args []string) error {
 					c = nc
 				}
 				t0 := time.Now()
-				status, n, keep, err := c.roundTrip(&t)
+				status, n, keep, err := c.roundTrip(ti)
 				d := time.Since(t0)
 				bytesRead.Add(n)
 				firstStatus.CompareAndSwap(0, int64(status))

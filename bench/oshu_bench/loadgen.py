@@ -18,9 +18,12 @@ class Route:
     proxy_port: int | None = None
     dial_port: int | None = None
     api_key: str | None = None  # direct mode sends the real key; proxies get the sealed one
+    identities: Path | None = None  # the gateway: per-connection credentials and sealed tokens
 
     def flags(self) -> list[str]:
         f = ["-target", self.target, "-ca", str(self.ca)]
+        if self.identities is not None:
+            f += ["-identities", str(self.identities)]
         if self.proxy_port is not None:
             f += ["-proxy", f"127.0.0.1:{self.proxy_port}"]
         else:

@@ -41,12 +41,14 @@ def readyz(port: int) -> bool:
         return False
 
 
-def proxied_request(proxy_port: int, target: str, ca: Path, sealed: str) -> int:
-    """One CONNECT + TLS (verified against the proxy CA) + GET; returns the status."""
+def proxied_request(proxy_port: int, target: str, ca: Path, sealed: str, proxy_auth: str = "") -> int:
+    """One CONNECT (with `Proxy-Authorization: proxy_auth` if given) + TLS (verified against the proxy CA)
+    + GET; returns the status."""
     host = target.rsplit(":", 1)[0]
     ctx = ssl.create_default_context(cafile=str(ca))
+    auth = f"Proxy-Authorization: {proxy_auth}\r\n" if proxy_auth else ""
     with socket.create_connection(("127.0.0.1", proxy_port), timeout=5) as raw:
-        raw.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        raw.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n".encode())
         head = b""
         while not head.endswith(b"\r\n\r\n"):  # byte-wise: TLS follows on this socket
             b = raw.recv(1)

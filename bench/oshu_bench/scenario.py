@@ -68,9 +68,12 @@ class Running:
         try:
             if self.launch.admin_port is not None:
                 self.readyz_s = probe.wait_until(lambda: probe.readyz(self.launch.admin_port), self.proc, timeout=30)
+            if self.launch.after_ready is not None:  # the gateway: create its sessions
+                self.launch.after_ready()
+            auth, sealed = self.launch.probe_identity or ("", ctx.sealed)
             probe.wait_until(
                 lambda: (
-                    probe.proxied_request(self.launch.port, ctx.up.http_target, ctx.pki.proxy_ca, ctx.sealed) == 200
+                    probe.proxied_request(self.launch.port, ctx.up.http_target, ctx.pki.proxy_ca, sealed, auth) == 200
                 ),
                 self.proc,
                 timeout=30,
@@ -118,8 +121,9 @@ def measure(target: Target, ctx: Context, lg: Loadgen, plan: Plan, log=print) ->
         running = Running(target, ctx)
         result["readyz_s"] = running.readyz_s
         result["first_response_s"] = running.first_response_s
-        http = Route(up.http_target, ctx.pki.proxy_ca, proxy_port=running.launch.port)
-        sse = Route(up.sse_target, ctx.pki.proxy_ca, proxy_port=running.launch.port)
+        ids = running.launch.identities
+        http = Route(up.http_target, ctx.pki.proxy_ca, proxy_port=running.launch.port, identities=ids)
+        sse = Route(up.sse_target, ctx.pki.proxy_ca, proxy_port=running.launch.port, identities=ids)
     else:
         http = Route(up.http_target, ctx.pki.upstream_ca, dial_port=up.http_port, api_key=ctx.secret)
         sse = Route(up.sse_target, ctx.pki.upstream_ca, dial_port=up.sse_port, api_key=ctx.secret)

@@ -7,8 +7,11 @@ headers, and forward over TLS verified against the upstream CA only.
 
 from __future__ import annotations
 
+import base64
+import http.client
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,6 +84,9 @@ class Launch:
     port: int
     admin_port: int | None = None  # serves /readyz when set
     cwd: Path | None = None
+    after_ready: Callable[[], None] | None = None  # runs once /readyz answers (the gateway creates its sessions)
+    probe_identity: tuple[str, str] | None = None  # (Proxy-Authorization, sealed) of the readiness request
+    identities: Path | None = None  # loadgen -identities file
 
 
 @dataclass
@@ -205,6 +211,61 @@ class ProxyPy(Target):
         return Launch(cmd, env, port)
 
 
-ALL = {t.name: t for t in (Direct(), OshuSidecar(), Mitmproxy(), ProxyPy(), OshuBaseline())}
+class OshuGateway(Target):
+    """`oshu-gateway` holding GATEWAY_SESSIONS live sessions; the load spreads its connections over the
+    first GATEWAY_USED of them (connection i authenticates as session i mod 100, with its own sealed token).
+    Plain listener, as the sidecar's; each session has the same one secret as the sidecar's session."""
+
+    SESSIONS = 1000
+    USED = 100
+
+    def __init__(self) -> None:
+        super().__init__("oshu-gateway")
+
+    def launch(self, ctx: Context) -> Launch:
+        port, tls_port = procs.free_port(), procs.free_port()
+        up = ctx.up
+        state = ctx.workdir / f"gateway-state-{port}"
+        keys = ctx.workdir / "gateway-api-keys"
+        # Creation is rate-limited per API key (burst 50, then 10/s): 40 sessions per key keeps set-up quick.
+        api_keys = [f"bench-gateway-key-{k:03d}-0123456789" for k in range(self.SESSIONS // 40 + 1)]
+        keys.write_text("\n".join(api_keys) + "\n")
+        cmd = [
+            str(ctx.project_python), "-m", "oshu_gateway",
+            "--listen", f"127.0.0.1:{tls_port}", "--plain-listen", f"127.0.0.1:{port}",
+            "--state-dir", str(state), "--api-key-file", str(keys),
+            "--ca-cert", str(ctx.pki.proxy_ca), "--ca-key", str(ctx.pki.proxy_ca_key),
+            "--upstream-ca-file", str(ctx.pki.upstream_ca),
+            "--resolve", f"{up.name}:{up.http_port}:127.0.0.1",
+            "--resolve", f"{up.name}:{up.sse_port}:127.0.0.1",
+        ]  # fmt: skip
+        launch = Launch(cmd, clean_env(), port, admin_port=port, cwd=REPO)
+        launch.identities = ctx.workdir / f"gateway-identities-{port}"
+
+        def create_sessions() -> None:
+            body = json.dumps({"secrets": {"API_KEY": {"value": ctx.secret, "hosts": [up.http_target, up.sse_target]}}})
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            lines = []
+            for i in range(self.SESSIONS):
+                headers = {"Content-Type": "application/json", "Authorization": f"Bearer {api_keys[i // 40]}"}
+                conn.request("POST", "/v1/sessions", body, headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                if resp.status != 201:
+                    raise RuntimeError(f"gateway session {i}: {resp.status} {data[:200]!r}")
+                s = json.loads(data)
+                if i < self.USED:
+                    lines.append(f"{s['session_id']}:{s['token']} {s['sealed_secrets']['API_KEY']}")
+            conn.close()
+            assert launch.identities is not None
+            launch.identities.write_text("\n".join(lines) + "\n")
+            cred, sealed = lines[0].split(" ")
+            launch.probe_identity = ("Basic " + base64.b64encode(cred.encode()).decode(), sealed)
+
+        launch.after_ready = create_sessions
+        return launch
+
+
+ALL = {t.name: t for t in (Direct(), OshuSidecar(), Mitmproxy(), ProxyPy(), OshuBaseline(), OshuGateway())}
 #: What runs without --targets (the baseline only with --baseline).
-DEFAULT = [name for name in ALL if name != "oshu-baseline"]
+DEFAULT = [name for name in ALL if name not in ("oshu-baseline", "oshu-gateway")]
