@@ -38,13 +38,16 @@ __all__ = [
     "SecretBinding",
     "Session",
     "SessionError",
+    "check_entry",
+    "check_hosts",
+    "check_locations",
     "format_time",
     "load_session_file",
     "loads_session",
     "new_binding",
     "new_sealed_token",
     "new_session",
-    "parse_locations",
+    "optional_hosts",
     "parse_session",
     "parse_time",
     "recorded_tokens",
@@ -135,12 +138,44 @@ def parse_time(value: object, what: str) -> datetime:
     return parsed.astimezone(UTC)
 
 
-def parse_locations(raw: object) -> frozenset[Location]:
-    """Where a secret may be substituted; absent means headers only."""
+def check_entry(raw: object, where: str) -> tuple[Mapping[str, Any], str]:
+    """The object and name checks of one `secrets[]` entry; `where` names the entry in messages
+    (`secrets[0]`, the operator's `spec.secrets[0]`)."""
+    if not isinstance(raw, Mapping):
+        raise SessionError(f"{where} must be an object")
+    name = raw.get("name")
+    if not isinstance(name, str) or not ENV_NAME_RE.match(name):
+        raise SessionError(f"{where}.name must be a valid environment variable name")
+    return raw, name
+
+
+def check_hosts(raw: object, what: str) -> tuple[HostPattern, ...]:
+    """A secret's host patterns: a list of at least one; `what` names the field in messages."""
+    try:
+        hosts = parse_patterns(raw, what)
+    except HostPatternError as e:
+        raise SessionError(str(e)) from None
+    if not hosts:
+        raise SessionError(f"{what} must list at least one host")
+    return hosts
+
+
+def optional_hosts(raw: object, what: str) -> tuple[HostPattern, ...] | None:
+    """A list of host patterns that may be absent (None), such as `egress`."""
+    if raw is None:
+        return None
+    try:
+        return parse_patterns(raw, what)
+    except HostPatternError as e:
+        raise SessionError(str(e)) from None
+
+
+def check_locations(raw: object, prefix: str) -> frozenset[Location]:
+    """A secret's `locations` (absent: headers only); `prefix` leads the message (`secret X: `)."""
     try:
         return _parse_locations(raw)
     except LocationError as e:
-        raise SessionError(str(e)) from None
+        raise SessionError(f"{prefix}{e}") from None
 
 
 def new_binding(
@@ -154,10 +189,7 @@ def new_binding(
     patterns = tuple(hosts)
     if not patterns:
         raise SessionError(f"{where}: hosts must list at least one host")
-    try:
-        parsed = _parse_locations(None if locations is None else sorted(locations))
-    except LocationError as e:
-        raise SessionError(f"{where}: {e}") from None
+    parsed = check_locations(None if locations is None else sorted(locations), f"{where}: ")
     return SecretBinding(name=name, sealed=sealed, value=value, hosts=patterns, locations=parsed)
 
 
@@ -180,24 +212,11 @@ def _check_sealed_and_value(where: str, sealed: object, value: object) -> tuple[
 
 
 def _parse_secret(raw: object, index: int) -> SecretBinding:
-    where = f"secrets[{index}]"
-    if not isinstance(raw, Mapping):
-        raise SessionError(f"{where} must be an object")
-    name = raw.get("name")
-    if not isinstance(name, str) or not ENV_NAME_RE.match(name):
-        raise SessionError(f"{where}.name must be a valid environment variable name")
+    entry, name = check_entry(raw, f"secrets[{index}]")
     where = f"secret {name}"
-    sealed, value = _check_sealed_and_value(where, raw.get("sealed"), raw.get("value"))
-    try:
-        hosts = parse_patterns(raw.get("hosts"), f"{where}: hosts")
-    except HostPatternError as e:
-        raise SessionError(str(e)) from None
-    if not hosts:
-        raise SessionError(f"{where}: hosts must list at least one host")
-    try:
-        locations = _parse_locations(raw.get("locations"))
-    except LocationError as e:
-        raise SessionError(f"{where}: {e}") from None
+    sealed, value = _check_sealed_and_value(where, entry.get("sealed"), entry.get("value"))
+    hosts = check_hosts(entry.get("hosts"), f"{where}: hosts")
+    locations = check_locations(entry.get("locations"), f"{where}: ")
     return SecretBinding(name=name, sealed=sealed, value=value, hosts=hosts, locations=locations)
 
 
@@ -215,12 +234,7 @@ def parse_session(doc: object) -> Session:
     revoked = doc.get("revoked", False)
     if not isinstance(revoked, bool):
         raise SessionError("revoked must be true or false")
-    egress = None
-    if doc.get("egress") is not None:
-        try:
-            egress = parse_patterns(doc["egress"], "egress")
-        except HostPatternError as e:
-            raise SessionError(str(e)) from None
+    egress = optional_hosts(doc.get("egress"), "egress")
     raw_secrets = doc.get("secrets", [])
     if not isinstance(raw_secrets, list):
         raise SessionError("secrets must be a list")

@@ -1,20 +1,29 @@
 """A VaultSession's spec, parsed and validated into typed values.
 
 The CRD schema rejects most bad input at the API server; this module is the exact check
-(it reuses the sidecar's own host-pattern parser), so the session file the operator writes
-is always one the sidecar accepts. Messages name fields, never values.
+(the entry, host and location checks are the contract's own, the ones the sidecar's reader
+makes), so the session file the operator writes is always one the sidecar accepts.
+Messages name fields, never values.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from oshu_contract.hosts import HostPattern, HostPatternError, parse_patterns
-from oshu_contract.session import DEFAULT_LOCATIONS, ENV_NAME_RE, SessionError, parse_locations
+from oshu_contract.hosts import HostPattern
+from oshu_contract.session import (
+    DEFAULT_LOCATIONS,
+    SessionError,
+    check_entry,
+    check_hosts,
+    check_locations,
+    optional_hosts,
+)
 
 from .duration import DurationError, parse_duration
 from .names import RESERVED_ENV_NAMES
@@ -59,16 +68,22 @@ class SessionSpec:
         return tuple(sorted({h for s in self.secrets for h in s.hosts}, key=str))
 
 
+@contextmanager
+def _as_spec_error() -> Iterator[None]:
+    """The contract's checks, with their messages, reported as the spec's errors."""
+    try:
+        yield
+    except SessionError as e:
+        raise SpecError(str(e)) from None
+
+
 def _parse_secret(raw: object, index: int) -> SecretSpec:
     where = f"spec.secrets[{index}]"
-    if not isinstance(raw, Mapping):
-        raise SpecError(f"{where} must be an object")
-    name = raw.get("name")
-    if not isinstance(name, str) or not ENV_NAME_RE.match(name):
-        raise SpecError(f"{where}.name must be a valid environment variable name")
+    with _as_spec_error():
+        entry, name = check_entry(raw, where)
     if name in RESERVED_ENV_NAMES:
         raise SpecError(f"{where}.name {name} is set by the injection itself (proxy/CA variable)")
-    ref = raw.get("secretKeyRef")
+    ref = entry.get("secretKeyRef")
     if not isinstance(ref, Mapping):
         raise SpecError(f"{where}.secretKeyRef must name a Secret and a key")
     secret_name, key = ref.get("name"), ref.get("key")
@@ -76,16 +91,9 @@ def _parse_secret(raw: object, index: int) -> SecretSpec:
         raise SpecError(f"{where}.secretKeyRef.name must be a Secret name (DNS subdomain)")
     if not isinstance(key, str) or len(key) > 253 or not _SECRET_KEY_RE.match(key):
         raise SpecError(f"{where}.secretKeyRef.key must be a Secret key ([-._a-zA-Z0-9]+)")
-    try:
-        hosts = parse_patterns(raw.get("hosts"), f"{where}.hosts")
-    except HostPatternError as e:
-        raise SpecError(str(e)) from None
-    if not hosts:
-        raise SpecError(f"{where}.hosts must list at least one host")
-    try:
-        locations = parse_locations(raw.get("locations"))
-    except SessionError as e:
-        raise SpecError(f"{where}.{e}") from None
+    with _as_spec_error():
+        hosts = check_hosts(entry.get("hosts"), f"{where}.hosts")
+        locations = check_locations(entry.get("locations"), f"{where}.")
     return SecretSpec(name=name, secret_name=secret_name, key=key, hosts=hosts, locations=locations)
 
 
@@ -109,12 +117,8 @@ def parse_spec(spec: Mapping[str, Any] | None) -> SessionSpec:
             raise SpecError(f"spec.ttl: {e}") from None
         if ttl < timedelta(seconds=1):
             raise SpecError("spec.ttl must be at least 1s")
-    egress = None
-    if spec.get("egress") is not None:
-        try:
-            egress = parse_patterns(spec["egress"], "spec.egress")
-        except HostPatternError as e:
-            raise SpecError(str(e)) from None
+    with _as_spec_error():
+        egress = optional_hosts(spec.get("egress"), "spec.egress")
     return SessionSpec(secrets=secrets, ttl=ttl, egress=egress)
 
 
