@@ -66,7 +66,8 @@ def split_host_port(value: str, default_port: int = DEFAULT_PORT) -> tuple[str, 
     return host, port
 
 
-def _is_ip(host: str) -> bool:
+def is_ip(host: str) -> bool:
+    """Whether `host` (normalized, no brackets) is an IPv4 or IPv6 address rather than a name."""
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -88,7 +89,7 @@ class HostPattern:
             raise HostPatternError("host pattern must be a non-empty string")
         wildcard = text.strip().startswith("*.")
         host, port = split_host_port(text.strip()[2:] if wildcard else text)
-        if _is_ip(host):
+        if is_ip(host):
             if wildcard:
                 raise HostPatternError(f"wildcard over an IP address: {text!r}")
         elif not _NAME_RE.match(host) or len(host) > 253:

@@ -12,10 +12,9 @@ the policy's expiry check: tested table-driven without sockets (tests/sidecar/te
 from __future__ import annotations
 
 import functools
-import ipaddress
 import re
 
-from oshu_contract.hosts import HostPatternError, normalize_host, split_host_port
+from oshu_contract.hosts import HostPatternError, is_ip, normalize_host, split_host_port
 
 from .errors import ProxyError, bad_request
 from .http1 import NO_BODY, Edit, RequestHead
@@ -218,7 +217,7 @@ def decide_connect(target: bytes, policy: Policy) -> tuple[str, int, HostPlan, P
 def sni_matches(sni: str | None, host: str) -> bool:
     """A client that sends no SNI is only accepted for an IP-address target."""
     if sni is None:
-        return _is_ip(host)
+        return is_ip(host)
     return normalize_host(sni) == host
 
 
@@ -237,7 +236,7 @@ def parse_authority(text: bytes, default_port: int | None) -> tuple[str, int]:
         raise bad_request(f"invalid authority: {e}") from None
     if port < 0:
         raise bad_request("CONNECT target must be host:port")
-    if not _HOSTNAME_RE.fullmatch(host) and not _is_ip(host):
+    if not _HOSTNAME_RE.fullmatch(host) and not is_ip(host):
         raise bad_request("invalid host name")
     return host, port
 
@@ -272,11 +271,3 @@ def _mismatch(host: str, port: int, what: str) -> ProxyError:
         f"{what} does not name {display(host, port, 443)}: the CONNECT target, TLS SNI and Host "
         "header must all name the same host",
     )
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
