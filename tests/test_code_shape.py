@@ -43,7 +43,6 @@ PENDING: frozenset[str] = frozenset(
         "operator/oshu_operator/handlers.py: function build_registry is N lines",
         "operator/oshu_operator/handlers.py: function build_registry.inject has N parameters",
         "operator/oshu_operator/injection.py: function plan is N lines",
-        "operator/oshu_operator/material.py: function choose_ca has N parameters",
         "operator/oshu_operator/rules.py: module is N lines",
     }
 )

@@ -100,8 +100,7 @@ def _covers(cert: x509.Certificate, wanted: list[str] | None) -> bool:
 
 
 def choose_ca(
-    existing_cert: bytes | None,
-    existing_key: bytes | None,
+    existing: KeyPair | None,
     *,
     common_name: str,
     hosts: Iterable[HostPattern],
@@ -112,9 +111,9 @@ def choose_ca(
     """Keep the previous CA while it is valid, covers the hosts and has life left; else mint one."""
     hosts = list(hosts)
     wanted = constraint_names(hosts)
-    if existing_cert and existing_key:
+    if existing is not None and existing.cert_pem and existing.key_pem:
         try:
-            ca = CertificateAuthority.from_pem(existing_cert, existing_key)
+            ca = CertificateAuthority.from_pem(existing.cert_pem, existing.key_pem)
             cert = ca.cert
             lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
             left = cert.not_valid_after_utc - now
@@ -122,7 +121,7 @@ def choose_ca(
             enough = left >= expires_at - now if expires_at else left > lifetime * CA_RENEW_FRACTION
             covered = not hosts or _covers(cert, wanted)
             if covered and enough:
-                return CAState(KeyPair(existing_cert, existing_key), cert.not_valid_after_utc, minted=False)
+                return CAState(existing, cert.not_valid_after_utc, minted=False)
         except ValueError:
             pass  # unreadable or mismatched: replace it
     validity = ca_validity(expires_at, now, default_validity)
@@ -178,6 +177,12 @@ def decode_data(data: Mapping[str, str] | None, key: str) -> bytes | None:
         return base64.b64decode(value, validate=True)
     except ValueError:
         return None
+
+
+def stored_ca(data: Mapping[str, str] | None) -> KeyPair | None:
+    """The session CA a previous session Secret's data holds, if it holds both halves."""
+    cert, key = decode_data(data, KEY_CA_CERT), decode_data(data, KEY_CA_KEY)
+    return KeyPair(cert, key) if cert and key else None
 
 
 def utcnow() -> datetime:

@@ -253,7 +253,7 @@ class Reconciler:
         namespace, name = meta["namespace"], meta["name"]
         old = (existing or {}).get("data") or {}
         ca = material.choose_ca(
-            material.decode_data(old, n.KEY_CA_CERT), material.decode_data(old, n.KEY_CA_KEY),
+            material.stored_ca(old),
             common_name=f"oshu-vault session {namespace}/{name}", hosts=spec_hosts, expires_at=expires_at,
             now=now, default_validity=self.config.ca_validity,
         )

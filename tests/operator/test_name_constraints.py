@@ -31,7 +31,6 @@ def upstream():
 def _ca(hosts):
     return material.choose_ca(
         None,
-        None,
         common_name="test",
         hosts=[HostPattern.parse(h) for h in hosts],
         expires_at=None,

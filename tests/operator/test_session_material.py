@@ -91,30 +91,30 @@ def test_tokens_are_kept_from_status_then_file_and_minted_otherwise():
 
 
 def test_session_ca_is_name_constrained_and_kept_while_it_covers_the_hosts():
-    ca = material.choose_ca(None, None, common_name="s", hosts=hosts("api.x.test", "*.y.test"), expires_at=None,
+    ca = material.choose_ca(None, common_name="s", hosts=hosts("api.x.test", "*.y.test"), expires_at=None,
                             now=NOW, default_validity=timedelta(days=30))
     assert ca.minted
     cert = x509.load_pem_x509_certificate(ca.pair.cert_pem)
     assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length == 0
     nc = cert.extensions.get_extension_for_class(x509.NameConstraints).value
     assert sorted(g.value for g in nc.permitted_subtrees) == ["api.x.test", "y.test"]
-    kept = material.choose_ca(ca.pair.cert_pem, ca.pair.key_pem, common_name="s", hosts=hosts("api.x.test"),
+    kept = material.choose_ca(ca.pair, common_name="s", hosts=hosts("api.x.test"),
                               expires_at=None, now=NOW + timedelta(days=1), default_validity=timedelta(days=30))
     assert not kept.minted and kept.pair == ca.pair
-    widened = material.choose_ca(ca.pair.cert_pem, ca.pair.key_pem, common_name="s",
+    widened = material.choose_ca(ca.pair, common_name="s",
                                  hosts=hosts("api.x.test", "new.z.test"), expires_at=None, now=NOW,
                                  default_validity=timedelta(days=30))
     assert widened.minted
-    aged = material.choose_ca(ca.pair.cert_pem, ca.pair.key_pem, common_name="s", hosts=hosts("api.x.test"),
+    aged = material.choose_ca(ca.pair, common_name="s", hosts=hosts("api.x.test"),
                               expires_at=None, now=NOW + timedelta(days=21), default_validity=timedelta(days=30))
     assert aged.minted  # less than a third of its life left
 
 
 def test_ttl_session_ca_outlives_the_session_only():
-    ca = material.choose_ca(None, None, common_name="s", hosts=hosts("a.test"), expires_at=NOW + timedelta(hours=8),
+    ca = material.choose_ca(None, common_name="s", hosts=hosts("a.test"), expires_at=NOW + timedelta(hours=8),
                             now=NOW, default_validity=timedelta(days=30))
     assert NOW + timedelta(hours=8) < ca.not_after <= NOW + timedelta(hours=8) + material.CA_TTL_SLACK
-    later = material.choose_ca(ca.pair.cert_pem, ca.pair.key_pem, common_name="s", hosts=hosts("a.test"),
+    later = material.choose_ca(ca.pair, common_name="s", hosts=hosts("a.test"),
                                expires_at=NOW + timedelta(hours=8), now=NOW + timedelta(hours=7),
                                default_validity=timedelta(days=30))
     assert not later.minted
@@ -122,7 +122,7 @@ def test_ttl_session_ca_outlives_the_session_only():
 
 def test_ip_literal_hosts_get_an_unconstrained_ca():
     assert material.constraint_names(hosts("127.0.0.1:8443", "a.test")) is None
-    ca = material.choose_ca(None, None, common_name="s", hosts=hosts("127.0.0.1:8443"), expires_at=None, now=NOW,
+    ca = material.choose_ca(None, common_name="s", hosts=hosts("127.0.0.1:8443"), expires_at=None, now=NOW,
                             default_validity=timedelta(days=1))
     cert = x509.load_pem_x509_certificate(ca.pair.cert_pem)
     with pytest.raises(x509.ExtensionNotFound):
@@ -130,7 +130,7 @@ def test_ip_literal_hosts_get_an_unconstrained_ca():
 
 
 def test_secret_data_holds_file_ca_and_bundle():
-    ca = material.choose_ca(None, None, common_name="s", hosts=hosts("a.test"), expires_at=None, now=NOW,
+    ca = material.choose_ca(None, common_name="s", hosts=hosts("a.test"), expires_at=None, now=NOW,
                             default_validity=timedelta(days=1))
     session = Session(session="ns/s", secrets=())
     data = material.secret_data(session.to_json(), ca.pair)
@@ -161,7 +161,7 @@ def test_status_patch_conditions_and_token_removal():
 
 
 def test_bundle_base64_shortcut_equals_the_plain_encoding():
-    pem = material.choose_ca(None, None, common_name="s", hosts=hosts("a.test"), expires_at=None, now=NOW,
+    pem = material.choose_ca(None, common_name="s", hosts=hosts("a.test"), expires_at=None, now=NOW,
                              default_validity=timedelta(days=1)).pair.cert_pem
     assert material._ca_bundle_b64(pem) == base64.b64encode(material.ca_bundle(pem)).decode()
     assert base64.b64decode(material._ca_bundle_b64(pem)).endswith(pem)
