@@ -7,6 +7,7 @@ and embedders can run several operators in one process.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -28,8 +29,15 @@ log = logging.getLogger(__name__)
 
 def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
+    _lifecycle(registry, rt)
+    _sessions(registry, rt)
+    _admission(registry, rt)
+    return registry
 
-    # --- lifecycle -------------------------------------------------------------------------
+
+def _lifecycle(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
+    """Login, startup and cleanup of the Runtime."""
+
     @kopf.on.login(id="login", registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         return rt.connection_info(**kwargs)
@@ -42,7 +50,11 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
     async def cleanup(**_: Any) -> None:
         await rt.cleanup()
 
-    # --- indices: sessions for admission, and which sessions use which Secret ------------
+
+def _sessions(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
+    """The indices (sessions for admission, which sessions use which Secret) and the reconcile,
+    revoke and Secret-changed handlers."""
+
     # Indexers and handlers are all coroutines: sync ones would run in kopf's thread pool.
     @kopf.index(*SESSIONS, id="sessions", registry=registry)
     async def sessions(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[Any, SessionView]:
@@ -53,7 +65,6 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         refs = {(s.get("secretKeyRef") or {}).get("name") for s in spec.get("secrets") or []}
         return {(namespace, ref): name for ref in refs if isinstance(ref, str)}
 
-    # --- reconcile ---------------------------------------------------------------------------
     @kopf.on.resume(*SESSIONS, id="reconcile", registry=registry)
     @kopf.on.create(*SESSIONS, id="reconcile", registry=registry)
     @kopf.on.update(*SESSIONS, id="reconcile", field="spec", registry=registry)
@@ -81,21 +92,30 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         for session in set(sessions_by_secret.get((namespace, name), ())):
             rt.reconciler.trigger(namespace, session)
 
-    # --- admission -----------------------------------------------------------------------
+
+def _lookup(sessions: kopf.Index[Any, SessionView]) -> Callable[[str, str], SessionView | None]:
+    """The admission code's view of the sessions index: (namespace, name) -> the session, if any."""
+
+    def lookup(ns: str, name: str) -> SessionView | None:
+        return next(iter(sessions.get((ns, name), ())), None)
+
+    return lookup
+
+
+def _admission(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
+    """The mutating webhook's handlers: injection into new pods, checks of updates to injected ones."""
+
     @kopf.on.mutate("", "v1", "pods", id=n.WEBHOOK_HANDLER_ID, operations=["CREATE"], registry=registry)
     async def inject(
         body: kopf.Body,
         namespace: str | None,
         patch: kopf.Patch,
         warnings: list[str],
-        dryrun: bool,
         sessions: kopf.Index[Any, SessionView],
-        **_: Any,
+        **kwargs: Any,
     ) -> None:
-        def lookup(ns: str, name: str) -> SessionView | None:
-            return next(iter(sessions.get((ns, name), ())), None)
-
-        plan = await rt.admission.inject(dict(body), namespace, lookup, dryrun=dryrun)
+        dryrun = bool(kwargs["dryrun"])  # (kopf passes it by name to every admission handler)
+        plan = await rt.admission.inject(dict(body), namespace, _lookup(sessions), dryrun=dryrun)
         if plan is not None:
             warnings.extend(plan.warnings)
             patch.fns.append(plan.apply)
@@ -112,13 +132,8 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         sessions: kopf.Index[Any, SessionView],
         **_: Any,
     ) -> None:
-        def lookup(ns: str, name: str) -> SessionView | None:
-            return next(iter(sessions.get((ns, name), ())), None)
-
         if subresource not in (None, "ephemeralcontainers"):
             return
         await rt.admission.check_update(
-            dict(body), dict(old) if old is not None else None, namespace, lookup, subresource
+            dict(body), dict(old) if old is not None else None, namespace, _lookup(sessions), subresource
         )
-
-    return registry
