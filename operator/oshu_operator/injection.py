@@ -228,16 +228,9 @@ def plan(pod: Mapping[str, Any], session: SessionView, cfg: OperatorConfig) -> P
         cname = c.get("name")
         if cname not in targets:
             continue
-        existing = {e.get("name"): e for e in c.get("env") or []}
-        add: list[dict[str, str]] = []
-        for var, value in wanted_env:
-            entry = existing.get(var)
-            if entry is None:
-                add.append({"name": var, "value": value})
-            elif _env_value(entry) == value or var in session.tokens:
-                continue  # already injected (a different value is refused by the rules above)
-            else:
-                kept.setdefault(cname, []).append(var)
+        add, own = _container_env(c, wanted_env, session.tokens)
+        if own:
+            kept.setdefault(cname, []).extend(own)
         if kept.get(cname):
             warnings.append(
                 f"container {cname} already sets {', '.join(kept[cname])}: kept as is; "
@@ -250,6 +243,44 @@ def plan(pod: Mapping[str, Any], session: SessionView, cfg: OperatorConfig) -> P
         warnings.append(
             f"{where} is not Ready ({session.message or 'reconciling'}); the proxy starts once its Secret is complete"
         )
+    result = Plan(
+        session=session,
+        sidecar=sidecar_container(cfg.sidecar),
+        volumes=volumes(session.session_secret),
+        env=env_plan,
+        mounts=mounts,
+        warnings=warnings,
+        record=_record(session, cfg, env_plan, kept),
+    )
+    after = copy.deepcopy(dict(pod))
+    result.apply(after)
+    rules.check_spec(subject(after, session))
+    return result
+
+
+def _container_env(
+    container: Mapping[str, Any], wanted: list[tuple[str, str]], tokens: Mapping[str, str]
+) -> tuple[list[dict[str, str]], list[str]]:
+    """One container's env: the entries to add, and the wanted variables it already sets otherwise
+    (kept as they are)."""
+    existing = {e.get("name"): e for e in container.get("env") or []}
+    add: list[dict[str, str]] = []
+    kept: list[str] = []
+    for var, value in wanted:
+        entry = existing.get(var)
+        if entry is None:
+            add.append({"name": var, "value": value})
+        elif _env_value(entry) == value or var in tokens:
+            continue  # already injected (a different value is refused by the rules)
+        else:
+            kept.append(var)
+    return add, kept
+
+
+def _record(
+    session: SessionView, cfg: OperatorConfig, env_plan: Mapping[str, object], kept: Mapping[str, list[str]]
+) -> dict[str, Any]:
+    """The injection record annotated on the pod: which session, containers, secrets and sidecar."""
     record: dict[str, Any] = {
         "session": session.name,
         "uid": session.uid,
@@ -259,16 +290,4 @@ def plan(pod: Mapping[str, Any], session: SessionView, cfg: OperatorConfig) -> P
     }
     if kept:
         record["kept"] = {k: sorted(v) for k, v in sorted(kept.items())}
-    result = Plan(
-        session=session,
-        sidecar=sidecar_container(cfg.sidecar),
-        volumes=volumes(session.session_secret),
-        env=env_plan,
-        mounts=mounts,
-        warnings=warnings,
-        record=record,
-    )
-    after = copy.deepcopy(dict(pod))
-    result.apply(after)
-    rules.check_spec(subject(after, session))
-    return result
+    return record
