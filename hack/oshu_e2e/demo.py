@@ -144,7 +144,7 @@ def cluster_for_demo(tell: Narrator) -> Iterator[tuple[Any, Any]]:
         raise DemoFailure(
             "this machine cannot run the local node: "
             + "; ".join(p for p in problems if p)
-            + " (.ci/run installs the Debian packages; or use your cluster: OSHU_E2E_KUBECONFIG)"
+            + " (`make debian` installs the Debian packages; or use your cluster: OSHU_E2E_KUBECONFIG)"
         )
     deadline = time.monotonic() + NODE_WAIT
     said = False

@@ -101,7 +101,7 @@ def env(base: Path | None = None) -> dict[str, str]:
 def available() -> str | None:
     """None if podman can be used here, else why not (the reason a test skips with)."""
     if shutil.which("podman") is None:
-        return "podman is not installed (Debian package podman; .ci/run installs it)"
+        return "podman is not installed (Debian package podman; `make debian` installs it)"
     if os.geteuid() != 0:
         return "building images needs root here (rootful podman, debootstrap)"
     return None
