@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from oshu_localkube.cluster import CommandError, clean_env, wait_for
+from oshu_localkube.cluster import CommandError, wait_for
 
 from . import standin
 from .paths import CHART_DIR
@@ -59,10 +59,11 @@ class ExternalCluster:
         kwargs.setdefault("capture_output", True)
         kwargs.setdefault("text", True)
         kwargs.setdefault("timeout", 300)
-        env = {**clean_env(), "KUBECONFIG": str(self.kubeconfig)}
+        # The user's environment as it is: their cluster may sit behind their proxy.
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         proc = subprocess.run([binary, *args], env=env, **kwargs)
         if check and proc.returncode != 0:
-            raise CommandError(f"{Path(binary).name} {' '.join(args)} exited {proc.returncode}: {proc.stderr.strip()}")
+            raise CommandError(proc.returncode, [binary, *args], proc.stdout, proc.stderr)
         return proc
 
     def kubectl(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
