@@ -75,7 +75,7 @@ class GatewayProcess:
                 "--connect-to",
                 f":80:127.0.0.1:{upstream.http_port}",
             ]
-        self.args += ["--connect-to", "::127.0.0.1:", *extra_args]
+        self.args += [*extra_args, "--connect-to", "::127.0.0.1:"]  # the catch-all last: the first match wins
         self.proc: subprocess.Popen[bytes] | None = None
         self.listen: tuple[str, int] | None = None
         self.plain_listen: tuple[str, int] | None = None

@@ -1,0 +1,89 @@
+"""The real Claude Code CLI (npm, pinned) in a "sandbox" holding only the sealed key, through the
+gateway's https:// proxy URL, against a local TLS stand-in of the Anthropic API.
+
+The sandbox gets exactly what the seed gives an E2B sandbox, minus the node wrapper:
+`ANTHROPIC_API_KEY=SEALED_...`, `HTTPS_PROXY=https://sess:tok@gateway`, and the CA variable.
+The CLI is installed once into ~/.cache/oshu-vault (npm registry) and reused.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from oshu_testkit.anthropic_standin import REPLY, AnthropicStandin
+from oshu_testkit.gateway_process import GatewayProcess
+from oshu_testkit.leaks import assert_no_secret
+
+VERSION = "2.1.332"
+REAL_KEY = "sk-ant-api03-gateway-test-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def claude() -> Path:
+    home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "oshu-vault" / f"claude-code-{VERSION}"
+    binary = home / "node_modules" / ".bin" / "claude"
+    if not binary.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund", f"@anthropic-ai/claude-code@{VERSION}"],
+            cwd=home,
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+    return binary
+
+
+def test_claude_code_cli_holds_only_the_sealed_key(claude: Path, tmp_path: Path) -> None:
+    with (
+        AnthropicStandin(REAL_KEY) as api,
+        GatewayProcess(
+            None,
+            extra_args=[
+                "--upstream-ca-file",
+                str(api.ca_file),
+                "--connect-to",
+                f"api.anthropic.com:443:127.0.0.1:{api.port}",
+            ],
+        ) as gw,
+    ):
+        s = gw.create_session({"secrets": {"ANTHROPIC_API_KEY": REAL_KEY}})  # hosts from the catalog
+        sealed = s["sealed_secrets"]["ANTHROPIC_API_KEY"]
+        home = tmp_path / "home"
+        home.mkdir()
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(home),
+            "ANTHROPIC_API_KEY": sealed,
+            "HTTPS_PROXY": s["proxy_url"],
+            "HTTP_PROXY": s["proxy_url"],
+            "NODE_EXTRA_CA_CERTS": str(gw.ca_file),
+            "DISABLE_TELEMETRY": "1",
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            "DISABLE_AUTOUPDATER": "1",
+            "DISABLE_ERROR_REPORTING": "1",
+        }
+        r = subprocess.run(
+            [str(claude), "-p", "say hi"],
+            env=env,
+            cwd=home,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+        assert REPLY + sealed in r.stdout  # the stand-in's echo of the real key came back as the sealed token
+        messages = [x for x in api.seen if x["path"] == "/v1/messages"]
+        assert messages and all(x["x-api-key"] == REAL_KEY for x in messages)
+        audit = [x for x in gw.log_records() if x.get("path", "").startswith("/v1/messages")]
+        assert audit and all(x["session"] == s["session_id"] for x in audit)
+        texts: dict[str, str | bytes] = {"cli stdout": r.stdout, "cli stderr": r.stderr, "gateway log": gw.log_text()}
+        for f in home.rglob("*"):  # whatever the CLI wrote in its home (config, transcripts)
+            if f.is_file():
+                texts[str(f)] = f.read_bytes()
+        assert_no_secret(texts, [REAL_KEY])
