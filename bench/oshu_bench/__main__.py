@@ -216,7 +216,9 @@ def _profile(args: argparse.Namespace, ctx: Context, lg: Loadgen, workdir: Path)
     print(f"profiling {target.name} with py-spy", file=sys.stderr)
     running = scenario.Running(target, ctx)
     try:
-        route = Route(ctx.up.http_target, ctx.pki.proxy_ca, proxy_port=running.launch.port)
+        route = Route(
+            ctx.up.http_target, ctx.pki.proxy_ca, proxy_port=running.launch.port, identities=running.launch.identities
+        )
         lg.run("load", route, "-conns", "32", "-duration", "1s")
         outdir = args.out / f"profile-{target.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
         outdir.mkdir(parents=True, exist_ok=True)

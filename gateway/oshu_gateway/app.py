@@ -274,8 +274,9 @@ class Gateway:
             return DENY_ALL
         now = time.time()
         policy = entry.current_policy(now)
-        if policy is entry.policy:
-            entry.touch(now)
+        if policy is entry.policy:  # live: the request renews the idle TTL (Entry.touch, inlined)
+            entry.last_used = now
+            entry.used = True
         return policy
 
     async def _api(self, conn: ClientConn, req: RequestHead) -> bool:

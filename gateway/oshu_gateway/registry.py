@@ -73,9 +73,13 @@ class Entry:
             self.dead = Policy(replace(self.session, expires_at=ended))
 
     def current_policy(self, now: float) -> Policy:
-        if self.dead is None and now >= self.deadline():
+        """The policy for a request at `now` (the hot path: two comparisons while live)."""
+        if self.dead is None:
+            if now < self.expires_at and now - self.last_used < self.idle_ttl:
+                return self.policy
             self.kill(None, now)
-        return self.dead or self.policy
+        assert self.dead is not None
+        return self.dead
 
     def touch(self, now: float, count: int = 0) -> None:
         if self.dead is None:

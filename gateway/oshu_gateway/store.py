@@ -167,12 +167,19 @@ class SqliteStore:
             return self.db.execute("DELETE FROM sessions WHERE id = ?", (session_id,)).rowcount > 0
 
     def touch(self, usage: list[tuple[str, float, int]]) -> None:
+        """Usage is bookkeeping, written every second from the event loop: no fsync for it (WAL with
+        synchronous=NORMAL survives a kill -9; only an OS crash may lose the last second of it).
+        Sessions themselves are written with synchronous=FULL."""
         if usage:
-            with self.db:
-                self.db.executemany(
-                    "UPDATE sessions SET last_used = ?, request_count = ? WHERE id = ?",
-                    [(t, n, sid) for sid, t, n in usage],
-                )
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with self.db:
+                    self.db.executemany(
+                        "UPDATE sessions SET last_used = ?, request_count = ? WHERE id = ?",
+                        [(t, n, sid) for sid, t, n in usage],
+                    )
+            finally:
+                self.db.execute("PRAGMA synchronous=FULL")
 
     def close(self) -> None:
         self.db.close()
