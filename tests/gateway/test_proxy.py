@@ -269,3 +269,20 @@ def test_basic_header_shape_is_what_clients_send(gateway: GatewayProcess) -> Non
             f"Proxy-Authorization: Basic {cred}\r\n\r\n".encode()
         )
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+
+
+def test_connect_sni_and_host_must_agree(gateway: GatewayProcess, upstream: Upstream) -> None:
+    """The sidecar's binding per session: a Host naming another host inside the tunnel gets 421, nothing sent."""
+    s = _session(gateway, KEY_A)
+    upstream.clear()
+    code, body = _curl(
+        gateway,
+        gateway.proxy_url(s, True),
+        "https://api.oshu.test/echo",
+        "-H",
+        "Host: other.oshu.test",
+        "-H",
+        f"x-api-key: {s['sealed_secrets']['API_KEY']}",
+    )
+    assert code == 421 and json.loads(body)["error"]["code"] == "host_mismatch"
+    assert upstream.requests == []

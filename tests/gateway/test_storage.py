@@ -9,6 +9,8 @@ import subprocess
 import threading
 from pathlib import Path
 
+import requests
+
 from oshu_testkit.gateway_process import GatewayError, GatewayProcess
 from oshu_testkit.upstreams import Upstream
 
@@ -66,12 +68,25 @@ def test_restart_and_kill9_keep_sessions(upstream: Upstream) -> None:
                 except Exception:
                     return
 
-        t = threading.Thread(target=create_many)
-        t.start()
-        while len(created) < 5 and t.is_alive():
-            t.join(0.01)
+        def request_many() -> None:  # requests in flight through a kept-alive tunnel as well
+            with requests.Session() as rs:
+                rs.trust_env = False
+                rs.proxies = {"https": gw.proxy_url(s)}
+                rs.verify = str(gw.ca_file)
+                for _ in range(200):
+                    try:
+                        rs.get("https://api.oshu.test/echo", headers={"x-api-key": s["sealed_secrets"]["K"]}, timeout=5)
+                    except requests.RequestException:
+                        return
+
+        threads = [threading.Thread(target=create_many), threading.Thread(target=request_many)]
+        for t in threads:
+            t.start()
+        while len(created) < 5 and threads[0].is_alive():
+            threads[0].join(0.01)
         gw.kill9()
-        t.join(30)
+        for t in threads:
+            t.join(30)
         gw.start()
         assert gw.ca_file.read_bytes() == ca  # the CA is reused, clients keep trusting it
         for sess in [s, *created]:
