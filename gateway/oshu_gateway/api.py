@@ -25,6 +25,16 @@ MAX_BODY = 64 * 1024
 #: Session creations per API key: a burst of CREATE_BURST, refilled at CREATE_RATE per second (429 beyond).
 CREATE_BURST = 50
 CREATE_RATE = 10.0
+#: Every route and its methods (docs: openapi.json, checked against this by tests/gateway).
+ROUTES: dict[str, tuple[str, ...]] = {
+    "/healthz": ("GET",),
+    "/readyz": ("GET",),
+    "/metrics": ("GET",),
+    "/v1/ca.pem": ("GET",),
+    "/v1/openapi.json": ("GET",),
+    "/v1/sessions": ("POST",),
+    "/v1/sessions/{id}": ("GET", "DELETE"),
+}
 
 
 @dataclass
@@ -140,15 +150,7 @@ class Api:
         return resp
 
     def _dispatch(self, route: str, method: str, path: str, headers: dict[str, bytes], body: bytes) -> Response:
-        allowed = {
-            "/healthz": ("GET",),
-            "/readyz": ("GET",),
-            "/metrics": ("GET",),
-            "/v1/ca.pem": ("GET",),
-            "/v1/openapi.json": ("GET",),
-            "/v1/sessions": ("POST",),
-            "/v1/sessions/{id}": ("GET", "DELETE"),
-        }.get(route)
+        allowed = ROUTES.get(route)
         if allowed is None:
             raise ApiError(404, "not_found", "no such route; see /v1/openapi.json")
         if method not in allowed and not (method == "HEAD" and "GET" in allowed):
@@ -213,6 +215,6 @@ def _route_of(path: str) -> str:
     p = path.split("?", 1)[0]
     if p.startswith("/v1/sessions/") and "/" not in p[len("/v1/sessions/") :] and len(p) > len("/v1/sessions/"):
         return "/v1/sessions/{id}"
-    if p in ("/healthz", "/readyz", "/metrics", "/v1/ca.pem", "/v1/openapi.json", "/v1/sessions"):
+    if p in ROUTES:
         return p
     return "other"

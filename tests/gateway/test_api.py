@@ -241,3 +241,13 @@ def test_expect_100_continue(gateway: GatewayProcess) -> None:
         assert sock.recv(4096).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")  # nothing sent yet but the head
         sock.sendall(body)
         assert sock.recv(4096).startswith(b"HTTP/1.1 201 ")
+
+
+def test_openapi_document_matches_the_routes() -> None:
+    """The document kept in the repo names exactly the routes the API serves, with their methods."""
+    from oshu_gateway.api import ROUTES, openapi_document
+
+    doc = json.loads(openapi_document())
+    served = {path: sorted(m.lower() for m in methods) for path, methods in ROUTES.items()}
+    documented = {path: sorted(m for m in ops if m != "parameters") for path, ops in doc["paths"].items()}
+    assert documented == served
