@@ -6,7 +6,7 @@ from oshu_testkit.coverage_floor import check, floors
 
 
 def test_floors_cover_every_product_package() -> None:
-    assert set(floors()) == {"oshu_contract", "oshu_sidecar", "oshu_operator"}
+    assert set(floors()) == {"oshu_contract", "oshu_sidecar", "oshu_operator", "oshu_gateway"}
     assert all(0 < f <= 100 for f in floors().values())
 
 
