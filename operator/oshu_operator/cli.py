@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .config import OperatorConfig, SidecarConfig
+from .config import OperatorConfig, SidecarConfig, revocation_grace_problem
 from .flags import build_parser
 
 __all__ = ["build_parser", "config_from_args", "main", "run"]
@@ -31,6 +31,19 @@ def _check_env_choices(args: argparse.Namespace) -> None:
         if action.choices is not None and value is not None and value not in action.choices:
             env = "OSHU_" + action.dest.upper()
             raise SystemExit(f"oshu-operator: {env}={value!r}: expected one of {', '.join(map(str, action.choices))}")
+
+
+def _upstream_ca(path: str | None) -> bytes:
+    """--sidecar-upstream-ca-file, read and checked once at startup (b"" when not given)."""
+    if not path:
+        return b""
+    from .material import upstream_ca
+
+    try:
+        with open(path, "rb") as f:
+            return upstream_ca(f.read(), path)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"oshu-operator: --sidecar-upstream-ca-file: {e}") from None
 
 
 def config_from_args(args: argparse.Namespace) -> OperatorConfig:
@@ -79,6 +92,7 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
             proxy_port=args.sidecar_proxy_port,
             admin_port=args.sidecar_admin_port,
             log_level=args.sidecar_log_level,
+            upstream_ca_pem=_upstream_ca(args.sidecar_upstream_ca_file),
         ),
         no_proxy=tuple(no_proxy),
         revocation_grace=args.revocation_grace,
@@ -153,6 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from . import logs
 
     logs.setup(config.log_level, config.log_format)
+    problem = revocation_grace_problem(config.revocation_grace)
+    if problem:
+        log.warning("revocation grace too short", extra={"detail": problem})
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run(config))
     return 0

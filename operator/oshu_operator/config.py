@@ -22,6 +22,29 @@ DEFAULT_NO_PROXY = (
 )
 
 
+#: The latest a kubelet with default settings refreshes a Secret volume after the Secret
+#: changed: pod workers resync every `syncFrequency` (1 min) stretched by a jitter of up to
+#: 50 % (kubelet pod_workers.go, workerResyncIntervalJitterFactor = 0.5), so up to 90 s; with
+#: the default `configMapAndSecretChangeDetectionStrategy: Watch` the Secret cache is current,
+#: with `Cache` its TTL (the node's ttl annotation, else 1 min) adds to it.
+KUBELET_SECRET_SYNC_BOUND = timedelta(seconds=90)
+
+
+def revocation_grace_problem(grace: timedelta) -> str | None:
+    """Why this revocation grace can lose revocations, or None when it covers the kubelet's bound.
+
+    A Secret deleted before the kubelet synced its revoked content stays mounted with the last
+    (live) session file, and the sidecar keeps swapping keys: the grace must outlast the sync.
+    """
+    if grace > KUBELET_SECRET_SYNC_BOUND:
+        return None
+    return (
+        f"revocation grace {int(grace.total_seconds())}s is not above the kubelet's worst-case Secret volume "
+        f"refresh ({int(KUBELET_SECRET_SYNC_BOUND.total_seconds())}s with default syncFrequency 1m + 50% jitter): "
+        "a running pod may keep the last live session file and never see its revocation"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class SidecarConfig:
     """What the webhook injects as the proxy container."""
@@ -38,6 +61,9 @@ class SidecarConfig:
     proxy_port: int = SIDECAR_PROXY_PORT
     #: /readyz (the kubelet's probes) and /metrics, on the pod IP.
     admin_port: int = SIDECAR_ADMIN_PORT
+    #: Extra CA certificates (PEM) the sidecar trusts for upstream APIs, on top of the system
+    #: roots: copied into every session Secret and passed as the sidecar's --upstream-ca-file.
+    upstream_ca_pem: bytes = b""
 
     @property
     def proxy_url(self) -> str:
@@ -71,7 +97,8 @@ class OperatorConfig:
     no_proxy: tuple[str, ...] = DEFAULT_NO_PROXY
     #: Keep a revoked session Secret this long before deleting it, so kubelets sync the
     #: revoked file into running pods (a deleted Secret stays mounted with its last content).
-    revocation_grace: timedelta = timedelta(seconds=90)
+    #: Twice KUBELET_SECRET_SYNC_BOUND: see revocation_grace_problem.
+    revocation_grace: timedelta = timedelta(seconds=180)
     ca_validity: timedelta = timedelta(days=30)
     #: Re-check every session this often even without events (level-triggered safety net).
     resync_interval: timedelta = timedelta(minutes=10)

@@ -212,6 +212,14 @@ def _injected_sidecar(p: argparse.ArgumentParser) -> None:
         help=f"default {d.log_level}",
     )
     g.add_argument(
+        "--sidecar-upstream-ca-file",
+        default=_env("sidecar_upstream_ca_file"),
+        metavar="PATH",
+        help="PEM CA certificate(s) the injected sidecars trust for upstream APIs on top of the system roots "
+        "(a private API's CA); read at startup, copied into each session Secret (sidecar only) and "
+        "passed as the sidecar's --upstream-ca-file",
+    )
+    g.add_argument(
         "--no-proxy",
         default=_env("no_proxy", ",".join(DEFAULT_NO_PROXY)),
         metavar="LIST",
@@ -226,10 +234,11 @@ def _sessions(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--revocation-grace",
         type=_duration,
-        default=_env("revocation_grace", "90s"),
+        default=_env("revocation_grace", "180s"),
         metavar="DURATION",
         help="keep a deleted session's revoked Secret this long so kubelets sync it into running pods "
-        "(default 90s: kubelet sync period 60s + margin)",
+        "(default 180s: twice the kubelet's worst case, syncFrequency 60s + 50%% jitter; "
+        "at most 90s is warned about at startup and in each Revoked event)",
     )
     g.add_argument(
         "--ca-validity",

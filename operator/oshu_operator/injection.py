@@ -67,26 +67,34 @@ def _probe(port: int, period: int, failures: int) -> dict[str, Any]:
     }
 
 
+def sidecar_args(cfg: SidecarConfig) -> list[str]:
+    """The injected sidecar's command line: every path is in the session volume (sidecar only)."""
+    args = [
+        "--listen",
+        f"127.0.0.1:{cfg.proxy_port}",
+        "--admin-listen",
+        f"0.0.0.0:{cfg.admin_port}",
+        "--session-file",
+        n.SESSION_FILE_PATH,
+        "--ca-cert",
+        n.SESSION_CA_CERT_PATH,
+        "--ca-key",
+        n.SESSION_CA_KEY_PATH,
+        "--log-level",
+        cfg.log_level,
+    ]
+    if cfg.upstream_ca_pem:  # the reconciler writes it into the session Secret (KEY_UPSTREAM_CA)
+        args += ["--upstream-ca-file", n.SESSION_UPSTREAM_CA_PATH]
+    return args
+
+
 def sidecar_container(cfg: SidecarConfig) -> dict[str, Any]:
     return {
         "name": n.SIDECAR_CONTAINER,
         "image": cfg.image,
         "imagePullPolicy": cfg.pull_policy,
         "restartPolicy": "Always",  # native sidecar: starts before, outlives the app containers
-        "args": [
-            "--listen",
-            f"127.0.0.1:{cfg.proxy_port}",
-            "--admin-listen",
-            f"0.0.0.0:{cfg.admin_port}",
-            "--session-file",
-            n.SESSION_FILE_PATH,
-            "--ca-cert",
-            n.SESSION_CA_CERT_PATH,
-            "--ca-key",
-            n.SESSION_CA_KEY_PATH,
-            "--log-level",
-            cfg.log_level,
-        ],
+        "args": sidecar_args(cfg),
         "ports": [{"name": n.SIDECAR_ADMIN_PORT_NAME, "containerPort": cfg.admin_port, "protocol": "TCP"}],
         "startupProbe": _probe(cfg.admin_port, period=1, failures=120),
         "readinessProbe": _probe(cfg.admin_port, period=5, failures=3),

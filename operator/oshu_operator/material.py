@@ -17,11 +17,12 @@ from typing import Iterable, Mapping
 
 import certifi
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from oshu_contract.hosts import HostPattern
 from oshu_contract.pki import CertificateAuthority, KeyPair, new_ca
 from oshu_contract.tokens import is_sealed_token, new_sealed_token
 
-from .names import KEY_CA_BUNDLE, KEY_CA_CERT, KEY_CA_KEY, KEY_SESSION_FILE
+from .names import KEY_CA_BUNDLE, KEY_CA_CERT, KEY_CA_KEY, KEY_SESSION_FILE, KEY_UPSTREAM_CA
 
 #: A CA is renewed once less than this share of its lifetime is left.
 CA_RENEW_FRACTION = 1 / 3
@@ -161,12 +162,35 @@ def _ca_bundle_b64(ca_cert_pem: bytes) -> str:
 
 # --- the Secret's data --------------------------------------------------------------------
 
-def secret_data(session_file: bytes, ca: KeyPair) -> dict[str, str]:
-    """The `data` map of the session Secret (base64, as the API wants it)."""
+def secret_data(session_file: bytes, ca: KeyPair, upstream_ca: bytes = b"") -> dict[str, str]:
+    """The `data` map of the session Secret (base64, as the API wants it); `upstream_ca` (the
+    operator's --sidecar-upstream-ca-file) rides along for the sidecar only, when given."""
     raw = {KEY_SESSION_FILE: session_file, KEY_CA_CERT: ca.cert_pem, KEY_CA_KEY: ca.key_pem}
+    if upstream_ca:
+        raw[KEY_UPSTREAM_CA] = upstream_ca
     data = {k: base64.b64encode(v).decode("ascii") for k, v in raw.items()}
     data[KEY_CA_BUNDLE] = _ca_bundle_b64(ca.cert_pem)
     return data
+
+
+def upstream_ca(pem: bytes, source: str) -> bytes:
+    """Check an upstream CA file: one or more PEM CA certificates, and nothing else.
+
+    Refused at startup rather than found out in each sidecar (which would not start with it).
+    Returns the certificates re-encoded, so comments and stray text never reach a Secret.
+    """
+    try:
+        certs = x509.load_pem_x509_certificates(pem)
+    except ValueError as e:
+        raise ValueError(f"{source}: no PEM certificate ({e})") from None
+    for cert in certs:
+        try:
+            ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except x509.ExtensionNotFound:
+            ca = False
+        if not ca:
+            raise ValueError(f"{source}: {cert.subject.rfc4514_string()} is not a CA certificate (basicConstraints CA:TRUE)")
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
 
 
 def decode_data(data: Mapping[str, str] | None, key: str) -> bytes | None:

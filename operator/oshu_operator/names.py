@@ -41,6 +41,10 @@ KEY_SESSION_FILE = "session.json"
 KEY_CA_CERT = "ca.crt"
 KEY_CA_KEY = "ca.key"
 KEY_CA_BUNDLE = "ca-bundle.pem"
+#: Present only when the operator runs with --sidecar-upstream-ca-file: extra CAs the sidecar
+#: trusts for upstream APIs (a private API's CA). In the session Secret, so only the sidecar
+#: sees it (the app containers' CA volume projects ca.crt and ca-bundle.pem alone).
+KEY_UPSTREAM_CA = "upstream-ca.pem"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "oshu-vault-operator"
 LABEL_SESSION_OWNER = f"{GROUP}/owner-session"
@@ -97,6 +101,7 @@ SIDECAR_UID = 65532
 SESSION_FILE_PATH = f"{SESSION_MOUNT_DIR}/{KEY_SESSION_FILE}"
 SESSION_CA_CERT_PATH = f"{SESSION_MOUNT_DIR}/{KEY_CA_CERT}"
 SESSION_CA_KEY_PATH = f"{SESSION_MOUNT_DIR}/{KEY_CA_KEY}"
+SESSION_UPSTREAM_CA_PATH = f"{SESSION_MOUNT_DIR}/{KEY_UPSTREAM_CA}"
 #: Writable scratch space for the sidecar (read-only root filesystem).
 VOLUME_TMP = "oshu-vault-tmp"
 TMP_MOUNT_DIR = "/tmp"

@@ -13,7 +13,7 @@ import binascii
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable, Mapping
 
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -22,7 +22,7 @@ from oshu_contract.session import (SecretBinding, Session, SessionError, format_
 
 from . import events, material
 from . import names as n
-from .config import OperatorConfig
+from .config import OperatorConfig, revocation_grace_problem
 from .kube import Kube
 from .metrics import Metrics
 from .spec import SessionSpec, SpecError, check_session_name, parse_spec
@@ -54,6 +54,14 @@ session_secret_name = n.session_secret_name  # built in names.py only
 
 def _owned_by(secret: Mapping[str, Any], uid: str) -> bool:
     return any(o.get("uid") == uid for o in (secret.get("metadata") or {}).get("ownerReferences") or [])
+
+
+def revoked_message(secret_name: str, grace: timedelta) -> str:
+    """The Revoked event: when the Secret goes, and a warning when that may beat the kubelet."""
+    problem = revocation_grace_problem(grace)
+    return f"session revoked; Secret {secret_name} is deleted after {int(grace.total_seconds())}s" + (
+        f" (warning: {problem})" if problem else ""
+    )
 
 
 def _session_id(namespace: str, name: str) -> str:
@@ -257,7 +265,7 @@ class Reconciler:
             common_name=f"oshu-vault session {namespace}/{name}", hosts=spec_hosts, expires_at=expires_at,
             now=now, default_validity=self.config.ca_validity,
         )
-        data = material.secret_data(session.to_json(), ca.pair)
+        data = material.secret_data(session.to_json(), ca.pair, self.config.sidecar.upstream_ca_pem)
         labels = {n.LABEL_MANAGED_BY: n.MANAGED_BY, n.LABEL_SESSION_OWNER: name}
         owner = {"apiVersion": n.API_VERSION, "kind": n.KIND, "name": name, "uid": meta["uid"], "controller": True}
         desired = {
@@ -339,9 +347,7 @@ class Reconciler:
                             raise RetryLater("session Secret changed concurrently", 0.2) from None
                         raise
                     log.info("session revoked", extra={"session": f"{namespace}/{name}"})
-                    await self.post_event(body, "Normal", "Revoked",
-                                          f"session revoked; Secret {secret_name} is deleted after "
-                                          f"{int(self.config.revocation_grace.total_seconds())}s")
+                    await self.post_event(body, "Normal", "Revoked", revoked_message(secret_name, self.config.revocation_grace))
                     revoked = now
                 else:
                     revoked = parse_time(revoked_at, ANNOTATION_REVOKED_AT)

@@ -118,3 +118,17 @@ failurePolicy: {{ .Values.webhook.failurePolicy }}
 matchPolicy: Equivalent
 timeoutSeconds: {{ .Values.webhook.timeoutSeconds }}
 {{- end }}
+
+{{/* The ConfigMap (release namespace) holding sidecar.upstreamCA: the chart's own for an
+inline pem, else the named existing one; empty when no upstream CA is configured. */}}
+{{- define "oshu-vault.upstreamCAConfigMap" -}}
+{{- if .Values.sidecar.upstreamCA.pem }}
+{{- printf "%s-upstream-ca" (include "oshu-vault.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- .Values.sidecar.upstreamCA.configMap.name }}
+{{- end }}
+{{- end }}
+
+{{- define "oshu-vault.upstreamCAKey" -}}
+{{- if .Values.sidecar.upstreamCA.pem }}ca.crt{{ else }}{{ .Values.sidecar.upstreamCA.configMap.key }}{{ end }}
+{{- end }}
