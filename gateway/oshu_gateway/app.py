@@ -20,6 +20,7 @@ from pathlib import Path
 
 from oshu_contract.pki import CertificateAuthority, new_ca
 from oshu_contract.session import Session
+from oshu_sidecar.addresses import AddressGuard
 from oshu_sidecar.certs import LeafCache
 from oshu_sidecar.channel import ChannelClosed
 from oshu_sidecar.config import Config
@@ -190,7 +191,7 @@ class Gateway:
         pool = UpstreamPool(
             loop,
             up_ctx,
-            Router(cfg.connect_to, cfg.resolve),
+            Router(cfg.connect_to, cfg.resolve, AddressGuard(cfg.allow_upstream_cidrs)),
             scfg.connect_timeout,
             on_open=lambda: m.opened("upstream"),
             on_close=lambda: m.closed("upstream"),

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from oshu_sidecar.addresses import IPNetwork, parse_networks
 from oshu_sidecar.config import ConfigError, ConnectTo, Resolve, _addr, parse_connect_to, parse_resolve
 
 ENV_PREFIX = "OSHU_GATEWAY_"
@@ -44,6 +45,8 @@ class GatewayConfig:
     upstream_ca_files: tuple[str, ...] = ()
     resolve: tuple[Resolve, ...] = ()
     connect_to: tuple[ConnectTo, ...] = ()
+    #: Exceptions to the SSRF guard (private ranges the gateway may reach on a session's behalf).
+    allow_upstream_cidrs: tuple[IPNetwork, ...] = ()
     max_ttl: float = 86400.0
     default_idle_ttl: float = 3600.0
     log_level: str = "info"
@@ -82,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upstream-ca-file", action="append", help="extra CA trusted for upstreams (repeatable)")
     p.add_argument("--resolve", action="append", help="HOST:PORT:ADDR as curl (repeatable)")
     p.add_argument("--connect-to", action="append", help="HOST:PORT:CHOST:CPORT as curl (repeatable)")
+    p.add_argument(
+        "--allow-upstream-cidr",
+        action="append",
+        help="CIDR the proxy may connect to although it is loopback, private, link-local or reserved "
+        "(repeatable; by default such addresses are refused unless pinned by --resolve/--connect-to)",
+    )
     p.add_argument("--max-ttl", help="longest session lifetime (default 24h)")
     p.add_argument("--default-idle-ttl", help="idle TTL of sessions that give none (default 1h)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
@@ -146,7 +155,15 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
         upstream_ca_files=tuple(many("upstream_ca_file", os.pathsep)),
         resolve=tuple(parse_resolve(v) for v in many("resolve", None)),
         connect_to=tuple(parse_connect_to(v) for v in many("connect_to", None)),
+        allow_upstream_cidrs=_networks(many("allow_upstream_cidr", None)),
         max_ttl=max_ttl,
         default_idle_ttl=min(parse_duration(get("default_idle_ttl") or "1h", "--default-idle-ttl"), max_ttl),
         log_level=level,
     )
+
+
+def _networks(values: list[str]) -> tuple[IPNetwork, ...]:
+    try:
+        return parse_networks(values, "--allow-upstream-cidr")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None

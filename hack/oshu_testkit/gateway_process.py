@@ -44,6 +44,7 @@ class GatewayProcess:
         api_keys: Sequence[str] = (API_KEY,),
         plain: bool = True,
         python: str = sys.executable,
+        catch_all: bool = True,
     ) -> None:
         self._own_dir = directory is None
         self.directory = Path(directory or tempfile.mkdtemp(prefix="oshu-gateway-"))
@@ -75,7 +76,9 @@ class GatewayProcess:
                 "--connect-to",
                 f":80:127.0.0.1:{upstream.http_port}",
             ]
-        self.args += [*extra_args, "--connect-to", "::127.0.0.1:"]  # the catch-all last: the first match wins
+        self.args += [*extra_args]
+        if catch_all:  # keeps every test connection on loopback; last, as the first match wins
+            self.args += ["--connect-to", "::127.0.0.1:"]
         self.proc: subprocess.Popen[bytes] | None = None
         self.listen: tuple[str, int] | None = None
         self.plain_listen: tuple[str, int] | None = None

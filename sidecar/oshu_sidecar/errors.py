@@ -19,6 +19,7 @@ CODES: dict[str, int] = {
     "session_expired": 403,
     "session_revoked": 403,
     "session_changed": 403,
+    "upstream_address_denied": 403,
     "request_timeout": 408,
     "host_mismatch": 421,
     "headers_too_large": 431,

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
 import ssl
 from collections.abc import Callable
 
 import certifi
 
+from .addresses import AddressGuard
 from .channel import Channel, Deadlines
 from .config import ConnectTo, Resolve
 from .errors import ProxyError
@@ -61,32 +63,71 @@ def client_context(extra_ca_files: tuple[str, ...] = ()) -> ssl.SSLContext:
 
 
 class Router:
-    """Where to actually connect for HOST:PORT, applying --connect-to then --resolve like curl."""
+    """Where to actually connect for HOST:PORT, applying --connect-to then --resolve like curl.
 
-    def __init__(self, connect_to: tuple[ConnectTo, ...] = (), resolve: tuple[Resolve, ...] = ()) -> None:
+    With an `AddressGuard` (the gateway's default), a destination the operator did not pin is
+    resolved here and only a vetted address is returned, so a session cannot make the proxy
+    connect to loopback, metadata or internal addresses (see addresses.py).
+    """
+
+    def __init__(
+        self,
+        connect_to: tuple[ConnectTo, ...] = (),
+        resolve: tuple[Resolve, ...] = (),
+        guard: AddressGuard | None = None,
+    ) -> None:
         self.connect_to = connect_to
         self.resolve = resolve
-        self._cache: dict[tuple[str, int], tuple[str, int]] = {}
+        self.guard = guard
+        self._cache: dict[tuple[str, int], tuple[str, int, bool]] = {}
 
     def route(self, host: str, port: int) -> tuple[str, int]:
+        chost, cport, _ = self._route(host, port)
+        return chost, cport
+
+    def _route(self, host: str, port: int) -> tuple[str, int, bool]:
+        """(connect host, connect port, pinned by the operator's --connect-to/--resolve)."""
         key = (host, port)
         hit = self._cache.get(key)
         if hit is not None:
             return hit
-        chost, cport = host, port
+        chost, cport, pinned = host, port, False
         for rule in self.connect_to:
             if (not rule.host or rule.host == host) and (not rule.port or rule.port == port):
                 chost = rule.connect_host or host
                 cport = rule.connect_port or port
+                pinned = True
                 break
         for r in self.resolve:
             if (r.host == "*" or r.host == chost) and r.port == cport:
                 chost = r.addresses[0]
+                pinned = True
                 break
         if len(self._cache) > 4096:
             self._cache.clear()
-        self._cache[key] = (chost, cport)
-        return chost, cport
+        self._cache[key] = (chost, cport, pinned)
+        return chost, cport, pinned
+
+    async def destination(self, loop: asyncio.AbstractEventLoop, host: str, port: int) -> tuple[str, int]:
+        """The address to connect to; a vetted IP when a guard applies, else `route`'s answer."""
+        chost, cport, pinned = self._route(host, port)
+        if self.guard is None or pinned:
+            return chost, cport
+        try:
+            infos = await loop.getaddrinfo(chost, cport, type=socket.SOCK_STREAM)
+        except OSError as e:
+            raise ProxyError(
+                "upstream_unreachable", f"cannot resolve upstream {host}: {e.strerror or e.__class__.__name__}"
+            ) from None
+        for *_, sockaddr in infos:
+            address = str(sockaddr[0])
+            if self.guard.permits(address):
+                return address, cport
+        raise ProxyError(
+            "upstream_address_denied",
+            f"upstream {host}:{port} resolves only to addresses this proxy does not connect to "
+            "(loopback, private, link-local or reserved); see --allow-upstream-cidr",
+        )
 
 
 class UpstreamConn(Channel):
@@ -213,7 +254,7 @@ class UpstreamPool:
 
     async def connect(self, key: tuple[bool, str, int]) -> UpstreamConn:
         tls, host, port = key
-        chost, cport = self.router.route(host, port)
+        chost, cport = await self.router.destination(self.loop, host, port)
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await self.loop.create_connection(
