@@ -582,14 +582,19 @@ def prepare_cgroup_root() -> None:
                     (directory / name).write_text((directory.parent / name).read_text())
 
 
+def _cgroup_subdirs(root: Path) -> list[Path]:
+    """Every directory under `root`, deepest first. os.walk skips what vanishes while it walks
+    (the kubelet and runc remove pod cgroups concurrently); Path.rglob raises on that."""
+    found = [Path(top) for top, _, _ in os.walk(root)]
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
 def _cgroup_pids() -> set[int]:
     pids: set[int] = set()
     for root in _cgroup_dirs():
-        if not root.is_dir():
-            continue
-        for procs in root.rglob("cgroup.procs"):
+        for directory in _cgroup_subdirs(root):
             with contextlib.suppress(OSError, ValueError):
-                pids.update(int(line) for line in procs.read_text().split())
+                pids.update(int(line) for line in (directory / "cgroup.procs").read_text().split())
     return pids
 
 
@@ -604,14 +609,11 @@ def kill_cgroup_tree(timeout: float = 10.0) -> None:
 
 
 def remove_cgroup_tree() -> None:
+    """rmdir our cgroup tree, deepest first; a directory already gone counts as removed."""
     for root in _cgroup_dirs():
-        if not root.is_dir():
-            continue
-        for directory in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        for directory in _cgroup_subdirs(root):  # includes root itself, last
             with contextlib.suppress(OSError):
                 directory.rmdir()
-        with contextlib.suppress(OSError):
-            root.rmdir()
 
 
 def _cmdline(pid: int) -> list[str]:

@@ -7,7 +7,9 @@ before the session's shared node cluster exists).
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -185,3 +187,27 @@ def test_stop_leaves_no_process_mount_interface_address_rule_or_route(own_node_c
     assert node.host_leftovers(net, state_dir) == []
     assert not state_dir.exists()
     assert not node.holds_claim(state_dir)
+
+
+def test_cgroup_walk_survives_directories_vanishing(tmp_path: Path) -> None:
+    """stop() walks the cgroup tree while the kubelet removes pod cgroups: a vanished directory is
+    skipped, not an exception (seen at the end of `make demo`)."""
+    root = tmp_path / "root"
+    for sub in ("kubepods/besteffort/pod1/c1", "kubepods/burstable/pod2"):
+        (root / sub).mkdir(parents=True)
+    (root / "kubepods/besteffort/pod1/c1/cgroup.procs").write_text("")
+    walked: list[str] = []
+    real_walk = os.walk
+
+    def walk_removing(top: Path) -> Iterator[tuple[str, list[str], list[str]]]:
+        for entry in real_walk(top):
+            walked.append(entry[0])
+            if entry[0].endswith("besteffort"):
+                shutil.rmtree(root / "kubepods/besteffort/pod1")  # gone between listing and descent
+            yield entry
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(node.os, "walk", walk_removing)
+        dirs = node._cgroup_subdirs(root)
+    assert dirs[-1] == root and all(len(a.parts) >= len(b.parts) for a, b in itertools.pairwise(dirs))
+    assert not any("pod1" in str(d) for d in dirs)
