@@ -113,43 +113,45 @@ def openapi_document() -> bytes:
     return resources.files(__package__).joinpath("openapi.json").read_bytes()
 
 
+@dataclass(frozen=True, slots=True)
+class ApiDeps:
+    """What the API serves from: the sessions, the management keys, the CA and the gateway's state."""
+
+    registry: Registry
+    keys: ApiKeys
+    ca_pem: bytes
+    public_url: Callable[[], str]
+    max_ttl: float
+    default_idle_ttl: float
+    ready: Callable[[], bool]
+    metrics: Callable[[], bytes]
+
+
 class Api:
     """Routes API requests; `counts` (route, status) -> n feeds /metrics."""
 
-    def __init__(
-        self,
-        registry: Registry,
-        keys: ApiKeys,
-        ca_pem: bytes,
-        public_url: Callable[[], str],
-        max_ttl: float,
-        default_idle_ttl: float,
-        ready: Callable[[], bool],
-        metrics: Callable[[], bytes],
-    ) -> None:
-        self.registry = registry
-        self.keys = keys
-        self.ca_pem = ca_pem
-        self.public_url = public_url
-        self.max_ttl = max_ttl
-        self.default_idle_ttl = default_idle_ttl
-        self.ready = ready
-        self.metrics = metrics
+    def __init__(self, deps: ApiDeps) -> None:
+        self.d = deps
+        self.registry = deps.registry
         self.limit = RateLimit()
         self.counts: dict[tuple[str, int], int] = {}
         self._openapi = openapi_document()
 
-    def handle(self, method: str, path: str, headers: dict[str, bytes], body: bytes) -> Response:
+    async def handle(self, method: str, path: str, headers: dict[str, bytes], body: bytes) -> Response:
+        """The response to one API request; creations and deletions return once the store has them."""
         route = _route_of(path)
         try:
-            resp = self._dispatch(route, method, path, headers, body)
+            resp = self._public(route, method)
+            if resp is None:
+                resp = await self._managed(route, method, path, headers, body)
         except ApiError as e:
             resp = error(e)
         key = (route, resp.status)
         self.counts[key] = self.counts.get(key, 0) + 1
         return resp
 
-    def _dispatch(self, route: str, method: str, path: str, headers: dict[str, bytes], body: bytes) -> Response:
+    def _public(self, route: str, method: str) -> Response | None:
+        """Routes without an API key (and the 404/405 checks); None for the managed ones."""
         allowed = ROUTES.get(route)
         if allowed is None:
             raise ApiError(404, "not_found", "no such route; see /v1/openapi.json")
@@ -161,21 +163,26 @@ class Api:
             return Response(200, b"ok\n", "text/plain")
         if route == "/readyz":
             return (
-                Response(200, b"ready\n", "text/plain") if self.ready() else Response(503, b"not ready\n", "text/plain")
+                Response(200, b"ready\n", "text/plain")
+                if self.d.ready()
+                else Response(503, b"not ready\n", "text/plain")
             )
         if route == "/metrics":
-            return Response(200, self.metrics(), "text/plain; version=0.0.4; charset=utf-8")
+            return Response(200, self.d.metrics(), "text/plain; version=0.0.4; charset=utf-8")
         if route == "/v1/ca.pem":
-            return Response(200, self.ca_pem, "application/x-pem-file")
+            return Response(200, self.d.ca_pem, "application/x-pem-file")
         if route == "/v1/openapi.json":
             return Response(200, self._openapi)
-        key = self.keys.check(headers.get("authorization"))
+        return None
+
+    async def _managed(self, route: str, method: str, path: str, headers: dict[str, bytes], body: bytes) -> Response:
+        key = self.d.keys.check(headers.get("authorization"))
         now = time.time()
         if route == "/v1/sessions":
-            return self._create(key, headers, body, now)
+            return await self._create(key, headers, body, now)
         sid = path.split("?", 1)[0][len("/v1/sessions/") :]
         if method == "DELETE":
-            if not self.registry.delete(sid, now):
+            if not await self.registry.delete(sid, now):
                 raise ApiError(404, "not_found", "no such session (unknown, deleted or expired)")
             return Response(204)
         entry = self.registry.sessions.get(sid)
@@ -183,7 +190,7 @@ class Api:
             raise ApiError(404, "not_found", "no such session (unknown, deleted or expired)")
         return json_response(200, entry.metadata())
 
-    def _create(self, key: bytes, headers: dict[str, bytes], body: bytes, now: float) -> Response:
+    async def _create(self, key: bytes, headers: dict[str, bytes], body: bytes, now: float) -> Response:
         ctype = headers.get("content-type", b"").split(b";")[0].strip().lower()
         if ctype != b"application/json":
             raise ApiError(415, "unsupported_media_type", "send the body as Content-Type: application/json")
@@ -193,9 +200,9 @@ class Api:
             raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
         self.limit.take(key, now)
         sid, token = new_session_id(), new_client_token()
-        new = build_session(doc, sid, token, datetime.fromtimestamp(now, UTC), self.max_ttl, self.default_idle_ttl)
-        entry = self.registry.add(new.session, token, new.ttl, new.idle_ttl, now)
-        base = self.public_url()
+        new = build_session(doc, sid, token, datetime.fromtimestamp(now, UTC), self.d.max_ttl, self.d.default_idle_ttl)
+        entry = await self.registry.add(new.session, token, new.ttl, new.idle_ttl, now)
+        base = self.d.public_url()
         scheme, _, hostport = base.partition("://")
         return json_response(
             201,

@@ -1,6 +1,7 @@
 """The gateway's lifecycle and its hook on the proxy's listener.
 
-One `Proxy` (the sidecar's core) serves the TLS listener (and the optional plain one).
+One `GatewayProxy` (the sidecar's core, with an audit writer per session) serves the TLS
+listener (and the optional plain one).
 `Gateway.front` sees every request head read outside an intercepted tunnel: origin-form
 requests go to the session API (`api.Api`), CONNECT and absolute-form requests must carry
 `Proxy-Authorization: Basic base64(session_id:token)` and are then proxied under that
@@ -15,8 +16,8 @@ import os
 import ssl
 import time
 from datetime import timedelta
-from http import HTTPStatus
 from pathlib import Path
+from typing import Any
 
 from oshu_contract.pki import CertificateAuthority, new_ca
 from oshu_contract.session import Session
@@ -26,16 +27,17 @@ from oshu_sidecar.channel import ChannelClosed
 from oshu_sidecar.config import Config
 from oshu_sidecar.errors import error_body
 from oshu_sidecar.http1 import RequestHead
-from oshu_sidecar.logs import log, sink
+from oshu_sidecar.logs import AuditLog, log, sink
 from oshu_sidecar.metrics import Metrics
 from oshu_sidecar.policy import Policy
 from oshu_sidecar.server import ClientConn, Proxy
 from oshu_sidecar.upstream import Router, UpstreamPool, client_context
 
-from .api import MAX_BODY, Api, ApiKeys, Response
+from .api import MAX_BODY, Api, ApiDeps, ApiKeys, Response
 from .config import GatewayConfig
 from .registry import Entry, Registry
 from .store import SqliteStore, StoreError, load_or_create_key
+from .wire import headers_of, http_response, proxy_auth_required
 
 #: A connection that never authenticated gets this policy: no secrets, no egress.
 DENY_ALL = Policy(Session(session="unauthenticated", secrets=(), egress=()))
@@ -54,42 +56,26 @@ def _write_private(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def _headers(req: RequestHead) -> dict[str, bytes]:
-    """Field name (lower case) -> value of a parsed head (the parser already refused malformed ones)."""
-    out: dict[str, bytes] = {}
-    for line in req.raw[req.line_end + 2 :].split(b"\r\n"):
-        name, sep, value = line.partition(b":")
-        if sep:
-            out.setdefault(name.strip().lower().decode("latin-1"), value.strip())
-    return out
+class GatewayProxy(Proxy):
+    """The sidecar's proxy core with one audit line writer per session, kept on its `Entry`.
 
+    The core's own cache holds 64 writers and starts over when full: right for a sidecar (one
+    session), but with a hundred sessions in use it rebuilt a writer (and its cached JSON) on
+    most requests, 5% of the gateway's CPU under load (py-spy).
+    """
 
-def _http(resp: Response, close: bool, head_only: bool = False) -> bytes:
-    try:
-        reason = HTTPStatus(resp.status).phrase
-    except ValueError:
-        reason = "Status"
-    lines = [f"HTTP/1.1 {resp.status} {reason}", "Cache-Control: no-store"]
-    if resp.status != 204:
-        lines += [f"Content-Type: {resp.content_type}", f"Content-Length: {len(resp.body)}"]
-    lines += [f"{k}: {v}" for k, v in resp.headers]
-    if close:
-        lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head_only or resp.status == 204 else resp.body)
+    def __init__(self, registry: Registry, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.registry = registry
 
-
-PROXY_AUTH_REQUIRED = (
-    b"HTTP/1.1 407 Proxy Authentication Required\r\n"
-    b'Proxy-Authenticate: Basic realm="oshu-vault"\r\n'
-    b"Content-Type: application/json\r\nX-Oshu-Error: proxy_auth_required\r\nConnection: close\r\n"
-)
-
-
-def _proxy_auth_required() -> bytes:
-    body = error_body(
-        "proxy_auth_required", "send Proxy-Authorization: Basic base64(session_id:token) of a live session"
-    )
-    return PROXY_AUTH_REQUIRED + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+    def audit_for(self, session: str) -> AuditLog:
+        entry = self.registry.sessions.get(session)
+        if entry is None:  # deleted or expired meanwhile, or the deny-all policy
+            return super().audit_for(session)
+        audit = entry.audit
+        if audit is None:
+            audit = entry.audit = AuditLog(session)
+        return audit
 
 
 class Gateway:
@@ -147,9 +133,41 @@ class Gateway:
         return ctx
 
     async def start(self) -> None:
-        cfg = self.cfg
         loop = asyncio.get_running_loop()
         sink.attach(loop)
+        keys, ca_paths, ca_pems = self._open_state()
+        m = self.metrics
+        m.set_session("gateway")
+        self.proxy = self._build_proxy(loop, ca_paths, ca_pems)
+        assert self.registry is not None
+        self.api = Api(
+            ApiDeps(
+                self.registry,
+                keys,
+                ca_pems[0],
+                self.public_url,
+                self.cfg.max_ttl,
+                self.cfg.default_idle_ttl,
+                lambda: self.ready,
+                self._metrics_text,
+            )
+        )
+        await self._listen(loop, self._listener_tls(CertificateAuthority.from_pem(*ca_pems)))
+        self._sweeper = loop.create_task(self._sweep())
+        self.ready = True
+        assert self.address is not None
+        log(
+            logging.INFO,
+            "listening",
+            listen=_fmt(self.address),
+            plain_listen=_fmt(self.plain_address) if self.plain_address else None,
+            public_url=self.public_url(),
+            sessions=len(self.registry.sessions),
+        )
+
+    def _open_state(self) -> tuple[ApiKeys, tuple[Path, Path], tuple[bytes, bytes]]:
+        """The state dir, API keys, CA and session store (loaded into `self.registry`)."""
+        cfg = self.cfg
         try:
             cfg.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as e:
@@ -161,16 +179,22 @@ class Gateway:
         ca_cert_path, ca_key_path = self._ca()
         try:
             ca_cert, ca_key = ca_cert_path.read_bytes(), ca_key_path.read_bytes()
-            ca = CertificateAuthority.from_pem(ca_cert, ca_key)
+            CertificateAuthority.from_pem(ca_cert, ca_key)
         except (OSError, ValueError) as e:
             raise StartupError(f"unusable CA {ca_cert_path} / {ca_key_path}: {e}") from None
         try:
             key = load_or_create_key(cfg.encryption_key_file or cfg.state_dir / "encryption.key")
-            store = SqliteStore(cfg.state_dir / "sessions.db", key)
-            self.registry = Registry(store)
-            loaded = self.registry.load(time.time())
+            self.registry = Registry(SqliteStore(cfg.state_dir / "sessions.db", key))
+            self.registry.load(time.time())
         except StoreError as e:
             raise StartupError(str(e)) from None
+        return keys, (ca_cert_path, ca_key_path), (ca_cert, ca_key)
+
+    def _build_proxy(
+        self, loop: asyncio.AbstractEventLoop, ca_paths: tuple[Path, Path], ca_pems: tuple[bytes, bytes]
+    ) -> GatewayProxy:
+        """The sidecar's proxy core with the gateway's hook, SSRF guard and per-session policies."""
+        cfg, m = self.cfg, self.metrics
         try:
             up_ctx = client_context(cfg.upstream_ca_files)
         except (OSError, ValueError) as e:
@@ -179,15 +203,13 @@ class Gateway:
             listen=cfg.listen,
             admin_listen=("127.0.0.1", 0),
             session_file="",
-            ca_cert=str(ca_cert_path),
-            ca_key=str(ca_key_path),
+            ca_cert=str(ca_paths[0]),
+            ca_key=str(ca_paths[1]),
             upstream_ca_files=cfg.upstream_ca_files,
             resolve=cfg.resolve,
             connect_to=cfg.connect_to,
             log_level=cfg.log_level,
         )
-        m = self.metrics
-        m.set_session("gateway")
         pool = UpstreamPool(
             loop,
             up_ctx,
@@ -196,46 +218,30 @@ class Gateway:
             on_open=lambda: m.opened("upstream"),
             on_close=lambda: m.closed("upstream"),
         )
-        leaves = LeafCache(ca_cert, ca_key, on_mint=m.leaf_minted)
-        self.proxy = Proxy(scfg, self._policy_for, m, leaves, pool, front=self.front)
-        self.api = Api(
-            self.registry,
-            keys,
-            ca_cert,
-            self.public_url,
-            cfg.max_ttl,
-            cfg.default_idle_ttl,
-            lambda: self.ready,
-            self._metrics_text,
-        )
-        tls = self._listener_tls(ca)
+        leaves = LeafCache(ca_pems[0], ca_pems[1], on_mint=m.leaf_minted)
+        assert self.registry is not None
+        return GatewayProxy(self.registry, scfg, self._policy_for, m, leaves, pool, front=self.front)
+
+    async def _listen(self, loop: asyncio.AbstractEventLoop, tls: ssl.SSLContext) -> None:
+        """The TLS listener (the proxy's) and the optional plain one."""
+        cfg, proxy = self.cfg, self.proxy
+        assert proxy is not None
         try:
-            await self.proxy.start(tls)
+            await proxy.start(tls)
         except OSError as e:
             raise StartupError(f"cannot listen on {cfg.listen[0]}:{cfg.listen[1]}: {e.strerror or e}") from None
-        self.address = self.proxy.address
-        if cfg.plain_listen is not None:
-            proxy = self.proxy
-            try:
-                self.plain = await loop.create_server(
-                    lambda: ClientConn(proxy), *cfg.plain_listen, backlog=1024, reuse_address=True
-                )
-            except OSError as e:
-                raise StartupError(
-                    f"cannot listen on {cfg.plain_listen[0]}:{cfg.plain_listen[1]}: {e.strerror or e}"
-                ) from None
-            self.plain_address = self.plain.sockets[0].getsockname()[:2]
-        self._sweeper = loop.create_task(self._sweep())
-        self.ready = True
-        assert self.address is not None
-        log(
-            logging.INFO,
-            "listening",
-            listen=_fmt(self.address),
-            plain_listen=_fmt(self.plain_address) if self.plain_address else None,
-            public_url=self.public_url(),
-            sessions=loaded,
-        )
+        self.address = proxy.address
+        if cfg.plain_listen is None:
+            return
+        try:
+            self.plain = await loop.create_server(
+                lambda: ClientConn(proxy), *cfg.plain_listen, backlog=1024, reuse_address=True
+            )
+        except OSError as e:
+            raise StartupError(
+                f"cannot listen on {cfg.plain_listen[0]}:{cfg.plain_listen[1]}: {e.strerror or e}"
+            ) from None
+        self.plain_address = self.plain.sockets[0].getsockname()[:2]
 
     def public_url(self) -> str:
         if self.cfg.public_url:
@@ -250,7 +256,7 @@ class Gateway:
         assert self.registry is not None
         if req.method != b"CONNECT" and req.target.startswith(b"/"):
             return await self._api(conn, req)
-        headers = _headers(req)
+        headers = headers_of(req)
         now = time.time()
         entry = self.registry.authenticate(headers.get("proxy-authorization"), now)
         if entry is None:
@@ -263,7 +269,7 @@ class Gateway:
                 status=407,
                 method=req.method.decode("latin-1"),
             )
-            conn.write(_proxy_auth_required())
+            conn.write(proxy_auth_required())
             return False
         entry.touch(now, 1)
         conn.principal = entry
@@ -282,18 +288,22 @@ class Gateway:
 
     async def _api(self, conn: ClientConn, req: RequestHead) -> bool:
         assert self.api is not None
-        headers = _headers(req)
+        headers = headers_of(req)
         method = req.method.decode("latin-1")
         path = req.target.decode("latin-1")
         if "transfer-encoding" in headers:
             conn.write(
-                _http(Response(411, error_body("length_required", "send the body with Content-Length")), close=True)
+                http_response(
+                    Response(411, error_body("length_required", "send the body with Content-Length")), close=True
+                )
             )
             return False
         length = req.content_length or 0
         if length > MAX_BODY:
             conn.write(
-                _http(Response(413, error_body("body_too_large", f"the body limit is {MAX_BODY} bytes")), close=True)
+                http_response(
+                    Response(413, error_body("body_too_large", f"the body limit is {MAX_BODY} bytes")), close=True
+                )
             )
             return False
         if length and req.expect_continue:
@@ -302,9 +312,9 @@ class Gateway:
             body = await conn.read_exactly(length) if length else b""
         except (ChannelClosed, TimeoutError):
             return False
-        resp = self.api.handle(method, path, headers, body)
+        resp = await self.api.handle(method, path, headers, body)
         close = not req.keep_alive
-        conn.write(_http(resp, close, head_only=method == "HEAD"))
+        conn.write(http_response(resp, close, head_only=method == "HEAD"))
         log(
             logging.INFO,
             "api",
@@ -343,7 +353,7 @@ class Gateway:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             try:
-                self.registry.sweep()
+                await self.registry.sweep()
             except Exception:
                 logging.getLogger("oshu.gateway").exception("session sweep failed")
 
@@ -356,8 +366,8 @@ class Gateway:
         if self.proxy is not None:
             await self.proxy.stop(5.0)
         if self.registry is not None:
-            self.registry.sweep()
-            self.registry.store.close()
+            await self.registry.sweep()
+            self.registry.close()
         log(logging.INFO, "stopped")
         sink.flush()
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from oshu_sidecar.addresses import IPNetwork, parse_networks
-from oshu_sidecar.config import ConfigError, ConnectTo, Resolve, _addr, parse_connect_to, parse_resolve
+from oshu_sidecar.config import ConfigError, ConnectTo, Resolve, parse_addr, parse_connect_to, parse_resolve
 
 ENV_PREFIX = "OSHU_GATEWAY_"
 _DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)?$")
@@ -97,69 +97,86 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Values:
+    """A flag's value from the command line, else from its `OSHU_GATEWAY_*` variable."""
+
+    def __init__(self, args: argparse.Namespace, env: Mapping[str, str]) -> None:
+        self.args, self.env = args, env
+
+    def get(self, dest: str) -> str | None:
+        v = getattr(self.args, dest)
+        if v is not None:
+            return str(v)
+        return self.env.get(ENV_PREFIX + dest.upper()) or None
+
+    def many(self, dest: str, sep: str | None) -> list[str]:
+        v = getattr(self.args, dest)
+        if v:
+            return list(v)
+        raw = self.env.get(ENV_PREFIX + dest.upper(), "")
+        return [x for x in (raw.split(sep) if sep else raw.split()) if x]
+
+    def required(self, dest: str) -> str:
+        v = self.get(dest)
+        if not v:
+            flag = dest.replace("_", "-")
+            raise ConfigError(f"--{flag} (or {ENV_PREFIX}{dest.upper()}) is required")
+        return v
+
+    def pair(self, a: str, b: str) -> tuple[str | None, str | None]:
+        va, vb = self.get(a), self.get(b)
+        if bool(va) != bool(vb):
+            raise ConfigError(f"--{a.replace('_', '-')} and --{b.replace('_', '-')} go together")
+        return va, vb
+
+
 def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> GatewayConfig:
-    env = os.environ if environ is None else environ
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:
         if e.code == 0:
             raise
         raise ConfigError("invalid command line (see --help)") from None
-
-    def get(dest: str) -> str | None:
-        v = getattr(args, dest)
-        if v is not None:
-            return str(v)
-        return env.get(ENV_PREFIX + dest.upper()) or None
-
-    def many(dest: str, sep: str | None) -> list[str]:
-        v = getattr(args, dest)
-        if v:
-            return list(v)
-        raw = env.get(ENV_PREFIX + dest.upper(), "")
-        return [x for x in (raw.split(sep) if sep else raw.split()) if x]
-
-    state = get("state_dir")
-    if not state:
-        raise ConfigError("--state-dir (or OSHU_GATEWAY_STATE_DIR) is required")
-    keys = get("api_key_file")
-    if not keys:
-        raise ConfigError("--api-key-file (or OSHU_GATEWAY_API_KEY_FILE) is required")
-    tls_cert, tls_key = get("tls_cert"), get("tls_key")
-    if bool(tls_cert) != bool(tls_key):
-        raise ConfigError("--tls-cert and --tls-key go together")
-    ca_cert, ca_key = get("ca_cert"), get("ca_key")
-    if bool(ca_cert) != bool(ca_key):
-        raise ConfigError("--ca-cert and --ca-key go together")
-    plain = get("plain_listen")
-    public_url = get("public_url")
-    if public_url is not None and not re.match(r"^https?://[^/?#@]+$", public_url.rstrip("/")):
-        raise ConfigError(f"--public-url: expected http(s)://HOST[:PORT], got {public_url!r}")
-    max_ttl = parse_duration(get("max_ttl") or "24h", "--max-ttl")
-    level = get("log_level") or "info"
-    if level not in ("debug", "info", "warning", "error"):
-        raise ConfigError(f"--log-level: expected debug, info, warning or error, got {level!r}")
-    enc = get("encryption_key_file")
+    v = _Values(args, os.environ if environ is None else environ)
+    state, keys = v.required("state_dir"), v.required("api_key_file")
+    tls_cert, tls_key = v.pair("tls_cert", "tls_key")
+    ca_cert, ca_key = v.pair("ca_cert", "ca_key")
+    plain, enc = v.get("plain_listen"), v.get("encryption_key_file")
+    max_ttl = parse_duration(v.get("max_ttl") or "24h", "--max-ttl")
     return GatewayConfig(
-        listen=_addr(get("listen") or "127.0.0.1:8443", "--listen"),
-        plain_listen=_addr(plain, "--plain-listen") if plain else None,
+        listen=parse_addr(v.get("listen") or "127.0.0.1:8443", "--listen"),
+        plain_listen=parse_addr(plain, "--plain-listen") if plain else None,
         tls_cert=tls_cert,
         tls_key=tls_key,
-        public_host=get("public_host") or "localhost",
-        public_url=public_url.rstrip("/") if public_url else None,
+        public_host=v.get("public_host") or "localhost",
+        public_url=_public_url(v.get("public_url")),
         state_dir=Path(state),
         api_key_file=Path(keys),
         ca_cert=ca_cert,
         ca_key=ca_key,
         encryption_key_file=Path(enc) if enc else None,
-        upstream_ca_files=tuple(many("upstream_ca_file", os.pathsep)),
-        resolve=tuple(parse_resolve(v) for v in many("resolve", None)),
-        connect_to=tuple(parse_connect_to(v) for v in many("connect_to", None)),
-        allow_upstream_cidrs=_networks(many("allow_upstream_cidr", None)),
+        upstream_ca_files=tuple(v.many("upstream_ca_file", os.pathsep)),
+        resolve=tuple(parse_resolve(x) for x in v.many("resolve", None)),
+        connect_to=tuple(parse_connect_to(x) for x in v.many("connect_to", None)),
+        allow_upstream_cidrs=_networks(v.many("allow_upstream_cidr", None)),
         max_ttl=max_ttl,
-        default_idle_ttl=min(parse_duration(get("default_idle_ttl") or "1h", "--default-idle-ttl"), max_ttl),
-        log_level=level,
+        default_idle_ttl=min(parse_duration(v.get("default_idle_ttl") or "1h", "--default-idle-ttl"), max_ttl),
+        log_level=_log_level(v.get("log_level") or "info"),
     )
+
+
+def _public_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not re.match(r"^https?://[^/?#@]+$", value.rstrip("/")):
+        raise ConfigError(f"--public-url: expected http(s)://HOST[:PORT], got {value!r}")
+    return value.rstrip("/") or None
+
+
+def _log_level(level: str) -> str:
+    if level not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"--log-level: expected debug, info, warning or error, got {level!r}")
+    return level
 
 
 def _networks(values: list[str]) -> tuple[IPNetwork, ...]:

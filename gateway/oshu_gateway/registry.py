@@ -17,9 +17,10 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 from oshu_contract.session import Session, format_time, parse_session
+from oshu_sidecar.logs import AuditLog
 from oshu_sidecar.policy import Policy
 
-from .store import SessionStore, StoredSession
+from .store import SessionStore, StoredSession, StoreWriter
 
 
 def token_hash(token: str) -> bytes:
@@ -30,6 +31,7 @@ class Entry:
     """One session: its policy, credentials hash, lifetimes and usage."""
 
     __slots__ = (
+        "audit",
         "created",
         "dead",
         "expires_at",
@@ -55,6 +57,7 @@ class Entry:
         self.request_count = rec.request_count
         self.dead: Policy | None = None
         self.used = False  # usage not yet written to the store
+        self.audit: AuditLog | None = None  # its audit line writer, made on first use (GatewayProxy.audit_for)
 
     def deadline(self) -> float:
         return min(self.expires_at, self.last_used + self.idle_ttl)
@@ -125,17 +128,19 @@ def parse_basic(value: bytes | None) -> tuple[str, str] | None:
 
 
 class Registry:
-    """The live sessions and the store they persist in."""
+    """The live sessions and the store they persist in (written through `writer`, off the event loop)."""
 
     def __init__(self, store: SessionStore) -> None:
         self.store = store
+        self.writer = StoreWriter(store)
         self.sessions: dict[str, Entry] = {}
         self.created = 0
         self.deleted = 0
         self.expired = 0
 
     def load(self, now: float) -> int:
-        """Load every stored session; purge those that expired while the gateway was down."""
+        """Load every stored session; purge those that expired while the gateway was down (at start-up,
+        before serving: the only store calls made from the event loop's thread)."""
         for rec in self.store.load_all():
             entry = Entry(rec, parse_session(json.loads(rec.document)))
             if entry.live(now):
@@ -145,20 +150,22 @@ class Registry:
                 self.expired += 1
         return len(self.sessions)
 
-    def add(self, session: Session, token: str, ttl: float, idle_ttl: float, now: float) -> Entry:
+    async def add(self, session: Session, token: str, ttl: float, idle_ttl: float, now: float) -> Entry:
+        """Store the new session durably, then make it live: nobody learns credentials the store lacks."""
         rec = StoredSession(session.session, token_hash(token), session.to_json(), now, now + ttl, idle_ttl, now, 0)
-        self.store.put(rec)  # persisted before anyone learns the credentials
+        await self.writer.run(lambda: self.store.put(rec))
         entry = self.sessions[rec.session_id] = Entry(rec, session)
         self.created += 1
         return entry
 
-    def delete(self, session_id: str, now: float) -> bool:
+    async def delete(self, session_id: str, now: float) -> bool:
+        """Kill the session at once (open connections too); return once the store has forgotten it."""
         entry = self.sessions.pop(session_id, None)
         if entry is None:
             return False
         entry.kill(f"session {session_id} was deleted", now)
-        self.store.delete(session_id)
         self.deleted += 1
+        await self.writer.run(lambda: self.store.delete(session_id))
         return True
 
     def authenticate(self, header: bytes | None, now: float) -> Entry | None:
@@ -175,16 +182,26 @@ class Registry:
             return None
         return entry
 
-    def sweep(self, now: float | None = None) -> None:
+    async def sweep(self, now: float | None = None) -> None:
         """Purge expired sessions and write usage (last used, request count) to the store."""
         now = time.time() if now is None else now
+        gone = []
         for sid, entry in list(self.sessions.items()):
             if not entry.live(now):
                 entry.kill(None, now)
                 del self.sessions[sid]
-                self.store.delete(sid)
+                gone.append(sid)
                 self.expired += 1
         usage = [(e.session_id, e.last_used, e.request_count) for e in self.sessions.values() if e.used]
         for e in self.sessions.values():
             e.used = False
+        if gone or usage:
+            await self.writer.run(lambda: self._purge_and_touch(gone, usage))
+
+    def _purge_and_touch(self, gone: list[str], usage: list[tuple[str, float, int]]) -> None:
+        for sid in gone:
+            self.store.delete(sid)
         self.store.touch(usage)
+
+    def close(self) -> None:
+        self.writer.close()

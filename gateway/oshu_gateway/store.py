@@ -7,18 +7,23 @@ tokens are stored as SHA-256 hashes: they are 256-bit random strings, so a plain
 as good as a slow one, and the proxy only ever needs to compare.
 
 Every write is one transaction with `synchronous=FULL` in WAL mode: a `kill -9` at any
-moment leaves either the whole session or none of it. A database that is not ours,
+moment leaves either the whole session or none of it. While serving, `StoreWriter` runs every
+store call on one dedicated thread, so an fsync never stalls the proxy's event loop; callers
+await it, so a session is confirmed only once it is on disk. A database that is not ours,
 damaged, or encrypted under another key is a `StoreError` at open, never a silent reset.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -26,6 +31,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 APP_ID = "oshu-gateway"
 SCHEMA = 1
 _CHECK_PLAIN = b"oshu-gateway key check"
+T = TypeVar("T")
 
 
 class StoreError(RuntimeError):
@@ -183,3 +189,21 @@ class SqliteStore:
 
     def close(self) -> None:
         self.db.close()
+
+
+class StoreWriter:
+    """Runs a store's calls in order on one dedicated thread (the only one using its connection
+    once serving starts), so writes and their fsyncs happen off the event loop."""
+
+    def __init__(self, store: SessionStore) -> None:
+        self.store = store
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oshu-store")
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        """`fn()` on the writer thread; returns when it has (a write: durably) completed."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
+
+    def close(self) -> None:
+        """Finish the queued calls, then close the store."""
+        self._thread.shutdown(wait=True)
+        self.store.close()

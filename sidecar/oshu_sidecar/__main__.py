@@ -11,30 +11,49 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Protocol, TypeVar
 
 from .config import Config, ConfigError, load_config
 from .logs import log, setup_logging, sink
 
+C = TypeVar("C", bound="_Logged")
 
-async def _run(cfg: Config) -> int:
-    from .app import Sidecar, StartupError
 
-    sidecar = Sidecar(cfg)
+class Service(Protocol):
+    """What `serve_until_signal` runs: the sidecar's `Sidecar`, the gateway's `Gateway`."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+class _Logged(Protocol):
+    @property
+    def log_level(self) -> str: ...
+
+
+async def serve_until_signal(service: Service, startup_error: type[Exception]) -> int:
+    """Start `service`, serve until SIGTERM/SIGINT, stop it: 0, or 1 when start raises `startup_error` (logged)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await sidecar.start()
-    except StartupError as e:
+        await service.start()
+    except startup_error as e:
         log(logging.ERROR, "cannot start", error=str(e))
-        await sidecar.stop()
+        await service.stop()
         return 1
     await stop.wait()
     log(logging.INFO, "stopping")
-    await sidecar.stop()
+    await service.stop()
     return 0
+
+
+async def _run(cfg: Config) -> int:
+    from .app import Sidecar, StartupError
+
+    return await serve_until_signal(Sidecar(cfg), StartupError)
 
 
 def raise_fd_limit() -> None:
@@ -54,11 +73,14 @@ def raise_fd_limit() -> None:
         pass
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def run_command(
+    load: Callable[[Sequence[str] | None], C], run: Callable[[C], Coroutine[Any, Any, int]], argv: Sequence[str] | None
+) -> int:
+    """A service command's `main`: config from `load` (ConfigError: exit 2), then `run(cfg)` on uvloop."""
     setup_logging("info")
     raise_fd_limit()
     try:
-        cfg = load_config(argv)
+        cfg = load(argv)
     except ConfigError as e:
         log(logging.ERROR, "invalid configuration", error=str(e))
         return 2
@@ -66,11 +88,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio still works
-        code = asyncio.run(_run(cfg))
+        code = asyncio.run(run(cfg))
     else:
-        code = uvloop.run(_run(cfg))
+        code = uvloop.run(run(cfg))
     sink.flush()
     return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_command(load_config, _run, argv)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,8 @@ class Config:
     drain_timeout: float = 5.0
 
 
-def _addr(value: str, what: str) -> tuple[str, int]:
+def parse_addr(value: str, what: str) -> tuple[str, int]:
+    """`HOST:PORT` -> (normalized host, port); `what` names the flag in the error message."""
     host, sep, port = value.strip().rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ConfigError(f"{what}: expected HOST:PORT, got {value!r}")
@@ -249,8 +250,8 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
     if log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"--log-level: unknown level {log_level!r}")
     return Config(
-        listen=_addr(values.get("listen") or "127.0.0.1:15080", "--listen"),
-        admin_listen=_addr(values.get("admin_listen") or "127.0.0.1:15090", "--admin-listen"),
+        listen=parse_addr(values.get("listen") or "127.0.0.1:15080", "--listen"),
+        admin_listen=parse_addr(values.get("admin_listen") or "127.0.0.1:15090", "--admin-listen"),
         session_file=values["session_file"],
         ca_cert=values["ca_cert"],
         ca_key=values["ca_key"],
