@@ -39,7 +39,10 @@ class RawClient:
     HTTP/1.1 response (Content-Length, chunked, close-delimited or body-less).
     """
 
-    def __init__(self, address: tuple[str, int], timeout: float = 10.0) -> None:
+    def __init__(self, address: tuple[str, int] | None, timeout: float = 10.0) -> None:
+        # None: the address of a process not started (SidecarProcess.listen before start()).
+        if address is None:
+            raise ValueError("no address to connect to: is the process started?")
         self.sock: socket.socket | ssl.SSLSocket = socket.create_connection(address, timeout=timeout)
         self._buf = b""
 
