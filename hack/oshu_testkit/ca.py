@@ -31,5 +31,12 @@ class TestCA:
         self.key_file.chmod(0o600)
         return self
 
+    @property
+    def cert_path(self) -> Path:
+        """The CA certificate's file; the CA must have been written."""
+        if self.cert_file is None:
+            raise ValueError("the test CA has not been written yet (call write())")
+        return self.cert_file
+
     def issue(self, names: Iterable[str]) -> KeyPair:
         return CertificateAuthority.from_pem(self.pair.cert_pem, self.pair.key_pem).issue_leaf(list(names))
