@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -80,7 +81,7 @@ class Reconciler:
             await self.reconcile(*key)
         except RetryLater as e:
             self.trigger(*key, delay=e.delay)
-        except Exception:  # noqa: BLE001 - keep the operator serving; retried by resync
+        except Exception:  # keep the operator serving; retried after the longest backoff
             log.exception("background reconcile failed", extra={"session": "/".join(key)})
             self.trigger(*key, delay=RETRY_DELAYS[-1])
 
@@ -119,7 +120,7 @@ class Reconciler:
             except ApiException as e:
                 self._count_failure(key, f"ApiException{e.status}")
                 raise RetryLater(f"Kubernetes API error {e.status} {e.reason}", self._backoff(key)) from None
-            except (OSError, asyncio.TimeoutError) as e:
+            except (TimeoutError, OSError) as e:
                 self._count_failure(key, type(e).__name__)
                 raise RetryLater(f"Kubernetes API unreachable: {type(e).__name__}", self._backoff(key)) from None
             finally:
@@ -165,8 +166,9 @@ class Reconciler:
                 await self.kube.replace_secret(namespace, desired["metadata"]["name"], desired)
         except ApiException as e:
             if e.status == 409:
-                raise RetryLater(f"session Secret {'appeared' if action == 'create' else 'changed'} concurrently",
-                                 0.2) from None
+                raise RetryLater(
+                    f"session Secret {'appeared' if action == 'create' else 'changed'} concurrently", 0.2
+                ) from None
             raise
         if action == "create":
             log.info("session secret created", extra={"session": f"{namespace}/{name}"})
@@ -188,8 +190,11 @@ class Reconciler:
         event = rp.event_for(old, outcome)
         if event is not None:
             await self.post_event(body, *event)
-            log.info("session %s", outcome.phase.lower(),
-                     extra={"session": f"{namespace}/{name}", "reason": outcome.reason, "detail": outcome.message})
+            log.info(
+                "session %s",
+                outcome.phase.lower(),
+                extra={"session": f"{namespace}/{name}", "reason": outcome.reason, "detail": outcome.message},
+            )
         self.metrics.set_phase((namespace, name), outcome.phase)
         return outcome
 
@@ -212,7 +217,9 @@ class Reconciler:
                         raise RetryLater("session Secret changed concurrently", 0.2) from None
                     raise
                 log.info("session revoked", extra={"session": f"{namespace}/{name}"})
-                await self.post_event(body, "Normal", "Revoked", revoked_message(secret_name, self.config.revocation_grace))
+                await self.post_event(
+                    body, "Normal", "Revoked", revoked_message(secret_name, self.config.revocation_grace)
+                )
             if step.remaining > 0:
                 return step.remaining
             if step.delete:
