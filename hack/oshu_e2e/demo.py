@@ -202,10 +202,7 @@ def run(tell: Narrator) -> None:
         images = pods.images_from_env() or pods.prepare_images(
             node=node, registry=registry, log=lambda m: tell.say(m, 8)
         )
-        tell.say(
-            f"operator {images.operator}\nsidecar  {images.sidecar}\n         (trusts the API stand-in's CA "
-            f"through the sidecar's own OSHU_UPSTREAM_CA_FILE)\nagent    {images.agent}"
-        )
+        tell.say(f"operator {images.operator}\nsidecar  {images.sidecar}\nagent    {images.agent}")
         tell.done(t)
 
         docs = demo_objects(images.agent, standin.host(API_NAMESPACE), images.pull_policy)
@@ -216,7 +213,9 @@ def run(tell: Narrator) -> None:
         values = pods.chart_values(images)
         tell.say(
             f"--set operator.image=...,sidecar.image=...,sidecar.noProxy={{{','.join(pods.NO_PROXY)}}}\n"
-            "(noProxy without the .svc suffixes: the demo's API is a cluster Service name)"
+            "--set-file sidecar.upstreamCA.pem=<the API stand-in's CA>\n"
+            "(noProxy without the .svc suffixes: the demo's API is a cluster Service name; the stand-in's\n"
+            "private CA is trusted by the sidecars only, through the chart)"
         )
         seconds = pods.helm_install(kube, RELEASE, NAMESPACE, values)
         pods.webhook_ready(kube, RELEASE)

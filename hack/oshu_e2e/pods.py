@@ -7,8 +7,10 @@ Two kinds of cluster, same code:
   imported into its containerd, pulled by nobody (``IfNotPresent``);
 - a cluster the user has (``OSHU_E2E_KUBECONFIG``): images built here and pushed to
   ``OSHU_E2E_REGISTRY`` with podman (the user is logged in), or taken as they are from
-  ``OSHU_E2E_IMAGES`` (``operator=REF,sidecar=REF,agent=REF``: the sidecar image must trust
-  the stand-in's CA, see :func:`oshu_images.build.build_sidecar_trusting`).
+  ``OSHU_E2E_IMAGES`` (``operator=REF,sidecar=REF,agent=REF``).
+
+The sidecars trust the API stand-in's private CA through the chart's ``sidecar.upstreamCA``
+(:func:`chart_values`), as a user's private API would be trusted: the release images as built.
 """
 
 from __future__ import annotations
@@ -117,13 +119,11 @@ def images_from_env() -> Images | None:
 
 
 def build_images(log: Log = print) -> dict[str, Any]:
-    """Build (or reuse) what the suite and the demo run: {operator, sidecar (trusting the
-    stand-in's CA), agent: BuiltImage}."""
-    from oshu_images.build import build, build_sidecar_trusting
+    """Build (or reuse) what the suite and the demo run: {operator, sidecar, agent: BuiltImage}."""
+    from oshu_images.build import build
 
     built = build(["sidecar", "operator", "agent"], log=log)
-    trusting = build_sidecar_trusting(built["sidecar"], standin.ca().cert_pem, log=log)
-    return {"operator": built["operator"], "sidecar": trusting, "agent": built["agent"]}
+    return {kind: built[kind] for kind in ("operator", "sidecar", "agent")}
 
 
 def prepare_images(
@@ -161,6 +161,9 @@ def chart_values(images: Images, extra: Mapping[str, Any] | None = None) -> dict
         "sidecar": {
             "image": {"repository": sc_repo, "tag": sc_tag, "pullPolicy": images.pull_policy},
             "noProxy": NO_PROXY,
+            # The API stand-in's private CA, trusted by the sidecars (never the agents) through
+            # the chart: the operator copies it into each session Secret.
+            "upstreamCA": {"pem": standin.ca().cert_pem.decode("ascii")},
         },
     }
     for key, value in (extra or {}).items():

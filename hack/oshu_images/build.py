@@ -412,40 +412,6 @@ def build_agent(base: BuiltImage, log: Log = _stderr) -> BuiltImage:
     return _cached_or_build("agent", "localhost/oshu-agent", tag, make, log)
 
 
-def build_sidecar_trusting(sidecar: BuiltImage, ca_pem: bytes, log: Log = _stderr) -> BuiltImage:
-    """The sidecar image plus one extra upstream CA, trusted through the sidecar's own
-    ``OSHU_UPSTREAM_CA_FILE`` (= ``--upstream-ca-file``): how a deployment whose upstream API has
-    a private CA gets it trusted. The tests and the demo use it for their local API stand-in."""
-    dockerfile = HERE / "Dockerfile.upstream-ca"
-    tag = "h-" + _digest("sidecar-upstream-ca", sidecar.ref, dockerfile.read_bytes(), ca_pem)
-
-    def make(ref: str) -> None:
-        with tempfile.TemporaryDirectory(prefix="oshu-trust-ctx-", dir=pm.root()) as tmp:
-            ctx = Path(tmp) / "ctx"
-            ctx.mkdir()
-            (ctx / "upstream-ca.pem").write_bytes(ca_pem)
-            shutil.copy2(dockerfile, ctx / "Dockerfile")
-            _run(
-                [
-                    "podman",
-                    "build",
-                    "--network=none",
-                    "--pull=never",
-                    "--layers=false",
-                    "--build-arg",
-                    f"SIDECAR_IMAGE={sidecar.ref}",
-                    "-t",
-                    ref,
-                    str(ctx),
-                ],
-                "podman build sidecar-upstream-ca",
-                log,
-                env=pm.env(),
-            )
-
-    return _cached_or_build("sidecar-upstream-ca", "localhost/oshu-vault-sidecar-upstream-ca", tag, make, log)
-
-
 def build(kinds: Iterable[str] = IMAGES, log: Log = _stderr) -> dict[str, BuiltImage]:
     """Build (or reuse) the requested images and what they need; ``{kind: BuiltImage}``."""
     wanted = list(dict.fromkeys(kinds))

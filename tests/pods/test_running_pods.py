@@ -86,6 +86,26 @@ def test_native_sidecar_is_ready_before_the_agent_starts(pods_env: Any, running_
     assert "HTTPS_PROXY=http://127.0.0.1:" in env
 
 
+def test_the_upstream_ca_from_the_chart_reaches_the_sidecar_only(pods_env: Any, running_agent: tuple[Any, str]) -> None:
+    """sidecar.upstreamCA (the stand-in's CA) -> the operator -> the session Secret, mounted into
+    the sidecar alone; the agent container's files and CA bundle do not hold it."""
+    session, name = running_agent
+    kube = pods_env.kube
+    pod = pods.get_json(kube, "pod", name, "-n", session.namespace)
+    (sidecar,) = [c for c in pod["spec"]["initContainers"] if c["name"] == pods.SIDECAR]
+    path = sidecar["args"][sidecar["args"].index("--upstream-ca-file") + 1]
+    mount = next(m for m in sidecar["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == mount["name"])
+    secret = pods.get_json(kube, "secret", volume["secret"]["secretName"], "-n", session.namespace)
+    key = path.rsplit("/", 1)[1]
+    assert base64.b64decode(secret["data"][key]) == standin.ca().cert_pem
+    agent = next(c for c in pod["spec"]["containers"] if c["name"] == "agent")
+    assert mount["name"] not in {m["name"] for m in agent.get("volumeMounts") or []}
+    bundle = pods.exec_in(kube, session.namespace, name, "cat $SSL_CERT_FILE; ls /var/run/oshu-vault/session")
+    assert bundle.stdout.count("BEGIN CERTIFICATE") > 100  # the bundle was read: Mozilla's roots + the session CA
+    assert standin.ca().cert_pem.decode().strip() not in bundle.stdout and key not in bundle.stdout
+
+
 @pytest.mark.parametrize("client", ["curl", "python-requests", "node-fetch", "git"])
 def test_client_reaches_the_api_with_only_the_sealed_token(
     pods_env: Any, running_agent: tuple[Any, str], client: str
