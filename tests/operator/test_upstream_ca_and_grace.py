@@ -106,3 +106,18 @@ def test_default_grace_is_safe_with_margin():
     default = config_from_args(build_parser().parse_args([])).revocation_grace
     assert default == OperatorConfig().revocation_grace
     assert default >= 2 * KUBELET_SECRET_SYNC_BOUND and revocation_grace_problem(default) is None
+
+
+def test_reconcile_plan_writes_the_upstream_ca_and_a_new_flag_rewrites_the_secret():
+    from oshu_operator import reconcile_plan as rp
+
+    from .test_reconcile_plan import NOW, REFS, UID, session_body, stored, with_status
+
+    body = session_body()
+    plain = rp.plan(body, None, REFS, NOW, OperatorConfig())
+    assert n.KEY_UPSTREAM_CA not in plain.secret["data"]
+    # the operator restarted with --sidecar-upstream-ca-file: the stored Secret gains the key
+    again = rp.plan(with_status(body, plain), stored(plain), REFS, NOW, WITH_CA)
+    assert base64.b64decode(again.secret["data"][n.KEY_UPSTREAM_CA]) == UPSTREAM.cert_pem
+    assert {k: v for k, v in again.secret["data"].items() if k != n.KEY_UPSTREAM_CA} == plain.secret["data"]
+    assert rp.secret_write(stored(plain), again.secret, UID)[0] == "replace"
