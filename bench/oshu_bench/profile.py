@@ -162,6 +162,7 @@ def render(summary: dict, top: int = 15) -> str:
 _IDLE_MARKS = (
     "PyThread_acquire_lock_timed",
     "pthread_cond_wait",
+    "pthread_cond_timedwait",  # a worker thread waiting for work (the gateway's store writer)
     "sem_wait",
     "epoll_wait",
     "epoll_pwait",
