@@ -7,6 +7,9 @@ Creation is measured on one keep-alive HTTPS connection (sequential, as an orche
 creating sandboxes one after another would), spread over many API keys so the per-key rate
 limit (10/s, burst 50; docs/gateway.md) does not decide the number. RSS is the gateway's
 VmRSS after all sessions are created, then again after a restart that loads them from disk.
+During the next `--timed` creations a second connection asks `/healthz` back to back: its
+latency shows how long the event loop stalls for others while sessions are written
+(`healthz_*`; the probe shares the bench's process, so its own numbers include that).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import http.client
 import json
 import statistics
+import threading
 import time
 from pathlib import Path
 
@@ -28,6 +32,23 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def _probe(gw: GatewayProcess, stop: threading.Event, out: list[float]) -> None:
+    """GET /healthz back to back on its own connection until `stop`; latencies into `out`."""
+    assert gw.listen is not None
+    conn = http.client.HTTPSConnection(*gw.listen, context=gw.ssl_context(), timeout=30)
+    while not stop.is_set() and len(out) < 1_000_000:
+        t0 = time.perf_counter()
+        conn.request("GET", "/healthz")
+        conn.getresponse().read()
+        out.append(time.perf_counter() - t0)
+    conn.close()
+
+
+def _pct(values: list[float], q: float) -> float:
+    v = sorted(values)
+    return round(v[max(0, int(len(v) * q) - 1)] * 1000, 2) if v else float("nan")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sessions", type=int, default=10000)
@@ -39,6 +60,9 @@ def main() -> None:
         idle_rss = _rss_mb(gw.proc.pid)
         conn = http.client.HTTPSConnection(*gw.listen, context=gw.ssl_context(), timeout=30)
         lat: list[float] = []
+        probe: list[float] = []
+        stop = threading.Event()
+        prober = threading.Thread(target=_probe, args=(gw, stop, probe), daemon=True)
         t_start = time.perf_counter()
         for i in range(args.sessions):
             body = json.dumps(
@@ -62,7 +86,14 @@ def main() -> None:
                 raise SystemExit(f"creation {i}: {resp.status}")
             if i < args.timed:
                 lat.append(time.perf_counter() - t0)
+            elif i == args.timed:
+                prober.start()  # the next `timed` creations run with the probe
+            elif i == 2 * args.timed:
+                stop.set()
         total = time.perf_counter() - t_start
+        stop.set()
+        if prober.is_alive():
+            prober.join(30)
         conn.close()
         rss_full = _rss_mb(gw.proc.pid)
         gw.stop()
@@ -85,6 +116,9 @@ def main() -> None:
                 "create_p50_ms": round(statistics.median(lat) * 1000, 2),
                 "create_p99_ms": round(lat[int(len(lat) * 0.99) - 1] * 1000, 2),
                 "creations_per_s": round(args.sessions / total, 1),
+                "healthz_during_creations_p50_ms": _pct(probe, 0.5),
+                "healthz_during_creations_p99_ms": _pct(probe, 0.99),
+                "healthz_during_creations_max_ms": _pct(probe, 1.0),
                 "rss_idle_mb": round(idle_rss, 1),
                 "rss_after_creating_mb": round(rss_full, 1),
                 "startup_s_with_sessions": round(startup, 2),
