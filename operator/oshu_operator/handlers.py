@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -25,6 +25,16 @@ REFUSING_WEBHOOKS = (n.WEBHOOK_HANDLER_ID, n.EPHEMERAL_HANDLER_ID)
 WAITING_HANDLERS = {n.REVOKE_HANDLER_ID: REVOCATION_WAIT}
 
 log = logging.getLogger(__name__)
+
+#: What the indices are keyed by: (namespace, name) of a session, or of a Secret.
+Key = tuple[str | None, str]
+
+
+def _namespace(namespace: str | None) -> str:
+    """VaultSessions are namespaced: kopf's callback protocols allow None, the API never sends it."""
+    if namespace is None:
+        raise kopf.PermanentError("a VaultSession without a namespace")
+    return namespace
 
 
 def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
@@ -57,27 +67,27 @@ def _sessions(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
 
     # Indexers and handlers are all coroutines: sync ones would run in kopf's thread pool.
     @kopf.index(*SESSIONS, id="sessions", registry=registry)
-    async def sessions(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[Any, SessionView]:
+    async def sessions(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[Key, SessionView]:
         return {(namespace, name): SessionView.from_body(body)}
 
     @kopf.index(*SESSIONS, id="sessions_by_secret", registry=registry)
-    async def sessions_by_secret(spec: kopf.Spec, namespace: str, name: str, **_: Any) -> dict[Any, str]:
+    async def sessions_by_secret(spec: kopf.Spec, namespace: str | None, name: str, **_: Any) -> dict[Key, str]:
         refs = {(s.get("secretKeyRef") or {}).get("name") for s in spec.get("secrets") or []}
         return {(namespace, ref): name for ref in refs if isinstance(ref, str)}
 
     @kopf.on.resume(*SESSIONS, id="reconcile", registry=registry)
     @kopf.on.create(*SESSIONS, id="reconcile", registry=registry)
     @kopf.on.update(*SESSIONS, id="reconcile", field="spec", registry=registry)
-    async def reconcile(namespace: str, name: str, **_: Any) -> None:
+    async def reconcile(namespace: str | None, name: str, **_: Any) -> None:
         try:
-            await rt.reconciler.reconcile(namespace, name)
+            await rt.reconciler.reconcile(_namespace(namespace), name)
         except RetryLater as e:
             raise kopf.TemporaryError(str(e), delay=e.delay) from None
 
     @kopf.on.delete(*SESSIONS, id=n.REVOKE_HANDLER_ID, registry=registry)
-    async def revoke(body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
+    async def revoke(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
         try:
-            remaining = await rt.reconciler.revoke(namespace, name, body)
+            remaining = await rt.reconciler.revoke(_namespace(namespace), name, body)
         except RetryLater as e:
             raise kopf.TemporaryError(str(e), delay=e.delay) from None
         if remaining > 0:
@@ -88,12 +98,14 @@ def _sessions(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
             raise kopf.TemporaryError(REVOCATION_WAIT, delay=remaining)
 
     @kopf.on.event("", "v1", "secrets", id="secret_changed", registry=registry)
-    async def secret_changed(namespace: str, name: str, sessions_by_secret: kopf.Index[Any, str], **_: Any) -> None:
-        for session in set(sessions_by_secret.get((namespace, name), ())):
-            rt.reconciler.trigger(namespace, session)
+    async def secret_changed(namespace: str | None, name: str, **kwargs: Any) -> None:
+        # Indices arrive as keyword arguments named after them, outside kopf's callback protocols.
+        by_secret: kopf.Index[Key, str] = kwargs["sessions_by_secret"]
+        for session in set(by_secret.get((namespace, name), ())):
+            rt.reconciler.trigger(_namespace(namespace), session)
 
 
-def _lookup(sessions: kopf.Index[Any, SessionView]) -> Callable[[str, str], SessionView | None]:
+def _lookup(sessions: kopf.Index[Key, SessionView]) -> Callable[[str, str], SessionView | None]:
     """The admission code's view of the sessions index: (namespace, name) -> the session, if any."""
 
     def lookup(ns: str, name: str) -> SessionView | None:
@@ -111,14 +123,19 @@ def _admission(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
         namespace: str | None,
         patch: kopf.Patch,
         warnings: list[str],
-        sessions: kopf.Index[Any, SessionView],
+        dryrun: bool,
         **kwargs: Any,
     ) -> None:
-        dryrun = bool(kwargs["dryrun"])  # (kopf passes it by name to every admission handler)
+        sessions: kopf.Index[Key, SessionView] = kwargs["sessions"]  # an index, outside WebhookFn
         plan = await rt.admission.inject(dict(body), namespace, _lookup(sessions), dryrun=dryrun)
         if plan is not None:
             warnings.extend(plan.warnings)
-            patch.fns.append(plan.apply)
+            apply = plan.apply
+
+            def mutate(raw: kopf.RawBody) -> None:
+                apply(cast("dict[str, Any]", raw))  # kopf hands over the pod dict itself
+
+            patch.fns.append(mutate)
 
     # Updates of injected pods: ephemeral containers (subresource) and in-place changes (images).
     @kopf.on.mutate(
@@ -126,12 +143,12 @@ def _admission(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
     )
     async def ephemeral(
         body: kopf.Body,
-        old: kopf.Body | None,
         namespace: str | None,
         subresource: str | None,
-        sessions: kopf.Index[Any, SessionView],
-        **_: Any,
+        **kwargs: Any,
     ) -> None:
+        old: kopf.Body | None = kwargs.get("old")  # UPDATE reviews: passed by name, outside WebhookFn
+        sessions: kopf.Index[Key, SessionView] = kwargs["sessions"]
         if subresource not in (None, "ephemeralcontainers"):
             return
         await rt.admission.check_update(
