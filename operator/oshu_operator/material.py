@@ -11,13 +11,14 @@ from __future__ import annotations
 import base64
 import functools
 import ipaddress
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
 
 import certifi
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
 from oshu_contract.hosts import HostPattern
 from oshu_contract.pki import CertificateAuthority, KeyPair, new_ca
 from oshu_contract.tokens import is_sealed_token, new_sealed_token
@@ -31,6 +32,7 @@ CA_TTL_SLACK = timedelta(minutes=10)
 
 
 # --- sealed tokens ------------------------------------------------------------------------
+
 
 def stable_tokens(names: Iterable[str], *sources: Mapping[str, object] | None) -> dict[str, str]:
     """One sealed token per name: the first well-formed one any source remembers, else a new one.
@@ -56,6 +58,7 @@ def stable_tokens(names: Iterable[str], *sources: Mapping[str, object] | None) -
 
 
 # --- session CA ---------------------------------------------------------------------------
+
 
 def constraint_names(hosts: Iterable[HostPattern]) -> list[str] | None:
     """DNS subtrees for the CA's name constraints, or None when constraints cannot be used.
@@ -162,6 +165,7 @@ def _ca_bundle_b64(ca_cert_pem: bytes) -> str:
 
 # --- the Secret's data --------------------------------------------------------------------
 
+
 def secret_data(session_file: bytes, ca: KeyPair, upstream_ca: bytes = b"") -> dict[str, str]:
     """The `data` map of the session Secret (base64, as the API wants it); `upstream_ca` (the
     operator's --sidecar-upstream-ca-file) rides along for the sidecar only, when given."""
@@ -189,7 +193,9 @@ def upstream_ca(pem: bytes, source: str) -> bytes:
         except x509.ExtensionNotFound:
             ca = False
         if not ca:
-            raise ValueError(f"{source}: {cert.subject.rfc4514_string()} is not a CA certificate (basicConstraints CA:TRUE)")
+            raise ValueError(
+                f"{source}: {cert.subject.rfc4514_string()} is not a CA certificate (basicConstraints CA:TRUE)"
+            )
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
 
 
@@ -210,5 +216,4 @@ def stored_ca(data: Mapping[str, str] | None) -> KeyPair | None:
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
+    return datetime.now(UTC)
