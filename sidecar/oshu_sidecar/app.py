@@ -11,6 +11,8 @@ import logging
 import ssl
 from pathlib import Path
 
+from oshu_contract.session import SessionError
+
 from .admin import AdminApp, AdminServer
 from .certs import LeafCache
 from .config import Config
@@ -18,7 +20,6 @@ from .logs import log, sink
 from .metrics import Metrics
 from .policy import Policy
 from .server import Proxy
-from oshu_contract.session import SessionError
 from .sessionwatch import SessionWatcher, file_signature
 from .upstream import Router, UpstreamPool, client_context
 
@@ -44,7 +45,9 @@ def load_ca(cfg: Config) -> tuple[bytes, bytes]:
     try:
         probe.load_cert_chain(cfg.ca_cert, cfg.ca_key)
     except ssl.SSLError as e:
-        raise StartupError(f"unusable CA in --ca-cert/--ca-key (not PEM, or key does not match): {e.reason or e}") from None
+        raise StartupError(
+            f"unusable CA in --ca-cert/--ca-key (not PEM, or key does not match): {e.reason or e}"
+        ) from None
     return cert, key
 
 
@@ -66,8 +69,9 @@ class Sidecar:
         m.set_session(policy.name)
         m.session_revoked = 1 if policy.revoked_reason else 0
         m.session_load_error = 0
-        m.bind_expiry(lambda: self.watcher.policy.seconds_until_expiry()  # type: ignore[union-attr]
-                      if self.watcher and self.watcher.policy else float("inf"))
+        m.bind_expiry(
+            lambda: self.watcher.policy.seconds_until_expiry() if self.watcher and self.watcher.policy else float("inf")
+        )
 
     def _policy_for(self, conn: object) -> Policy:
         """Every connection gets the process's session (the watcher's latest policy)."""
@@ -94,8 +98,14 @@ class Sidecar:
         except (OSError, ValueError) as e:
             raise StartupError(f"unusable --upstream-ca-file: {e}") from None
         m = self.metrics
-        self.pool = UpstreamPool(loop, ssl_ctx, Router(cfg.connect_to, cfg.resolve), cfg.connect_timeout,
-                                 on_open=lambda: m.opened("upstream"), on_close=lambda: m.closed("upstream"))
+        self.pool = UpstreamPool(
+            loop,
+            ssl_ctx,
+            Router(cfg.connect_to, cfg.resolve),
+            cfg.connect_timeout,
+            on_open=lambda: m.opened("upstream"),
+            on_close=lambda: m.closed("upstream"),
+        )
         leaves = LeafCache(ca_cert, ca_key, on_mint=m.leaf_minted)
         self.leaves = leaves
         self._ca_signature = (file_signature(cfg.ca_cert), file_signature(cfg.ca_key))
@@ -105,17 +115,26 @@ class Sidecar:
             await self.proxy.start()
         except OSError as e:
             raise StartupError(f"cannot listen on {cfg.listen[0]}:{cfg.listen[1]}: {e.strerror or e}") from None
-        self.admin = AdminServer(AdminApp(m, lambda: self.ready, self._status), *cfg.admin_listen,
-                                 timeout=max(cfg.header_timeout, 1.0))
+        self.admin = AdminServer(
+            AdminApp(m, lambda: self.ready, self._status), *cfg.admin_listen, timeout=max(cfg.header_timeout, 1.0)
+        )
         try:
             await self.admin.start()
         except OSError as e:
-            raise StartupError(f"cannot listen on {cfg.admin_listen[0]}:{cfg.admin_listen[1]}: {e.strerror or e}") from None
+            raise StartupError(
+                f"cannot listen on {cfg.admin_listen[0]}:{cfg.admin_listen[1]}: {e.strerror or e}"
+            ) from None
         self.watcher.start()
         self.ready = True
         assert self.proxy.address and self.admin.address
-        log(logging.INFO, "listening", listen=_fmt(self.proxy.address), admin=_fmt(self.admin.address),
-            session=policy.name, secrets=[s.name for s in policy.session.secrets])
+        log(
+            logging.INFO,
+            "listening",
+            listen=_fmt(self.proxy.address),
+            admin=_fmt(self.admin.address),
+            session=policy.name,
+            secrets=[s.name for s in policy.session.secrets],
+        )
 
     def _poll_ca(self) -> None:
         """Pick up a rotated CA (same Secret volume as the session file); keep the old one if unusable."""
