@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -26,8 +26,9 @@ def _doc(**over):
     doc = {
         "session": "agents/claude",
         "expiresAt": "2026-11-26T12:00:00Z",
-        "secrets": [{"name": "ANTHROPIC_API_KEY", "sealed": new_sealed_token(), "value": REAL,
-                     "hosts": ["api.anthropic.com"]}],
+        "secrets": [
+            {"name": "ANTHROPIC_API_KEY", "sealed": new_sealed_token(), "value": REAL, "hosts": ["api.anthropic.com"]}
+        ],
     }
     doc.update(over)
     return doc
@@ -37,8 +38,8 @@ def test_round_trip_is_lossless():
     s = parse_session(_doc(egress=["*.github.com", "registry.npmjs.org:8443"], revoked=True))
     again = loads_session(s.to_json())
     assert again == s
-    assert again.egress[1].port == 8443
-    assert again.expires_at == datetime(2026, 11, 26, 12, tzinfo=timezone.utc)
+    assert again.egress is not None and again.egress[1].port == 8443
+    assert again.expires_at == datetime(2026, 11, 26, 12, tzinfo=UTC)
 
 
 def test_minimal_form_from_the_issue_parses():
@@ -94,8 +95,8 @@ def test_load_session_file_names_the_path(tmp_path):
 
 def test_expiry():
     s = parse_session(_doc())
-    assert not s.is_expired(datetime(2026, 11, 26, 11, 59, tzinfo=timezone.utc))
-    assert s.is_expired(datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc))
+    assert not s.is_expired(datetime(2026, 11, 26, 11, 59, tzinfo=UTC))
+    assert s.is_expired(datetime(2026, 11, 26, 12, 0, tzinfo=UTC))
 
 
 @pytest.mark.parametrize(
@@ -116,7 +117,9 @@ def test_host_patterns(pattern, host, port, expected):
     assert HostPattern.parse(pattern).matches(host, port) is expected
 
 
-@pytest.mark.parametrize("bad", ["", "*", "*.com", "a..b", "-a.com", "a.com:0", "a.com:", "[::1]:", "a.com:99999", "*.1.2.3.4"])
+@pytest.mark.parametrize(
+    "bad", ["", "*", "*.com", "a..b", "-a.com", "a.com:0", "a.com:", "[::1]:", "a.com:99999", "*.1.2.3.4"]
+)
 def test_bad_host_patterns(bad):
     with pytest.raises(HostPatternError):
         HostPattern.parse(bad)
@@ -128,8 +131,7 @@ def test_split_host_port_ipv6():
 
 
 def test_binding_allowed_for():
-    b = SecretBinding(name="K", sealed=new_sealed_token(), value=REAL,
-                      hosts=(HostPattern.parse("*.example.com"),))
+    b = SecretBinding(name="K", sealed=new_sealed_token(), value=REAL, hosts=(HostPattern.parse("*.example.com"),))
     assert b.allowed_for("a.example.com", 443) and not b.allowed_for("example.com", 443)
     assert isinstance(Session(session="x", secrets=(b,)).to_json(), bytes)
 
