@@ -9,25 +9,27 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
 from oshu_contract.session import SecretBinding
-from oshu_testkit.sessions import new_secret, new_session
-from oshu_testkit.sidecar_process import SidecarProcess
-from oshu_testkit.upstreams import Upstream
 from oshu_testkit.clients import NODE_DIR
 from oshu_testkit.leaks import scan_sidecar
-from oshu_testkit.upstreams import ALL_HOSTS, HOST, OTHER, PORTED, UPSTREAM_NAMES
+from oshu_testkit.sessions import new_secret, new_session
+from oshu_testkit.sidecar_process import SidecarProcess
+from oshu_testkit.upstreams import ALL_HOSTS, HOST, OTHER, PORTED, UPSTREAM_NAMES, Upstream
 
 
 def make_keys() -> dict[str, SecretBinding]:
     return {
         "API_KEY": new_secret("API_KEY", [HOST]),
         "OTHER_KEY": new_secret("OTHER_KEY", [OTHER]),
-        "QUERY_KEY": new_secret("QUERY_KEY", [HOST], value="q-secret/with space+plus&amp", locations=["headers", "query"]),
+        "QUERY_KEY": new_secret(
+            "QUERY_KEY", [HOST], value="q-secret/with space+plus&amp", locations=["headers", "query"]
+        ),
         "BODY_KEY": new_secret("BODY_KEY", [HOST], locations=["headers", "body"]),
         "PORT_KEY": new_secret("PORT_KEY", [PORTED]),
         "WILD_KEY": new_secret("WILD_KEY", ["*.wild.oshu.test"]),
@@ -52,11 +54,13 @@ def keys() -> dict[str, SecretBinding]:
 
 
 @pytest.fixture(scope="module")
-def sidecar(upstream: Upstream, keys: dict[str, SecretBinding], tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[SidecarProcess]:
+def sidecar(
+    upstream: Upstream, keys: dict[str, SecretBinding], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SidecarProcess]:
     """The shared sidecar of a test module: every key, every test host mapped to the upstream."""
-    sc = SidecarProcess(new_session(*keys.values()), upstream=upstream, hosts=ALL_HOSTS,
-                        directory=tmp_path_factory.mktemp("sidecar"))
+    sc = SidecarProcess(
+        new_session(*keys.values()), upstream=upstream, hosts=ALL_HOSTS, directory=tmp_path_factory.mktemp("sidecar")
+    )
     with sc:
         yield sc
         scan_sidecar(sc, [k.value for k in keys.values()])
@@ -92,9 +96,8 @@ def node_client() -> Path:
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.fail("node and npm are required for the Node client tests")
     if not (NODE_DIR / "node_modules" / "undici").is_dir():
-        p = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, capture_output=True, text=True,
-                           timeout=300)
+        p = subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, capture_output=True, text=True, timeout=300
+        )
         assert p.returncode == 0, p.stderr[-2000:]
     return NODE_DIR / "fetch.mjs"
-
-
