@@ -48,7 +48,7 @@ def busy_metrics(clock: FrozenClock) -> Metrics:
     return m
 
 
-async def wait_until(predicate, what: str, turns: int = 3000) -> None:  # type: ignore[no-untyped-def]
+async def wait_until(predicate, what: str, turns: int = 3000) -> None:
     for _ in range(turns):
         if predicate():
             return
