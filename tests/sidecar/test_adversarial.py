@@ -15,26 +15,27 @@ the aiohttp `Upstream` of `oshu_sidecar.testing` is too well-behaved to.
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import html
 import json
 import socket
 import ssl
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any
 from urllib.parse import quote, quote_plus, unquote
 
 import pytest
 
-from oshu_sidecar.policy import Policy
 from oshu_contract.session import SecretBinding
+from oshu_sidecar.policy import Policy
 from oshu_testkit.ca import TestCA
 from oshu_testkit.rawclient import RawClient, RawResponse
 from oshu_testkit.sessions import new_secret, new_session
 from oshu_testkit.sidecar_process import SidecarProcess
-from oshu_testkit.upstreams import Upstream
-from oshu_testkit.upstreams import HOST, OTHER, TUNNEL
+from oshu_testkit.upstreams import HOST, OTHER, TUNNEL, Upstream
 
 TIMEOUT = 10.0
 WAIT = 10.0
@@ -59,7 +60,7 @@ def encoded_forms(value: str) -> list[bytes]:
 def assert_clean(data: bytes | str, keys: list[SecretBinding] | dict[str, SecretBinding]) -> None:
     if isinstance(data, str):
         data = data.encode()
-    for key in (keys.values() if isinstance(keys, dict) else keys):
+    for key in keys.values() if isinstance(keys, dict) else keys:
         for form in encoded_forms(key.value):
             assert form not in data, f"a form of the real value of {key.name} reached the agent"
 
@@ -68,8 +69,13 @@ def error_code(resp: RawResponse) -> str:
     return json.loads(resp.body)["error"]["code"]
 
 
-def tls_client(sc: SidecarProcess, host: str = HOST, sni: str | None | bool = True,
-               alpn: list[str] | None = None, session: ssl.SSLSession | None = None) -> RawClient:
+def tls_client(
+    sc: SidecarProcess,
+    host: str = HOST,
+    sni: str | bool | None = True,
+    alpn: list[str] | None = None,
+    session: ssl.SSLSession | None = None,
+) -> RawClient:
     """CONNECT + TLS through the proxy, trusting the session CA."""
     c = RawClient(sc.listen, timeout=TIMEOUT)
     assert c.connect(host).status == 200
@@ -116,7 +122,7 @@ class ScriptedUpstream:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
-    def __enter__(self) -> "ScriptedUpstream":
+    def __enter__(self) -> ScriptedUpstream:
         t = threading.Thread(target=self._accept, daemon=True)
         t.start()
         self._threads.append(t)
@@ -135,7 +141,7 @@ class ScriptedUpstream:
         while not self._stop.is_set():
             try:
                 raw, _ = self.sock.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             t = threading.Thread(target=self._serve, args=(raw,), daemon=True)
             t.start()
@@ -199,11 +205,17 @@ def scripted(tmp_path: Path) -> Iterator[Callable[..., tuple[ScriptedUpstream, S
     """Start a ScriptedUpstream for HOST and a sidecar reaching HOST there; both torn down and leak-scanned."""
     started: list[tuple[ScriptedUpstream, SidecarProcess, list[str]]] = []
 
-    def make(respond: Callable[[bytes, bytes], bytes], *secrets: SecretBinding, **kw: object
-             ) -> tuple[ScriptedUpstream, SidecarProcess]:
+    def make(
+        respond: Callable[[bytes, bytes], bytes], *secrets: SecretBinding, **kw: Any
+    ) -> tuple[ScriptedUpstream, SidecarProcess]:
         up = ScriptedUpstream(tmp_path / f"up{len(started)}", [HOST, "*.oshu.test"], respond).__enter__()
-        sc = SidecarProcess(new_session(*secrets), directory=tmp_path / f"sc{len(started)}",
-                            connect_to=up.connect_to([HOST]), upstream_ca_files=[up.ca.cert_file], **kw)  # type: ignore[arg-type]
+        sc = SidecarProcess(
+            new_session(*secrets),
+            directory=tmp_path / f"sc{len(started)}",
+            connect_to=up.connect_to([HOST]),
+            upstream_ca_files=[up.ca.cert_path],
+            **kw,
+        )
         started.append((up, sc, [s.value for s in secrets]))
         sc.start()
         return up, sc
@@ -241,8 +253,9 @@ SMUGGLING_HEADS = {
 
 
 @pytest.mark.parametrize("case", sorted(SMUGGLING_HEADS))
-def test_ambiguous_heads_are_refused_before_anything_is_sent(case: str, sidecar: SidecarProcess, upstream: Upstream,
-                                                             keys: dict[str, SecretBinding]) -> None:
+def test_ambiguous_heads_are_refused_before_anything_is_sent(
+    case: str, sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     """Framing the proxy and an upstream could read differently never reaches the upstream."""
     extra, status = SMUGGLING_HEADS[case]
     key = keys["API_KEY"]
@@ -259,8 +272,9 @@ def test_ambiguous_heads_are_refused_before_anything_is_sent(case: str, sidecar:
 
 
 @pytest.mark.parametrize("named", ["content-length", "Content-Length, keep-alive", "host"])
-def test_connection_cannot_strip_framing_or_routing_fields(named: str, sidecar: SidecarProcess, upstream: Upstream,
-                                                           keys: dict[str, SecretBinding]) -> None:
+def test_connection_cannot_strip_framing_or_routing_fields(
+    named: str, sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     """`Connection: content-length` must not drop the length the proxy itself frames the body by.
 
     Before: the Content-Length line was dropped as "named by Connection" while the body was
@@ -270,8 +284,12 @@ def test_connection_cannot_strip_framing_or_routing_fields(named: str, sidecar: 
     key = keys["API_KEY"]
     body = SMUGGLED.encode()
     with tls_client(sidecar, f"{HOST}:443") as c:
-        resp = c.request("POST", "/echo/outer", [("Host", HOST), ("Connection", named), ("x-api-key", key.sealed),
-                                                 ("Content-Length", str(len(body)))], body)
+        resp = c.request(
+            "POST",
+            "/echo/outer",
+            [("Host", HOST), ("Connection", named), ("x-api-key", key.sealed), ("Content-Length", str(len(body)))],
+            body,
+        )
     assert resp.status == 200
     assert_clean(resp.raw_head + resp.body, keys)
     # A smuggled request would follow on the same upstream connection at once: allow it a moment to show.
@@ -280,8 +298,9 @@ def test_connection_cannot_strip_framing_or_routing_fields(named: str, sidecar: 
     still_serving(sidecar, upstream, key)
 
 
-def test_pipelined_request_naming_another_host_is_refused(sidecar: SidecarProcess, upstream: Upstream,
-                                                          keys: dict[str, SecretBinding]) -> None:
+def test_pipelined_request_naming_another_host_is_refused(
+    sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     key, other = keys["API_KEY"], keys["OTHER_KEY"]
     first = b"GET /echo/first HTTP/1.1\r\nHost: api.oshu.test\r\nx-api-key: %b\r\n\r\n" % key.sealed.encode()
     second = b"GET /echo/second HTTP/1.1\r\nHost: other.oshu.test\r\nx-api-key: %b\r\n\r\n" % other.sealed.encode()
@@ -294,13 +313,15 @@ def test_pipelined_request_naming_another_host_is_refused(sidecar: SidecarProces
 
 
 @pytest.mark.parametrize("size_line", [b"fffffffffffffffff", b"0x10", b"-1", b"zz", b"1 1", b"a" * 9000])
-def test_bad_chunk_sizes_end_the_exchange(size_line: bytes, sidecar: SidecarProcess, upstream: Upstream,
-                                          keys: dict[str, SecretBinding]) -> None:
+def test_bad_chunk_sizes_end_the_exchange(
+    size_line: bytes, sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     key = keys["BODY_KEY"]
     head = b"POST /upload HTTP/1.1\r\nHost: api.oshu.test\r\nTransfer-Encoding: chunked\r\n\r\n"
     with tls_client(sidecar, f"{HOST}:443") as c:
-        c.send(head + b"5\r\nhello\r\n" + size_line + b"\r\n" + key.sealed.encode() + b"\r\n0\r\n\r\n"
-               + SMUGGLED.encode())
+        c.send(
+            head + b"5\r\nhello\r\n" + size_line + b"\r\n" + key.sealed.encode() + b"\r\n0\r\n\r\n" + SMUGGLED.encode()
+        )
         try:
             resp = c.response()
             assert resp.status >= 400
@@ -332,8 +353,9 @@ HOST_FIELDS = {
 
 
 @pytest.mark.parametrize("case", sorted(HOST_FIELDS))
-def test_host_field_tricks(case: str, sidecar: SidecarProcess, upstream: Upstream,
-                           keys: dict[str, SecretBinding]) -> None:
+def test_host_field_tricks(
+    case: str, sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     value, status = HOST_FIELDS[case]
     key = keys["API_KEY"]
     with tls_client(sidecar, f"{HOST}:443") as c:
@@ -359,8 +381,9 @@ ABSOLUTE_TARGETS = {
 
 
 @pytest.mark.parametrize("case", sorted(ABSOLUTE_TARGETS))
-def test_absolute_form_inside_the_tunnel(case: str, sidecar: SidecarProcess, upstream: Upstream,
-                                         keys: dict[str, SecretBinding]) -> None:
+def test_absolute_form_inside_the_tunnel(
+    case: str, sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     target, status = ABSOLUTE_TARGETS[case]
     key = keys["API_KEY"]
     with tls_client(sidecar, f"{HOST}:443") as c:
@@ -374,8 +397,9 @@ def test_absolute_form_inside_the_tunnel(case: str, sidecar: SidecarProcess, ups
 
 
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
-def test_sni_games_on_session_resumption(version: ssl.TLSVersion, sidecar: SidecarProcess, upstream: Upstream,
-                                         keys: dict[str, SecretBinding]) -> None:
+def test_sni_games_on_session_resumption(
+    version: ssl.TLSVersion, sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     """Resuming a session with another SNI never gets a request anywhere but the CONNECT target.
 
     TLS 1.3 uses the SNI of the new ClientHello: refused. In TLS 1.2 OpenSSL binds the SNI
@@ -392,12 +416,12 @@ def test_sni_games_on_session_resumption(version: ssl.TLSVersion, sidecar: Sidec
     assert first.connect(f"{HOST}:443").status == 200
     first.sock = ctx.wrap_socket(first.sock, server_hostname=HOST)
     assert first.request("GET", "/echo/first", {"Host": HOST}).status == 200
-    saved = first.sock.session  # type: ignore[union-attr]
+    saved = first.sock.session
     first.close()
     with RawClient(sidecar.listen, timeout=TIMEOUT) as c:
         assert c.connect(f"{HOST}:443").status == 200
         c.sock = ctx.wrap_socket(c.sock, server_hostname=OTHER, session=saved)
-        assert c.sock.session_reused  # type: ignore[union-attr]
+        assert c.sock.session_reused
         resp = c.request("GET", "/echo/resumed", {"Host": HOST, "x-api-key": key.sealed})
     assert_clean(resp.raw_head + resp.body, keys)
     if version == ssl.TLSVersion.TLSv1_3:
@@ -410,13 +434,19 @@ def test_sni_games_on_session_resumption(version: ssl.TLSVersion, sidecar: Sidec
     with RawClient(sidecar.listen, timeout=TIMEOUT) as c:
         assert c.connect(f"{OTHER}:443").status == 200
         c.sock = ctx.wrap_socket(c.sock, server_hostname=OTHER, session=saved)
-        assert not c.sock.session_reused  # type: ignore[union-attr]
+        assert not c.sock.session_reused
 
 
-@pytest.mark.parametrize("offered,selected", [(["h2"], None), (["h2", "http/1.1"], "http/1.1"),
-                                              (["spdy/3", "h2c"], None)])
-def test_only_http11_is_negotiated(offered: list[str], selected: str | None, sidecar: SidecarProcess,
-                                   upstream: Upstream, keys: dict[str, SecretBinding]) -> None:
+@pytest.mark.parametrize(
+    "offered,selected", [(["h2"], None), (["h2", "http/1.1"], "http/1.1"), (["spdy/3", "h2c"], None)]
+)
+def test_only_http11_is_negotiated(
+    offered: list[str],
+    selected: str | None,
+    sidecar: SidecarProcess,
+    upstream: Upstream,
+    keys: dict[str, SecretBinding],
+) -> None:
     with tls_client(sidecar, f"{HOST}:443", alpn=offered) as c:
         assert c.sock.selected_alpn_protocol() == selected  # type: ignore[union-attr]
         if selected is None:  # a client that speaks HTTP/2 anyway gets an HTTP/1.1 error, not a parse
@@ -428,13 +458,22 @@ def test_only_http11_is_negotiated(offered: list[str], selected: str | None, sid
     still_serving(sidecar, upstream, keys["API_KEY"])
 
 
-def test_h2c_upgrade_is_not_forwarded(sidecar: SidecarProcess, upstream: Upstream,
-                                      keys: dict[str, SecretBinding]) -> None:
+def test_h2c_upgrade_is_not_forwarded(
+    sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     key = keys["API_KEY"]
     with tls_client(sidecar, f"{HOST}:443") as c:
-        resp = c.request("GET", "/echo/h2c", [("Host", HOST), ("Connection", "Upgrade, HTTP2-Settings"),
-                                               ("Upgrade", "h2c"), ("HTTP2-Settings", "AAMAAABkAARAAAAAAAIAAAAA"),
-                                               ("x-api-key", key.sealed)])
+        resp = c.request(
+            "GET",
+            "/echo/h2c",
+            [
+                ("Host", HOST),
+                ("Connection", "Upgrade, HTTP2-Settings"),
+                ("Upgrade", "h2c"),
+                ("HTTP2-Settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+                ("x-api-key", key.sealed),
+            ],
+        )
         assert resp.status == 200
         again = c.request("GET", "/echo/h2c-after", {"Host": OTHER})  # later bytes are still parsed and checked
     assert again.status == 421
@@ -443,22 +482,32 @@ def test_h2c_upgrade_is_not_forwarded(sidecar: SidecarProcess, upstream: Upstrea
     assert upstream.last.header("x-api-key") == key.value and len(upstream.requests) == 1
 
 
-def test_upgrade_without_connection_upgrade_stays_http(sidecar: SidecarProcess, upstream: Upstream,
-                                                       keys: dict[str, SecretBinding]) -> None:
+def test_upgrade_without_connection_upgrade_stays_http(
+    sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     """`Upgrade: websocket` alone is not a handshake: the connection stays parsed request by request."""
     with tls_client(sidecar, f"{HOST}:443") as c:
-        resp = c.request("GET", "/ws", {"Host": HOST, "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
-                                        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+        resp = c.request(
+            "GET",
+            "/ws",
+            {
+                "Host": HOST,
+                "Upgrade": "websocket",
+                "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            },
+        )
         assert resp.status != 101
         assert c.request("GET", "/echo/next", {"Host": OTHER, "x-api-key": keys["OTHER_KEY"].sealed}).status == 421
     assert "/echo/next" not in [r.path for r in upstream.requests]
 
 
-def test_upstream_switching_protocols_unasked_is_refused(scripted) -> None:  # type: ignore[no-untyped-def]
+def test_upstream_switching_protocols_unasked_is_refused(scripted) -> None:
     """An upstream answering 101 to a plain request must not turn the connection into an unchecked pipe."""
     key = new_secret("API_KEY", [HOST])
-    up, sc = scripted(lambda head, body: b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
-                                         b"Upgrade: websocket\r\n\r\n", key)
+    _up, sc = scripted(
+        lambda head, body: b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", key
+    )
     with tls_client(sc, f"{HOST}:443") as c:
         resp = c.request("GET", "/plain", {"Host": HOST, "x-api-key": key.sealed})
         assert resp.status == 502 and error_code(resp) == "upstream_protocol_error"
@@ -466,8 +515,9 @@ def test_upstream_switching_protocols_unasked_is_refused(scripted) -> None:  # t
 
 
 # -- CONNECT targets -----------------------------------------------------------------------------
-def test_connect_to_an_allowed_host_on_port_80_is_never_intercepted(sidecar: SidecarProcess, upstream: Upstream,
-                                                                    keys: dict[str, SecretBinding]) -> None:
+def test_connect_to_an_allowed_host_on_port_80_is_never_intercepted(
+    sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     """Port 80 of a secret's host is a blind tunnel: whatever is sent through it keeps the sealed token."""
     key = keys["API_KEY"]
     with RawClient(sidecar.listen, timeout=TIMEOUT) as c:
@@ -478,8 +528,9 @@ def test_connect_to_an_allowed_host_on_port_80_is_never_intercepted(sidecar: Sid
     assert sidecar.metric("oshu_tunnels_total", mode="blind") is not None
 
 
-def test_plain_http_with_a_token_anywhere_is_refused(sidecar: SidecarProcess, upstream: Upstream,
-                                                     keys: dict[str, SecretBinding]) -> None:
+def test_plain_http_with_a_token_anywhere_is_refused(
+    sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     key = keys["API_KEY"]
     basic = base64.b64encode(f"u:{key.sealed}".encode()).decode()
     attempts = [
@@ -496,9 +547,18 @@ def test_plain_http_with_a_token_anywhere_is_refused(sidecar: SidecarProcess, up
     assert upstream.requests == []
 
 
-@pytest.mark.parametrize("target", ["127.0.0.1:443", "localhost:443", "[::1]:443", "api.oshu.test:80",
-                                    "API.OSHU.TEST.evil.test:443", "2130706433:443"])
-def test_egress_allowlist_has_no_side_doors(target: str, make_sidecar, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    "target",
+    [
+        "127.0.0.1:443",
+        "localhost:443",
+        "[::1]:443",
+        "api.oshu.test:80",
+        "API.OSHU.TEST.evil.test:443",
+        "2130706433:443",
+    ],
+)
+def test_egress_allowlist_has_no_side_doors(target: str, make_sidecar, upstream: Upstream) -> None:
     key = new_secret("API_KEY", [HOST])
     sc = make_sidecar(new_session(key, egress=[TUNNEL]))
     with RawClient(sc.listen, timeout=TIMEOUT) as c:
@@ -518,7 +578,7 @@ def read_until_close(c: RawClient, limit: int = 1 << 20) -> bytes:
     for _ in range(10000):
         try:
             piece = c.sock.recv(65536)
-        except (ConnectionError, ssl.SSLError, socket.timeout):
+        except (TimeoutError, ConnectionError, ssl.SSLError):
             break
         if not piece:
             break
@@ -533,33 +593,54 @@ def echo_everywhere(head: bytes, body: bytes) -> bytes:
     v = header_value(head, b"x-api-key")
     payload = b'{"error": "invalid key ' + v + b'"}\n'
     chunks = b"%x;ext=%b\r\n%b\r\n" % (1, v, payload[:1])
-    chunks += b"".join(b"1\r\n%b\r\n" % payload[i:i + 1] for i in range(1, len(payload)))
-    return (b"HTTP/1.1 103 Early Hints\r\nLink: </hint?k=" + v + b">\r\n\r\n"
-            b"HTTP/1.1 302 Found\r\nLocation: https://api.oshu.test/x?k=" + v + b"\r\n"
-            + v + b": in-a-name\r\nX-Echo: " + v + b"\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n"
-            + chunks + b"0\r\nX-T: " + v + b"\r\n" + v + b": trailer-name\r\n\r\n")
+    chunks += b"".join(b"1\r\n%b\r\n" % payload[i : i + 1] for i in range(1, len(payload)))
+    return (
+        b"HTTP/1.1 103 Early Hints\r\nLink: </hint?k=" + v + b">\r\n\r\n"
+        b"HTTP/1.1 302 Found\r\nLocation: https://api.oshu.test/x?k="
+        + v
+        + b"\r\n"
+        + v
+        + b": in-a-name\r\nX-Echo: "
+        + v
+        + b"\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n"
+        + chunks
+        + b"0\r\nX-T: "
+        + v
+        + b"\r\n"
+        + v
+        + b": trailer-name\r\n\r\n"
+    )
 
 
-def test_key_echoed_in_every_corner_of_a_response_is_scrubbed(scripted) -> None:  # type: ignore[no-untyped-def]
+def test_key_echoed_in_every_corner_of_a_response_is_scrubbed(scripted) -> None:
     """Interim response, header name and value, Location, chunk extension, 1-byte chunks, trailer name and value."""
     key = new_secret("API_KEY", [HOST])
     up, sc = scripted(echo_everywhere, key)
     with tls_client(sc, f"{HOST}:443") as c:
-        c.send(b"GET /leak HTTP/1.1\r\nHost: api.oshu.test\r\nx-api-key: %b\r\nConnection: close\r\n\r\n"
-               % key.sealed.encode())
+        c.send(
+            b"GET /leak HTTP/1.1\r\nHost: api.oshu.test\r\nx-api-key: %b\r\nConnection: close\r\n\r\n"
+            % key.sealed.encode()
+        )
         seen = read_until_close(c)
     assert up.received and header_value(up.received[0][0], b"x-api-key") == key.value.encode()
     assert b"103 Early Hints" in seen and b"302 Found" in seen and b"trailer-name" in seen
     assert_clean(seen, [key])
     t = key.sealed.encode()  # what the agent sees instead: its own token, in every place
-    for where in (b"Link: </hint?k=" + t, b"Location: https://api.oshu.test/x?k=" + t, b"\r\n" + t + b": in-a-name",
-                  b"X-Echo: " + t, b"X-T: " + t, b"\r\n" + t + b": trailer-name"):
+    for where in (
+        b"Link: </hint?k=" + t,
+        b"Location: https://api.oshu.test/x?k=" + t,
+        b"\r\n" + t + b": in-a-name",
+        b"X-Echo: " + t,
+        b"X-T: " + t,
+        b"\r\n" + t + b": trailer-name",
+    ):
         assert where in seen
     assert b"ext=" not in seen  # chunk extensions are not forwarded at all
 
 
-def test_percent_encoded_query_value_echoed_in_a_redirect_is_scrubbed(sidecar: SidecarProcess, upstream: Upstream,
-                                                                      keys: dict[str, SecretBinding]) -> None:
+def test_percent_encoded_query_value_echoed_in_a_redirect_is_scrubbed(
+    sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     """The proxy puts a query secret in percent-encoded; the upstream's redirect re-encodes it its own way.
 
     Before: only the raw value was scrubbed, so `Location` carried the key with `+` for its spaces.
@@ -583,18 +664,24 @@ def escape_everywhere(head: bytes, body: bytes) -> bytes:
     value = unquote(raw)
     js = json.dumps(value)[1:-1]
     forms = [
-        raw, raw.lower(),  # as received; hex in lower case
-        quote_plus(value), quote(value, safe="/"), quote(value, safe="/&+<>'\""),  # other encoders' choices
+        raw,
+        raw.lower(),  # as received; hex in lower case
+        quote_plus(value),
+        quote(value, safe="/"),
+        quote(value, safe="/&+<>'\""),  # other encoders' choices
         js.replace("/", "\\/"),  # PHP's json_encode
         js.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e"),  # Go's encoding/json
-        html.escape(value), value.replace(" ", "&#32;").replace("/", "&#x2F;"),  # HTML
+        html.escape(value),
+        value.replace(" ", "&#32;").replace("/", "&#x2F;"),  # HTML
     ]
     payload = "\n".join(forms).encode()
-    return (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%b"
-            % (len(payload), payload))
+    return b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%b" % (
+        len(payload),
+        payload,
+    )
 
 
-def test_escaped_forms_of_a_key_are_scrubbed(scripted) -> None:  # type: ignore[no-untyped-def]
+def test_escaped_forms_of_a_key_are_scrubbed(scripted) -> None:
     """Before: only the raw bytes of a value were recognized in responses."""
     key = new_secret("QUERY_KEY", [HOST], value="a/b c+d&e<f>\"g'h", locations=["headers", "query"])
     up, sc = scripted(escape_everywhere, key)
@@ -607,8 +694,9 @@ def test_escaped_forms_of_a_key_are_scrubbed(scripted) -> None:  # type: ignore[
 
 
 @pytest.mark.parametrize("user", ["", "u", "uu", "user@example"])
-def test_basic_credentials_echoed_back_are_scrubbed(user: str, sidecar: SidecarProcess, upstream: Upstream,
-                                                    keys: dict[str, SecretBinding]) -> None:
+def test_basic_credentials_echoed_back_are_scrubbed(
+    user: str, sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     """The proxy builds base64(user:key) itself; an upstream echoing the header must not hand it out.
 
     Before: only the raw value was scrubbed, and base64 hides it at every alignment.
@@ -636,11 +724,12 @@ def storing_upstream() -> Callable[[bytes, bytes], bytes]:
         if b"gzip" in header_value(head, b"accept-encoding"):
             data, extra = gzip.compress(data), b"Content-Encoding: gzip\r\n"
         return b"HTTP/1.1 200 OK\r\n%bContent-Length: %d\r\n\r\n%b" % (extra, len(data), data)
+
     return respond
 
 
 @pytest.mark.parametrize("framing", ["length", "chunked"])
-def test_key_stored_by_the_upstream_cannot_come_back_compressed(framing: str, scripted) -> None:  # type: ignore[no-untyped-def]
+def test_key_stored_by_the_upstream_cannot_come_back_compressed(framing: str, scripted) -> None:
     """Store the key upstream via body substitution, then fetch it with `Accept-Encoding: gzip`.
 
     Before: the proxy only asked for `identity` when it had substituted into headers, so a
@@ -652,11 +741,15 @@ def test_key_stored_by_the_upstream_cannot_come_back_compressed(framing: str, sc
     note = b'{"note": "' + key.sealed.encode() + b'"}'
     with tls_client(sc, f"{HOST}:443") as c:
         if framing == "length":
-            c.send(b"POST /notes HTTP/1.1\r\nHost: api.oshu.test\r\nAccept-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%b"
-                   % (len(note), note))
+            c.send(
+                b"POST /notes HTTP/1.1\r\nHost: api.oshu.test\r\nAccept-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%b"
+                % (len(note), note)
+            )
         else:
-            c.send(b"POST /notes HTTP/1.1\r\nHost: api.oshu.test\r\nAccept-Encoding: gzip\r\n"
-                   b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%b\r\n0\r\n\r\n" % (len(note), note))
+            c.send(
+                b"POST /notes HTTP/1.1\r\nHost: api.oshu.test\r\nAccept-Encoding: gzip\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%b\r\n0\r\n\r\n" % (len(note), note)
+            )
         posted = c.response()
         fetched = c.request("GET", "/notes", {"Host": HOST, "Accept-Encoding": "gzip, br"})
     assert key.value.encode() in up.received[0][1]  # the key really was stored upstream
@@ -674,9 +767,16 @@ def test_scrubber_finds_every_form_split_at_every_point() -> None:
     value, sealed = b"k3y/with space&more", b"SEALED_0123456789abcdefghijklmn"
     scrubber = Scrubber([(value, sealed, "K")])
     basic = base64.b64encode(b"user:" + value)
-    forms = [value, quote(value, safe="").encode(), quote(value, safe="").lower().encode(), quote_plus(value).encode(),
-             value.replace(b"/", b"\\/"), value.replace(b"&", b"&amp;"), value.replace(b"&", b"\\u0026")]
-    for form in forms + [basic]:
+    forms = [
+        value,
+        quote(value, safe="").encode(),
+        quote(value, safe="").lower().encode(),
+        quote_plus(value).encode(),
+        value.replace(b"/", b"\\/"),
+        value.replace(b"&", b"&amp;"),
+        value.replace(b"&", b"\\u0026"),
+    ]
+    for form in [*forms, basic]:
         text = b'data: {"echo": "' + form + b'"}\n\n'
         for cut in range(len(text) + 1):
             stream = scrubber.stream()
@@ -705,7 +805,7 @@ def revoke(sc: SidecarProcess) -> None:
     sc.wait_for_log(lambda r: "revoked" in r.get("msg", ""), timeout=WAIT)
 
 
-def test_streamed_body_substitution_stops_at_revocation(make_sidecar, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+def test_streamed_body_substitution_stops_at_revocation(make_sidecar, upstream: Upstream) -> None:
     """Start a chunked upload while the session is live, keep it going after revocation.
 
     Before: the stream kept substituting the real key into every later chunk, forever
@@ -725,7 +825,7 @@ def test_streamed_body_substitution_stops_at_revocation(make_sidecar, upstream: 
     assert all(r.body.count(key.value.encode()) <= 1 for r in upstream.requests)
 
 
-def test_slow_buffered_body_is_checked_again_before_sending(make_sidecar, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+def test_slow_buffered_body_is_checked_again_before_sending(make_sidecar, upstream: Upstream) -> None:
     """A body the proxy buffers (to substitute into it) can take long to arrive: the session is checked again.
 
     Before: head and body substitution were decided when the head arrived and sent with the
@@ -735,8 +835,10 @@ def test_slow_buffered_body_is_checked_again_before_sending(make_sidecar, upstre
     sc = make_sidecar(new_session(key))
     body = b'{"k": "' + key.sealed.encode() + b'"}'
     with tls_client(sc, f"{HOST}:443") as c:
-        c.send(b"POST /echo/slow HTTP/1.1\r\nHost: api.oshu.test\r\nx-api-key: %b\r\nContent-Length: %d\r\n\r\n%b"
-               % (key.sealed.encode(), len(body), body[:5]))
+        c.send(
+            b"POST /echo/slow HTTP/1.1\r\nHost: api.oshu.test\r\nx-api-key: %b\r\nContent-Length: %d\r\n\r\n%b"
+            % (key.sealed.encode(), len(body), body[:5])
+        )
         revoke(sc)
         c.send(body[5:])
         resp = c.response()
@@ -756,7 +858,7 @@ def test_expiry_boundary_is_inclusive() -> None:
     assert key.value not in refusal.message
 
 
-def test_malformed_session_file_then_deletion_still_revokes(make_sidecar, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_session_file_then_deletion_still_revokes(make_sidecar, upstream: Upstream) -> None:
     key = new_secret("API_KEY", [HOST])
     sc = make_sidecar(new_session(key))
     sc.write_session(b'{"session": "agents/test", "secrets": [')  # truncated JSON
@@ -764,8 +866,9 @@ def test_malformed_session_file_then_deletion_still_revokes(make_sidecar, upstre
     with tls_client(sc, f"{HOST}:443") as c:  # the last good session is still served
         assert c.request("GET", "/echo/kept", {"Host": HOST, "x-api-key": key.sealed}).status == 200
     assert upstream.last.header("x-api-key") == key.value
-    sc.write_session(b'{"session": "agents/test", "secrets": [{"name": "K", "sealed": "x", "value": "%s"}]}'
-                     % key.value.encode())  # invalid, and carrying a value: the error must not echo it
+    sc.write_session(
+        b'{"session": "agents/test", "secrets": [{"name": "K", "sealed": "x", "value": "%s"}]}' % key.value.encode()
+    )  # invalid, and carrying a value: the error must not echo it
     sc.wait_for_log(lambda r: "sealed must look like" in r.get("error", ""), timeout=WAIT)
     revoke(sc)
     with tls_client(sc, f"{HOST}:443") as c:
@@ -776,15 +879,18 @@ def test_malformed_session_file_then_deletion_still_revokes(make_sidecar, upstre
 
 
 # -- exhaustion: metrics cardinality, connections, slow clients -----------------------------------
-def test_wildcard_hosts_do_not_mint_a_metric_series_each(make_sidecar, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+def test_wildcard_hosts_do_not_mint_a_metric_series_each(make_sidecar, upstream: Upstream) -> None:
     """Made-up subdomains under a wildcard are counted under the pattern.
 
     Before: each subdomain got its own `host` label, so a loop over random names grew the
     metrics without bound (memory, and every scrape).
     """
     key = new_secret("WILD_KEY", ["*.wild.oshu.test"])
-    sc = make_sidecar(new_session(key, egress=["*.egress.oshu.test:80"]), hosts=[],
-                      connect_to=[f":80:127.0.0.1:{upstream.http_port}", f"::127.0.0.1:{upstream.port}"])
+    sc = make_sidecar(
+        new_session(key, egress=["*.egress.oshu.test:80"]),
+        hosts=[],
+        connect_to=[f":80:127.0.0.1:{upstream.http_port}", f"::127.0.0.1:{upstream.port}"],
+    )
     for i in range(12):
         host = f"n{i}.wild.oshu.test"
         with tls_client(sc, f"{host}:443") as c:
@@ -798,7 +904,7 @@ def test_wildcard_hosts_do_not_mint_a_metric_series_each(make_sidecar, upstream:
     assert sc.metric("oshu_substitutions_total", secret="WILD_KEY", host="*.wild.oshu.test") == 12
 
 
-def test_a_rotated_out_key_is_still_scrubbed(make_sidecar, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+def test_a_rotated_out_key_is_still_scrubbed(make_sidecar, upstream: Upstream) -> None:
     """The key is rotated (new value, same name); an upstream that kept the old one echoes it later.
 
     Before: a reload forgot old values, so responses echoing them passed through.
@@ -822,12 +928,12 @@ def run_with_fd_limit(directory: Path, soft: int) -> str:
     import sys
 
     wrapper = directory / "python-lowfd"
-    wrapper.write_text(f"#!/bin/sh\nulimit -S -n {soft}\nexec {sys.executable} \"$@\"\n")
+    wrapper.write_text(f'#!/bin/sh\nulimit -S -n {soft}\nexec {sys.executable} "$@"\n')
     wrapper.chmod(0o755)
     return str(wrapper)
 
 
-def test_many_idle_connections_do_not_lock_others_out(make_sidecar, upstream: Upstream, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_many_idle_connections_do_not_lock_others_out(make_sidecar, upstream: Upstream, tmp_path: Path) -> None:
     """Hold more half-open connections than a container's default soft file limit, then ask for service.
 
     Before: with a soft limit of 1024 (or, here, 256), the sidecar ran out of descriptors and
@@ -854,7 +960,7 @@ def test_many_idle_connections_do_not_lock_others_out(make_sidecar, upstream: Up
     assert soft == hard
 
 
-def test_admin_endpoint_drops_clients_that_never_finish(make_sidecar, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+def test_admin_endpoint_drops_clients_that_never_finish(make_sidecar, upstream: Upstream) -> None:
     """The admin port is reachable from the agent's container: half-sent heads must not pile up forever.
 
     Before: an admin connection with a partial head stayed open indefinitely.
@@ -873,13 +979,16 @@ def test_admin_endpoint_drops_clients_that_never_finish(make_sidecar, upstream: 
     assert sc.admin_get("/readyz")[0] == 200
 
 
-def test_slow_upload_does_not_hold_up_others(sidecar: SidecarProcess, upstream: Upstream,
-                                             keys: dict[str, SecretBinding]) -> None:
+def test_slow_upload_does_not_hold_up_others(
+    sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     """A body trickling in (slowloris on bodies) ties up its own exchange only."""
     key = keys["API_KEY"]
     with tls_client(sidecar, f"{HOST}:443") as slow:
-        slow.send(b"POST /upload HTTP/1.1\r\nHost: api.oshu.test\r\nx-api-key: %b\r\nContent-Length: 1000\r\n\r\nab"
-                  % key.sealed.encode())
+        slow.send(
+            b"POST /upload HTTP/1.1\r\nHost: api.oshu.test\r\nx-api-key: %b\r\nContent-Length: 1000\r\n\r\nab"
+            % key.sealed.encode()
+        )
         for _ in range(3):
             still_serving(sidecar, upstream, key)
             slow.send(b"c")
@@ -890,8 +999,10 @@ def test_slow_upload_does_not_hold_up_others(sidecar: SidecarProcess, upstream: 
 
 @pytest.mark.parametrize("shape", ["one long line", "many fields"])
 def test_oversized_heads_inside_the_tunnel_get_431_and_memory_stays_flat(
-        shape: str, sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]) -> None:
+    shape: str, sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     def rss() -> int:
+        assert sidecar.proc is not None
         status = Path(f"/proc/{sidecar.proc.pid}/status").read_text()
         return int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmRSS:")))
 
@@ -900,10 +1011,8 @@ def test_oversized_heads_inside_the_tunnel_get_431_and_memory_stays_flat(
     for _ in range(20):
         with tls_client(sidecar, f"{HOST}:443") as c:
             c.send(b"GET /echo HTTP/1.1\r\nHost: api.oshu.test\r\nx-api-key: %b\r\n" % keys["API_KEY"].sealed.encode())
-            try:
+            with contextlib.suppress(ConnectionError, ssl.SSLError):  # the proxy may close while we still write
                 c.send(fields + b"\r\n")
-            except (ConnectionError, ssl.SSLError):
-                pass  # the proxy may close while we still write
             resp = c.response()
             assert resp.status == 431 and error_code(resp) == "headers_too_large"
     assert rss() - before < 32 * 1024  # KiB: twenty refused 200 KB heads leave nothing behind
@@ -912,8 +1021,9 @@ def test_oversized_heads_inside_the_tunnel_get_431_and_memory_stays_flat(
 
 
 # -- sealed tokens where they must not be substituted ---------------------------------------------
-def test_tokens_in_disguise_are_never_substituted(sidecar: SidecarProcess, upstream: Upstream,
-                                                  keys: dict[str, SecretBinding]) -> None:
+def test_tokens_in_disguise_are_never_substituted(
+    sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     """Only the exact token, in a header value (or opted-in place) of a secret allowed here, is replaced."""
     key, other, wild = keys["API_KEY"], keys["OTHER_KEY"], keys["WILD_KEY"]
     t = key.sealed
@@ -923,7 +1033,8 @@ def test_tokens_in_disguise_are_never_substituted(sidecar: SidecarProcess, upstr
         ("x-lower", t.lower()),
         ("x-upper", t.upper()),
         ("x-urlenc", quote(t, safe="").replace("_", "%5F")),
-        ("x-split-a", t[:half]), ("x-split-b", t[half:]),
+        ("x-split-a", t[:half]),
+        ("x-split-b", t[half:]),
         ("x-other-secret", other.sealed),  # allowed only for other.oshu.test
         ("x-wild-secret", wild.sealed),  # allowed only for *.wild.oshu.test
         ("Authorization", "Basic " + base64.b64encode(f"u:{t}".encode()).decode().rstrip("=")),  # no padding
@@ -943,8 +1054,9 @@ def test_tokens_in_disguise_are_never_substituted(sidecar: SidecarProcess, upstr
 
 
 @pytest.mark.parametrize("auth", ["basic {b}", "BASIC {b}", "Basic   {b}", "Basic {b}\t"])
-def test_basic_credentials_variants_are_substituted(auth: str, sidecar: SidecarProcess, upstream: Upstream,
-                                                    keys: dict[str, SecretBinding]) -> None:
+def test_basic_credentials_variants_are_substituted(
+    auth: str, sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     key = keys["API_KEY"]
     b = base64.b64encode(f"user:{key.sealed}".encode()).decode()
     with tls_client(sidecar, f"{HOST}:443") as c:
@@ -955,8 +1067,9 @@ def test_basic_credentials_variants_are_substituted(auth: str, sidecar: SidecarP
     assert_clean(resp.raw_head + resp.body, keys)
 
 
-def test_token_in_a_cookie_is_a_header_value_like_any_other(sidecar: SidecarProcess, upstream: Upstream,
-                                                            keys: dict[str, SecretBinding]) -> None:
+def test_token_in_a_cookie_is_a_header_value_like_any_other(
+    sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     key = keys["API_KEY"]
     with tls_client(sidecar, f"{HOST}:443") as c:
         resp = c.request("GET", "/reflect?header=cookie", {"Host": HOST, "Cookie": f"a=1; k={key.sealed}; b=2"})
@@ -968,23 +1081,30 @@ def test_token_in_a_cookie_is_a_header_value_like_any_other(sidecar: SidecarProc
 def test_websocket_tricks(sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]) -> None:
     """A WebSocket handshake over plain http:// with a token is refused; to a host no secret names it is blind."""
     key = keys["API_KEY"]
-    ws = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
-          "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    ws = {
+        "Connection": "Upgrade",
+        "Upgrade": "websocket",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    }
     with RawClient(sidecar.listen, timeout=TIMEOUT) as c:
         resp = c.request("GET", f"http://{HOST}/ws", {"Host": HOST, "x-api-key": key.sealed, **ws})
     assert resp.status == 403 and error_code(resp) == "plaintext_secret"
     with RawClient(sidecar.listen, timeout=TIMEOUT) as c:  # a blind tunnel: TLS with the real upstream, no proxy CA
         assert c.connect(f"{TUNNEL}:443").status == 200
         c.start_tls(TUNNEL, upstream.ca_file)
-        c.send(b"GET /ws HTTP/1.1\r\nHost: tunnel.oshu.test\r\nx-api-key: %b\r\nConnection: Upgrade\r\n"
-               b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-               % key.sealed.encode())
+        c.send(
+            b"GET /ws HTTP/1.1\r\nHost: tunnel.oshu.test\r\nx-api-key: %b\r\nConnection: Upgrade\r\n"
+            b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            % key.sealed.encode()
+        )
         assert c.response().status == 101
     assert upstream.last.path == "/ws" and upstream.last.header("x-api-key") == key.sealed
 
 
-def test_error_bodies_never_echo_what_was_substituted(sidecar: SidecarProcess, upstream: Upstream,
-                                                      keys: dict[str, SecretBinding]) -> None:
+def test_error_bodies_never_echo_what_was_substituted(
+    sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     """Every refusal the proxy writes after substitution could have happened is free of values."""
     key, body_key = keys["API_KEY"], keys["BODY_KEY"]
     seen = b""
@@ -994,8 +1114,10 @@ def test_error_bodies_never_echo_what_was_substituted(sidecar: SidecarProcess, u
         r = c.request("GET", "/status/599", {"Host": HOST, "x-api-key": key.sealed})
         seen += r.raw_head + r.body
     with tls_client(sidecar, f"{HOST}:443") as c:  # body substitution then a bad chunk
-        c.send(b"POST /upload HTTP/1.1\r\nHost: api.oshu.test\r\nx-api-key: %b\r\nTransfer-Encoding: chunked\r\n\r\n"
-               b"%x\r\n%b\r\nzz\r\n" % (key.sealed.encode(), len(body_key.sealed), body_key.sealed.encode()))
+        c.send(
+            b"POST /upload HTTP/1.1\r\nHost: api.oshu.test\r\nx-api-key: %b\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"%x\r\n%b\r\nzz\r\n" % (key.sealed.encode(), len(body_key.sealed), body_key.sealed.encode())
+        )
         seen += read_until_close(c)
     assert_clean(seen, keys)
     assert_clean(sidecar.log_text() + sidecar.metrics_text(), keys)
@@ -1003,7 +1125,7 @@ def test_error_bodies_never_echo_what_was_substituted(sidecar: SidecarProcess, u
 
 @pytest.mark.parametrize("encoding", ["gzip", "br", "x-made-up"])
 @pytest.mark.parametrize("size", [100, 2 << 20])
-def test_a_content_encoding_label_does_not_switch_scrubbing_off(encoding: str, size: int, scripted) -> None:  # type: ignore[no-untyped-def]
+def test_a_content_encoding_label_does_not_switch_scrubbing_off(encoding: str, size: int, scripted) -> None:
     """An upstream that labels a plain body as compressed (object stores serve back whatever
     `Content-Encoding` the uploader set), or a gzip stream of stored blocks, still carries raw bytes.
 
@@ -1016,9 +1138,12 @@ def test_a_content_encoding_label_does_not_switch_scrubbing_off(encoding: str, s
         payload = (b"." * size + b" key=" + v + b"\n") if size > 1000 else b"key=" + v + b"\n"
         payload += gzip.compress(v, compresslevel=0)  # deflate's stored blocks keep the bytes as they are
         return b"HTTP/1.1 200 OK\r\nContent-Encoding: %b\r\nContent-Length: %d\r\n\r\n%b" % (
-            encoding.encode(), len(payload), payload)
+            encoding.encode(),
+            len(payload),
+            payload,
+        )
 
-    up, sc = scripted(respond, key)
+    _up, sc = scripted(respond, key)
     with tls_client(sc, f"{HOST}:443") as c:
         resp = c.request("GET", "/object", {"Host": HOST, "x-api-key": key.sealed})
     assert resp.status == 200 and resp.header("content-encoding") == encoding
@@ -1045,13 +1170,16 @@ def test_scrubbing_cannot_be_made_to_blow_up() -> None:
     assert scrubber.scrub(b"<" + value.replace(b"\\", b"\\\\") + b">", []) == b"<SEALED_0123456789abcdefghijklmn>"
 
 
-def test_websocket_handshake_to_a_plain_endpoint_then_a_pipelined_request(sidecar: SidecarProcess, upstream: Upstream,
-                                                                          keys: dict[str, SecretBinding]) -> None:
+def test_websocket_handshake_to_a_plain_endpoint_then_a_pipelined_request(
+    sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     """A handshake the upstream does not accept leaves the connection parsed request by request."""
     key, other = keys["API_KEY"], keys["OTHER_KEY"]
-    handshake = (b"GET /echo/not-ws HTTP/1.1\r\nHost: api.oshu.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
-                 b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nx-api-key: %b\r\n\r\n"
-                 % key.sealed.encode())
+    handshake = (
+        b"GET /echo/not-ws HTTP/1.1\r\nHost: api.oshu.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nx-api-key: %b\r\n\r\n"
+        % key.sealed.encode()
+    )
     smuggled = b"GET /echo/second HTTP/1.1\r\nHost: other.oshu.test\r\nx-api-key: %b\r\n\r\n" % other.sealed.encode()
     with tls_client(sidecar, f"{HOST}:443") as c:
         c.send(handshake + smuggled)
@@ -1066,11 +1194,15 @@ def test_websocket_handshake_to_a_plain_endpoint_then_a_pipelined_request(sideca
     assert_clean(first.raw_head + first.body, keys)
 
 
-def test_upstream_connection_option_cannot_strip_the_response_length(scripted) -> None:  # type: ignore[no-untyped-def]
+def test_upstream_connection_option_cannot_strip_the_response_length(scripted) -> None:
     """The response side of `Connection: content-length`: the client must still see the body's length."""
     key = new_secret("API_KEY", [HOST])
-    up, sc = scripted(lambda head, body: b"HTTP/1.1 200 OK\r\nConnection: content-length, x-drop\r\nX-Drop: 1\r\n"
-                                         b"Content-Length: 5\r\n\r\nhello", key)
+    _up, sc = scripted(
+        lambda head, body: (
+            b"HTTP/1.1 200 OK\r\nConnection: content-length, x-drop\r\nX-Drop: 1\r\nContent-Length: 5\r\n\r\nhello"
+        ),
+        key,
+    )
     with tls_client(sc, f"{HOST}:443") as c:
         first = c.request("GET", "/one", {"Host": HOST})
         second = c.request("GET", "/two", {"Host": HOST})  # the connection is still in step
