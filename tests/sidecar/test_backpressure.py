@@ -37,14 +37,14 @@ def rss_kib(sc: SidecarProcess) -> int:
 
 
 @pytest.mark.parametrize("tls", [True, False], ids=["tunnel", "plain"])
-def test_pipelined_big_responses_are_not_buffered_without_bound(tls: bool, sidecar: SidecarProcess,
-                                                                 upstream: Upstream,
-                                                                 keys: dict[str, SecretBinding]) -> None:
+def test_pipelined_big_responses_are_not_buffered_without_bound(
+    tls: bool, sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     """64 pipelined GETs of 1 MB in one write, nothing read.
 
     Before: all 64 were fetched and buffered for the client (RSS +75 MiB, linear in the count).
     """
-    target = "/bytes?n=%d" % BIG if tls else "http://%s/bytes?n=%d" % (HOST, BIG)
+    target = f"/bytes?n={BIG}" if tls else f"http://{HOST}/bytes?n={BIG}"
     one = b"GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (target.encode(), HOST.encode())
     with RawClient(sidecar.listen, timeout=TIMEOUT) as c:
         c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
