@@ -14,19 +14,20 @@ from pathlib import Path
 import pytest
 
 from oshu_contract.session import SecretBinding
-from oshu_testkit.sidecar_process import SidecarProcess
-from oshu_testkit.upstreams import Upstream
 from oshu_testkit.clients import curl, header_of, node_fetch, pyclient
-from oshu_testkit.upstreams import HOST, TUNNEL
+from oshu_testkit.sidecar_process import SidecarProcess
+from oshu_testkit.upstreams import HOST, TUNNEL, Upstream
 
 PY_CLIENTS = ["requests", "httpx", "aiohttp"]
 
 
-def test_curl_header_substituted_and_response_scrubbed(sidecar: SidecarProcess, upstream: Upstream,
-                                                        keys: dict[str, SecretBinding]) -> None:
+def test_curl_header_substituted_and_response_scrubbed(
+    sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     key = keys["API_KEY"]
-    status, headers, body, err = curl(sidecar.client_env(), f"https://{HOST}/reflect?header=x-api-key",
-                                      "-H", f"x-api-key: {key.sealed}")
+    status, headers, body, err = curl(
+        sidecar.client_env(), f"https://{HOST}/reflect?header=x-api-key", "-H", f"x-api-key: {key.sealed}"
+    )
     assert status == 200, err
     assert upstream.last.header("x-api-key") == key.value
     assert headers["x-echo"] == key.sealed
@@ -34,11 +35,18 @@ def test_curl_header_substituted_and_response_scrubbed(sidecar: SidecarProcess, 
 
 
 @pytest.mark.parametrize("client", PY_CLIENTS)
-def test_python_client_bearer_token(client: str, sidecar: SidecarProcess, upstream: Upstream,
-                                    keys: dict[str, SecretBinding]) -> None:
+def test_python_client_bearer_token(
+    client: str, sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     key = keys["API_KEY"]
-    out = pyclient(sidecar.client_env(), client, f"https://{HOST}/echo/{client}", "POST",
-                   {"Authorization": f"Bearer {key.sealed}", "Content-Type": "application/json"}, '{"hello": 1}')
+    out = pyclient(
+        sidecar.client_env(),
+        client,
+        f"https://{HOST}/echo/{client}",
+        "POST",
+        {"Authorization": f"Bearer {key.sealed}", "Content-Type": "application/json"},
+        '{"hello": 1}',
+    )
     assert out["status"] == 200
     assert upstream.last.header("authorization") == f"Bearer {key.value}"
     assert upstream.last.body == b'{"hello": 1}'
@@ -47,11 +55,13 @@ def test_python_client_bearer_token(client: str, sidecar: SidecarProcess, upstre
     assert key.value not in out["body"] and key.value not in json.dumps(out["headers"])
 
 
-def test_node_fetch_through_env_proxy_agent(node_client: Path, sidecar: SidecarProcess, upstream: Upstream,
-                                            keys: dict[str, SecretBinding]) -> None:
+def test_node_fetch_through_env_proxy_agent(
+    node_client: Path, sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     key = keys["API_KEY"]
-    out = node_fetch(node_client, sidecar.client_env(), f"https://{HOST}/reflect?header=x-api-key", "GET",
-                     {"x-api-key": key.sealed})
+    out = node_fetch(
+        node_client, sidecar.client_env(), f"https://{HOST}/reflect?header=x-api-key", "GET", {"x-api-key": key.sealed}
+    )
     assert out["status"] == 200
     assert upstream.last.header("x-api-key") == key.value
     assert out["headers"]["x-echo"] == key.sealed
@@ -59,15 +69,16 @@ def test_node_fetch_through_env_proxy_agent(node_client: Path, sidecar: SidecarP
 
 
 @pytest.mark.parametrize("client", ["curl", *PY_CLIENTS, "node"])
-def test_blind_tunnel_keeps_real_certificate(client: str, sidecar: SidecarProcess, upstream: Upstream,
-                                             node_client: Path, keys: dict[str, SecretBinding]) -> None:
+def test_blind_tunnel_keeps_real_certificate(
+    client: str, sidecar: SidecarProcess, upstream: Upstream, node_client: Path, keys: dict[str, SecretBinding]
+) -> None:
     """A host no secret names is tunnelled, not intercepted: the client verifies the upstream's own cert."""
     key = keys["API_KEY"]
     env = sidecar.client_env(extra_ca_files=[upstream.ca_file])
     url = f"https://{TUNNEL}/echo/tunnel"
     headers = {"x-api-key": key.sealed}
     if client == "curl":
-        status, _, body, err = curl(env, url, "-H", f"x-api-key: {key.sealed}")
+        status, _, _body, err = curl(env, url, "-H", f"x-api-key: {key.sealed}")
         assert status == 200, err
     elif client == "node":
         assert node_fetch(node_client, env, url, "GET", headers)["status"] == 200
@@ -75,7 +86,7 @@ def test_blind_tunnel_keeps_real_certificate(client: str, sidecar: SidecarProces
         assert pyclient(env, client, url, "GET", headers)["status"] == 200
     # Nothing was substituted: the sealed token went through untouched (it is worthless elsewhere).
     assert upstream.last.header("x-api-key") == key.sealed
-    assert sidecar.metric("oshu_tunnels_total", mode="blind") >= 1
+    assert (sidecar.metric("oshu_tunnels_total", mode="blind") or 0) >= 1
 
 
 def test_blind_tunnel_is_not_intercepted(sidecar: SidecarProcess, upstream: Upstream) -> None:
