@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
+from oshu_contract.hosts import HostPattern
+from oshu_contract.locations import Location
 from oshu_sidecar.decide import Facts, decide, decide_connect, parse_authority, sni_matches
 from oshu_sidecar.errors import CODES, ProxyError
-from oshu_contract.hosts import HostPattern
 from oshu_sidecar.http1 import edit_head, parse_request_head
 from oshu_sidecar.policy import Policy, withdrawn
 from oshu_testkit.sessions import new_secret, new_session
@@ -25,7 +26,11 @@ API = new_secret("API_KEY", ["api.test"])
 QUERY = new_secret("QUERY_KEY", ["api.test"], value="q v/&", locations=["headers", "query"])
 BODY = new_secret("BODY_KEY", ["api.test"], locations=["headers", "body"])
 OTHER = new_secret("OTHER_KEY", ["other.test"])
-LIVE = Policy(new_session(API, QUERY, BODY, OTHER, egress=["ok.test", "ok.test:8080", "api.test:80", "api.test:8443", "127.0.0.1"]))
+LIVE = Policy(
+    new_session(
+        API, QUERY, BODY, OTHER, egress=["ok.test", "ok.test:8080", "api.test:80", "api.test:8443", "127.0.0.1"]
+    )
+)
 REVOKED = Policy(new_session(API, QUERY, BODY, OTHER), revoked_reason="session agents/test has been revoked")
 EXPIRED = Policy(new_session(API, QUERY, BODY, OTHER, expires_in=-10))
 
@@ -112,7 +117,13 @@ REFUSALS: dict[str, tuple[bytes, Facts, Policy, str, bool]] = {
         "egress_denied",
         False,
     ),
-    "origin-form to the proxy port": (head("GET / HTTP/1.1", "Host: api.test"), PLAIN, LIVE, "not_a_proxy_request", True),
+    "origin-form to the proxy port": (
+        head("GET / HTTP/1.1", "Host: api.test"),
+        PLAIN,
+        LIVE,
+        "not_a_proxy_request",
+        True,
+    ),
     "bad host in a plain URL": (head("GET http://bad_host!/ HTTP/1.1"), PLAIN, LIVE, "bad_request", True),
     "refusal with a body closes": (
         head("POST / HTTP/1.1", "Host: other.test", "Content-Length: 3"),
@@ -252,7 +263,7 @@ CONNECTS: dict[str, tuple[bytes, str | None, bool | None]] = {
 def test_connect_decisions(case: str) -> None:
     target, code, intercept = CONNECTS[case]
     try:
-        host, port, plan, refusal = decide_connect(target, LIVE)
+        _host, _port, plan, refusal = decide_connect(target, LIVE)
     except ProxyError as e:
         assert e.code == code
         return
@@ -279,7 +290,7 @@ def test_sni_rules() -> None:
 def test_withdrawn_table() -> None:
     plan = LIVE.plan("api.test", 443)
     moved = dataclasses.replace(BODY, hosts=(HostPattern.parse("other.test"),))
-    no_body = dataclasses.replace(BODY, locations=frozenset({"headers"}))
+    no_body = dataclasses.replace(BODY, locations=frozenset({Location.HEADERS}))
     rows = [
         (LIVE, None, True, None),
         (Policy(new_session(API, QUERY, BODY, OTHER)), None, True, None),  # same secrets, new policy object
