@@ -27,9 +27,9 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import httptools
 import pytest
@@ -37,10 +37,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from oshu_contract.session import SecretBinding
-from oshu_testkit.rawclient import RawClient
-from oshu_testkit.sidecar_process import SidecarProcess
 from oshu_testkit.ca import TestCA
+from oshu_testkit.rawclient import RawClient, RawResponse
 from oshu_testkit.sessions import new_secret, new_session
+from oshu_testkit.sidecar_process import SidecarProcess
 from oshu_testkit.upstreams import HOST
 
 TIMEOUT = 10.0
@@ -48,8 +48,17 @@ TIMEOUT = 10.0
 #: (only when llhttp could not read the whole stream: the proxy might see more in it).
 SETTLE = 0.3
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-HOP = {b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade", b"content-length",
-       b"host", b"accept-encoding"}
+HOP = {
+    b"connection",
+    b"keep-alive",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+    b"content-length",
+    b"host",
+    b"accept-encoding",
+}
 
 
 # -- llhttp on both sides --------------------------------------------------------------------
@@ -116,12 +125,12 @@ class Llhttp:
             self.upgraded = True
             if self.messages:
                 self.messages[-1].upgrade = True
-            self.after_upgrade += data[e.args[0]:]
+            self.after_upgrade += data[e.args[0] :]
         except httptools.HttpParserError as e:
             self.error = f"{e.__class__.__name__}: {e}"
 
     @classmethod
-    def parse_client_stream(cls, data: bytes) -> "Llhttp":
+    def parse_client_stream(cls, data: bytes) -> Llhttp:
         """The client's stream as a server reads it that answers no upgrade (the upstream here never
         sends 101): after an upgrade or CONNECT request, HTTP parsing goes on with a fresh parser."""
         out = cls()
@@ -156,7 +165,7 @@ class LlhttpUpstream:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
-    def __enter__(self) -> "LlhttpUpstream":
+    def __enter__(self) -> LlhttpUpstream:
         for sock, tls in ((self.tls, True), (self.plain, False)):
             sock.settimeout(0.2)
             t = threading.Thread(target=self._accept, args=(sock, tls), daemon=True)
@@ -172,8 +181,10 @@ class LlhttpUpstream:
         self.plain.close()
 
     def connect_to(self) -> list[str]:
-        return [f"{HOST}:443:127.0.0.1:{self.tls.getsockname()[1]}",
-                f"{HOST}:80:127.0.0.1:{self.plain.getsockname()[1]}"]
+        return [
+            f"{HOST}:443:127.0.0.1:{self.tls.getsockname()[1]}",
+            f"{HOST}:80:127.0.0.1:{self.plain.getsockname()[1]}",
+        ]
 
     def reset(self) -> None:
         with self._cond:
@@ -192,7 +203,7 @@ class LlhttpUpstream:
         while not self._stop.is_set():
             try:
                 raw, _ = sock.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             with self._cond:
                 self.accepted += 1
@@ -231,22 +242,27 @@ class LlhttpUpstream:
 def end_to_end(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """Fields that must arrive unchanged: hop-by-hop, framing, Host and Accept-Encoding are the proxy's."""
     named = {t.strip() for n, v in headers if n == b"connection" for t in v.lower().split(b",")}
-    return [(n, v) for n, v in headers
-            if n not in HOP and n not in named and not n.startswith(b"proxy-")
-            and n not in (b"sec-websocket-key", b"sec-websocket-version")]
+    return [
+        (n, v)
+        for n, v in headers
+        if n not in HOP
+        and n not in named
+        and not n.startswith(b"proxy-")
+        and n not in (b"sec-websocket-key", b"sec-websocket-version")
+    ]
 
 
 def origin_form(url: bytes) -> bytes:
     for scheme in (b"http://", b"https://"):
-        if url[:len(scheme)].lower() == scheme:
-            rest = url[len(scheme):]
+        if url[: len(scheme)].lower() == scheme:
+            rest = url[len(scheme) :]
             cut = min([i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0] or [len(rest)])
             path = rest[cut:]
             return b"/" + path if path.startswith(b"?") else (path or b"/")
     return url
 
 
-def check_stream(proxy: "Proxied", stream: bytes, tls: bool) -> None:
+def check_stream(proxy: Proxied, stream: bytes, tls: bool) -> None:
     """Send `stream` through the proxy; assert llhttp upstream-side reads exactly what llhttp client-side reads."""
     client_view = Llhttp.parse_client_stream(stream)
     expected = client_view.messages
@@ -257,8 +273,9 @@ def check_stream(proxy: "Proxied", stream: bytes, tls: bool) -> None:
     for up in forwarded:
         # llhttp knows a fixed list of methods; the proxy passes any token on. Refused there at the
         # request line, the bytes cannot be read as anything else.
-        assert up.error is None or (up.error.startswith("HttpParserInvalidMethodError") and not up.messages), \
+        assert up.error is None or (up.error.startswith("HttpParserInvalidMethodError") and not up.messages), (
             f"llhttp could not parse what the proxy forwarded: {up.error}"
+        )
         assert len(up.messages) <= 1, "more than one message on an upstream connection"
         assert not up.after_upgrade, "the proxy sent bytes after an upgrade request"
     got = [m for up in forwarded for m in up.messages]
@@ -290,10 +307,10 @@ class Proxied:
     def upstream_connections(self) -> int:
         return int(self.sc.metric("oshu_connections_opened_total", side="upstream") or 0) - int(self._opened)
 
-    def send(self, stream: bytes, tls: bool, expected: int, settle: bool) -> list:  # type: ignore[type-arg]
+    def send(self, stream: bytes, tls: bool, expected: int, settle: bool) -> list:
         self.upstream.reset()
         self._opened = self.sc.metric("oshu_connections_opened_total", side="upstream") or 0.0
-        responses = []
+        responses: list[RawResponse] = []
         with RawClient(self.sc.listen, timeout=TIMEOUT) as c:
             if tls:
                 assert c.connect(f"{HOST}:443").status == 200
@@ -306,7 +323,7 @@ class Proxied:
                     c.sock.settimeout(SETTLE)
                 try:
                     responses.append(c.response())
-                except (ConnectionError, ssl.SSLError, socket.timeout, OSError, ValueError):
+                except (TimeoutError, ConnectionError, ssl.SSLError, OSError, ValueError):
                     break
         return responses
 
@@ -316,8 +333,12 @@ def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxied]:
     directory = tmp_path_factory.mktemp("differential")
     body_key = new_secret("BODY_KEY", [HOST], locations=["headers", "body"])
     with LlhttpUpstream(directory) as up:
-        sc = SidecarProcess(new_session(body_key), directory=directory / "sidecar", connect_to=up.connect_to(),
-                            upstream_ca_files=[up.ca.cert_file])
+        sc = SidecarProcess(
+            new_session(body_key),
+            directory=directory / "sidecar",
+            connect_to=up.connect_to(),
+            upstream_ca_files=[up.ca.cert_path],
+        )
         with sc:
             yield Proxied(sc, up, body_key)
             text = sc.log_text()
@@ -325,8 +346,9 @@ def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxied]:
 
 
 # -- the corpus --------------------------------------------------------------------------------
-def req(target: str = "/echo", fields: bytes = b"", body: bytes = b"", method: bytes = b"GET",
-        version: bytes = b"HTTP/1.1") -> bytes:
+def req(
+    target: str = "/echo", fields: bytes = b"", body: bytes = b"", method: bytes = b"GET", version: bytes = b"HTTP/1.1"
+) -> bytes:
     return b"%b %b %b\r\nHost: api.oshu.test\r\n%b\r\n%b" % (method, target.encode(), version, fields, body)
 
 
@@ -347,59 +369,98 @@ CORPUS: dict[str, bytes] = {
     "CL hex": req(method=b"POST", fields=b"Content-Length: 0x5\r\n", body=b"hello") + NEXT,
     "CL space inside": req(method=b"POST", fields=b"Content-Length: 1 2\r\n", body=b"x" * 12) + NEXT,
     "CL huge": req(method=b"POST", fields=b"Content-Length: 99999999999999999999999\r\n", body=b"x") + NEXT,
-    "CL with TE": req(method=b"POST", fields=b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
-                      body=chunked(b"hello")) + NEXT,
-    "TE with CL": req(method=b"POST", fields=b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
-                      body=chunked(b"hello")) + NEXT,
+    "CL with TE": req(
+        method=b"POST", fields=b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", body=chunked(b"hello")
+    )
+    + NEXT,
+    "TE with CL": req(
+        method=b"POST", fields=b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", body=chunked(b"hello")
+    )
+    + NEXT,
     "chunked": req(method=b"POST", fields=b"Transfer-Encoding: chunked\r\n", body=chunked(b"hel", b"lo")) + NEXT,
     "chunked upper": req(method=b"POST", fields=b"Transfer-Encoding: CHUNKED\r\n", body=chunked(b"hello")) + NEXT,
-    "chunked with token": req(method=b"POST", fields=b"Transfer-Encoding: chunked\r\n",
-                              body=chunked(b"k=SEALED_TOKEN")) + NEXT,
-    "TE gzip, chunked": req(method=b"POST", fields=b"Transfer-Encoding: gzip, chunked\r\n",
-                            body=chunked(b"hello")) + NEXT,
+    "chunked with token": req(method=b"POST", fields=b"Transfer-Encoding: chunked\r\n", body=chunked(b"k=SEALED_TOKEN"))
+    + NEXT,
+    "TE gzip, chunked": req(method=b"POST", fields=b"Transfer-Encoding: gzip, chunked\r\n", body=chunked(b"hello"))
+    + NEXT,
     "TE chunked, gzip": req(method=b"POST", fields=b"Transfer-Encoding: chunked, gzip\r\n", body=b"hello") + NEXT,
     "TE identity": req(method=b"POST", fields=b"Transfer-Encoding: identity\r\n", body=b"hello") + NEXT,
-    "TE twice": req(method=b"POST", fields=b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
-                    body=chunked(b"hello")) + NEXT,
-    "TE space before colon": req(method=b"POST", fields=b"Transfer-Encoding : chunked\r\n",
-                                 body=chunked(b"hello")) + NEXT,
+    "TE twice": req(
+        method=b"POST", fields=b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", body=chunked(b"hello")
+    )
+    + NEXT,
+    "TE space before colon": req(method=b"POST", fields=b"Transfer-Encoding : chunked\r\n", body=chunked(b"hello"))
+    + NEXT,
     "TE tab value": req(method=b"POST", fields=b"Transfer-Encoding:\tchunked\r\n", body=chunked(b"hello")) + NEXT,
-    "TE vertical tab": req(method=b"POST", fields=b"Transfer-Encoding: \x0bchunked\r\n",
-                           body=chunked(b"hello")) + NEXT,
+    "TE vertical tab": req(method=b"POST", fields=b"Transfer-Encoding: \x0bchunked\r\n", body=chunked(b"hello")) + NEXT,
     "TE xchunked": req(method=b"POST", fields=b"Transfer-Encoding: xchunked\r\n", body=chunked(b"hello")) + NEXT,
-    "TE in HTTP/1.0": req(method=b"POST", version=b"HTTP/1.0", fields=b"Transfer-Encoding: chunked\r\n",
-                          body=chunked(b"hello")) + NEXT,
-    "chunk extension": req(method=b"POST", fields=b"Transfer-Encoding: chunked\r\n",
-                           body=chunked(b"hello", ext=b";name=value")) + NEXT,
-    "chunk extension quoted": req(method=b"POST", fields=b"Transfer-Encoding: chunked\r\n",
-                                  body=chunked(b"hello", ext=b';a="b\\"c"')) + NEXT,
-    "chunk ext bare LF": req(method=b"POST", fields=b"Transfer-Encoding: chunked\r\n",
-                             body=b"5;a\nb\r\nhello\r\n0\r\n\r\n") + NEXT,
-    "chunk size leading zeros": req(method=b"POST", fields=b"Transfer-Encoding: chunked\r\n",
-                                    body=b"0005\r\nhello\r\n0\r\n\r\n") + NEXT,
-    "chunk size with space": req(method=b"POST", fields=b"Transfer-Encoding: chunked\r\n",
-                                 body=b"5 \r\nhello\r\n0\r\n\r\n") + NEXT,
-    "chunk size overflow": req(method=b"POST", fields=b"Transfer-Encoding: chunked\r\n",
-                               body=b"10000000000000005\r\nhello\r\n0\r\n\r\n") + NEXT,
-    "chunk size negative": req(method=b"POST", fields=b"Transfer-Encoding: chunked\r\n",
-                               body=b"-5\r\nhello\r\n0\r\n\r\n") + NEXT,
-    "chunk data without CRLF": req(method=b"POST", fields=b"Transfer-Encoding: chunked\r\n",
-                                   body=b"5\r\nhelloXX0\r\n\r\n") + NEXT,
-    "chunk data bare LF": req(method=b"POST", fields=b"Transfer-Encoding: chunked\r\n",
-                              body=b"5\r\nhello\n0\r\n\r\n") + NEXT,
-    "last chunk bare LF": req(method=b"POST", fields=b"Transfer-Encoding: chunked\r\n",
-                              body=b"5\r\nhello\r\n0\n\n") + NEXT,
-    "trailers": req(method=b"POST", fields=b"Transfer-Encoding: chunked\r\n",
-                    body=chunked(b"hello", trailers=b"X-T: 1\r\nX-U: 2\r\n")) + NEXT,
-    "CL in trailers": req(method=b"POST", fields=b"Transfer-Encoding: chunked\r\n",
-                          body=chunked(b"hello", trailers=b"Content-Length: 50\r\n")) + NEXT,
-    "TE in trailers": req(method=b"POST", fields=b"Transfer-Encoding: chunked\r\n",
-                          body=chunked(b"hello", trailers=b"Transfer-Encoding: chunked\r\n")) + NEXT,
-    "trailer obs-fold": req(method=b"POST", fields=b"Transfer-Encoding: chunked\r\n",
-                            body=chunked(b"hello", trailers=b"X-T: 1\r\n folded\r\n")) + NEXT,
+    "TE in HTTP/1.0": req(
+        method=b"POST", version=b"HTTP/1.0", fields=b"Transfer-Encoding: chunked\r\n", body=chunked(b"hello")
+    )
+    + NEXT,
+    "chunk extension": req(
+        method=b"POST", fields=b"Transfer-Encoding: chunked\r\n", body=chunked(b"hello", ext=b";name=value")
+    )
+    + NEXT,
+    "chunk extension quoted": req(
+        method=b"POST", fields=b"Transfer-Encoding: chunked\r\n", body=chunked(b"hello", ext=b';a="b\\"c"')
+    )
+    + NEXT,
+    "chunk ext bare LF": req(
+        method=b"POST", fields=b"Transfer-Encoding: chunked\r\n", body=b"5;a\nb\r\nhello\r\n0\r\n\r\n"
+    )
+    + NEXT,
+    "chunk size leading zeros": req(
+        method=b"POST", fields=b"Transfer-Encoding: chunked\r\n", body=b"0005\r\nhello\r\n0\r\n\r\n"
+    )
+    + NEXT,
+    "chunk size with space": req(
+        method=b"POST", fields=b"Transfer-Encoding: chunked\r\n", body=b"5 \r\nhello\r\n0\r\n\r\n"
+    )
+    + NEXT,
+    "chunk size overflow": req(
+        method=b"POST", fields=b"Transfer-Encoding: chunked\r\n", body=b"10000000000000005\r\nhello\r\n0\r\n\r\n"
+    )
+    + NEXT,
+    "chunk size negative": req(
+        method=b"POST", fields=b"Transfer-Encoding: chunked\r\n", body=b"-5\r\nhello\r\n0\r\n\r\n"
+    )
+    + NEXT,
+    "chunk data without CRLF": req(
+        method=b"POST", fields=b"Transfer-Encoding: chunked\r\n", body=b"5\r\nhelloXX0\r\n\r\n"
+    )
+    + NEXT,
+    "chunk data bare LF": req(method=b"POST", fields=b"Transfer-Encoding: chunked\r\n", body=b"5\r\nhello\n0\r\n\r\n")
+    + NEXT,
+    "last chunk bare LF": req(method=b"POST", fields=b"Transfer-Encoding: chunked\r\n", body=b"5\r\nhello\r\n0\n\n")
+    + NEXT,
+    "trailers": req(
+        method=b"POST",
+        fields=b"Transfer-Encoding: chunked\r\n",
+        body=chunked(b"hello", trailers=b"X-T: 1\r\nX-U: 2\r\n"),
+    )
+    + NEXT,
+    "CL in trailers": req(
+        method=b"POST",
+        fields=b"Transfer-Encoding: chunked\r\n",
+        body=chunked(b"hello", trailers=b"Content-Length: 50\r\n"),
+    )
+    + NEXT,
+    "TE in trailers": req(
+        method=b"POST",
+        fields=b"Transfer-Encoding: chunked\r\n",
+        body=chunked(b"hello", trailers=b"Transfer-Encoding: chunked\r\n"),
+    )
+    + NEXT,
+    "trailer obs-fold": req(
+        method=b"POST",
+        fields=b"Transfer-Encoding: chunked\r\n",
+        body=chunked(b"hello", trailers=b"X-T: 1\r\n folded\r\n"),
+    )
+    + NEXT,
     "obs-fold": req(fields=b"X-A: 1\r\n folded\r\n") + NEXT,
-    "obs-fold into TE": req(method=b"POST", fields=b"X-A: 1\r\n Transfer-Encoding: chunked\r\n",
-                            body=chunked(b"hello")) + NEXT,
+    "obs-fold into TE": req(method=b"POST", fields=b"X-A: 1\r\n Transfer-Encoding: chunked\r\n", body=chunked(b"hello"))
+    + NEXT,
     "bare CR in value": req(fields=b"X-A: 1\rX-B: 2\r\n") + NEXT,
     "bare LF in value": req(fields=b"X-A: 1\nContent-Length: 5\r\n", body=b"hello") + NEXT,
     "bare LF line endings": b"GET /echo HTTP/1.1\nHost: api.oshu.test\n\n" + NEXT,
@@ -412,34 +473,47 @@ CORPUS: dict[str, bytes] = {
     "leading whitespace line": b"GET /echo HTTP/1.1\r\n Host: api.oshu.test\r\n\r\n" + NEXT,
     "two Hosts": req(fields=b"Host: evil.test\r\n") + NEXT,
     "leading CRLF": b"\r\n" + req() + NEXT,
-    "Expect 100-continue": req(method=b"POST", fields=b"Expect: 100-continue\r\nContent-Length: 5\r\n",
-                               body=b"hello") + NEXT,
+    "Expect 100-continue": req(method=b"POST", fields=b"Expect: 100-continue\r\nContent-Length: 5\r\n", body=b"hello")
+    + NEXT,
     "Expect unknown": req(method=b"POST", fields=b"Expect: 200-ok\r\nContent-Length: 5\r\n", body=b"hello") + NEXT,
     "absolute-form in tunnel": b"GET https://api.oshu.test/echo/abs HTTP/1.1\r\nHost: api.oshu.test\r\n\r\n" + NEXT,
     "absolute-form other host": b"GET https://evil.test/echo HTTP/1.1\r\nHost: api.oshu.test\r\n\r\n" + NEXT,
     "asterisk-form": b"OPTIONS * HTTP/1.1\r\nHost: api.oshu.test\r\n\r\n" + NEXT,
-    "pipelined after 421": req(fields=b"") .replace(b"Host: api.oshu.test", b"Host: other.oshu.test") + NEXT,
-    "pipelined after bad chunk": req(method=b"POST", fields=b"Transfer-Encoding: chunked\r\n",
-                                     body=b"zz\r\nhello\r\n0\r\n\r\n") + NEXT,
+    "pipelined after 421": req(fields=b"").replace(b"Host: api.oshu.test", b"Host: other.oshu.test") + NEXT,
+    "pipelined after bad chunk": req(
+        method=b"POST", fields=b"Transfer-Encoding: chunked\r\n", body=b"zz\r\nhello\r\n0\r\n\r\n"
+    )
+    + NEXT,
     "pipelined three": req("/echo/1") + req("/echo/2", b"Content-Length: 3\r\n", b"abc") + req("/echo/3"),
     "HTTP/1.0 keep-alive": req(version=b"HTTP/1.0", fields=b"Connection: keep-alive\r\n") + NEXT,
-    "HTTP/1.0 with CL": req(method=b"POST", version=b"HTTP/1.0", fields=b"Content-Length: 5\r\n",
-                            body=b"hello") + NEXT,
+    "HTTP/1.0 with CL": req(method=b"POST", version=b"HTTP/1.0", fields=b"Content-Length: 5\r\n", body=b"hello") + NEXT,
     "HTTP/1.2": req(version=b"HTTP/1.2") + NEXT,
     "lower-case version": req(version=b"http/1.1") + NEXT,
     "Connection close then more": req(fields=b"Connection: close\r\n") + NEXT,
-    "Connection names CL": req(method=b"POST", fields=b"Connection: content-length\r\nContent-Length: 5\r\n",
-                               body=b"hello") + NEXT,
+    "Connection names CL": req(
+        method=b"POST", fields=b"Connection: content-length\r\nContent-Length: 5\r\n", body=b"hello"
+    )
+    + NEXT,
     "Connection names Host": req(fields=b"Connection: host\r\n") + NEXT,
-    "websocket no body": req("/ws", b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
-                             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n") + NEXT,
-    "websocket CL body": req("/ws", b"Connection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: %d\r\n"
-                             % len(NEXT), NEXT),
-    "websocket chunked body": req("/ws", b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
-                                  b"Transfer-Encoding: chunked\r\n", chunked(NEXT)),
+    "websocket no body": req(
+        "/ws",
+        b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+    )
+    + NEXT,
+    "websocket CL body": req(
+        "/ws", b"Connection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: %d\r\n" % len(NEXT), NEXT
+    ),
+    "websocket chunked body": req(
+        "/ws", b"Connection: Upgrade\r\nUpgrade: websocket\r\nTransfer-Encoding: chunked\r\n", chunked(NEXT)
+    ),
     "websocket CL 0": req("/ws", b"Connection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 0\r\n") + NEXT,
-    "h2c upgrade with body": req("/echo", b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
-                                 b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nContent-Length: %d\r\n" % len(NEXT), NEXT),
+    "h2c upgrade with body": req(
+        "/echo",
+        b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+        b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nContent-Length: %d\r\n" % len(NEXT),
+        NEXT,
+    ),
     "upgrade without Connection": req("/echo", b"Upgrade: websocket\r\nContent-Length: 5\r\n", b"hello") + NEXT,
     "CONNECT inside": b"CONNECT api.oshu.test:443 HTTP/1.1\r\nHost: api.oshu.test:443\r\n\r\n" + NEXT,
     "GET with CL body": req("/echo", b"Content-Length: %d\r\n" % len(NEXT), NEXT) + NEXT,
@@ -458,18 +532,41 @@ def test_corpus(case: str, tls: bool, proxied: Proxied) -> None:
 
 def as_proxy_requests(stream: bytes) -> bytes:
     """Origin-form targets of request lines made absolute-form http:// (what a client sends a proxy)."""
-    return stream.replace(b"GET /", b"GET http://api.oshu.test/").replace(b"POST /", b"POST http://api.oshu.test/") \
-                 .replace(b"HEAD /", b"HEAD http://api.oshu.test/").replace(b"OPTIONS * ", b"OPTIONS http://api.oshu.test/ ")
+    return (
+        stream.replace(b"GET /", b"GET http://api.oshu.test/")
+        .replace(b"POST /", b"POST http://api.oshu.test/")
+        .replace(b"HEAD /", b"HEAD http://api.oshu.test/")
+        .replace(b"OPTIONS * ", b"OPTIONS http://api.oshu.test/ ")
+    )
 
 
 # -- generated mutations -----------------------------------------------------------------------
-FIELDS = [b"Content-Length: 5\r\n", b"Content-Length: 0\r\n", b"Content-Length: 05\r\n", b"Content-Length: 5, 5\r\n",
-          b"Transfer-Encoding: chunked\r\n", b"Transfer-Encoding: identity\r\n", b"Transfer-Encoding: gzip, chunked\r\n",
-          b"Connection: close\r\n", b"Connection: keep-alive\r\n", b"Connection: Upgrade\r\n", b"Upgrade: websocket\r\n",
-          b"Expect: 100-continue\r\n", b"X-A: 1\r\n", b"Trailer: X-T\r\n", b"Connection: content-length\r\n",
-          b"Proxy-Connection: keep-alive\r\n"]
-BODIES = [b"", b"hello", chunked(b"hello"), chunked(b"hel", b"lo", trailers=b"X-T: 1\r\n"), chunked(b"hi", ext=b";x=y"),
-          NEXT]
+FIELDS = [
+    b"Content-Length: 5\r\n",
+    b"Content-Length: 0\r\n",
+    b"Content-Length: 05\r\n",
+    b"Content-Length: 5, 5\r\n",
+    b"Transfer-Encoding: chunked\r\n",
+    b"Transfer-Encoding: identity\r\n",
+    b"Transfer-Encoding: gzip, chunked\r\n",
+    b"Connection: close\r\n",
+    b"Connection: keep-alive\r\n",
+    b"Connection: Upgrade\r\n",
+    b"Upgrade: websocket\r\n",
+    b"Expect: 100-continue\r\n",
+    b"X-A: 1\r\n",
+    b"Trailer: X-T\r\n",
+    b"Connection: content-length\r\n",
+    b"Proxy-Connection: keep-alive\r\n",
+]
+BODIES = [
+    b"",
+    b"hello",
+    chunked(b"hello"),
+    chunked(b"hel", b"lo", trailers=b"X-T: 1\r\n"),
+    chunked(b"hi", ext=b";x=y"),
+    NEXT,
+]
 BYTES = [b"\r", b"\n", b"\x00", b" ", b"\t", b":", b",", b";", b"0", b"a", b"\r\n", b"\x0b", b"-", b"\xff"]
 
 
@@ -481,8 +578,15 @@ def mutated_streams(draw: st.DrawFn) -> bytes:
         method = draw(st.sampled_from([b"GET", b"POST", b"HEAD", b"PUT"]))
         version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0"]))
         fields = b"".join(draw(st.lists(st.sampled_from(FIELDS), max_size=3)))
-        parts.append(req(draw(st.sampled_from(["/echo", "/echo/a?b=c", "/ws"])), fields, draw(st.sampled_from(BODIES)),
-                         method, version))
+        parts.append(
+            req(
+                draw(st.sampled_from(["/echo", "/echo/a?b=c", "/ws"])),
+                fields,
+                draw(st.sampled_from(BODIES)),
+                method,
+                version,
+            )
+        )
     data = bytearray(b"".join(parts))
     for _ in range(draw(st.integers(0, 3))):
         pos = draw(st.integers(0, len(data)))
@@ -491,14 +595,19 @@ def mutated_streams(draw: st.DrawFn) -> bytes:
         if op == "insert":
             data[pos:pos] = piece
         elif op == "replace":
-            data[pos:pos + 1] = piece
+            data[pos : pos + 1] = piece
         else:
-            del data[pos:pos + 1]
+            del data[pos : pos + 1]
     return bytes(data)
 
 
-@settings(max_examples=120, derandomize=True, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=120,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(stream=mutated_streams(), tls=st.booleans())
 def test_generated_mutations(stream: bytes, tls: bool, proxied: Proxied) -> None:
     check_stream(proxied, stream if tls else as_proxy_requests(stream), tls)
