@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import time
 
+from oshu_testkit.clients import curl
+from oshu_testkit.leaks import assert_no_secret
 from oshu_testkit.rawclient import RawClient
 from oshu_testkit.sessions import new_secret, new_session
 from oshu_testkit.sidecar_process import SidecarProcess
-from oshu_testkit.upstreams import Upstream
-from oshu_testkit.clients import curl
-from oshu_testkit.leaks import assert_no_secret
-from oshu_testkit.upstreams import HOST, OTHER, TUNNEL
+from oshu_testkit.upstreams import HOST, OTHER, TUNNEL, Upstream
 
 BOUND = 100  # iterations for bounded polling loops
 
@@ -26,7 +25,7 @@ def wait_metric(sc: SidecarProcess, name: str, want: float, **labels: str) -> fl
     return value
 
 
-def test_metrics_contents(make_sidecar, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+def test_metrics_contents(make_sidecar, upstream: Upstream) -> None:
     api = new_secret("API_KEY", [HOST])
     other = new_secret("OTHER_KEY", [OTHER])
     sc = make_sidecar(new_session(api, other, expires_in=3600), hosts=[HOST, OTHER, TUNNEL, "unnamed.oshu.test:80"])
@@ -70,17 +69,32 @@ def test_metrics_contents(make_sidecar, upstream: Upstream) -> None:  # type: ig
         for c in conns:
             c.close()
     assert wait_metric(sc, "oshu_open_connections", 0, side="client") == 0
-    for name in ("oshu_requests_total", "oshu_substitutions_total", "oshu_refusals_total", "oshu_open_connections",
-                 "oshu_upstream_latency_seconds", "oshu_leaf_certificates_minted_total", "oshu_session_expiry_seconds"):
+    for name in (
+        "oshu_requests_total",
+        "oshu_substitutions_total",
+        "oshu_refusals_total",
+        "oshu_open_connections",
+        "oshu_upstream_latency_seconds",
+        "oshu_leaf_certificates_minted_total",
+        "oshu_session_expiry_seconds",
+    ):
         assert f"# TYPE {name.removesuffix('_total')}" in sc.metrics_text()
 
 
-def test_audit_line_per_request(make_sidecar, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+def test_audit_line_per_request(make_sidecar, upstream: Upstream) -> None:
     api = new_secret("API_KEY", [HOST])
     q = new_secret("QUERY_KEY", [HOST], locations=["headers", "query"])
     sc = make_sidecar(new_session(api, q, name="agents/audit"))
-    status, _, body, _ = curl(sc.client_env(), f"https://{HOST}/echo/a?key={q.sealed}&plain=visible-value&flag",
-                              "-H", f"x-api-key: {api.sealed}", "-X", "POST", "--data-binary", "12345")
+    status, _, body, _ = curl(
+        sc.client_env(),
+        f"https://{HOST}/echo/a?key={q.sealed}&plain=visible-value&flag",
+        "-H",
+        f"x-api-key: {api.sealed}",
+        "-X",
+        "POST",
+        "--data-binary",
+        "12345",
+    )
     assert status == 200
     rec = sc.wait_for_log(lambda r: r.get("logger") == "oshu.sidecar.audit")
     assert rec["session"] == "agents/audit"
@@ -94,19 +108,22 @@ def test_audit_line_per_request(make_sidecar, upstream: Upstream) -> None:  # ty
     assert len(sc.audit_records()) == 1
 
 
-def test_no_secret_value_anywhere(make_sidecar, upstream: Upstream, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_no_secret_value_anywhere(make_sidecar, upstream: Upstream, tmp_path) -> None:
     """Drive every path (success, scrubbing, each refusal, errors, reloads) and scan everything observable."""
     api = new_secret("API_KEY", [HOST])
     q = new_secret("QUERY_KEY", [HOST], locations=["headers", "query", "body"])
     other = new_secret("OTHER_KEY", [OTHER])
     values = [api.value, q.value, other.value]
-    sc = make_sidecar(new_session(api, q, other, egress=[HOST, OTHER, "api.oshu.test:80"]), values=values,
-                      extra_args=["--log-level", "debug"])
+    sc = make_sidecar(
+        new_session(api, q, other, egress=[HOST, OTHER, "api.oshu.test:80"]),
+        values=values,
+        extra_args=["--log-level", "debug"],
+    )
     env = sc.client_env()
     bodies: dict[str, str | bytes] = {}
 
     def call(label: str, url: str, *args: str) -> None:
-        status, headers, body, err = curl(env, url, *args)
+        _status, headers, body, err = curl(env, url, *args)
         bodies[f"{label} body"] = body
         bodies[f"{label} headers"] = json.dumps(headers)
         bodies[f"{label} client stderr"] = err
@@ -125,8 +142,11 @@ def test_no_secret_value_anywhere(make_sidecar, upstream: Upstream, tmp_path) ->
         c.send(b"GET /echo HTTP/1.1\r\nHost: api.oshu.test\r\nBad Header: " + api.sealed.encode() + b"\r\n\r\n")
         resp = c.response()
         bodies["malformed"] = resp.raw_head + resp.body
-    sc.write_session(b'{"session": "agents/test", "secrets": [{"name": "X", "sealed": "bad", "value": "'
-                     + api.value.encode() + b'", "hosts": ["api.oshu.test"]}]}')
+    sc.write_session(
+        b'{"session": "agents/test", "secrets": [{"name": "X", "sealed": "bad", "value": "'
+        + api.value.encode()
+        + b'", "hosts": ["api.oshu.test"]}]}'
+    )
     sc.wait_for_log(lambda r: r.get("level") == "error", timeout=15)
     sc.delete_session()
     sc.wait_for_log(lambda r: "deleted" in r.get("msg", ""), timeout=15)
