@@ -27,15 +27,29 @@ TIMEOUT = 10.0
 async def get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> tuple[int, bytes]:
     writer.write(f"GET http://{HOST}{path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
-    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+    length = next(
+        int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+    )
     body = await asyncio.wait_for(reader.readexactly(length), TIMEOUT)
     return int(head.split(b" ")[1]), body
 
 
 async def scenario(upstream: Upstream) -> list[tuple[int, bytes]]:
-    cfg = load_config(["--session-file", "unused", "--ca-cert", "unused", "--ca-key", "unused",
-                       "--listen", "127.0.0.1:0", "--connect-to", f"{HOST}:80:127.0.0.1:{upstream.http_port}"],
-                      environ={})
+    cfg = load_config(
+        [
+            "--session-file",
+            "unused",
+            "--ca-cert",
+            "unused",
+            "--ca-key",
+            "unused",
+            "--listen",
+            "127.0.0.1:0",
+            "--connect-to",
+            f"{HOST}:80:127.0.0.1:{upstream.http_port}",
+        ],
+        environ={},
+    )
     key = new_secret("API_KEY", [HOST])
     open_session = Policy(new_session(key, name="agents/open"))
     fenced = Policy(new_session(key, name="agents/fenced", egress=["nothing.oshu.test"]))
