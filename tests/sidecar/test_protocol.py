@@ -16,12 +16,11 @@ from pathlib import Path
 import pytest
 
 from oshu_contract.session import SecretBinding
+from oshu_testkit.clients import curl, pyclient, run
 from oshu_testkit.rawclient import RawClient
 from oshu_testkit.sessions import new_secret, new_session
 from oshu_testkit.sidecar_process import SidecarProcess
-from oshu_testkit.upstreams import Upstream
-from oshu_testkit.clients import curl, pyclient, run
-from oshu_testkit.upstreams import HOST
+from oshu_testkit.upstreams import HOST, Upstream
 
 SOCKET_TIMEOUT = 15.0
 
@@ -50,10 +49,16 @@ BAD_PROXY_REQUESTS = {
     "space in name": (b"GET http://api.oshu.test/ HTTP/1.1\r\nBad Header: x\r\n\r\n", 400, "bad_request"),
     "obs-fold": (b"GET http://api.oshu.test/ HTTP/1.1\r\nX-A: 1\r\n  folded\r\n\r\n", 400, "bad_request"),
     "control char": (b"GET http://api.oshu.test/ HTTP/1.1\r\nX-A: a\x00b\r\n\r\n", 400, "bad_request"),
-    "CL and TE": (b"POST http://api.oshu.test/ HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
-                  400, "bad_request"),
-    "two CLs": (b"POST http://api.oshu.test/ HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", 400,
-                "bad_request"),
+    "CL and TE": (
+        b"POST http://api.oshu.test/ HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        400,
+        "bad_request",
+    ),
+    "two CLs": (
+        b"POST http://api.oshu.test/ HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+        400,
+        "bad_request",
+    ),
     "bad CL": (b"POST http://api.oshu.test/ HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400, "bad_request"),
     "TE gzip": (b"POST http://api.oshu.test/ HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 501, "not_implemented"),
     "HTTP/2.0": (b"GET http://api.oshu.test/ HTTP/2.0\r\n\r\n", 505, "http_version_not_supported"),
@@ -66,8 +71,9 @@ BAD_PROXY_REQUESTS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_PROXY_REQUESTS))
-def test_malformed_request_gets_error_and_close(case: str, sidecar: SidecarProcess, upstream: Upstream,
-                                                keys: dict[str, SecretBinding]) -> None:
+def test_malformed_request_gets_error_and_close(
+    case: str, sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     data, status, code = BAD_PROXY_REQUESTS[case]
     with RawClient(sidecar.listen, timeout=SOCKET_TIMEOUT) as c:
         c.send(data)
@@ -79,8 +85,9 @@ def test_malformed_request_gets_error_and_close(case: str, sidecar: SidecarProce
     still_serving(sidecar, upstream, keys["API_KEY"])
 
 
-def test_malformed_request_inside_intercepted_tunnel(sidecar: SidecarProcess, upstream: Upstream,
-                                                     keys: dict[str, SecretBinding]) -> None:
+def test_malformed_request_inside_intercepted_tunnel(
+    sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     with tls_client(sidecar) as c:
         c.send(b"GET /echo HTTP/1.1\r\nHost: api.oshu.test\r\nX: a\rb\r\n\r\n")
         resp = c.response()
@@ -109,7 +116,7 @@ def test_oversized_headers_get_431(sidecar: SidecarProcess, upstream: Upstream, 
     still_serving(sidecar, upstream, keys["API_KEY"])
 
 
-def test_slow_headers_are_cut_off(make_sidecar, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+def test_slow_headers_are_cut_off(make_sidecar, upstream: Upstream) -> None:
     key = new_secret("API_KEY", [HOST])
     sc = make_sidecar(new_session(key), extra_args=["--header-timeout", "1", "--idle-timeout", "1"])
     with RawClient(sc.listen, timeout=SOCKET_TIMEOUT) as slow:
@@ -127,7 +134,7 @@ def test_slow_headers_are_cut_off(make_sidecar, upstream: Upstream) -> None:  # 
     still_serving(sc, upstream, key)
 
 
-def test_upstream_too_slow_gets_504(make_sidecar, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+def test_upstream_too_slow_gets_504(make_sidecar, upstream: Upstream) -> None:
     key = new_secret("API_KEY", [HOST])
     sc = make_sidecar(new_session(key), extra_args=["--upstream-timeout", "1"])
     try:
@@ -148,7 +155,7 @@ def test_chunked_upload_is_streamed(sidecar: SidecarProcess, upstream: Upstream)
         c.send(b"%x\r\n%b\r\n" % (len(first), first))
         assert upstream.wait_for(lambda u: "upload:first-chunk" in u.events, SOCKET_TIMEOUT)
         for i in range(0, len(rest), 50_000):
-            piece = rest[i:i + 50_000]
+            piece = rest[i : i + 50_000]
             c.send(b"%x\r\n%b\r\n" % (len(piece), piece))
         c.send(b"0\r\n\r\n")
         resp = c.response()
@@ -168,8 +175,9 @@ def test_large_uploads_with_curl(sidecar: SidecarProcess, upstream: Upstream, tm
         assert (out["size"], out["sha256"]) == (len(data), hashlib.sha256(data).hexdigest()), extra
 
 
-def test_large_body_substitution_is_streamed_as_chunked(sidecar: SidecarProcess, upstream: Upstream,
-                                                        keys: dict[str, SecretBinding], tmp_path: Path) -> None:
+def test_large_body_substitution_is_streamed_as_chunked(
+    sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding], tmp_path: Path
+) -> None:
     b = keys["BODY_KEY"]
     filler = b"z" * (2 * 1024 * 1024)
     data = b.sealed.encode() + filler + b.sealed.encode()
@@ -216,8 +224,9 @@ def test_sse_with_curl(sidecar: SidecarProcess, upstream: Upstream) -> None:
 
 
 @pytest.mark.parametrize("split", [1, 3, 7, 64])
-def test_scrubbing_across_chunk_boundaries(split: int, sidecar: SidecarProcess, upstream: Upstream,
-                                           keys: dict[str, SecretBinding]) -> None:
+def test_scrubbing_across_chunk_boundaries(
+    split: int, sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     key = keys["API_KEY"]
     with tls_client(sidecar) as c:
         resp = c.request("GET", f"/reflect?split={split}", {"Host": HOST, "x-api-key": key.sealed})
@@ -226,8 +235,9 @@ def test_scrubbing_across_chunk_boundaries(split: int, sidecar: SidecarProcess, 
     assert key.value.encode() not in resp.body and resp.body.count(key.sealed.encode()) == 2
 
 
-def test_scrubbing_a_large_content_length_body(sidecar: SidecarProcess, upstream: Upstream,
-                                               keys: dict[str, SecretBinding]) -> None:
+def test_scrubbing_a_large_content_length_body(
+    sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     key = keys["API_KEY"]
     pad = 3 * 1024 * 1024
     with tls_client(sidecar) as c:
@@ -306,8 +316,9 @@ asyncio.run(main())
 """
 
 
-def test_websocket_upgrade_with_substitution_in_handshake(sidecar: SidecarProcess, upstream: Upstream,
-                                                          keys: dict[str, SecretBinding]) -> None:
+def test_websocket_upgrade_with_substitution_in_handshake(
+    sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     import sys
 
     key = keys["API_KEY"]
@@ -324,8 +335,9 @@ def test_plain_http_works_for_python_clients(sidecar: SidecarProcess, upstream: 
     assert out["status"] == 200 and upstream.last.scheme == "http"
 
 
-def test_client_hello_garbage_after_connect(sidecar: SidecarProcess, upstream: Upstream,
-                                            keys: dict[str, SecretBinding]) -> None:
+def test_client_hello_garbage_after_connect(
+    sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     """A client that speaks plain HTTP inside an intercepted CONNECT fails the handshake; nothing is sent."""
     with RawClient(sidecar.listen, timeout=SOCKET_TIMEOUT) as c:
         assert c.connect(f"{HOST}:443").status == 200
@@ -335,8 +347,9 @@ def test_client_hello_garbage_after_connect(sidecar: SidecarProcess, upstream: U
     still_serving(sidecar, upstream, keys["API_KEY"])
 
 
-def test_client_tls_to_wrong_ca_fails_cleanly(sidecar: SidecarProcess, upstream: Upstream,
-                                              keys: dict[str, SecretBinding]) -> None:
+def test_client_tls_to_wrong_ca_fails_cleanly(
+    sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     """A client that does not trust the session CA aborts; the proxy shrugs and keeps serving."""
     with RawClient(sidecar.listen, timeout=SOCKET_TIMEOUT) as c:
         assert c.connect(f"{HOST}:443").status == 200
