@@ -8,12 +8,11 @@ import socket
 import pytest
 
 from oshu_contract.session import SecretBinding
+from oshu_testkit.clients import curl
 from oshu_testkit.rawclient import RawClient
 from oshu_testkit.sessions import new_secret, new_session
 from oshu_testkit.sidecar_process import SidecarProcess
-from oshu_testkit.upstreams import Upstream
-from oshu_testkit.clients import curl
-from oshu_testkit.upstreams import HOST, OTHER, TUNNEL
+from oshu_testkit.upstreams import HOST, OTHER, TUNNEL, Upstream
 
 
 def assert_still_serving(sc: SidecarProcess, upstream: Upstream, key: SecretBinding) -> None:
@@ -37,8 +36,9 @@ def tls_client(sc: SidecarProcess, connect_to: str, sni: str | None, check_hostn
 
 
 # -- CONNECT target, SNI and Host must agree ----------------------------------------------------
-def test_host_header_mismatch_gets_421(sidecar: SidecarProcess, upstream: Upstream,
-                                       keys: dict[str, SecretBinding]) -> None:
+def test_host_header_mismatch_gets_421(
+    sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     key = keys["OTHER_KEY"]
     with tls_client(sidecar, f"{HOST}:443", HOST) as c:
         resp = c.request("GET", "/echo", {"Host": OTHER, "x-api-key": key.sealed})
@@ -66,8 +66,9 @@ def test_missing_sni_gets_421(sidecar: SidecarProcess, upstream: Upstream, keys:
     assert upstream.requests == []
 
 
-def test_absolute_url_naming_another_host_gets_421(sidecar: SidecarProcess, upstream: Upstream,
-                                                    keys: dict[str, SecretBinding]) -> None:
+def test_absolute_url_naming_another_host_gets_421(
+    sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     with tls_client(sidecar, f"{HOST}:443", HOST) as c:
         resp = c.request("GET", f"https://{OTHER}/echo", {"Host": HOST, "x-api-key": keys["OTHER_KEY"].sealed})
         assert resp.status == 421
@@ -76,8 +77,9 @@ def test_absolute_url_naming_another_host_gets_421(sidecar: SidecarProcess, upst
     assert [r.path for r in upstream.requests] == ["/echo/absolute"]
 
 
-def test_every_request_on_a_kept_alive_connection_is_checked(sidecar: SidecarProcess, upstream: Upstream,
-                                                            keys: dict[str, SecretBinding]) -> None:
+def test_every_request_on_a_kept_alive_connection_is_checked(
+    sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     api, other = keys["API_KEY"], keys["OTHER_KEY"]
     with tls_client(sidecar, f"{HOST}:443", HOST) as c:
         first = c.request("GET", "/echo/1", {"Host": HOST, "x-api-key": api.sealed})
@@ -91,23 +93,35 @@ def test_every_request_on_a_kept_alive_connection_is_checked(sidecar: SidecarPro
 # -- what is never forwarded -------------------------------------------------------------------
 def test_hop_by_hop_and_proxy_headers_are_not_forwarded(sidecar: SidecarProcess, upstream: Upstream) -> None:
     with tls_client(sidecar, f"{HOST}:443", HOST) as c:
-        resp = c.request("GET", "/echo/hop", [
-            ("Host", HOST),
-            ("Proxy-Authorization", "Basic dXNlcjpwYXNz"),
-            ("Proxy-Connection", "keep-alive"),
-            ("Proxy-Whatever", "1"),
-            ("Connection", "keep-alive, X-Named-By-Connection"),
-            ("X-Named-By-Connection", "drop me"),
-            ("Keep-Alive", "timeout=5"),
-            ("TE", "trailers"),
-            ("Trailer", "X-T"),
-            ("Upgrade", "h2c"),
-            ("X-Kept", "yes"),
-        ])
+        resp = c.request(
+            "GET",
+            "/echo/hop",
+            [
+                ("Host", HOST),
+                ("Proxy-Authorization", "Basic dXNlcjpwYXNz"),
+                ("Proxy-Connection", "keep-alive"),
+                ("Proxy-Whatever", "1"),
+                ("Connection", "keep-alive, X-Named-By-Connection"),
+                ("X-Named-By-Connection", "drop me"),
+                ("Keep-Alive", "timeout=5"),
+                ("TE", "trailers"),
+                ("Trailer", "X-T"),
+                ("Upgrade", "h2c"),
+                ("X-Kept", "yes"),
+            ],
+        )
     assert resp.status == 200
     got = {k.lower() for k, _ in upstream.last.headers}
-    for name in ("proxy-authorization", "proxy-connection", "proxy-whatever", "x-named-by-connection",
-                 "keep-alive", "te", "trailer", "upgrade"):
+    for name in (
+        "proxy-authorization",
+        "proxy-connection",
+        "proxy-whatever",
+        "x-named-by-connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+    ):
         assert name not in got, name
     assert upstream.last.header("x-kept") == "yes"
     assert (upstream.last.header("connection") or "").lower() in ("", "keep-alive")  # the upstream's own client default
@@ -120,12 +134,14 @@ def test_proxy_authorization_of_plain_http_requests_is_dropped(sidecar: SidecarP
     assert upstream.last.header("proxy-authorization") is None
 
 
-def test_redirects_are_returned_not_followed(sidecar: SidecarProcess, upstream: Upstream,
-                                            keys: dict[str, SecretBinding]) -> None:
+def test_redirects_are_returned_not_followed(
+    sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     key = keys["API_KEY"]
     target = f"https://{OTHER}/echo/after-redirect"
-    status, headers, _, err = curl(sidecar.client_env(), f"https://{HOST}/redirect?to={target}",
-                                   "-H", f"x-api-key: {key.sealed}")
+    status, headers, _, err = curl(
+        sidecar.client_env(), f"https://{HOST}/redirect?to={target}", "-H", f"x-api-key: {key.sealed}"
+    )
     assert status == 302, err
     assert headers["location"] == target
     assert [r.path for r in upstream.requests] == ["/redirect"]
@@ -133,15 +149,16 @@ def test_redirects_are_returned_not_followed(sidecar: SidecarProcess, upstream: 
 
 # -- plaintext ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("where", ["header", "query", "basic"])
-def test_sealed_token_over_plain_http_gets_403(where: str, sidecar: SidecarProcess, upstream: Upstream,
-                                               keys: dict[str, SecretBinding]) -> None:
+def test_sealed_token_over_plain_http_gets_403(
+    where: str, sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     key = keys["QUERY_KEY"] if where == "query" else keys["API_KEY"]
     env = sidecar.client_env()
     url = f"http://{HOST}/echo"
     args = {"header": ["-H", f"x-api-key: {key.sealed}"], "query": [], "basic": ["-u", f"me:{key.sealed}"]}[where]
     if where == "query":
         url += f"?key={key.sealed}"
-    status, headers, body, err = curl(env, url, *args)
+    status, _headers, body, err = curl(env, url, *args)
     assert status == 403, err
     e = error_of(body)
     assert e["code"] == "plaintext_secret" and key.name in e["message"]
@@ -150,17 +167,19 @@ def test_sealed_token_over_plain_http_gets_403(where: str, sidecar: SidecarProce
 
 
 def test_plain_http_without_tokens_is_proxied(sidecar: SidecarProcess, upstream: Upstream) -> None:
-    status, _, body, err = curl(sidecar.client_env(), f"http://{HOST}/echo/plain?x=1")
+    status, _, _body, err = curl(sidecar.client_env(), f"http://{HOST}/echo/plain?x=1")
     assert status == 200, err
     assert upstream.last.scheme == "http" and upstream.last.raw_path == "/echo/plain?x=1"
     assert upstream.last.header("host") == HOST
 
 
 # -- egress allowlist --------------------------------------------------------------------------
-def test_egress_allowlist(make_sidecar, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+def test_egress_allowlist(make_sidecar, upstream: Upstream) -> None:
     key = new_secret("API_KEY", [HOST])
-    sc = make_sidecar(new_session(key, egress=[TUNNEL, f"{TUNNEL}:80"]),
-                      hosts=[HOST, TUNNEL, "denied.oshu.test", "denied.oshu.test:80"])
+    sc = make_sidecar(
+        new_session(key, egress=[TUNNEL, f"{TUNNEL}:80"]),
+        hosts=[HOST, TUNNEL, "denied.oshu.test", "denied.oshu.test:80"],
+    )
     env = sc.client_env(extra_ca_files=[upstream.ca_file])
     # CONNECT to a host outside the allowlist: 403 naming the host, nothing sent.
     with RawClient(sc.listen) as c:
@@ -181,7 +200,7 @@ def test_egress_allowlist(make_sidecar, upstream: Upstream) -> None:  # type: ig
 
 
 # -- upstream failures -------------------------------------------------------------------------
-def test_upstream_failing_tls_verification_gets_502(make_sidecar, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+def test_upstream_failing_tls_verification_gets_502(make_sidecar, upstream: Upstream) -> None:
     key = new_secret("API_KEY", [HOST])
     sc = make_sidecar(new_session(key), upstream_ca_files=[])  # the upstream's CA is not trusted
     status, _, body, err = curl(sc.client_env(), f"https://{HOST}/echo", "-H", f"x-api-key: {key.sealed}")
@@ -191,7 +210,7 @@ def test_upstream_failing_tls_verification_gets_502(make_sidecar, upstream: Upst
     assert upstream.requests == []
 
 
-def test_upstream_with_wrong_name_gets_502(make_sidecar, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+def test_upstream_with_wrong_name_gets_502(make_sidecar, upstream: Upstream) -> None:
     key = new_secret("API_KEY", ["api.mismatch.test"])  # the upstream's certificate does not cover this name
     sc = make_sidecar(new_session(key), hosts=["api.mismatch.test"])
     status, _, body, err = curl(sc.client_env(), "https://api.mismatch.test/echo", "-H", f"x-api-key: {key.sealed}")
@@ -206,12 +225,14 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_unreachable_upstream_gets_502(make_sidecar, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+def test_unreachable_upstream_gets_502(make_sidecar, upstream: Upstream) -> None:
     key = new_secret("API_KEY", [HOST])
     down = new_secret("DOWN_KEY", ["down.oshu.test"])
     port = _closed_port()
-    sc = make_sidecar(new_session(key, down), connect_to=[f"down.oshu.test:443:127.0.0.1:{port}",
-                                                          f"gone.oshu.test:443:127.0.0.1:{port}"])
+    sc = make_sidecar(
+        new_session(key, down),
+        connect_to=[f"down.oshu.test:443:127.0.0.1:{port}", f"gone.oshu.test:443:127.0.0.1:{port}"],
+    )
     env = sc.client_env()
     status, _, body, err = curl(env, "https://down.oshu.test/echo", "-H", f"x-api-key: {down.sealed}")
     assert status == 502, err
@@ -222,12 +243,11 @@ def test_unreachable_upstream_gets_502(make_sidecar, upstream: Upstream) -> None
     assert_still_serving(sc, upstream, key)
 
 
-def test_resolve_reaches_the_upstream_and_still_verifies_the_name(make_sidecar, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+def test_resolve_reaches_the_upstream_and_still_verifies_the_name(make_sidecar, upstream: Upstream) -> None:
     """--resolve HOST:PORT:ADDR (curl's meaning), as the benchmark uses it; SNI and checks still use HOST."""
     hostport = f"{HOST}:{upstream.port}"
     key = new_secret("API_KEY", [hostport])
-    sc = make_sidecar(new_session(key), hosts=[], loopback_only=False,
-                      resolve=[f"{HOST}:{upstream.port}:127.0.0.1"])
+    sc = make_sidecar(new_session(key), hosts=[], loopback_only=False, resolve=[f"{HOST}:{upstream.port}:127.0.0.1"])
     status, _, _, err = curl(sc.client_env(), f"https://{hostport}/echo/resolved", "-H", f"x-api-key: {key.sealed}")
     assert status == 200, err
     assert upstream.last.header("x-api-key") == key.value and upstream.last.header("host") == hostport
