@@ -11,16 +11,18 @@ import json
 import pytest
 
 from oshu_contract.hosts import HostPattern
+from oshu_contract.locations import Location
 from oshu_contract.session import SecretBinding
 from oshu_testkit.rawclient import RawClient
 from oshu_testkit.sessions import new_secret, new_session
 from oshu_testkit.sidecar_process import SidecarProcess
-from oshu_testkit.upstreams import Upstream
-from oshu_testkit.upstreams import HOST
+from oshu_testkit.upstreams import HOST, Upstream
 
 TIMEOUT = 10.0
-WS = (b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
-      b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
+WS = (
+    b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+)
 
 
 def error_code(body: bytes) -> str:
@@ -36,8 +38,7 @@ def tls_client(sc: SidecarProcess, host: str = HOST) -> RawClient:
 
 def smuggled(body_key: SecretBinding) -> bytes:
     """The second request hidden in the body: another host, a sealed token for body substitution."""
-    return (b"GET /echo/x/smuggled HTTP/1.1\r\nHost: evil.test\r\nX-Api-Key: %b\r\n\r\n"
-            % body_key.sealed.encode())
+    return b"GET /echo/x/smuggled HTTP/1.1\r\nHost: evil.test\r\nX-Api-Key: %b\r\n\r\n" % body_key.sealed.encode()
 
 
 def upgrade_with_body(target: bytes, framing: str, inner: bytes) -> bytes:
@@ -49,9 +50,9 @@ def upgrade_with_body(target: bytes, framing: str, inner: bytes) -> bytes:
 
 # -- item 4: an Upgrade request has no body ------------------------------------------------------
 @pytest.mark.parametrize("framing", ["length", "chunked"])
-def test_upgrade_request_with_a_body_is_refused_inside_the_tunnel(framing: str, sidecar: SidecarProcess,
-                                                                  upstream: Upstream,
-                                                                  keys: dict[str, SecretBinding]) -> None:
+def test_upgrade_request_with_a_body_is_refused_inside_the_tunnel(
+    framing: str, sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     """llhttp reads no body after an Upgrade request: the body would be a second, unchecked request.
 
     Before: the proxy read the bytes as a body, substituted the real key into them and forwarded
@@ -69,9 +70,9 @@ def test_upgrade_request_with_a_body_is_refused_inside_the_tunnel(framing: str, 
 
 
 @pytest.mark.parametrize("framing", ["length", "chunked"])
-def test_upgrade_request_with_a_body_is_refused_on_plain_http(framing: str, sidecar: SidecarProcess,
-                                                              upstream: Upstream,
-                                                              keys: dict[str, SecretBinding]) -> None:
+def test_upgrade_request_with_a_body_is_refused_on_plain_http(
+    framing: str, sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     inner = b"GET /echo/x/smuggled HTTP/1.1\r\nHost: evil.test\r\n\r\n"
     with RawClient(sidecar.listen, timeout=TIMEOUT) as c:
         c.send(upgrade_with_body(b"http://api.oshu.test/echo/x", framing, inner))
@@ -80,8 +81,9 @@ def test_upgrade_request_with_a_body_is_refused_on_plain_http(framing: str, side
     assert upstream.requests == []
 
 
-def test_upgrade_request_with_an_empty_body_is_still_a_handshake(sidecar: SidecarProcess, upstream: Upstream,
-                                                                 keys: dict[str, SecretBinding]) -> None:
+def test_upgrade_request_with_an_empty_body_is_still_a_handshake(
+    sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     """`Content-Length: 0` is no body (llhttp agrees): the handshake goes through."""
     with tls_client(sidecar) as c:
         c.send(b"GET /ws HTTP/1.1\r\nHost: api.oshu.test\r\n%bContent-Length: 0\r\n\r\n" % WS)
@@ -89,8 +91,10 @@ def test_upgrade_request_with_an_empty_body_is_still_a_handshake(sidecar: Sideca
     assert upstream.last.path == "/ws"
 
 
-def test_upstream_connection_is_not_reused_after_a_refused_handshake(make_sidecar, upstream: Upstream  # type: ignore[no-untyped-def]
-                                                                     ) -> None:
+def test_upstream_connection_is_not_reused_after_a_refused_handshake(
+    make_sidecar,
+    upstream: Upstream,
+) -> None:
     """After an upgrade request an llhttp upstream reads the rest of its connection as the new protocol.
 
     An upstream that answers a handshake with a plain response has still seen an upgrade request:
@@ -106,8 +110,10 @@ def test_upstream_connection_is_not_reused_after_a_refused_handshake(make_sideca
 
 
 # -- item 10: a policy change reaches streams in flight --------------------------------------------
-def test_removing_the_host_from_a_secret_stops_an_upload_in_progress(make_sidecar, upstream: Upstream  # type: ignore[no-untyped-def]
-                                                                     ) -> None:
+def test_removing_the_host_from_a_secret_stops_an_upload_in_progress(
+    make_sidecar,
+    upstream: Upstream,
+) -> None:
     """A chunked upload substituting a body secret; a reload takes the host away from the secret.
 
     Before: real keys kept arriving for the rest of the upload (only revocation and expiry were
@@ -129,8 +135,10 @@ def test_removing_the_host_from_a_secret_stops_an_upload_in_progress(make_sideca
     assert all(r.body.count(key.value.encode()) <= 1 for r in upstream.requests)
 
 
-def test_removing_body_from_the_locations_stops_an_upload_in_progress(make_sidecar, upstream: Upstream  # type: ignore[no-untyped-def]
-                                                                      ) -> None:
+def test_removing_body_from_the_locations_stops_an_upload_in_progress(
+    make_sidecar,
+    upstream: Upstream,
+) -> None:
     key = new_secret("BODY_KEY", [HOST], locations=["headers", "body"])
     sc = make_sidecar(new_session(key))
     with tls_client(sc) as c:
@@ -138,7 +146,7 @@ def test_removing_body_from_the_locations_stops_an_upload_in_progress(make_sidec
         piece = b"k=" + key.sealed.encode() + b"\n"
         c.send(b"%x\r\n%b\r\n" % (len(piece), piece))
         assert upstream.wait_for(lambda u: "upload:first-chunk" in u.events, TIMEOUT)
-        sc.write_session(new_session(dataclasses.replace(key, locations=frozenset({"headers"}))))
+        sc.write_session(new_session(dataclasses.replace(key, locations=frozenset({Location.HEADERS}))))
         sc.wait_for_log(lambda r: r.get("msg") == "session reloaded", timeout=TIMEOUT)
         c.send(b"%x\r\n%b\r\n0\r\n\r\n" % (len(piece), piece))
         resp = c.response()
@@ -146,8 +154,10 @@ def test_removing_body_from_the_locations_stops_an_upload_in_progress(make_sidec
     assert all(r.body.count(key.value.encode()) <= 1 for r in upstream.requests)
 
 
-def test_a_reload_that_keeps_the_secret_lets_the_upload_finish(make_sidecar, upstream: Upstream  # type: ignore[no-untyped-def]
-                                                               ) -> None:
+def test_a_reload_that_keeps_the_secret_lets_the_upload_finish(
+    make_sidecar,
+    upstream: Upstream,
+) -> None:
     """Only a change that takes the substitution away stops a stream: adding a secret does not."""
     key = new_secret("BODY_KEY", [HOST], locations=["headers", "body"])
     sc = make_sidecar(new_session(key))
@@ -164,8 +174,10 @@ def test_a_reload_that_keeps_the_secret_lets_the_upload_finish(make_sidecar, ups
     assert upstream.last.body.count(key.value.encode()) == 2
 
 
-def test_removing_the_host_stops_a_buffered_request_before_it_is_sent(make_sidecar, upstream: Upstream  # type: ignore[no-untyped-def]
-                                                                      ) -> None:
+def test_removing_the_host_stops_a_buffered_request_before_it_is_sent(
+    make_sidecar,
+    upstream: Upstream,
+) -> None:
     """A body buffered for substitution takes a while to arrive; the reload lands in between.
 
     The head's token was substituted when it arrived: the request is checked again against the
@@ -175,8 +187,10 @@ def test_removing_the_host_stops_a_buffered_request_before_it_is_sent(make_sidec
     sc = make_sidecar(new_session(key))
     body = b'{"k": "' + key.sealed.encode() + b'"}'
     with tls_client(sc) as c:
-        c.send(b"POST /echo/slow HTTP/1.1\r\nHost: api.oshu.test\r\nx-api-key: %b\r\nContent-Length: %d\r\n\r\n%b"
-               % (key.sealed.encode(), len(body), body[:5]))
+        c.send(
+            b"POST /echo/slow HTTP/1.1\r\nHost: api.oshu.test\r\nx-api-key: %b\r\nContent-Length: %d\r\n\r\n%b"
+            % (key.sealed.encode(), len(body), body[:5])
+        )
         moved = dataclasses.replace(key, hosts=(HostPattern.parse("other.oshu.test"),))
         sc.write_session(new_session(moved))
         sc.wait_for_log(lambda r: r.get("msg") == "session reloaded", timeout=TIMEOUT)
