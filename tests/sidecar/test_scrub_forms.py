@@ -211,7 +211,7 @@ def scripted(tmp_path: Path) -> Iterator[Callable[..., tuple[ScriptedUpstream, S
             new_session(*secrets),
             directory=tmp_path / f"sc{len(started)}",
             connect_to=up.connect_to([HOST]),
-            upstream_ca_files=[up.ca.cert_file],
+            upstream_ca_files=[up.ca.cert_path],
         )
         started.append((up, sc, [s.value for s in secrets]))
         sc.start()
