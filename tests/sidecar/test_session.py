@@ -9,12 +9,11 @@ import time
 from pathlib import Path
 
 from oshu_contract.pki import new_ca
+from oshu_testkit.clients import curl
 from oshu_testkit.rawclient import RawClient
 from oshu_testkit.sessions import new_secret, new_session
 from oshu_testkit.sidecar_process import SidecarProcess
-from oshu_testkit.upstreams import Upstream
-from oshu_testkit.clients import curl
-from oshu_testkit.upstreams import HOST
+from oshu_testkit.upstreams import HOST, Upstream
 
 WAIT = 15.0  # upper bound for a reload to be observed (the contract is 2 s; polling is bounded)
 ATTEMPTS = 150
@@ -38,9 +37,12 @@ def wait_until_status(sc: SidecarProcess, sealed: str, status: int) -> tuple[int
 
 
 # -- start-up ----------------------------------------------------------------------------------
-def _run_sidecar(args: list[str], env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "oshu_sidecar", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+def _run_sidecar(
+    args: list[str], env: dict[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "oshu_sidecar", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def _last_error(stderr: str) -> str:
@@ -58,8 +60,17 @@ def _ca_files(tmp_path: Path) -> list[str]:
 
 
 def test_missing_session_file_exits_with_a_clear_message(tmp_path: Path) -> None:
-    p = _run_sidecar(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
-                      "--session-file", str(tmp_path / "nope.json"), *_ca_files(tmp_path)])
+    p = _run_sidecar(
+        [
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--session-file",
+            str(tmp_path / "nope.json"),
+            *_ca_files(tmp_path),
+        ]
+    )
     assert p.returncode == 1
     assert "nope.json" in _last_error(p.stderr) and "does not exist" in _last_error(p.stderr)
 
@@ -70,8 +81,9 @@ def test_invalid_session_file_exits_with_a_clear_message(tmp_path: Path) -> None
     doc["secrets"][0]["hosts"] = ["not a host!"]
     path = tmp_path / "session.json"
     path.write_text(json.dumps(doc))
-    p = _run_sidecar(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--session-file", str(path),
-                      *_ca_files(tmp_path)])
+    p = _run_sidecar(
+        ["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--session-file", str(path), *_ca_files(tmp_path)]
+    )
     assert p.returncode == 1
     msg = _last_error(p.stderr)
     assert "API_KEY" in msg and "hosts" in msg
@@ -83,8 +95,20 @@ def test_unusable_ca_exits(tmp_path: Path) -> None:
     path.write_bytes(new_session(new_secret("API_KEY", [HOST])).to_json())
     (tmp_path / "ca.crt").write_text("not a certificate")
     (tmp_path / "ca.key").write_text("not a key")
-    p = _run_sidecar(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--session-file", str(path),
-                      "--ca-cert", str(tmp_path / "ca.crt"), "--ca-key", str(tmp_path / "ca.key")])
+    p = _run_sidecar(
+        [
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--session-file",
+            str(path),
+            "--ca-cert",
+            str(tmp_path / "ca.crt"),
+            "--ca-key",
+            str(tmp_path / "ca.key"),
+        ]
+    )
     assert p.returncode == 1 and "CA" in _last_error(p.stderr)
 
 
@@ -131,7 +155,7 @@ def test_configuration_from_environment_only(tmp_path: Path, upstream: Upstream)
 
 
 # -- reload ------------------------------------------------------------------------------------
-def test_reload_on_kubernetes_symlink_swap_keeps_connections(make_sidecar, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+def test_reload_on_kubernetes_symlink_swap_keeps_connections(make_sidecar, upstream: Upstream) -> None:
     old = new_secret("API_KEY", [HOST])
     new = new_secret("NEW_KEY", [HOST])
     sc = make_sidecar(new_session(old), values=[old.value, new.value])
@@ -149,7 +173,7 @@ def test_reload_on_kubernetes_symlink_swap_keeps_connections(make_sidecar, upstr
     assert sc.metric("oshu_session_reloads_total", result="ok") == 2
 
 
-def test_bad_new_content_keeps_the_last_good_session(make_sidecar, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+def test_bad_new_content_keeps_the_last_good_session(make_sidecar, upstream: Upstream) -> None:
     key = new_secret("API_KEY", [HOST])
     sc = make_sidecar(new_session(key))
     sc.write_session(b'{"session": "agents/test", "secrets": [{"name": "broken"}]}')
@@ -164,7 +188,7 @@ def test_bad_new_content_keeps_the_last_good_session(make_sidecar, upstream: Ups
     assert sc.metric("oshu_session_load_error") == 0
 
 
-def test_deleting_the_session_file_revokes(make_sidecar, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+def test_deleting_the_session_file_revokes(make_sidecar, upstream: Upstream) -> None:
     key = new_secret("API_KEY", [HOST])
     sc = make_sidecar(new_session(key))
     env = sc.client_env()
@@ -186,7 +210,7 @@ def test_deleting_the_session_file_revokes(make_sidecar, upstream: Upstream) -> 
     assert sc.metric("oshu_session_revoked") == 0
 
 
-def test_revoked_flag_revokes(make_sidecar, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+def test_revoked_flag_revokes(make_sidecar, upstream: Upstream) -> None:
     key = new_secret("API_KEY", [HOST])
     sc = make_sidecar(new_session(key))
     sc.write_session(new_session(key, revoked=True))
@@ -196,7 +220,7 @@ def test_revoked_flag_revokes(make_sidecar, upstream: Upstream) -> None:  # type
     assert upstream.requests == []
 
 
-def test_expired_session(make_sidecar, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+def test_expired_session(make_sidecar, upstream: Upstream) -> None:
     key = new_secret("API_KEY", [HOST])
     sc = make_sidecar(new_session(key, expires_in=-60))
     env = sc.client_env()
@@ -210,7 +234,7 @@ def test_expired_session(make_sidecar, upstream: Upstream) -> None:  # type: ign
     assert sc.admin_get("/readyz")[0] == 200 and json.loads(sc.admin_get("/readyz")[1])["state"] == "session_expired"
 
 
-def test_session_expires_while_running(make_sidecar, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+def test_session_expires_while_running(make_sidecar, upstream: Upstream) -> None:
     key = new_secret("API_KEY", [HOST])
     sc = make_sidecar(new_session(key, expires_in=3))
     assert 0 < (sc.metric("oshu_session_expiry_seconds") or 0) <= 3
@@ -219,7 +243,7 @@ def test_session_expires_while_running(make_sidecar, upstream: Upstream) -> None
     sc.wait_for_log(lambda r: r.get("msg") == "session expired", timeout=WAIT)
 
 
-def test_rotated_ca_is_picked_up(make_sidecar, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+def test_rotated_ca_is_picked_up(make_sidecar, upstream: Upstream) -> None:
     key = new_secret("API_KEY", [HOST])
     sc = make_sidecar(new_session(key))
     old_env = sc.client_env()
