@@ -9,19 +9,24 @@ from urllib.parse import quote, unquote_plus
 import pytest
 
 from oshu_contract.session import SecretBinding
+from oshu_testkit.clients import curl, header_of
 from oshu_testkit.rawclient import RawClient
 from oshu_testkit.sidecar_process import SidecarProcess
-from oshu_testkit.upstreams import Upstream
-from oshu_testkit.clients import curl, header_of
-from oshu_testkit.upstreams import HOST, OTHER, PORTED, WILD
+from oshu_testkit.upstreams import HOST, OTHER, PORTED, WILD, Upstream
 
 
-def test_any_header_value_is_substituted(sidecar: SidecarProcess, upstream: Upstream,
-                                         keys: dict[str, SecretBinding]) -> None:
+def test_any_header_value_is_substituted(
+    sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     api, body_key = keys["API_KEY"], keys["BODY_KEY"]
-    status, _, _, err = curl(sidecar.client_env(), f"https://{HOST}/echo",
-                             "-H", f"X-Custom: pre-{api.sealed}-post",
-                             "-H", f"X-Two: {api.sealed},{body_key.sealed}")
+    status, _, _, err = curl(
+        sidecar.client_env(),
+        f"https://{HOST}/echo",
+        "-H",
+        f"X-Custom: pre-{api.sealed}-post",
+        "-H",
+        f"X-Two: {api.sealed},{body_key.sealed}",
+    )
     assert status == 200, err
     assert upstream.last.header("x-custom") == f"pre-{api.value}-post"
     assert upstream.last.header("x-two") == f"{api.value},{body_key.value}"
@@ -30,8 +35,9 @@ def test_any_header_value_is_substituted(sidecar: SidecarProcess, upstream: Upst
 
 
 @pytest.mark.parametrize("user_first", [True, False])
-def test_basic_auth_credentials_are_substituted(user_first: bool, sidecar: SidecarProcess, upstream: Upstream,
-                                                keys: dict[str, SecretBinding]) -> None:
+def test_basic_auth_credentials_are_substituted(
+    user_first: bool, sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     key = keys["API_KEY"]
     creds = f"{key.sealed}:x" if user_first else f"alice:{key.sealed}"
     status, _, _, err = curl(sidecar.client_env(), f"https://{HOST}/echo", "-u", creds)
@@ -41,20 +47,23 @@ def test_basic_auth_credentials_are_substituted(user_first: bool, sidecar: Sidec
     assert base64.b64decode(got[6:]).decode() == creds.replace(key.sealed, key.value)
 
 
-def test_token_of_a_secret_not_allowed_here_is_left_alone(sidecar: SidecarProcess, upstream: Upstream,
-                                                          keys: dict[str, SecretBinding]) -> None:
+def test_token_of_a_secret_not_allowed_here_is_left_alone(
+    sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     api, other = keys["API_KEY"], keys["OTHER_KEY"]
     env = sidecar.client_env()
     assert curl(env, f"https://{HOST}/echo", "-H", f"x-api-key: {other.sealed}")[0] == 200
     assert upstream.last.header("x-api-key") == other.sealed
-    assert curl(env, f"https://{OTHER}/echo", "-H", f"x-api-key: {api.sealed}", "-H",
-                f"x-other: {other.sealed}")[0] == 200
+    assert (
+        curl(env, f"https://{OTHER}/echo", "-H", f"x-api-key: {api.sealed}", "-H", f"x-other: {other.sealed}")[0] == 200
+    )
     assert upstream.last.header("x-api-key") == api.sealed
     assert upstream.last.header("x-other") == other.value
 
 
-def test_query_substitution_only_for_secrets_that_opt_in(sidecar: SidecarProcess, upstream: Upstream,
-                                                         keys: dict[str, SecretBinding]) -> None:
+def test_query_substitution_only_for_secrets_that_opt_in(
+    sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     q, api = keys["QUERY_KEY"], keys["API_KEY"]
     status, _, _, err = curl(sidecar.client_env(), f"https://{HOST}/echo?key={q.sealed}&other={api.sealed}&n=1")
     assert status == 200, err
@@ -66,12 +75,21 @@ def test_query_substitution_only_for_secrets_that_opt_in(sidecar: SidecarProcess
     assert params["n"] == "1"
 
 
-def test_body_substitution_only_for_secrets_that_opt_in(sidecar: SidecarProcess, upstream: Upstream,
-                                                        keys: dict[str, SecretBinding]) -> None:
+def test_body_substitution_only_for_secrets_that_opt_in(
+    sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     b, api = keys["BODY_KEY"], keys["API_KEY"]
     payload = json.dumps({"key": b.sealed, "other": api.sealed})
-    status, _, body, err = curl(sidecar.client_env(), f"https://{HOST}/echo", "-X", "POST",
-                                "-H", "Content-Type: application/json", "--data-binary", payload)
+    status, _, body, err = curl(
+        sidecar.client_env(),
+        f"https://{HOST}/echo",
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        payload,
+    )
     assert status == 200, err
     sent = json.loads(upstream.last.body)
     assert sent == {"key": b.value, "other": api.sealed}
@@ -80,8 +98,9 @@ def test_body_substitution_only_for_secrets_that_opt_in(sidecar: SidecarProcess,
     assert b.value not in body and echo["body_len"] == len(upstream.last.body)
 
 
-def test_body_substitution_in_a_chunked_upload_across_chunks(sidecar: SidecarProcess, upstream: Upstream,
-                                                             keys: dict[str, SecretBinding]) -> None:
+def test_body_substitution_in_a_chunked_upload_across_chunks(
+    sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     b = keys["BODY_KEY"]
     data = f"prefix {b.sealed} suffix".encode()
     cut = data.index(b"SEALED_") + 10  # the token straddles two chunks
@@ -97,15 +116,17 @@ def test_body_substitution_in_a_chunked_upload_across_chunks(sidecar: SidecarPro
     assert upstream.last.body == data.replace(b.sealed.encode(), b.value.encode())
 
 
-def test_body_is_not_touched_by_default(sidecar: SidecarProcess, upstream: Upstream,
-                                        keys: dict[str, SecretBinding]) -> None:
+def test_body_is_not_touched_by_default(
+    sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     api = keys["API_KEY"]
     assert curl(sidecar.client_env(), f"https://{HOST}/echo", "--data-binary", api.sealed)[0] == 200
     assert upstream.last.body == api.sealed.encode()
 
 
-def test_wildcard_host_matches_subdomains_only(sidecar: SidecarProcess, upstream: Upstream,
-                                               keys: dict[str, SecretBinding]) -> None:
+def test_wildcard_host_matches_subdomains_only(
+    sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     w = keys["WILD_KEY"]
     env = sidecar.client_env(extra_ca_files=[upstream.ca_file])
     assert curl(env, f"https://{WILD}/echo", "-H", f"x-api-key: {w.sealed}")[0] == 200
@@ -115,8 +136,9 @@ def test_wildcard_host_matches_subdomains_only(sidecar: SidecarProcess, upstream
     assert upstream.last.header("x-api-key") == w.sealed
 
 
-def test_port_is_part_of_the_host_pattern(sidecar: SidecarProcess, upstream: Upstream,
-                                          keys: dict[str, SecretBinding]) -> None:
+def test_port_is_part_of_the_host_pattern(
+    sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     p = keys["PORT_KEY"]
     env = sidecar.client_env()
     assert curl(env, f"https://{PORTED}/echo", "-H", f"x-api-key: {p.sealed}")[0] == 200
@@ -126,8 +148,9 @@ def test_port_is_part_of_the_host_pattern(sidecar: SidecarProcess, upstream: Ups
     assert upstream.last.header("x-api-key") == p.sealed
 
 
-def test_host_matching_ignores_case_and_trailing_dot(sidecar: SidecarProcess, upstream: Upstream,
-                                                     keys: dict[str, SecretBinding]) -> None:
+def test_host_matching_ignores_case_and_trailing_dot(
+    sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     api = keys["API_KEY"]
     with RawClient(sidecar.listen) as c:
         assert c.connect("API.Oshu.Test.:443").status == 200
@@ -137,8 +160,9 @@ def test_host_matching_ignores_case_and_trailing_dot(sidecar: SidecarProcess, up
     assert upstream.last.header("x-api-key") == api.value
 
 
-def test_keys_never_reach_the_response(sidecar: SidecarProcess, upstream: Upstream,
-                                       keys: dict[str, SecretBinding]) -> None:
+def test_keys_never_reach_the_response(
+    sidecar: SidecarProcess, upstream: Upstream, keys: dict[str, SecretBinding]
+) -> None:
     api = keys["API_KEY"]
     status, headers, body, _ = curl(sidecar.client_env(), f"https://{HOST}/echo", "-H", f"x-api-key: {api.sealed}")
     assert status == 200
