@@ -2,26 +2,37 @@
 
 from __future__ import annotations
 
-import base64
 import asyncio
+import base64
 import itertools
 
 import pytest
 
+from oshu_sidecar.body import ChunkedDecoder
 from oshu_sidecar.channel import Channel
 from oshu_sidecar.config import ConfigError, load_config, parse_connect_to, parse_resolve
 from oshu_sidecar.errors import CODES, ProxyError
 from oshu_sidecar.http1 import (
-    CHUNKED, LENGTH, NO_BODY, UNTIL_CLOSE, edit_head, filter_fields, parse_request_head,
+    CHUNKED,
+    LENGTH,
+    NO_BODY,
+    UNTIL_CLOSE,
+    edit_head,
+    filter_fields,
+    parse_request_head,
     parse_response_head,
 )
-from oshu_sidecar.body import ChunkedDecoder
 from oshu_sidecar.policy import Policy
 from oshu_sidecar.substitute import (
-    StreamReplacer, decode_basic, redact_query, substitute_head, substitute_query, tokens_in_request,
+    StreamReplacer,
+    decode_basic,
+    redact_query,
+    substitute_head,
+    substitute_query,
+    tokens_in_request,
 )
-from oshu_testkit.sessions import new_secret, new_session
 from oshu_sidecar.upstream import Router
+from oshu_testkit.sessions import new_secret, new_session
 
 REQUIRED = ["--session-file", "s.json", "--ca-cert", "ca.crt", "--ca-key", "ca.key"]
 
@@ -35,12 +46,21 @@ def test_flags_and_defaults() -> None:
 
 def test_every_flag_has_an_environment_variable() -> None:
     env = {
-        "OSHU_LISTEN": "0.0.0.0:1", "OSHU_ADMIN_LISTEN": "[::1]:2", "OSHU_SESSION_FILE": "/s", "OSHU_CA_CERT": "/c",
-        "OSHU_CA_KEY": "/k", "OSHU_UPSTREAM_CA_FILE": "/a.pem:/b.pem",
+        "OSHU_LISTEN": "0.0.0.0:1",
+        "OSHU_ADMIN_LISTEN": "[::1]:2",
+        "OSHU_SESSION_FILE": "/s",
+        "OSHU_CA_CERT": "/c",
+        "OSHU_CA_KEY": "/k",
+        "OSHU_UPSTREAM_CA_FILE": "/a.pem:/b.pem",
         "OSHU_RESOLVE": "api.x.test:443:127.0.0.1  other.x.test:80:[::1]",
-        "OSHU_CONNECT_TO": "api.x.test:443:127.0.0.1:8443", "OSHU_LOG_LEVEL": "WARNING", "OSHU_HEADER_TIMEOUT": "3",
-        "OSHU_IDLE_TIMEOUT": "4", "OSHU_CONNECT_TIMEOUT": "5", "OSHU_UPSTREAM_TIMEOUT": "6",
-        "OSHU_MAX_HEADER_SIZE": "1000", "OSHU_RELOAD_INTERVAL": "0.25",
+        "OSHU_CONNECT_TO": "api.x.test:443:127.0.0.1:8443",
+        "OSHU_LOG_LEVEL": "WARNING",
+        "OSHU_HEADER_TIMEOUT": "3",
+        "OSHU_IDLE_TIMEOUT": "4",
+        "OSHU_CONNECT_TIMEOUT": "5",
+        "OSHU_UPSTREAM_TIMEOUT": "6",
+        "OSHU_MAX_HEADER_SIZE": "1000",
+        "OSHU_RELOAD_INTERVAL": "0.25",
     }
     cfg = load_config([], environ=env)
     assert cfg.listen == ("0.0.0.0", 1) and cfg.admin_listen == ("::1", 2)
@@ -53,20 +73,23 @@ def test_every_flag_has_an_environment_variable() -> None:
     assert load_config(["--listen", "127.0.0.1:9"], environ=env).listen == ("127.0.0.1", 9)
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["--listen", "nope"], "--listen"),
-    (["--header-timeout", "0"], "--header-timeout"),
-    (["--resolve", "a.test:443"], "--resolve"),
-    (["--connect-to", "a:443:b"], "--connect-to"),
-    (["--connect-to", "a:99999:b:1"], "--connect-to"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--listen", "nope"], "--listen"),
+        (["--header-timeout", "0"], "--header-timeout"),
+        (["--resolve", "a.test:443"], "--resolve"),
+        (["--connect-to", "a:443:b"], "--connect-to"),
+        (["--connect-to", "a:99999:b:1"], "--connect-to"),
+    ],
+)
 def test_bad_values_name_the_flag(argv: list[str], needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
         load_config(REQUIRED + argv, environ={})
 
 
 def test_missing_required_settings_are_listed() -> None:
-    with pytest.raises(ConfigError, match="--session-file.*OSHU_SESSION_FILE"):
+    with pytest.raises(ConfigError, match=r"--session-file.*OSHU_SESSION_FILE"):
         load_config([], environ={})
 
 
@@ -85,8 +108,10 @@ def test_connect_to_and_resolve_follow_curl() -> None:
 
 # -- request parsing ---------------------------------------------------------------------------
 def test_request_head_fields() -> None:
-    req = parse_request_head(b"POST /a?b=c HTTP/1.1\r\nHost: api.x.test\r\nContent-Length: 12\r\n"
-                             b"Authorization: Basic Zm9vOmJhcg==\r\nX-Empty:\r\nX-Pad: \t v \t\r\n\r\n")
+    req = parse_request_head(
+        b"POST /a?b=c HTTP/1.1\r\nHost: api.x.test\r\nContent-Length: 12\r\n"
+        b"Authorization: Basic Zm9vOmJhcg==\r\nX-Empty:\r\nX-Pad: \t v \t\r\n\r\n"
+    )
     assert (req.method, req.target, req.host) == (b"POST", b"/a?b=c", b"api.x.test")
     assert req.framing == LENGTH and req.content_length == 12 and req.keep_alive and req.basic_auth and req.clean
     assert (b"X-Empty", b"") in req.fields and (b"X-Pad", b"v") in req.fields
@@ -104,17 +129,20 @@ def test_request_framing_and_connection() -> None:
         parse_request_head(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n")
 
 
-@pytest.mark.parametrize("raw", [
-    b"GET / HTTP/1.1\r\nHost: a\r\n\r\n\r\n"[:-2] + b"x",  # no terminator
-    b"GET  / HTTP/1.1\r\n\r\n",
-    b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
-    b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n",
-    b"GET / HTTP/1.1\r\nX: a\x7f\r\n\r\n",
-    b"GET /\x01 HTTP/1.1\r\n\r\n",
-    b"G\xc3T / HTTP/1.1\r\n\r\n",
-    b"GET / HTTP/1.1\r\nContent-Length: 1e3\r\n\r\n",
-    b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n\r\n"[:-2] + b"x",  # no terminator
+        b"GET  / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX: a\x7f\r\n\r\n",
+        b"GET /\x01 HTTP/1.1\r\n\r\n",
+        b"G\xc3T / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nContent-Length: 1e3\r\n\r\n",
+        b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ],
+)
 def test_request_head_rejections(raw: bytes) -> None:
     with pytest.raises(ProxyError) as e:
         parse_request_head(raw)
@@ -122,7 +150,7 @@ def test_request_head_rejections(raw: bytes) -> None:
 
 
 def test_response_framing() -> None:
-    def p(raw: bytes, method: bytes = b"GET"):  # type: ignore[no-untyped-def]
+    def p(raw: bytes, method: bytes = b"GET"):
         return parse_response_head(raw, method)
 
     assert p(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n").framing == LENGTH
@@ -135,8 +163,12 @@ def test_response_framing() -> None:
     assert p(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 3\r\n\r\n").content_encoded
     assert not p(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n").keep_alive
     assert p(b"HTTP/1.1 200\r\nContent-Length: 1\r\n\r\n").reason == b""
-    for bad in (b"HTTP/1.1 20 OK\r\n\r\n", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
-                b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", b"ICY 200 OK\r\n\r\n"):
+    for bad in (
+        b"HTTP/1.1 20 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+        b"ICY 200 OK\r\n\r\n",
+    ):
         with pytest.raises(ProxyError) as e:
             p(bad)
         assert e.value.status == 502
@@ -152,7 +184,7 @@ def _decode_chunked(wire: bytes, pieces: int) -> tuple[bytes, list]:
         ch = Channel(asyncio.get_running_loop())
         step = max(1, len(wire) // pieces)
         for i in range(0, len(wire), step):
-            ch.data_received(wire[i:i + step])
+            ch.data_received(wire[i : i + step])
         ch.eof = True
         dec = ChunkedDecoder(ch)
         out = b""
@@ -211,8 +243,17 @@ def test_header_substitution_and_basic() -> None:
     policy = Policy(new_session(a, b))
     subs = policy.plan("api.x.test", 443).header_subs
     basic = b"Basic " + base64.b64encode(f"user:{a.sealed}".encode())
-    raw = (b"GET /" + a.sealed.encode() + b" HTTP/1.1\r\nX-Key: " + f"{a.sealed} and {b.sealed}".encode()
-           + b"\r\nAuthorization: " + basic + b"\r\n" + a.sealed.encode() + b"-name: v\r\nX-Plain: v\r\n\r\n")
+    raw = (
+        b"GET /"
+        + a.sealed.encode()
+        + b" HTTP/1.1\r\nX-Key: "
+        + f"{a.sealed} and {b.sealed}".encode()
+        + b"\r\nAuthorization: "
+        + basic
+        + b"\r\n"
+        + a.sealed.encode()
+        + b"-name: v\r\nX-Plain: v\r\n\r\n"
+    )
     req = parse_request_head(raw)
     names: list[str] = []
     out = parse_request_head(edit_head(raw, substitute_head(raw, req.line_end + 2, req.authorization, subs, names)))
@@ -229,10 +270,13 @@ def test_header_substitution_and_basic() -> None:
 
 
 def test_edit_head() -> None:
-    req = parse_request_head(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Gone\r\nX-Gone: 1\r\n"
-                             b"Proxy-Authorization: x\r\nX-Kept: 2\r\n\r\n")
-    out = edit_head(req.raw, [(s, e, b"") for s, e in req.drop] + [(0, req.line_end, b"GET /x HTTP/1.1")],
-                    b"Extra: 3\r\n")
+    req = parse_request_head(
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Gone\r\nX-Gone: 1\r\n"
+        b"Proxy-Authorization: x\r\nX-Kept: 2\r\n\r\n"
+    )
+    out = edit_head(
+        req.raw, [(s, e, b"") for s, e in req.drop] + [(0, req.line_end, b"GET /x HTTP/1.1")], b"Extra: 3\r\n"
+    )
     assert out == b"GET /x HTTP/1.1\r\nHost: a\r\nX-Kept: 2\r\nExtra: 3\r\n\r\n"
     assert edit_head(req.raw, []) is req.raw
 
