@@ -283,7 +283,7 @@ class UpstreamPool:
             ) from None
         if not tls:
             conn.keep_open_on_eof = True
-        return conn  # type: ignore[return-value]
+        return conn
 
     async def open_tunnel(self, host: str, port: int) -> Channel:
         """A plain TCP connection for a blind CONNECT tunnel (never pooled)."""
