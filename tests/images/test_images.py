@@ -361,7 +361,9 @@ def test_dependencies_have_binary_wheels_for_the_images_python(built, tmp_path: 
     name, _, _, wheels = built
     path, _, extra = IMAGES[name]
     dockerfile = parse(path)
-    version = BASE_RE.match(dockerfile.global_args["PYTHON_IMAGE"])["version"]
+    base_match = BASE_RE.match(dockerfile.global_args["PYTHON_IMAGE"])
+    assert base_match, dockerfile.global_args["PYTHON_IMAGE"]
+    version = base_match["version"]
     major_minor = "".join(version.split(".")[:2])
     (wheel,) = wheels.glob("oshu_vault-*.whl")
     requirement = f"{wheel}[{extra}]" if extra else str(wheel)
