@@ -11,6 +11,7 @@ import copy
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,7 +30,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "operator.md"
 
 
 def session(**over) -> SessionView:
-    base = dict(
+    base: dict[str, Any] = dict(
         namespace="agents",
         name="claude",
         uid="u",
@@ -138,7 +139,7 @@ def _unmounted(make: Callable[[str], dict]) -> Callable[[dict, str], None]:
 #: How a container references a Secret: (pod spec edit, edit of the container). A mounted volume is
 #: referenced twice: by the volume (pod level) and by the use (secret-volume-use, which debug
 #: containers can reach).
-CONTAINER_REFS = {
+CONTAINER_REFS: dict[str, Callable[[str], tuple[Any, dict[str, Any]]]] = {
     "env valueFrom.secretKeyRef": lambda s: (
         None,
         {"env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": s, "key": "k"}}}]},
@@ -156,7 +157,7 @@ POD_REFS = {
     "imagePullSecrets": lambda spec, s: spec.setdefault("imagePullSecrets", []).append({"name": s}),
 }
 #: Uses of the proxy's reserved volumes by name, whether or not the volume exists yet.
-RESERVED_USES = {
+RESERVED_USES: dict[str, dict[str, Any]] = {
     "mount of the session volume": {"volumeMounts": [{"name": n.VOLUME_SESSION, "mountPath": "/steal"}]},
     "subPath mount of the session file": {
         "volumeMounts": [{"name": n.VOLUME_SESSION, "mountPath": "/steal.json", "subPath": n.KEY_SESSION_FILE}]
@@ -369,7 +370,7 @@ def _container(**kw) -> dict:
 
 
 #: For each spec rule, a pod that breaks it and no other.
-ONE_PER_RULE = {
+ONE_PER_RULE: dict[str, Callable[[], dict[str, Any]] | None] = {
     "opt-in-mismatch": lambda: {
         **base_pod(),
         "metadata": {**base_pod()["metadata"], "annotations": {n.ANNOTATION_SESSION: "other"}},
@@ -413,7 +414,9 @@ def test_every_spec_rule_has_a_case() -> None:
 
 @pytest.mark.parametrize("rule", [k for k, v in ONE_PER_RULE.items() if v is not None])
 def test_each_spec_rule_alone(rule: str) -> None:
-    assert refusal(ONE_PER_RULE[rule]()) == (rule,)
+    make = ONE_PER_RULE[rule]
+    assert make is not None
+    assert refusal(make()) == (rule,)
 
 
 @pytest.mark.parametrize("rule", list(ONE_SESSION_PER_RULE))
