@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from typing import Any
 
 import pytest
 
@@ -27,7 +28,7 @@ TOKEN_B = new_sealed_token()
 
 
 def session(**over) -> SessionView:
-    base = dict(
+    base: dict[str, Any] = dict(
         namespace="agents",
         name="claude",
         uid="uid-1",
