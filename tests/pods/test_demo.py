@@ -27,7 +27,8 @@ def _env(**extra: str) -> dict[str, str]:
 @pytest.mark.oshu_node_exclusive
 @pytest.mark.timeout(900)
 def test_demo_runs_end_to_end_and_cleans_up(kube_binaries: dict[str, Path], record_property) -> None:
-    problems = lk_node.missing_prerequisites() + ([available()] if available() else [])
+    podman_problem = available()
+    problems = lk_node.missing_prerequisites() + ([podman_problem] if podman_problem else [])
     if problems:
         pytest.skip("this machine cannot run the local node: " + "; ".join(problems))
     proc = subprocess.run([sys.executable, str(DEMO)], capture_output=True, text=True, timeout=840, env=_env())
