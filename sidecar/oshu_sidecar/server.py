@@ -16,6 +16,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from time import perf_counter
+from typing import Any
 
 from .certs import LeafCache, sni_of
 from .channel import Channel, ChannelClosed, DeadlineExpired, Deadlines, HeadTooLarge
@@ -96,7 +97,7 @@ class Proxy:
         self.deadlines = Deadlines(self.loop)
         pool.deadlines = self.deadlines  # upstream reads (response heads) have deadlines too
         self.clients: set[ClientConn] = set()
-        self.server: asyncio.AbstractServer | None = None
+        self.server: asyncio.Server | None = None
         self.address: tuple[str, int] | None = None
         self._audits: dict[str, AuditLog] = {}
 
@@ -113,14 +114,16 @@ class Proxy:
     async def start(self, tls: ssl.SSLContext | None = None) -> None:
         """Listen on `cfg.listen`; with `tls` (the gateway's HTTPS proxy address) clients do TLS first."""
         host, port = self.cfg.listen
-        extra = {"ssl": tls, "ssl_handshake_timeout": self.cfg.header_timeout} if tls is not None else {}
+        extra: dict[str, Any] = (
+            {"ssl": tls, "ssl_handshake_timeout": self.cfg.header_timeout} if tls is not None else {}
+        )
         self.server = await self.loop.create_server(
             lambda: ClientConn(self),
             host,
             port,
             backlog=1024,
             reuse_address=True,
-            **extra,  # type: ignore[arg-type]
+            **extra,
         )
         sock = self.server.sockets[0]
         self.address = sock.getsockname()[:2]
@@ -260,12 +263,15 @@ class Proxy:
             return
         conn.write(CONNECT_OK)
         self.metrics.tunnel("intercept")
+        if conn.transport is None:  # connection_made always ran before a request could arrive
+            conn.abort()
+            return
         try:
             transport = await self.loop.start_tls(
                 conn.transport,
                 conn,
                 ctx,
-                server_side=True,  # type: ignore[arg-type]
+                server_side=True,
                 ssl_handshake_timeout=self.cfg.header_timeout,
             )
         except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as e:
@@ -276,7 +282,7 @@ class Proxy:
         if transport is None:
             conn.abort()
             return
-        conn.transport = transport  # type: ignore[assignment]
+        conn.transport = transport
         conn.keep_open_on_eof = False
         sni = sni_of(transport.get_extra_info("ssl_object"))
         await self._requests(conn, Facts(True, host, port, sni_matches(sni, host)))
