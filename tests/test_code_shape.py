@@ -4,7 +4,7 @@
 Read with `ast`, nothing is imported. Parameters: positional, keyword-only, `*args` and
 `**kwargs` each count one; a method's `self` / `cls` does not. A function's lines run from
 its `def` to its last line (docstring and nested functions included, decorators not).
-A package that is not in the tree (the gateway, while it is young) is skipped. `PENDING`
+A package that is not in the tree is skipped. `PENDING`
 lists the known violations still to fix; it only ever shrinks: a listed one that is
 fixed fails here until its entry goes too.
 """

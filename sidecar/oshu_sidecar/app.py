@@ -147,6 +147,8 @@ class Sidecar:
         except StartupError as e:
             log(logging.ERROR, "CA change rejected; still minting from the previous CA", error=str(e))
             return
+        if self.leaves is None:  # not started yet: start() loads the CA itself
+            return
         self.leaves.replace_ca(cert, key)
         log(logging.INFO, "CA reloaded; leaf certificates will be re-minted")
 

@@ -9,7 +9,7 @@ reads is scanned for every real value in every encoding the proxy could have pro
 
 `ScriptedUpstream` stands in for an upstream that misbehaves on purpose (echoes a key in
 a trailer, an interim response or a header name; answers 101 to a plain request), where
-the aiohttp `Upstream` of `oshu_sidecar.testing` is too well-behaved to.
+the aiohttp `Upstream` of the test kit (`oshu_testkit.upstreams`) is too well-behaved to.
 """
 
 from __future__ import annotations
