@@ -2,8 +2,7 @@
 
 `ScriptedUpstream` answers each request with raw bytes from a function (`respond(head, body)`):
 it can echo a key in a trailer, an interim response, a reason phrase or a header name, where
-the aiohttp `Upstream` of `upstreams` is too well-behaved to. (A copy of the class of the
-same name in tests/sidecar/test_adversarial.py, which can import it from here.)
+the aiohttp `Upstream` of `upstreams` is too well-behaved to.
 """
 
 from __future__ import annotations

@@ -21,7 +21,6 @@ import html
 import json
 import socket
 import ssl
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,8 +30,8 @@ import pytest
 
 from oshu_contract.session import SecretBinding
 from oshu_sidecar.policy import Policy
-from oshu_testkit.ca import TestCA
 from oshu_testkit.rawclient import RawClient, RawResponse
+from oshu_testkit.scripted import ScriptedUpstream, header_value
 from oshu_testkit.sessions import new_secret, new_session
 from oshu_testkit.sidecar_process import SidecarProcess
 from oshu_testkit.upstreams import HOST, OTHER, TUNNEL, Upstream
@@ -99,105 +98,7 @@ def still_serving(sc: SidecarProcess, upstream: Upstream, key: SecretBinding) ->
     assert_clean(resp.raw_head + resp.body, [key])
 
 
-# -- an upstream that misbehaves on purpose ------------------------------------------------------
-class ScriptedUpstream:
-    """A TLS server on 127.0.0.1 answering each request with `respond(head, body)` (raw bytes).
-
-    Records every request as received (head, body). Connections are kept alive until the
-    peer closes or `respond` returns a response with `Connection: close`.
-    """
-
-    def __init__(self, directory: Path, names: list[str], respond: Callable[[bytes, bytes], bytes]) -> None:
-        self.ca = TestCA.new("oshu scripted upstream CA").write(directory, "scripted-ca")
-        pair = self.ca.issue(names)
-        pem = directory / "scripted-leaf.pem"
-        pem.write_bytes(pair.cert_pem + pair.key_pem)
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(pem)
-        self.respond = respond
-        self.received: list[tuple[bytes, bytes]] = []
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.5)
-        self.port = self.sock.getsockname()[1]
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-
-    def __enter__(self) -> ScriptedUpstream:
-        t = threading.Thread(target=self._accept, daemon=True)
-        t.start()
-        self._threads.append(t)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in list(self._threads):
-            t.join(TIMEOUT)
-        self.sock.close()
-
-    def connect_to(self, hosts: list[str]) -> list[str]:
-        return [f"{h}:443:127.0.0.1:{self.port}" for h in hosts]
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                raw, _ = self.sock.accept()
-            except (TimeoutError, OSError):
-                continue
-            t = threading.Thread(target=self._serve, args=(raw,), daemon=True)
-            t.start()
-            self._threads.append(t)
-
-    def _serve(self, raw: socket.socket) -> None:
-        raw.settimeout(TIMEOUT)
-        try:
-            conn = self.ctx.wrap_socket(raw, server_side=True)
-        except (ssl.SSLError, OSError):
-            raw.close()
-            return
-        buf = b""
-        try:
-            for _ in range(100):  # requests per connection (bounded)
-                while b"\r\n\r\n" not in buf:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    buf += data
-                head, buf = buf.split(b"\r\n\r\n", 1)
-                head += b"\r\n\r\n"
-                lower = head.lower()
-                body = b""
-                if b"transfer-encoding: chunked" in lower:
-                    while not buf.endswith(b"0\r\n\r\n"):
-                        data = conn.recv(65536)
-                        if not data:
-                            return
-                        buf += data
-                    body, buf = buf, b""
-                elif b"content-length:" in lower:
-                    n = int(lower.split(b"content-length:")[1].split(b"\r\n")[0])
-                    while len(buf) < n:
-                        data = conn.recv(65536)
-                        if not data:
-                            return
-                        buf += data
-                    body, buf = buf[:n], buf[n:]
-                self.received.append((head, body))
-                out = self.respond(head, body)
-                conn.sendall(out)
-                if b"connection: close" in out.split(b"\r\n\r\n")[0].lower():
-                    return
-        except (OSError, ssl.SSLError, ValueError):
-            return
-        finally:
-            conn.close()
-
-
-def header_value(head: bytes, name: bytes) -> bytes:
-    for line in head.split(b"\r\n")[1:]:
-        k, _, v = line.partition(b":")
-        if k.strip().lower() == name:
-            return v.strip()
-    return b""
+# -- an upstream that misbehaves on purpose: oshu_testkit.scripted.ScriptedUpstream -------------
 
 
 @pytest.fixture
