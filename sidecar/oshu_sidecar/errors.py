@@ -20,6 +20,8 @@ CODES: dict[str, int] = {
     "session_revoked": 403,
     "session_changed": 403,
     "upstream_address_denied": 403,
+    "assertion_invalid": 403,  # a service-account JWT that does not verify with the session key (gcp.py)
+    "assertion_expired": 403,  # ... or is outside its validity window
     "request_timeout": 408,
     "host_mismatch": 421,
     "headers_too_large": 431,
@@ -27,6 +29,7 @@ CODES: dict[str, int] = {
     "upstream_unreachable": 502,
     "upstream_tls_error": 502,
     "upstream_protocol_error": 502,
+    "token_unavailable": 502,  # the OAuth2 token endpoint did not give the proxy an access token (oauth2.py)
     "upstream_timeout": 504,
     "http_version_not_supported": 505,
     "internal_error": 500,
