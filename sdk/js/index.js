@@ -14,8 +14,54 @@ export class SecretsProxyError extends Error {
   }
 }
 
-export function sandboxEnv(session, { caPath = "/tmp/oshu-vault-ca.pem", noProxy = "localhost,127.0.0.1,::1" } = {}) {
-  const env = { ...session.sealed_secrets };
+export const DEFAULT_CREDENTIALS_DIR = "/tmp/oshu-vault";
+
+// Secrets that are not a static header: the request shapes for createSession (docs/gateway.md).
+export function awsSecret({ accessKeyId, secretAccessKey, sessionToken, hosts }) {
+  const fields = { accessKeyId, secretAccessKey };
+  if (sessionToken) fields.sessionToken = sessionToken;
+  return { kind: "aws", fields, hosts };
+}
+
+export function oauth2Secret({ tokenUrl, clientId, clientSecret, refreshToken, scope, audience, clientAuth, hosts }) {
+  const fields = { tokenUrl, clientId };
+  for (const [k, v] of Object.entries({ clientSecret, refreshToken, scope, audience, clientAuth })) {
+    if (v !== undefined) fields[k] = v;
+  }
+  return { kind: "oauth2", fields, hosts };
+}
+
+export function gcpServiceAccountSecret({ keyFile, hosts }) {
+  // keyFile: the service-account JSON Google gives you, as an object or its text.
+  return { kind: "gcpServiceAccount", fields: typeof keyFile === "string" ? JSON.parse(keyFile) : keyFile, hosts };
+}
+
+const agentFile = (dir, name) => `${dir.replace(/\/+$/, "")}/agent-${name}.json`;
+
+function secretEnv(session, credentialsDir) {
+  if (!session.secrets) return { ...session.sealed_secrets }; // a gateway that answers sealed_secrets only
+  const env = {};
+  for (const [name, cred] of Object.entries(session.secrets)) {
+    Object.assign(env, cred.env ?? {});
+    for (const v of cred.agent_json_env ?? []) env[v] = agentFile(credentialsDir, name);
+  }
+  return env;
+}
+
+// Path -> content of the files a sandbox must hold: Google agent key files (their private key is a throwaway).
+export function sandboxFiles(session, { credentialsDir = DEFAULT_CREDENTIALS_DIR } = {}) {
+  const files = {};
+  for (const [name, cred] of Object.entries(session.secrets ?? {})) {
+    if (cred.agent_json) files[agentFile(credentialsDir, name)] = JSON.stringify(cred.agent_json, null, 2) + "\n";
+  }
+  return files;
+}
+
+export function sandboxEnv(
+  session,
+  { caPath = "/tmp/oshu-vault-ca.pem", noProxy = "localhost,127.0.0.1,::1", credentialsDir = DEFAULT_CREDENTIALS_DIR } = {},
+) {
+  const env = secretEnv(session, credentialsDir);
   for (const name of ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"]) env[name] = session.proxy_url;
   env.NO_PROXY = env.no_proxy = noProxy;
   for (const name of CA_ENV_VARS) env[name] = caPath;

@@ -1,7 +1,9 @@
 """Client of oshu-gateway's session API (stdlib only): sessions, their sandbox environment, the CA.
 
 Field names follow the seed SDK (snake_case): `session_id`, `token`, `sealed_secrets`,
-`proxy_url`, `expires_at`.
+`proxy_url`, `expires_at`. Secrets of other kinds (AWS, OAuth2, Google service accounts) are
+built with `aws_secret`, `oauth2_secret`, `gcp_service_account_secret`; `Session.secrets` holds
+what the sandbox gets for each, and `sandbox_env()` / `sandbox_files()` put it together.
 """
 
 from __future__ import annotations
@@ -16,7 +18,33 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["CA_ENV_VARS", "AsyncSecretsProxyClient", "SecretsProxyClient", "SecretsProxyError", "Session"]
+from .credentials import (
+    KIND_AWS,
+    KIND_GCP,
+    KIND_OAUTH2,
+    KIND_STATIC,
+    SecretCredentials,
+    aws_secret,
+    gcp_service_account_secret,
+    oauth2_secret,
+)
+
+__all__ = [
+    "CA_ENV_VARS",
+    "DEFAULT_CREDENTIALS_DIR",
+    "KIND_AWS",
+    "KIND_GCP",
+    "KIND_OAUTH2",
+    "KIND_STATIC",
+    "AsyncSecretsProxyClient",
+    "SecretCredentials",
+    "SecretsProxyClient",
+    "SecretsProxyError",
+    "Session",
+    "aws_secret",
+    "gcp_service_account_secret",
+    "oauth2_secret",
+]
 
 #: The CA variables a sandbox needs so curl, Python, git, AWS tools and Node trust the gateway CA
 #: (the same list the Kubernetes webhook injects).
@@ -29,6 +57,8 @@ CA_ENV_VARS = (
     "NODE_EXTRA_CA_CERTS",
 )
 DEFAULT_NO_PROXY = "localhost,127.0.0.1,::1"
+#: Where `sandbox_files()` places agent key files by default (inside the sandbox).
+DEFAULT_CREDENTIALS_DIR = "/tmp/oshu-vault"
 SecretSpec = str | Mapping[str, Any]
 
 
@@ -53,15 +83,24 @@ class Session:
     expires_at: str
     ca_url: str = ""
     _client: SecretsProxyClient | None = field(default=None, repr=False, compare=False)
+    secrets: dict[str, SecretCredentials] = field(default_factory=dict, repr=False)
 
-    def sandbox_env(self, ca_path: str = "/tmp/oshu-vault-ca.pem", no_proxy: str = DEFAULT_NO_PROXY) -> dict[str, str]:
+    def sandbox_env(
+        self,
+        ca_path: str = "/tmp/oshu-vault-ca.pem",
+        no_proxy: str = DEFAULT_NO_PROXY,
+        credentials_dir: str = DEFAULT_CREDENTIALS_DIR,
+    ) -> dict[str, str]:
         """The environment a sandbox needs: sealed values, proxy variables (both cases), NO_PROXY, CA variables.
 
         `ca_path` is where the sandbox will find a PEM bundle that trusts the gateway CA
         (write `client.ca_bundle_pem()` there: the gateway CA plus this machine's roots, since
-        SSL_CERT_FILE replaces the default roots for most clients).
+        SSL_CERT_FILE replaces the default roots for most clients). Each secret contributes its
+        `env` (an AWS key: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN); a Google
+        service account points GOOGLE_APPLICATION_CREDENTIALS and its name at its file under
+        `credentials_dir` (write `sandbox_files(credentials_dir)` there).
         """
-        env = dict(self.sealed_secrets)
+        env = self._secret_env(credentials_dir)
         for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
             env[name] = self.proxy_url
         env["NO_PROXY"] = env["no_proxy"] = no_proxy
@@ -70,6 +109,24 @@ class Session:
         if self.proxy_url.startswith("https://"):
             env["GIT_PROXY_SSL_CAINFO"] = ca_path  # git verifies an https:// proxy with its own setting
         return env
+
+    def _secret_env(self, credentials_dir: str) -> dict[str, str]:
+        if not self.secrets:  # a gateway that answers sealed_secrets only
+            return dict(self.sealed_secrets)
+        env: dict[str, str] = {}
+        for cred in self.secrets.values():
+            env.update(cred.env)
+            for name in cred.agent_json_env:
+                env[name] = os.path.join(credentials_dir, cred.agent_file_name)
+        return env
+
+    def sandbox_files(self, credentials_dir: str = DEFAULT_CREDENTIALS_DIR) -> dict[str, str]:
+        """Path -> content of the files the sandbox must hold (Google agent key files; no real key inside)."""
+        return {
+            os.path.join(credentials_dir, c.agent_file_name): json.dumps(c.agent_json, indent=2) + "\n"
+            for c in self.secrets.values()
+            if c.agent_json is not None
+        }
 
     def delete(self) -> None:
         if self._client is not None:
@@ -161,6 +218,7 @@ class SecretsProxyClient:
             doc["expires_at"],
             doc.get("ca_url", ""),
             self,
+            {name: SecretCredentials.from_response(name, c) for name, c in (doc.get("secrets") or {}).items()},
         )
 
     def get_session(self, session_id: str) -> dict[str, Any]:
