@@ -20,6 +20,11 @@ CODES: dict[str, int] = {
     "session_revoked": 403,
     "session_changed": 403,
     "upstream_address_denied": 403,
+    "signature_invalid": 403,  # AWS SigV4: not signed with the session's sealed credentials
+    "signature_expired": 403,  # AWS SigV4: X-Amz-Date outside 15 minutes, presigned URL expired
+    "signature_replayed": 403,  # AWS SigV4: the same signature seen before inside the window
+    "payload_hash_mismatch": 400,  # AWS SigV4: x-amz-content-sha256 is not the body's hash
+    "payload_too_large": 413,  # a body a credential handler must buffer exceeds its limit
     "assertion_invalid": 403,  # a service-account JWT that does not verify with the session key (gcp.py)
     "assertion_expired": 403,  # ... or is outside its validity window
     "request_timeout": 408,
