@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 #: Clock skew tolerated between the minting process and clients.
@@ -113,6 +113,30 @@ def new_ca(
         )
     cert = builder.sign(key, hashes.SHA256())
     return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+
+
+#: Size of the throwaway RSA key a Google service-account session gives its agent (RS256, as Google's).
+RSA_BITS = 2048
+
+
+def new_rsa_key_pem(bits: int = RSA_BITS) -> bytes:
+    """A fresh RSA private key (PKCS#8 PEM): the throwaway key an agent's service-account JSON holds."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def rsa_public_pem(private_pem: bytes) -> bytes:
+    """The public half (SubjectPublicKeyInfo PEM) of an RSA private key; ValueError for anything
+    else (the message never quotes the key)."""
+    try:
+        key = serialization.load_pem_private_key(private_pem, password=None)
+    except (ValueError, TypeError):
+        raise ValueError("not an unencrypted PEM private key") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError("not an RSA private key")
+    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 @dataclass(frozen=True, slots=True)

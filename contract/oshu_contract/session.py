@@ -2,7 +2,8 @@
 
 The operator renders a VaultSession into this JSON document and stores it in the
 session Secret; the sidecar loads (and hot-reloads) it. Both sides import this module,
-so the schema lives here and only here: the operator builds entries with `new_binding`
+so the schema lives here and only here (the per-entry checks in checks.py, the kinds' fields
+in kinds.py): the operator builds entries with `new_binding` / `new_kind_binding`
 (the same checks the parser makes) and reads a previous file's tokens with
 `recorded_tokens`; nothing else parses or writes the file. Documented in
 docs/session-file.md.
@@ -13,16 +14,30 @@ Error messages never contain a secret value: they name the secret instead.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .hosts import HostPattern, HostPatternError, parse_patterns
-from .locations import DEFAULT_LOCATIONS, LOCATIONS, Location, LocationError
-from .locations import parse_locations as _parse_locations
+from .checks import (
+    ENV_NAME_RE,
+    MAX_VALUE_LENGTH,
+    MIN_VALUE_LENGTH,
+    SessionError,
+    check_entry,
+    check_hosts,
+    check_kind,
+    check_kind_parts,
+    check_locations,
+    check_sealed_and_value,
+    format_time,
+    optional_hosts,
+    parse_time,
+)
+from .hosts import HostPattern
+from .kinds import SECRET_FIELDS, SINGLETON_KINDS, Kind, url_host_pattern
+from .locations import DEFAULT_LOCATIONS, LOCATIONS, Location
 from .tokens import SEALED_PREFIX, SEALED_RANDOM_BYTES, is_sealed_token, new_sealed_token
 
 __all__ = [
@@ -34,17 +49,20 @@ __all__ = [
     "SCHEMA_VERSION",
     "SEALED_PREFIX",
     "SEALED_RANDOM_BYTES",
+    "Kind",
     "Location",
     "SecretBinding",
     "Session",
     "SessionError",
     "check_entry",
     "check_hosts",
+    "check_kind",
     "check_locations",
     "format_time",
     "load_session_file",
     "loads_session",
     "new_binding",
+    "new_kind_binding",
     "new_sealed_token",
     "new_session",
     "optional_hosts",
@@ -54,41 +72,60 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
-#: Shorter values cannot be scrubbed from responses without mangling ordinary text.
-MIN_VALUE_LENGTH = 8
-MAX_VALUE_LENGTH = 8192
-
-#: Secret names become environment variables in the agent container.
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_VALUE_RE = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$")  # printable ASCII, no edge spaces
-
-
-class SessionError(ValueError):
-    """The session document is unusable; the message says which field and why."""
 
 
 @dataclass(frozen=True, slots=True)
 class SecretBinding:
-    """One real secret, its sealed stand-in and where it may be sent."""
+    """One real secret (static: `value`; other kinds: `fields`), its sealed stand-ins and where it
+    may be sent. `sealed` is the primary stand-in (the one the VaultSession status shows)."""
 
     name: str
     sealed: str
     value: str = field(repr=False)
     hosts: tuple[HostPattern, ...]
     locations: frozenset[Location] = DEFAULT_LOCATIONS
+    kind: Kind = Kind.STATIC
+    #: The kind's fields (kinds.FIELDS), real material included: never shown, logged or hashed.
+    fields: Mapping[str, str] = field(default_factory=dict, repr=False, hash=False)
+    #: Field name -> the sealed stand-in the agent holds for it (kinds.SEALED_FIELDS).
+    sealed_fields: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     def allowed_for(self, host: str, port: int) -> bool:
         return any(p.matches(host, port) for p in self.hosts)
 
+    def secret_values(self) -> tuple[str, ...]:
+        """Every real string of this binding, for scrubbing (static: the value)."""
+        if self.kind is Kind.STATIC:
+            return (self.value,)
+        return tuple(self.fields[k] for k in SECRET_FIELDS[self.kind] if self.fields.get(k))
+
+    def sealed_tokens(self) -> tuple[str, ...]:
+        """Every sealed stand-in of this binding: the primary one first."""
+        return (self.sealed, *self.sealed_fields.values())
+
+    @property
+    def token_endpoint(self) -> HostPattern | None:
+        """The host:port of the token endpoint (oauth2 tokenUrl, gcp tokenUri), else None.
+
+        The sidecar intercepts a gcp binding's token endpoint as well as its `hosts` (the agent's
+        google-auth posts its signed JWT there); an oauth2 one it only calls itself."""
+        url = self.fields.get("tokenUrl") or self.fields.get("tokenUri")
+        return url_host_pattern(url) if url else None
+
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "name": self.name,
-            "sealed": self.sealed,
-            "value": self.value,
-            "hosts": [str(h) for h in self.hosts],
-        }
+        out: dict[str, Any] = {"name": self.name}
+        if self.kind is not Kind.STATIC:
+            out["kind"] = self.kind.value
+        out["sealed"] = self.sealed
+        if self.kind is Kind.STATIC:
+            out["value"] = self.value
+        out["hosts"] = [str(h) for h in self.hosts]
         if self.locations != DEFAULT_LOCATIONS:
             out["locations"] = sorted(self.locations)
+        if self.kind is not Kind.STATIC:
+            out["fields"] = dict(self.fields)
+        if self.sealed_fields:
+            out["sealedFields"] = dict(self.sealed_fields)
         return out
 
 
@@ -101,6 +138,14 @@ class Session:
     expires_at: datetime | None = None
     egress: tuple[HostPattern, ...] | None = None
     revoked: bool = False
+
+    @property
+    def static_secrets(self) -> tuple[SecretBinding, ...]:
+        """The bindings of kind static: the ones a plain string swap serves."""
+        return tuple(s for s in self.secrets if s.kind is Kind.STATIC)
+
+    def of_kind(self, kind: Kind) -> tuple[SecretBinding, ...]:
+        return tuple(s for s in self.secrets if s.kind is kind)
 
     def is_expired(self, now: datetime | None = None) -> bool:
         if self.expires_at is None:
@@ -122,62 +167,6 @@ class Session:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False).encode() + b"\n"
 
 
-def format_time(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(value: object, what: str) -> datetime:
-    if not isinstance(value, str):
-        raise SessionError(f"{what} must be an RFC 3339 timestamp string")
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise SessionError(f"{what} is not an RFC 3339 timestamp: {value!r}") from None
-    if parsed.tzinfo is None:
-        raise SessionError(f"{what} must carry a timezone (e.g. a trailing Z)")
-    return parsed.astimezone(UTC)
-
-
-def check_entry(raw: object, where: str) -> tuple[Mapping[str, Any], str]:
-    """The object and name checks of one `secrets[]` entry; `where` names the entry in messages
-    (`secrets[0]`, the operator's `spec.secrets[0]`)."""
-    if not isinstance(raw, Mapping):
-        raise SessionError(f"{where} must be an object")
-    name = raw.get("name")
-    if not isinstance(name, str) or not ENV_NAME_RE.match(name):
-        raise SessionError(f"{where}.name must be a valid environment variable name")
-    return raw, name
-
-
-def check_hosts(raw: object, what: str) -> tuple[HostPattern, ...]:
-    """A secret's host patterns: a list of at least one; `what` names the field in messages."""
-    try:
-        hosts = parse_patterns(raw, what)
-    except HostPatternError as e:
-        raise SessionError(str(e)) from None
-    if not hosts:
-        raise SessionError(f"{what} must list at least one host")
-    return hosts
-
-
-def optional_hosts(raw: object, what: str) -> tuple[HostPattern, ...] | None:
-    """A list of host patterns that may be absent (None), such as `egress`."""
-    if raw is None:
-        return None
-    try:
-        return parse_patterns(raw, what)
-    except HostPatternError as e:
-        raise SessionError(str(e)) from None
-
-
-def check_locations(raw: object, prefix: str) -> frozenset[Location]:
-    """A secret's `locations` (absent: headers only); `prefix` leads the message (`secret X: `)."""
-    try:
-        return _parse_locations(raw)
-    except LocationError as e:
-        raise SessionError(f"{prefix}{e}") from None
-
-
 def new_binding(
     name: str, sealed: str, value: str, hosts: Iterable[HostPattern], locations: Iterable[str] | None = None
 ) -> SecretBinding:
@@ -185,7 +174,7 @@ def new_binding(
     if not ENV_NAME_RE.match(name):
         raise SessionError(f"secret name {name!r} must be a valid environment variable name")
     where = f"secret {name}"
-    sealed, value = _check_sealed_and_value(where, sealed, value)
+    sealed, value = check_sealed_and_value(where, sealed, value)
     patterns = tuple(hosts)
     if not patterns:
         raise SessionError(f"{where}: hosts must list at least one host")
@@ -193,31 +182,59 @@ def new_binding(
     return SecretBinding(name=name, sealed=sealed, value=value, hosts=patterns, locations=parsed)
 
 
-def _check_sealed_and_value(where: str, sealed: object, value: object) -> tuple[str, str]:
-    """The token and value checks every entry gets, whoever builds it."""
-    if not isinstance(sealed, str) or not is_sealed_token(sealed):
-        raise SessionError(f"{where}: sealed must look like SEALED_ followed by 22-128 URL-safe characters")
-    if not isinstance(value, str) or not value:
-        raise SessionError(f"{where}: value must be a non-empty string")
-    if not MIN_VALUE_LENGTH <= len(value) <= MAX_VALUE_LENGTH:
-        raise SessionError(
-            f"{where}: value must be {MIN_VALUE_LENGTH}-{MAX_VALUE_LENGTH} characters long"
-            " (shorter values cannot be scrubbed from responses safely)"
-        )
-    if not _VALUE_RE.match(value):
-        raise SessionError(f"{where}: value must be printable ASCII without line breaks or edge spaces")
-    if SEALED_PREFIX in value:
-        raise SessionError(f"{where}: value must not contain a sealed token")
-    return sealed, value
+def new_kind_binding(
+    name: str,
+    kind: Kind,
+    sealed: str,
+    hosts: Iterable[HostPattern],
+    fields: Mapping[str, str],
+    sealed_fields: Mapping[str, str] | None = None,
+) -> SecretBinding:
+    """A session-file entry of a non-static kind (aws, oauth2, gcpServiceAccount), built by the
+    writer with the checks the reader makes (SessionError, naming fields, never values)."""
+    if not ENV_NAME_RE.match(name):
+        raise SessionError(f"secret name {name!r} must be a valid environment variable name")
+    where = f"secret {name}"
+    if kind is Kind.STATIC:
+        raise SessionError(f"{where}: a static secret is built with new_binding")
+    patterns = tuple(hosts)
+    if not patterns:
+        raise SessionError(f"{where}: hosts must list at least one host")
+    sealed, checked, sealed_checked = check_kind_parts(where, kind, sealed, fields, sealed_fields)
+    return SecretBinding(
+        name=name, sealed=sealed, value="", hosts=patterns, kind=kind, fields=checked, sealed_fields=sealed_checked
+    )
 
 
 def _parse_secret(raw: object, index: int) -> SecretBinding:
     entry, name = check_entry(raw, f"secrets[{index}]")
     where = f"secret {name}"
-    sealed, value = _check_sealed_and_value(where, entry.get("sealed"), entry.get("value"))
+    kind = check_kind(entry.get("kind"), f"{where}: kind")
+    if kind is Kind.STATIC:
+        sealed, value = check_sealed_and_value(where, entry.get("sealed"), entry.get("value"))
+        if entry.get("fields") or entry.get("sealedFields"):
+            raise SessionError(f"{where}: fields and sealedFields belong to the other kinds, not static")
+        fields: dict[str, str] = {}
+        sealed_fields: dict[str, str] = {}
+    elif entry.get("value") is not None:
+        raise SessionError(f"{where}: value belongs to static secrets; kind {kind.value} keeps its material in fields")
+    else:
+        value = ""
+        sealed, fields, sealed_fields = check_kind_parts(
+            where, kind, entry.get("sealed"), entry.get("fields"), entry.get("sealedFields")
+        )
     hosts = check_hosts(entry.get("hosts"), f"{where}: hosts")
     locations = check_locations(entry.get("locations"), f"{where}: ")
-    return SecretBinding(name=name, sealed=sealed, value=value, hosts=hosts, locations=locations)
+    return SecretBinding(
+        name=name,
+        sealed=sealed,
+        value=value,
+        hosts=hosts,
+        locations=locations,
+        kind=kind,
+        fields=fields,
+        sealed_fields=sealed_fields,
+    )
 
 
 def parse_session(doc: object) -> Session:
@@ -250,17 +267,22 @@ def new_session(
     egress: Iterable[HostPattern] | None = None,
     revoked: bool = False,
 ) -> Session:
-    """A session document from checked entries (`new_binding`), with the checks across entries the
-    reader makes: names unique, no sealed token inside another."""
+    """A session document from checked entries (`new_binding`, `new_kind_binding`), with the checks
+    across entries the reader makes: names unique, no sealed token inside another, at most one
+    entry of each of `kinds.SINGLETON_KINDS`."""
     bindings = tuple(secrets)
     names = [b.name for b in bindings]
     for dup in sorted({n for n in names if names.count(n) > 1}):
         raise SessionError(f"secret name {dup} appears more than once")
-    tokens = [b.sealed for b in bindings]
-    for i, a in enumerate(tokens):
-        for j, b in enumerate(tokens):
+    for kind in sorted(SINGLETON_KINDS):
+        of_kind = [b.name for b in bindings if b.kind is kind]
+        if len(of_kind) > 1:
+            raise SessionError(f"secrets {', '.join(of_kind)}: a session holds at most one of kind {kind.value}")
+    tokens = [(b.name, t) for b in bindings for t in b.sealed_tokens()]
+    for i, (name_a, a) in enumerate(tokens):
+        for j, (name_b, b) in enumerate(tokens):
             if i != j and a in b:
-                raise SessionError(f"sealed tokens of {names[i]} and {names[j]} overlap")
+                raise SessionError(f"sealed tokens of {name_a} and {name_b} overlap")
     return Session(
         session=name,
         secrets=bindings,
@@ -293,7 +315,8 @@ def load_session_file(path: str | Path) -> Session:
 
 
 def recorded_tokens(data: bytes | None) -> dict[str, str]:
-    """Secret name -> sealed token recorded in a previous session file, for keeping tokens stable.
+    """Secret name -> sealed token recorded in a previous session file, for keeping tokens stable;
+    a sealed field's token under `NAME.fieldName` (e.g. `AWS.secretAccessKey`).
 
     Tolerant where `loads_session` is strict: a file the reader would refuse (revoked,
     partly valid, an older build's) still says which tokens agents were given. Only
@@ -310,6 +333,12 @@ def recorded_tokens(data: bytes | None) -> dict[str, str]:
     for entry in entries if isinstance(entries, list) else []:
         if isinstance(entry, dict):
             name, sealed = entry.get("name"), entry.get("sealed")
-            if isinstance(name, str) and ENV_NAME_RE.match(name) and is_sealed_token(sealed):
+            if not isinstance(name, str) or not ENV_NAME_RE.match(name):
+                continue
+            if is_sealed_token(sealed):
                 out[name] = sealed  # type: ignore[assignment]
+            extra = entry.get("sealedFields")
+            for key, token in extra.items() if isinstance(extra, dict) else ():
+                if isinstance(key, str) and key.isidentifier() and is_sealed_token(token):
+                    out[f"{name}.{key}"] = token
     return out

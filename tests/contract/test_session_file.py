@@ -60,6 +60,8 @@ def test_sealed_tokens_are_unique_and_long():
         (lambda d: d["secrets"][0].update(sealed="SEALED_short"), "sealed must look like"),
         (lambda d: d["secrets"][0].update(value="short"), "characters long"),
         (lambda d: d["secrets"][0].update(value=REAL + "\r\nX-Evil: 1"), "printable ASCII"),
+        (lambda d: d["secrets"][0].update(value=REAL + "\n"), "printable ASCII"),
+        (lambda d: d["secrets"][0].update(kind="ldap"), "kind must be one of"),
         (lambda d: d["secrets"][0].update(hosts=[]), "at least one host"),
         (lambda d: d["secrets"][0].update(hosts=["*.com"]), "not a TLD"),
         (lambda d: d["secrets"][0].update(hosts=["bad host"]), "not a valid DNS name"),
