@@ -17,8 +17,9 @@ from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
+from .errors import ApiError
 from .registry import Registry
-from .sessions import ApiError, build_session, new_client_token, new_session_id
+from .sessions import build_session, new_client_token, new_session_id
 
 #: Largest request body accepted (413 above).
 MAX_BODY = 64 * 1024
@@ -201,7 +202,7 @@ class Api:
         self.limit.take(key, now)
         sid, token = new_session_id(), new_client_token()
         new = build_session(doc, sid, token, datetime.fromtimestamp(now, UTC), self.d.max_ttl, self.d.default_idle_ttl)
-        entry = await self.registry.add(new.session, token, new.ttl, new.idle_ttl, now)
+        entry = await self.registry.add(new.session, token, new.ttl, new.idle_ttl, now, new.document())
         base = self.d.public_url()
         scheme, _, hostport = base.partition("://")
         return json_response(
@@ -210,6 +211,7 @@ class Api:
                 "session_id": sid,
                 "token": token,
                 "sealed_secrets": {b.name: b.sealed for b in new.session.secrets},
+                "secrets": new.answer_secrets(),
                 "expires_at": entry.metadata()["expires_at"],
                 "idle_ttl_seconds": new.idle_ttl,
                 "proxy_url": f"{scheme}://{sid}:{token}@{hostport}",

@@ -96,7 +96,8 @@ class Entry:
         return {
             "session_id": self.session_id,
             "secrets": {
-                b.name: {"hosts": [str(h) for h in b.hosts], "locations": sorted(b.locations)} for b in s.secrets
+                b.name: {"kind": b.kind.value, "hosts": [str(h) for h in b.hosts], "locations": sorted(b.locations)}
+                for b in s.secrets
             },
             "allowed_egress": None if s.egress is None else [str(h) for h in s.egress],
             "created_at": _iso(self.created),
@@ -150,9 +151,13 @@ class Registry:
                 self.expired += 1
         return len(self.sessions)
 
-    async def add(self, session: Session, token: str, ttl: float, idle_ttl: float, now: float) -> Entry:
-        """Store the new session durably, then make it live: nobody learns credentials the store lacks."""
-        rec = StoredSession(session.session, token_hash(token), session.to_json(), now, now + ttl, idle_ttl, now, 0)
+    async def add(
+        self, session: Session, token: str, ttl: float, idle_ttl: float, now: float, document: bytes | None = None
+    ) -> Entry:
+        """Store the new session durably, then make it live: nobody learns credentials the store lacks.
+        `document` is what the store keeps (default: the session document alone)."""
+        doc = session.to_json() if document is None else document
+        rec = StoredSession(session.session, token_hash(token), doc, now, now + ttl, idle_ttl, now, 0)
         await self.writer.run(lambda: self.store.put(rec))
         entry = self.sessions[rec.session_id] = Entry(rec, session)
         self.created += 1

@@ -8,6 +8,7 @@ A secret with none of these is refused: a secret is never sent to a host nobody 
 
 from __future__ import annotations
 
+import json
 import secrets as _random
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,25 +16,23 @@ from typing import Any
 
 from oshu_contract.catalog import hosts_for
 from oshu_contract.hosts import HostPattern, HostPatternError, parse_patterns
+from oshu_contract.kinds import FieldError, Kind, parse_kind
 from oshu_contract.session import Session, SessionError, new_binding, new_sealed_token, new_session
+
+from .errors import ApiError, invalid
+from .kinds import Issued, issue, static_issued
+
+__all__ = ["ApiError", "NewSession", "build_session", "invalid", "new_client_token", "new_session_id"]
 
 MAX_SECRETS = 64
 ALLOWED_FIELDS = frozenset({"secrets", "secret_hosts", "allowed_egress", "ttl_seconds", "idle_ttl_seconds"})
 
 
-class ApiError(Exception):
-    """An API refusal: HTTP status, stable code, message (never a secret value)."""
-
-    def __init__(self, status: int, code: str, message: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers
-
-
-def invalid(message: str) -> ApiError:
-    return ApiError(400, "invalid_request", message)
+#: Fields of one secret object, by kind (a plain string is a static value).
+STATIC_SPEC_FIELDS = ("kind", "value", "hosts", "locations")
+KIND_SPEC_FIELDS = ("kind", "fields", "hosts")
+#: Top-level key of the stored document (beside the contract's) holding the Google agents' key files.
+AGENT_FILES_KEY = "gatewayAgentFiles"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +43,20 @@ class NewSession:
     token: str
     ttl: float
     idle_ttl: float
+    issued: tuple[Issued, ...] = ()
+
+    def answer_secrets(self) -> dict[str, dict[str, Any]]:
+        """Per secret, what the sandbox gets: kind, sealed, env (and a Google agent's key file)."""
+        return {i.binding.name: i.answer() for i in self.issued}
+
+    def document(self) -> bytes:
+        """What the store keeps (encrypted): the session document, plus the agents' key files (their
+        throwaway private keys are agent material, kept like the sealed tokens)."""
+        doc = self.session.to_dict()
+        agents = {i.binding.name: i.agent_json.decode() for i in self.issued if i.agent_json is not None}
+        if agents:
+            doc[AGENT_FILES_KEY] = agents
+        return json.dumps(doc, indent=2).encode() + b"\n"
 
 
 def new_session_id() -> str:
@@ -92,45 +105,60 @@ def build_session(
     egress = _patterns(body["allowed_egress"], "allowed_egress") if body.get("allowed_egress") is not None else None
     ttl = _seconds(body, "ttl_seconds", max_ttl, max_ttl)
     idle = _seconds(body, "idle_ttl_seconds", default_idle_ttl, max_ttl)
-    bindings = []
-    for name, spec in raw_secrets.items():
-        where = f"secrets.{name}"
-        hosts: tuple[HostPattern, ...] | None = None
-        locations = None
-        if isinstance(spec, str):
-            value: object = spec
-            hosts = shared
-        elif isinstance(spec, dict):
-            extra = sorted(set(spec) - {"value", "hosts", "locations"})
-            if extra:
-                raise invalid(f"{where}: unknown field {extra[0]!r}; allowed: value, hosts, locations")
-            value = spec.get("value")
-            if spec.get("hosts") is not None:
-                hosts = _patterns(spec["hosts"], f"{where}.hosts")
-            if spec.get("locations") is not None:
-                locations = spec["locations"]
-                if not isinstance(locations, list) or not all(isinstance(x, str) for x in locations):
-                    raise invalid(f"{where}.locations must be a list of strings (headers, query, body)")
-        else:
-            raise invalid(f"{where} must be a string or an object with value, hosts, locations")
-        if not isinstance(value, str):
-            raise invalid(f"{where}: value must be a string")
-        if not hosts:
-            known = hosts_for(name)
-            if known is None:
-                raise invalid(
-                    f"{where}: no hosts given and {name} is not in the catalog of well-known names; "
-                    "give hosts or secret_hosts"
-                )
-            hosts = parse_patterns(list(known), f"catalog entry {name}")
-        try:
-            bindings.append(new_binding(name, new_sealed_token(), value, hosts, locations))
-        except SessionError as e:
-            raise invalid(str(e)) from None
+    issued = tuple(_secret(str(name), spec, shared) for name, spec in raw_secrets.items())
     try:
         session = new_session(
-            session_id, bindings, expires_at=datetime.fromtimestamp(now.timestamp() + ttl, UTC), egress=egress
+            session_id,
+            [i.binding for i in issued],
+            expires_at=datetime.fromtimestamp(now.timestamp() + ttl, UTC),
+            egress=egress,
         )
     except SessionError as e:
         raise invalid(str(e)) from None
-    return NewSession(session, token, ttl, idle)
+    return NewSession(session, token, ttl, idle, issued)
+
+
+def _secret(name: str, spec: object, shared: tuple[HostPattern, ...] | None) -> Issued:
+    """One entry of `secrets`: a plain string (static), or an object of any kind."""
+    where = f"secrets.{name}"
+    if isinstance(spec, str):
+        return _static(name, spec, shared, None)
+    if not isinstance(spec, dict):
+        raise invalid(f"{where} must be a string or an object with kind, value/fields, hosts")
+    try:
+        kind = parse_kind(spec.get("kind"), f"{where}.kind")
+    except FieldError as e:
+        raise invalid(str(e)) from None
+    allowed = STATIC_SPEC_FIELDS if kind is Kind.STATIC else KIND_SPEC_FIELDS
+    extra = sorted(set(spec) - set(allowed))
+    if extra:
+        raise invalid(f"{where}: unknown field {extra[0]!r} for kind {kind.value}; allowed: {', '.join(allowed)}")
+    hosts = _patterns(spec["hosts"], f"{where}.hosts") if spec.get("hosts") is not None else None
+    if kind is Kind.STATIC:
+        locations = spec.get("locations")
+        if locations is not None and (
+            not isinstance(locations, list) or not all(isinstance(x, str) for x in locations)
+        ):
+            raise invalid(f"{where}.locations must be a list of strings (headers, query, body)")
+        return _static(name, spec.get("value"), hosts, locations)
+    if not hosts:
+        raise invalid(f"{where}.hosts: kind {kind.value} needs the hosts its requests go to")
+    return issue(name, kind, spec.get("fields"), hosts)
+
+
+def _static(name: str, value: object, hosts: tuple[HostPattern, ...] | None, locations: list[str] | None) -> Issued:
+    where = f"secrets.{name}"
+    if not isinstance(value, str):
+        raise invalid(f"{where}: value must be a string")
+    if not hosts:
+        known = hosts_for(name)
+        if known is None:
+            raise invalid(
+                f"{where}: no hosts given and {name} is not in the catalog of well-known names; "
+                "give hosts or secret_hosts"
+            )
+        hosts = parse_patterns(list(known), f"catalog entry {name}")
+    try:
+        return static_issued(new_binding(name, new_sealed_token(), value, hosts, locations))
+    except SessionError as e:
+        raise invalid(str(e)) from None
