@@ -183,3 +183,40 @@ def test_stored_encrypted_and_kept_across_restart(
         log = gw.log_text().encode()
         for form in leak_forms(_real(material)):
             assert form not in log
+
+
+def test_openapi_describes_every_field_of_the_answer(
+    gateway: GatewayProcess, material: tuple[AwsKey, OAuth2Client, GoogleServiceAccount]
+) -> None:
+    from oshu_gateway.api import openapi_document
+
+    schemas = json.loads(openapi_document())["components"]["schemas"]
+    s = gateway.create_session(_all_kinds(*material))
+    assert set(s) <= set(schemas["Session"]["properties"])
+    for entry in s["secrets"].values():
+        assert set(entry) <= set(schemas["SecretCredentials"]["properties"])
+        assert entry["kind"] in schemas["SecretCredentials"]["properties"]["kind"]["enum"]
+    kinds = {
+        schemas[ref["$ref"].rsplit("/", 1)[1]]["properties"]["kind"]["const"]
+        for ref in schemas["SecretSpec"]["oneOf"]
+        if "$ref" in ref
+    }
+    assert kinds == {"aws", "oauth2", "gcpServiceAccount"}
+    for name, spec in _all_kinds(*material)["secrets"].items():
+        if isinstance(spec, dict):
+            schema = schemas[
+                {"aws": "AwsSecretSpec", "oauth2": "OAuth2SecretSpec"}.get(spec["kind"], "GcpServiceAccountSecretSpec")
+            ]
+            assert set(spec) <= set(schema["properties"]), name
+            if spec["kind"] != "gcpServiceAccount":
+                assert set(spec["fields"]) <= set(schema["properties"]["fields"]["properties"]), name
+
+
+def test_openapi_fields_are_the_contracts() -> None:
+    from oshu_contract.kinds import FIELDS, REQUIRED_FIELDS, Kind
+    from oshu_gateway.api import openapi_document
+
+    schemas = json.loads(openapi_document())["components"]["schemas"]
+    for kind, name in ((Kind.AWS, "AwsSecretSpec"), (Kind.OAUTH2, "OAuth2SecretSpec")):
+        fields = schemas[name]["properties"]["fields"]
+        assert set(fields["properties"]) == FIELDS[kind] and fields["required"] == list(REQUIRED_FIELDS[kind])
