@@ -16,6 +16,7 @@ import re
 
 from oshu_contract.hosts import HostPatternError, is_ip, normalize_host, split_host_port
 
+from .credentials import Claim, claim
 from .errors import ProxyError, bad_request
 from .http1 import NO_BODY, Edit, RequestHead
 from .policy import SEALED_MARK, HostPlan, Policy, Substitution, egress_refusal, plaintext_refusal
@@ -45,6 +46,7 @@ class Decision:
     __slots__ = (
         "audit_path",
         "body_subs",
+        "claim",
         "close",
         "edits",
         "extra",
@@ -73,6 +75,7 @@ class Decision:
         self.extra_tail = b""  # ...and after them (Accept-Encoding, the WebSocket upgrade)
         self.secrets: list[str] = []  # names of the secrets substituted (head, query; body adds later)
         self.body_subs: tuple[Substitution, ...] = ()
+        self.claim: Claim | None = None  # a credential handler took the request (credentials.py)
         self.inactive: ProxyError | None = None  # why body substitution is off although the host allows it
 
     def refuse(self, error: ProxyError, close: bool = False) -> Decision:
@@ -102,7 +105,16 @@ def decide(head: RequestHead, policy: Policy, facts: Facts) -> Decision:
                 d.edits = substitute_head(head.raw, head.line_end + 2, head.authorization, plan.header_subs, d.secrets)
             if plan.query_subs:
                 d.path = substitute_query(d.path, plan.query_subs, d.secrets)
-    if facts.tls and plan.body_subs:
+    if facts.tls and plan.credentials:
+        try:
+            d.claim = claim(plan.credentials, head, d.host, d.port)
+        except ProxyError as e:
+            return d.refuse(e)
+        if d.claim is not None:
+            inactive = policy.inactive()
+            if inactive is not None:
+                return d.refuse(inactive)
+    if facts.tls and plan.body_subs and d.claim is None:  # (a handler's body is its own: no static body swap)
         d.inactive = policy.inactive()
         if d.inactive is None:
             d.body_subs = plan.body_subs
@@ -113,6 +125,8 @@ def decide(head: RequestHead, policy: Policy, facts: Facts) -> Decision:
 def _route(d: Decision, head: RequestHead, policy: Policy, facts: Facts) -> bool:
     """Host, port, plan and origin-form path of the request, or a refusal on `d` (False)."""
     if not facts.tls:
+        if facts.port:  # plain HTTP redirected to the transparent listener
+            return _route_transparent(d, head, policy, facts.port)
         parts = split_absolute(head.target, b"http")
         if parts is None:
             d.routed = False
@@ -141,6 +155,39 @@ def _route(d: Decision, head: RequestHead, policy: Policy, facts: Facts) -> bool
     d.path = d.audit_path = checked
     if head.method == b"CONNECT":
         d.refuse(bad_request("CONNECT inside an intercepted connection"), True)
+        return False
+    return True
+
+
+def _route_transparent(d: Decision, head: RequestHead, policy: Policy, port: int) -> bool:
+    """Plain HTTP a redirect rule sent to the transparent listener, routed as an absolute-form request
+    would be: the Host header names the host, the original destination's port is the port (a Host
+    or absolute URL naming another port is refused, as is CONNECT: this is not a proxy port)."""
+    d.routed = False
+    if head.method == b"CONNECT":
+        d.refuse(bad_request("CONNECT on a redirected connection: this is not a proxy port"), True)
+        return False
+    if head.host is None:
+        d.refuse(bad_request("missing Host header"), True)
+        return False
+    try:
+        host, host_port = parse_authority(head.host, port)
+        path = head.target
+        if path[:1] != b"/" and not (path == b"*" and head.method == b"OPTIONS"):
+            parts = split_absolute(path, b"http")
+            if parts is None:
+                raise bad_request("request target must be origin-form or an http:// URL")
+            if parse_authority(parts[0], 80) != (host, host_port):
+                raise ProxyError("host_mismatch", "request URL and Host header name different hosts")
+            path = parts[1]
+    except ProxyError as e:
+        d.refuse(e, True)
+        return False
+    d.routed = True
+    d.host, d.port, d.path, d.audit_path = host, port, path, path
+    d.plan = policy.plan(host, port)
+    if host_port != port:
+        d.refuse(ProxyError("host_mismatch", f"Host header names port {host_port}, the connection port {port}"), True)
         return False
     return True
 

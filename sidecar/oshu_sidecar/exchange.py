@@ -9,11 +9,14 @@ every exchange ends in `finish()` (metrics and the audit line).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING
 
 from .body import LAST_CHUNK, BodyReader, chunk, serialize_trailers
 from .channel import ChannelClosed, DeadlineExpired, HeadTooLarge
+from .credentials import BodyNeed, Rewrite
+from .credexchange import prepare, relay_transformed, transform_whole
 from .decide import Decision, Facts, body_refusal, decide, display, refusal_closes
 from .errors import ProxyError
 from .http1 import CHUNKED, LENGTH, NO_BODY, RequestHead, edit_head
@@ -55,6 +58,7 @@ class Exchange:
         "proxy",
         "replacer",
         "req",
+        "rewrite",
         "scrubbed",
         "secrets",
         "status",
@@ -81,6 +85,7 @@ class Exchange:
         self.body = b""
         self.stream_body = False
         self.replacer: StreamReplacer | None = None
+        self.rewrite: Rewrite | None = None  # a credential handler's (credentials.py), if one took the request
         self.up: UpstreamConn | None = None
         self.upload: asyncio.Task[None] | None = None
 
@@ -93,11 +98,19 @@ class Exchange:
                 self.proxy.refuse_conn(self.conn, d.refusal)
                 return False
             return self.refuse(d.refusal, d.close)
-        if self.req.framing != NO_BODY:  # (no coroutine per request for the common body-less case)
-            refusal = await self._prepare_body()
+        claim = d.claim
+        if claim is not None:
+            refusal = await prepare(self, claim)
             if refusal is not None:
                 return self.refuse(refusal)
-        head = self._upstream_head()
+        if self.req.framing != NO_BODY and (claim is None or claim.body != BodyNeed.BUFFER):
+            refusal = await self._prepare_body() or transform_whole(self)
+            if refusal is not None:
+                return self.refuse(refusal)
+        try:
+            head = self._upstream_head()
+        except ProxyError as e:  # a credential handler's head rewrite refused
+            return self.refuse(e)
         try:
             up, reused = await self.proxy.pool.acquire(self.facts.tls, d.host, d.port)
         except ProxyError as e:
@@ -141,7 +154,9 @@ class Exchange:
         elif req.framing == LENGTH and not self.stream_body and len(self.body) != req.content_length:
             edits.extend((start, end, b"") for start, end in req.length_spans)
             framing = b"Content-Length: %d\r\n" % len(self.body)
-        return edit_head(req.raw, edits, d.extra + framing + d.extra_tail)
+        head = edit_head(req.raw, edits, d.extra + framing + d.extra_tail)
+        rewrite = self.rewrite
+        return head if rewrite is None or rewrite.head is None else rewrite.head(head)
 
     async def _forward(self, up: UpstreamConn, reused: bool, head: bytes) -> bool:
         self.up = up
@@ -173,8 +188,12 @@ class Exchange:
         self.status = resp.status
         if resp.status == 101:
             return await switch_protocols(self, up, resp)
+        transform = self.rewrite.response if self.rewrite is not None else None
         try:
-            keep_client, up_ok = await relay(self, up, resp)
+            if transform is not None:
+                keep_client, up_ok = await relay_transformed(self, up, resp, transform)
+            else:
+                keep_client, up_ok = await relay(self, up, resp)
         except (ChannelClosed, ConnectionError):
             keep_client = up_ok = False
             self.outcome = "client_closed" if self.conn.closed else "upstream_closed"
@@ -241,6 +260,7 @@ class Exchange:
     async def _upload(self, up: UpstreamConn) -> None:
         """Stream the request body upstream as it arrives (runs beside the response relay)."""
         req, replacer = self.req, self.replacer
+        stream = self.rewrite.stream if self.rewrite is not None else None
         reader = BodyReader(self.conn, req.framing, req.content_length)
         rechunk = req.framing == CHUNKED or replacer is not None
         try:
@@ -252,9 +272,13 @@ class Exchange:
                 if replacer is not None:
                     self._check_live()
                     data = replacer.feed(data)
+                if stream is not None:
+                    data = _transformed(stream.feed, data)
                 if data:
                     up.write(chunk(data) if rechunk else data)
                 await up.drain()
+            if stream is not None and (tail := _transformed(stream.flush)):
+                up.write(chunk(tail) if rechunk else tail)
             if rechunk:
                 tail = replacer.flush() if replacer is not None else b""
                 if tail:
@@ -315,6 +339,14 @@ class Exchange:
                     self.secrets,
                 )
             )
+
+
+def _transformed(fn: Callable[..., bytes], *args: bytes) -> bytes:
+    """A credential stream transform's output; its refusal stops the upload (the client gets it)."""
+    try:
+        return fn(*args)
+    except ProxyError as e:
+        raise SubstitutionStopped(e) from None
 
 
 def _stopped(upload: asyncio.Task[None] | None) -> SubstitutionStopped | None:

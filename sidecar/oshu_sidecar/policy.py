@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from oshu_contract.hosts import HostPattern, any_match
+from oshu_contract.kinds import SEALED_FIELDS, SECRET_FIELDS, Kind
 from oshu_contract.locations import Location
-from oshu_contract.session import SEALED_PREFIX, Session, format_time
+from oshu_contract.session import SEALED_PREFIX, SecretBinding, Session, format_time
 
 from .errors import ProxyError
 from .scrub import Scrubber
@@ -55,6 +56,8 @@ class HostPlan:
     query_subs: tuple[Substitution, ...]
     body_subs: tuple[Substitution, ...]
     label: str  # host label for metrics: the host if the session names it, else "other"
+    #: Non-static bindings that apply here (credentials.py handlers act on the request).
+    credentials: tuple[SecretBinding, ...] = ()
 
 
 class Policy:
@@ -66,6 +69,8 @@ class Policy:
         """`retired`: (value, sealed, name) of secrets earlier sessions had and this one dropped; still scrubbed."""
         self.session = session
         self.name = session.session
+        self._static = tuple(s for s in session.secrets if s.kind is Kind.STATIC)
+        self._others = tuple(s for s in session.secrets if s.kind is not Kind.STATIC)
         self.subs = tuple(
             Substitution(
                 name=s.name,
@@ -74,12 +79,16 @@ class Policy:
                 query_value=quote(s.value, safe="").encode(),
                 locations=s.locations,
             )
-            for s in session.secrets
+            for s in self._static
         )
         self.tokens = tuple(s.sealed for s in self.subs)
         #: Finds every real value of the session in responses (raw, escaped, base64) for scrubbing.
         #: A rotated-out value can still be echoed (an upstream that stored it), so it stays scrubbed.
-        self.scrubber = Scrubber([(s.value, s.sealed, s.name) for s in self.subs] + list(retired))
+        self.scrubber = Scrubber(
+            [(s.value, s.sealed, s.name) for s in self.subs]
+            + [p for b in self._others for p in scrub_triples(b)]
+            + list(retired)
+        )
         self._secret_hosts: tuple[HostPattern, ...] = tuple(p for s in session.secrets for p in s.hosts)
         self._egress = session.egress
         self.expires_at: float | None = session.expires_at.timestamp() if session.expires_at else None
@@ -100,8 +109,9 @@ class Policy:
         return plan
 
     def _build_plan(self, host: str, port: int) -> HostPlan:
-        allowed = [s for s, b in zip(self.subs, self.session.secrets, strict=True) if b.allowed_for(host, port)]
-        intercept = bool(allowed)
+        allowed = [s for s, b in zip(self.subs, self._static, strict=True) if b.allowed_for(host, port)]
+        credentials = tuple(b for b in self._others if credential_applies(b, host, port))
+        intercept = bool(allowed) or bool(credentials)
         in_egress = self._egress is not None and any_match(self._egress, host, port)
         egress_allowed = intercept or self._egress is None or in_egress
         return HostPlan(
@@ -111,6 +121,7 @@ class Policy:
             egress_allowed=egress_allowed,
             **{field: tuple(s for s in allowed if loc in s.locations) for loc, field in SUBSTITUTES.items()},
             label=self._label(host, port),
+            credentials=credentials,
         )
 
     def _label(self, host: str, port: int) -> str:
@@ -164,6 +175,15 @@ def withdrawn(policy: Policy, plan: HostPlan, names: list[str] | None, body_only
     current = policy.plan(plan.host, plan.port)
     if current is plan:
         return None
+    if not body_only:
+        still = {(b.name, b.sealed) for b in current.credentials}
+        for b in plan.credentials:
+            if (names is None or b.name in names) and (b.name, b.sealed) not in still:
+                return ProxyError(
+                    "session_changed",
+                    f"session {policy.name} changed: credential {b.name} no longer applies to {plan.host}; the"
+                    " request was stopped",
+                )
     pairs = [(plan.body_subs, current.body_subs)]
     if not body_only:
         pairs += [(plan.header_subs, current.header_subs), (plan.query_subs, current.query_subs)]
@@ -178,6 +198,27 @@ def withdrawn(policy: Policy, plan: HostPlan, names: list[str] | None, body_only
                     " here; the request was stopped",
                 )
     return None
+
+
+def credential_applies(binding: SecretBinding, host: str, port: int) -> bool:
+    """A non-static binding acts on its hosts and, for a Google service account, on its token endpoint
+    (the agent's own client exchanges its signed JWT there)."""
+    if binding.allowed_for(host, port):
+        return True
+    endpoint = binding.token_endpoint if binding.kind is Kind.GCP else None
+    return endpoint is not None and endpoint.matches(host, port)
+
+
+def scrub_triples(binding: SecretBinding) -> list[tuple[bytes, bytes, str]]:
+    """(real value, what replaces it, name) for every real string of a non-static binding: a field's
+    own sealed stand-in where it has one, else the binding's primary sealed token."""
+    out = []
+    for key in SECRET_FIELDS[binding.kind]:
+        value = binding.fields.get(key)
+        if value:
+            stand_in = binding.sealed_fields.get(key) if key in SEALED_FIELDS[binding.kind] else None
+            out.append((value.encode(), (stand_in or binding.sealed).encode(), binding.name))
+    return out
 
 
 def egress_refusal(host: str, port: int) -> ProxyError:

@@ -1,0 +1,130 @@
+"""The credential handler of kind `aws`: verify the agent's SigV4 signature, sign again for real.
+
+The agent's SDK signs with the sealed access key id and sealed secret (and sealed session
+token). For a request to one of the binding's hosts the handler checks the signature with the
+sealed secret, the date window, a replay of the same signature and the payload hash against
+the body; any failure refuses the request (nothing forwarded). Otherwise the forwarded head is
+signed with the real key for the same region, service and date (and the real session token in
+place of the sealed one); aws-chunked bodies are re-signed chunk by chunk (sigv4_stream.py).
+Requests carrying no SigV4 signature at all pass through untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from oshu_contract.session import SecretBinding
+
+from .credentials import BodyNeed, HookContext, HookRequest, Rewrite
+from .errors import ProxyError
+from .replay import ReplayCache
+from .sigv4 import (
+    DATE_WINDOW,
+    EMPTY_SHA256,
+    STREAMING_PAYLOADS,
+    STREAMING_SIGNED_TRAILER,
+    UNHASHED_PAYLOADS,
+    Credentials,
+    Signature,
+    Wire,
+    check_date,
+    declared_payload,
+    parse_amz_date,
+    parse_signature,
+    resign_headers,
+    resign_query,
+    sigv4_error,
+    verify,
+)
+from .sigv4_stream import ChunkResigner
+
+_REPLAY_KEY = "aws.replay"
+
+
+def sealed_credentials(binding: SecretBinding) -> Credentials:
+    return Credentials(
+        binding.sealed, binding.sealed_fields["secretAccessKey"], binding.sealed_fields.get("sessionToken") or None
+    )
+
+
+def real_credentials(binding: SecretBinding) -> Credentials:
+    f = binding.fields
+    return Credentials(f["accessKeyId"], f["secretAccessKey"], f.get("sessionToken") or None)
+
+
+def _signature(req: HookRequest) -> tuple[Wire, Signature] | None:
+    wire = Wire.of(req.method, req.target, list(req.headers))
+    sig = parse_signature(wire.headers, wire.query)
+    return None if sig is None else (wire, sig)
+
+
+class AwsHandler:
+    """credentials.Handler for Kind.AWS."""
+
+    def claim(self, binding: SecretBinding, req: HookRequest) -> BodyNeed | None:
+        found = _signature(req)
+        if found is None:
+            return None
+        wire, sig = found
+        declared = declared_payload(wire, sig)
+        if declared == STREAMING_SIGNED_TRAILER:
+            raise ProxyError(
+                "not_implemented", "AWS SigV4: STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER is not re-signed"
+            )
+        if declared in STREAMING_PAYLOADS:
+            return BodyNeed.STREAM
+        if declared in UNHASHED_PAYLOADS:
+            return BodyNeed.NONE
+        return BodyNeed.BUFFER
+
+    async def rewrite(self, binding: SecretBinding, req: HookRequest, body: bytes | None, ctx: HookContext) -> Rewrite:
+        found = _signature(req)
+        assert found is not None  # claimed
+        wire, sig = found
+        check_date(sig, ctx.now)
+        declared = declared_payload(wire, sig)
+        actual = hashlib.sha256(body).hexdigest() if body is not None else EMPTY_SHA256
+        payload = declared if declared is not None else actual
+        sealed, real = sealed_credentials(binding), real_credentials(binding)
+        verify(wire, sig, sealed, payload)
+        hashed = declared is not None and declared not in UNHASHED_PAYLOADS and declared not in STREAMING_PAYLOADS
+        if hashed and declared != actual:
+            raise sigv4_error("payload_hash_mismatch", "x-amz-content-sha256 is not the SHA-256 of the body")
+        if not sig.presigned:  # a presigned URL is meant to be fetched again until it expires
+            cache = ctx.state.get(_REPLAY_KEY)
+            if not isinstance(cache, ReplayCache):
+                cache = ctx.state[_REPLAY_KEY] = ReplayCache()
+            if cache.seen(sig.signature, parse_amz_date(sig.amz_date) + DATE_WINDOW, ctx.now):
+                raise sigv4_error("signature_replayed", "this exact signed request was already sent; sign it anew")
+        stream = ChunkResigner(sig, sealed, real) if declared in STREAMING_PAYLOADS else None
+        return Rewrite(head=_Resign(sig, real, payload, stream), stream=stream, secrets=(binding.name,))
+
+
+class _Resign:
+    """The head rewrite: the forwarded head signed again with the real credentials."""
+
+    __slots__ = ("payload", "real", "sig", "stream")
+
+    def __init__(self, sig: Signature, real: Credentials, payload: str, stream: ChunkResigner | None) -> None:
+        self.sig, self.real, self.payload, self.stream = sig, real, payload, stream
+
+    def __call__(self, head: bytes) -> bytes:
+        lines = head[:-4].split(b"\r\n")
+        method, target, version = lines[0].split(b" ")
+        fields = []
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            fields.append((name.decode("latin-1"), value.strip(b" \t").decode("latin-1")))
+        token = self.real.token
+        if token is not None:
+            fields = [(n, token if n.lower() == "x-amz-security-token" else v) for n, v in fields]
+        wire = Wire.of(method.decode("latin-1"), target.decode("latin-1"), fields)
+        if self.sig.presigned:
+            new_target = wire.path + "?" + resign_query(wire, self.sig, self.real, self.payload)
+            lines[0] = b" ".join((method, new_target.encode("latin-1"), version))
+        else:
+            signed, auth = resign_headers(wire, self.sig, self.real, self.payload)
+            if self.stream is not None:
+                self.stream.real_prev = signed.signature
+            fields = [(n, auth if n.lower() == "authorization" else v) for n, v in fields]
+        return b"\r\n".join([lines[0], *(f"{n}: {v}".encode("latin-1") for n, v in fields)]) + b"\r\n\r\n"

@@ -1,0 +1,181 @@
+"""The credential hook: how secrets that are not a static header act on a request.
+
+A static secret is a string swapped in the head (substitute.py). The other kinds (AWS SigV4,
+OAuth2, Google service accounts) must read and rewrite the request: verify what the agent
+signed with its sealed material, sign again with the real one, exchange tokens. Each kind has
+a `Handler`; `HANDLERS` maps kind -> handler. For a request to a host where a non-static
+binding applies, `claim()` (pure, called by decide.py) asks each binding's handler whether it
+takes the request and how it needs the body; the exchange then buffers the body if asked
+(bounded), awaits `Handler.rewrite()` -- which returns a `Rewrite` or raises ProxyError (the
+client gets the JSON error, nothing is forwarded) -- and applies the rewrite: the upstream head,
+the body (whole or piece by piece) and optionally the buffered response.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import TYPE_CHECKING, Protocol
+
+from oshu_contract.kinds import Kind
+from oshu_contract.session import SecretBinding
+
+from .errors import ProxyError
+from .http1 import LENGTH, NO_BODY, RequestHead, split_fields
+
+if TYPE_CHECKING:
+    from .server import Proxy
+
+#: Largest request body a handler may ask to have buffered (a larger one is refused: payload_too_large).
+BODY_LIMIT = 16 << 20
+#: Largest response body a response transform is given (a larger one: upstream_protocol_error).
+RESPONSE_LIMIT = 1 << 20
+
+
+class BodyNeed(IntEnum):
+    """How a handler needs the request body."""
+
+    NONE = 0  # not at all: it streams through untouched (also: no body)
+    BUFFER = 1  # whole, before `rewrite` (bounded by BODY_LIMIT); `rewrite` gets the bytes
+    STREAM = 2  # piece by piece through `Rewrite.stream` as it is uploaded
+
+
+@dataclass(frozen=True, slots=True)
+class HookRequest:
+    """The request as the client sent it (header values latin-1 decoded), for a handler to read."""
+
+    host: str
+    port: int
+    method: str
+    target: str  # origin-form path and query, as received
+    headers: tuple[tuple[str, str], ...]
+    content_length: int | None  # None: chunked (or no body when `has_body` is False)
+    has_body: bool
+
+    def header(self, name: str) -> str | None:
+        """The first value of field `name` (case-insensitive), or None."""
+        name = name.lower()
+        return next((v for n, v in self.headers if n.lower() == name), None)
+
+
+class StreamTransform(Protocol):
+    """Rewrites a streamed request body piece by piece; raising ProxyError stops the upload and the
+    client gets that error (the upstream never receives a complete request)."""
+
+    def feed(self, data: bytes) -> bytes: ...
+
+    def flush(self) -> bytes: ...
+
+
+#: (status, response body) -> the body the agent gets (Content-Length is set from it).
+ResponseTransform = Callable[[int, bytes], Awaitable[bytes]]
+
+
+@dataclass(slots=True)
+class Rewrite:
+    """What a handler does to a request it took. Every field is optional."""
+
+    #: The final upstream head (request line and fields as forwarded, after the proxy's own edits,
+    #: ending in CRLF CRLF) -> the head to send. Pure; may raise ProxyError.
+    head: Callable[[bytes], bytes] | None = None
+    #: The buffered body to send instead (BodyNeed.BUFFER); Content-Length is fixed up.
+    body: bytes | None = None
+    #: Body transform for BodyNeed.STREAM (also applied to a body that arrived whole).
+    stream: StreamTransform | None = None
+    #: Buffered response transform (a token endpoint's JSON), bodies up to RESPONSE_LIMIT.
+    response: ResponseTransform | None = None
+    #: Names of the bindings used (audit line and metrics `secrets`).
+    secrets: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class HookContext:
+    """What `rewrite` may use besides the request: the running proxy (its upstream pool, to call a
+    token endpoint over verified TLS), the clock, and per-binding state that outlives a request."""
+
+    proxy: Proxy
+    now: float
+    state: dict[str, object] = field(default_factory=dict)
+
+
+class Handler(Protocol):
+    """One credential kind. `claim` is pure (a security decision); `rewrite` may do I/O."""
+
+    def claim(self, binding: SecretBinding, req: HookRequest) -> BodyNeed | None:
+        """None: not this handler's request (forwarded as is); else how the body is needed.
+        Raises ProxyError to refuse (a malformed credential)."""
+        ...
+
+    async def rewrite(self, binding: SecretBinding, req: HookRequest, body: bytes | None, ctx: HookContext) -> Rewrite:
+        """The rewrite of a claimed request; raises ProxyError to refuse it."""
+        ...
+
+
+#: Kind -> handler. Handlers register here (one line each), below: `_register()`.
+HANDLERS: dict[Kind, Handler] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A handler took the request: which one, for which binding, and how it needs the body."""
+
+    handler: Handler
+    binding: SecretBinding
+    body: BodyNeed
+    request: HookRequest
+
+
+def hook_request(head: RequestHead, host: str, port: int) -> HookRequest:
+    fields = tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in split_fields(head.raw, head.line_end + 2))
+    return HookRequest(
+        host=host,
+        port=port,
+        method=head.method.decode("latin-1"),
+        target=head.target.decode("latin-1"),
+        headers=fields,
+        content_length=head.content_length if head.framing == LENGTH else None,
+        has_body=head.framing != NO_BODY,
+    )
+
+
+def claim(bindings: tuple[SecretBinding, ...], head: RequestHead, host: str, port: int) -> Claim | None:
+    """The first binding whose handler takes this request (pure; ProxyError refuses the request)."""
+    req: HookRequest | None = None
+    for binding in bindings:
+        handler = HANDLERS.get(binding.kind)
+        if handler is None:
+            continue
+        if req is None:
+            req = hook_request(head, host, port)
+        need = handler.claim(binding, req)
+        if need is not None:
+            if need == BodyNeed.BUFFER and req.content_length is not None and req.content_length > BODY_LIMIT:
+                raise ProxyError(
+                    "payload_too_large",
+                    f"the body is over {BODY_LIMIT >> 20} MiB, the most {binding.kind.value} credentials buffer",
+                )
+            return Claim(handler, binding, need if req.has_body else BodyNeed.NONE, req)
+    return None
+
+
+_STATES: weakref.WeakKeyDictionary[Proxy, dict[str, object]] = weakref.WeakKeyDictionary()
+
+
+def context(proxy: Proxy) -> HookContext:
+    """The hook context of one request: per-proxy handler state, the current time."""
+    state = _STATES.get(proxy)
+    if state is None:
+        state = _STATES[proxy] = {}
+    return HookContext(proxy, time.time(), state)
+
+
+def _register() -> None:
+    from .aws import AwsHandler  # (the handlers import this module: registered once it is complete)
+
+    HANDLERS[Kind.AWS] = AwsHandler()
+
+
+_register()
