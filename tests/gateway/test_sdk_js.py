@@ -30,5 +30,5 @@ def test_js_sdk_node_test_runner(gateway: GatewayProcess, upstream: Upstream) ->
         },
     )
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-    assert "# pass 4" in r.stdout and "# fail 0" in r.stdout
+    assert "# pass 5" in r.stdout and "# fail 0" in r.stdout
     assert any(x.header("x-api-key") == VALUE for x in upstream.requests)  # the real key reached the upstream

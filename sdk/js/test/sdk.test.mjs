@@ -4,7 +4,10 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
-import { SecretsProxyClient, SecretsProxyError, sandboxEnv } from "../index.js";
+import { generateKeyPairSync, randomBytes } from "node:crypto";
+import {
+  SecretsProxyClient, SecretsProxyError, awsSecret, gcpServiceAccountSecret, oauth2Secret, sandboxEnv, sandboxFiles,
+} from "../index.js";
 
 const VALUE = "sk-js-sdk-0123456789abcdef";
 const ca = readFileSync(process.env.GATEWAY_CA);
@@ -50,5 +53,48 @@ test("a sandbox with sandboxEnv reaches the upstream with the real key (undici P
   assert.equal(res.status, 200);
   assert.ok(text.includes(env.K) && !text.includes(VALUE));
   await agent.close();
+  await client.deleteSession(session.session_id);
+});
+
+test("secrets of kind aws, oauth2, gcpServiceAccount: env per secret, the agent key file, nothing real", async () => {
+  const real = {
+    accessKeyId: "AKIA" + randomBytes(8).toString("hex").toUpperCase(),
+    secretAccessKey: randomBytes(30).toString("base64url"),
+    sessionToken: "IQoJ" + randomBytes(40).toString("base64url"),
+    clientSecret: "cs-" + randomBytes(20).toString("hex"),
+    privateKeyId: randomBytes(20).toString("hex"),
+  };
+  const { privateKey } = generateKeyPairSync("rsa", {
+    modulusLength: 2048, privateKeyEncoding: { type: "pkcs8", format: "pem" }, publicKeyEncoding: { type: "spki", format: "pem" },
+  });
+  const keyFile = JSON.stringify({
+    type: "service_account", project_id: "oshu-js", private_key_id: real.privateKeyId, private_key: privateKey,
+    client_email: "agent@oshu-js.iam.gserviceaccount.com", token_uri: "https://oauth2.googleapis.com/token",
+  });
+  const session = await client.createSession({
+    secrets: {
+      AWS: awsSecret({ ...real, hosts: ["bedrock-runtime.us-east-1.amazonaws.com"] }),
+      IDP: oauth2Secret({ tokenUrl: "https://auth.oshu.test/token", clientId: "cid", clientSecret: real.clientSecret, hosts: ["api.oshu.test"] }),
+      GOOGLE_SA: gcpServiceAccountSecret({ keyFile, hosts: ["us-east5-aiplatform.googleapis.com"] }),
+    },
+  });
+  assert.deepEqual(Object.fromEntries(Object.entries(session.secrets).map(([n, c]) => [n, c.kind])),
+    { AWS: "aws", IDP: "oauth2", GOOGLE_SA: "gcpServiceAccount" });
+  const env = sandboxEnv(session, { caPath: "/sandbox/ca.pem", credentialsDir: "/sandbox/creds" });
+  const files = sandboxFiles(session, { credentialsDir: "/sandbox/creds" });
+  assert.equal(env.AWS_ACCESS_KEY_ID, session.sealed_secrets.AWS);
+  assert.match(env.AWS_SECRET_ACCESS_KEY, /^SEALED_/);
+  assert.match(env.AWS_SESSION_TOKEN, /^SEALED_/);
+  assert.equal(env.IDP, session.sealed_secrets.IDP);
+  assert.equal(env.GOOGLE_APPLICATION_CREDENTIALS, "/sandbox/creds/agent-GOOGLE_SA.json");
+  assert.equal(env.GOOGLE_SA, env.GOOGLE_APPLICATION_CREDENTIALS);
+  assert.equal(env.AWS, undefined);
+  const agent = JSON.parse(files["/sandbox/creds/agent-GOOGLE_SA.json"]);
+  assert.equal(agent.private_key_id, session.sealed_secrets.GOOGLE_SA);
+  assert.match(agent.private_key, /^-----BEGIN PRIVATE KEY-----/);
+  assert.notEqual(agent.private_key, privateKey);
+  const seen = JSON.stringify([session, env, files, await client.getSession(session.session_id)]);
+  const body = privateKey.split("\n").filter((l) => l && !l.startsWith("-----"));
+  for (const v of [...Object.values(real), ...body]) assert.ok(!seen.includes(v), "a real value reached the SDK's caller");
   await client.deleteSession(session.session_id);
 });
