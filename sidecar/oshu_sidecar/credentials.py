@@ -176,6 +176,9 @@ def _register() -> None:
     from .aws import AwsHandler  # (the handlers import this module: registered once it is complete)
 
     HANDLERS[Kind.AWS] = AwsHandler()
+    from .oauthhooks import GcpHandler, OAuth2Handler
+
+    HANDLERS[Kind.OAUTH2], HANDLERS[Kind.GCP] = OAuth2Handler(), GcpHandler()
 
 
 _register()

@@ -1,0 +1,206 @@
+"""The credential handlers of kinds `oauth2` and `gcpServiceAccount` (credentials.py's hook).
+
+oauth2: a request to one of the binding's hosts carrying its sealed bearer token gets the
+access token the proxy obtained itself (oauth2.py) in its place. gcpServiceAccount: the
+agent's jwt-bearer exchange at the token endpoint is verified with the session's throwaway key
+and re-signed with the real one (gcp.py); a self-signed JWT bearer sent to an API host is
+re-signed the same way. For both, a token endpoint's answer that passes through to the agent
+has its tokens sealed (minted.py) and a later `Bearer SEALED_...` minted that way is swapped
+for the real token, only on the binding's own hosts. Per-proxy state (token sources, parsed
+keys, minted tokens) lives in the hook context's `state`.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from oshu_contract.session import SecretBinding
+
+from .credentials import BodyNeed, HookContext, HookRequest, ResponseTransform, Rewrite
+from .errors import ProxyError
+from .gcp import ServiceAccountSigner
+from .minted import MintedTokens
+from .oauth2 import OAuth2Client, TokenSource, pool_fetcher
+from .scrub import Scrubber
+
+_STATE_KEY = "oauth"
+#: Token sources and parsed keys kept per proxy (a session reload with new material adds one).
+_MAX_CACHED = 256
+_SEALED = "SEALED_"
+
+
+class OAuthState:
+    """Per proxy: the minted tokens, each oauth2 binding's token source, each gcp binding's keys."""
+
+    def __init__(self) -> None:
+        self.minted = MintedTokens()
+        self.names: dict[str, str] = {}  # binding key (its sealed token) -> binding name
+        self._sources: dict[tuple[str, tuple[tuple[str, str], ...]], TokenSource] = {}
+        self._signers: dict[tuple[str, tuple[tuple[str, str], ...]], ServiceAccountSigner] = {}
+
+    def source(self, binding: SecretBinding, ctx: HookContext) -> TokenSource:
+        key = (binding.sealed, tuple(sorted(binding.fields.items())))
+        src = self._sources.get(key)
+        if src is None:
+            try:
+                client = OAuth2Client.from_fields(binding.name, binding.fields)
+            except ValueError as e:
+                raise ProxyError("internal_error", str(e)) from None
+            if len(self._sources) >= _MAX_CACHED:
+                self._sources.clear()
+            src = self._sources[key] = TokenSource(client, pool_fetcher(ctx.proxy.pool))
+        return src
+
+    def signer(self, binding: SecretBinding) -> ServiceAccountSigner:
+        key = (binding.sealed, tuple(sorted(binding.fields.items())))
+        signer = self._signers.get(key)
+        if signer is None:
+            try:
+                signer = ServiceAccountSigner(binding.name, binding.sealed, binding.fields)
+            except (ValueError, KeyError) as e:
+                raise ProxyError(
+                    "internal_error", f"secret {binding.name}: unusable service-account key ({e})"
+                ) from None
+            if len(self._signers) >= _MAX_CACHED:
+                self._signers.clear()
+            self._signers[key] = signer
+        return signer
+
+    def scrubber(self, binding: SecretBinding, extra: tuple[str, ...] = ()) -> Scrubber:
+        """Finds the binding's minted real tokens (and `extra` real values) for a response the agent gets."""
+        triples = [
+            (r.encode(), s.encode(), binding.name) for r, s, k in self.minted.secret_values() if k == binding.sealed
+        ]
+        triples += [(v.encode(), binding.sealed.encode(), binding.name) for v in extra if v]
+        return Scrubber(triples)
+
+    def seal_response(self, binding: SecretBinding, extra: tuple[str, ...] = ()) -> ResponseTransform:
+        """The response transform of a token endpoint request: its tokens sealed before the agent sees them."""
+
+        async def transform(status: int, body: bytes) -> bytes:
+            return seal_token_body(self, binding, body, extra)
+
+        return transform
+
+
+def seal_token_body(state: OAuthState, binding: SecretBinding, body: bytes, extra: tuple[str, ...] = ()) -> bytes:
+    """A token endpoint's body as the agent may see it: tokens sealed, any other real token scrubbed."""
+    state.names[binding.sealed] = binding.name
+    sealed = state.minted.seal_token_response(body, binding.sealed, "application/x-www-form-urlencoded")
+    out = sealed if sealed is not None else body
+    return state.scrubber(binding, extra).scrub(out, [])
+
+
+def oauth_state(ctx: HookContext) -> OAuthState:
+    state = ctx.state.get(_STATE_KEY)
+    if not isinstance(state, OAuthState):
+        state = ctx.state[_STATE_KEY] = OAuthState()
+    return state
+
+
+def swap_fields(head: bytes, pairs: list[tuple[bytes, bytes]]) -> bytes:
+    """`head` with each (old, new) replaced in the field lines only (never the request line)."""
+    line_end = head.find(b"\r\n")
+    fields = head[line_end:]
+    for old, new in pairs:
+        fields = fields.replace(old, new)
+    return head[:line_end] + fields
+
+
+def _bearer(req: HookRequest) -> str | None:
+    auth = req.header("authorization")
+    if auth is None:
+        return None
+    scheme, _, token = auth.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _at(req: HookRequest, url: str) -> bool:
+    """Whether the request is a POST to `url` (host, port and path; the query is not compared)."""
+    u = urlsplit(url)
+    return (
+        req.method == "POST"
+        and (u.hostname or "").lower() == req.host
+        and (u.port or 443) == req.port
+        and req.target.split("?", 1)[0] == (u.path or "/")
+    )
+
+
+def _carries_sealed(req: HookRequest) -> bool:
+    return any(_SEALED in v for _, v in req.headers)
+
+
+class OAuth2Handler:
+    """credentials.Handler for Kind.OAUTH2."""
+
+    def claim(self, binding: SecretBinding, req: HookRequest) -> BodyNeed | None:
+        if _at(req, binding.fields.get("tokenUrl", "")):
+            return BodyNeed.BUFFER  # the agent's own token request: minted tokens in, tokens sealed out
+        return BodyNeed.NONE if _carries_sealed(req) else None
+
+    async def rewrite(self, binding: SecretBinding, req: HookRequest, body: bytes | None, ctx: HookContext) -> Rewrite:
+        state = oauth_state(ctx)
+        source = state.source(binding, ctx)
+        pairs: list[tuple[bytes, bytes]] = []
+        used: list[str] = []
+        if any(binding.sealed in v for _, v in req.headers):
+            pairs.append((binding.sealed.encode(), (await source.token()).encode()))
+            used.append(binding.name)
+        pairs += _minted_pairs(state, binding, req, used)
+        rw = Rewrite(head=(lambda head: swap_fields(head, pairs)) if pairs else None, secrets=tuple(used))
+        if _at(req, binding.fields.get("tokenUrl", "")):
+            if body:
+                rw.body, _ = state.minted.swap(body, {binding.sealed})
+            current = source.current()
+            rw.response = state.seal_response(binding, (current,) if current else ())
+        return rw
+
+
+def _minted_pairs(
+    state: OAuthState, binding: SecretBinding, req: HookRequest, used: list[str]
+) -> list[tuple[bytes, bytes]]:
+    """(sealed, real) for each minted token of this binding the request's fields carry."""
+    pairs: list[tuple[bytes, bytes]] = []
+    for _, value in req.headers:
+        if _SEALED not in value:
+            continue
+        for token in value.replace(",", " ").split():
+            real = state.minted.lookup(token.strip('"'), {binding.sealed}) if token.startswith(_SEALED) else None
+            if real is not None:
+                pairs.append((token.encode(), real.encode()))
+                if binding.name not in used:
+                    used.append(binding.name)
+    return pairs
+
+
+class GcpHandler:
+    """credentials.Handler for Kind.GCP."""
+
+    def claim(self, binding: SecretBinding, req: HookRequest) -> BodyNeed | None:
+        if _at(req, binding.fields.get("tokenUri", "")):
+            return BodyNeed.BUFFER  # the jwt-bearer exchange: assertion re-signed, tokens sealed
+        if not binding.allowed_for(req.host, req.port):
+            return None  # the token endpoint's host, another path: nothing of ours
+        bearer = _bearer(req)
+        if _carries_sealed(req) or (bearer is not None and bearer.startswith("ey") and bearer.count(".") == 2):
+            return BodyNeed.NONE
+        return None
+
+    async def rewrite(self, binding: SecretBinding, req: HookRequest, body: bytes | None, ctx: HookContext) -> Rewrite:
+        state = oauth_state(ctx)
+        signer = state.signer(binding)
+        if _at(req, binding.fields.get("tokenUri", "")):
+            rw = Rewrite(response=state.seal_response(binding), secrets=(binding.name,))
+            if body:
+                resigned = signer.exchange_body(body, ctx.now)
+                rw.body = resigned if resigned is not None else body
+            return rw
+        used: list[str] = []
+        pairs = _minted_pairs(state, binding, req, used)
+        bearer = _bearer(req)
+        if bearer is not None and not bearer.startswith(_SEALED):
+            real = signer.bearer(bearer.encode("latin-1"), ctx.now)
+            if real is not None:
+                pairs.append((bearer.encode("latin-1"), real))
+                used.append(binding.name)
+        return Rewrite(head=(lambda head: swap_fields(head, pairs)) if pairs else None, secrets=tuple(used))
