@@ -13,6 +13,8 @@ from setuptools import setup
 
 SCRIPTS = {
     "oshu-sidecar": "oshu_sidecar.__main__:main",
+    # the init container of `enforcement: redirect` (same image as the sidecar)
+    "oshu-vault-netrules": "oshu_sidecar.netrules:main",
     "oshu-operator": "oshu_operator.cli:main",
 }
 #: Development only: present when hack/ is (a checkout), absent from the images.
