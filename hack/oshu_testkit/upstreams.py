@@ -39,10 +39,13 @@ ALL_HOSTS = [HOST, OTHER, PORTED, WILD, "wild.oshu.test", TUNNEL]
 _START_TIMEOUT = 20.0
 
 
-def _loopback_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+def _loopback_socket(host: str = "127.0.0.1") -> socket.socket:
+    """A listening socket on `host` ("::" = every IPv4 and IPv6 address, for network namespace tests)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    if ":" in host:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind((host, 0))
     return sock
 
 
@@ -84,8 +87,11 @@ class Upstream:
         names: Sequence[str] = (DEFAULT_HOST, "*.oshu.test"),
         directory: Path | None = None,
         ca: TestCA | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.names = tuple(names)
+        #: Bind address: loopback unless a network namespace test serves it on "::" (see oshu_testkit.netns).
+        self.host = host
         self._own_dir = directory is None
         self.directory = Path(directory or tempfile.mkdtemp(prefix="oshu-upstream-"))
         self.ca = ca or TestCA.new("oshu test upstream CA")
@@ -180,7 +186,7 @@ class Upstream:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         # Sockets bound here, so their ephemeral ports are known without aiohttp's internals.
-        tls_sock, plain_sock = _loopback_socket(), _loopback_socket()
+        tls_sock, plain_sock = _loopback_socket(self.host), _loopback_socket(self.host)
         await web.SockSite(self._runner, tls_sock, ssl_context=self.ssl_context()).start()
         await web.SockSite(self._runner, plain_sock).start()
         self.port = tls_sock.getsockname()[1]
