@@ -21,6 +21,7 @@ from .metrics import Metrics
 from .policy import Policy
 from .server import Proxy
 from .sessionwatch import SessionWatcher, file_signature
+from .transparent import TransparentListener
 from .upstream import Router, UpstreamPool, client_context
 
 
@@ -56,6 +57,7 @@ class Sidecar:
         self.cfg = cfg
         self.metrics = Metrics()
         self.proxy: Proxy | None = None
+        self.transparent: TransparentListener | None = None
         self.admin: AdminServer | None = None
         self.watcher: SessionWatcher | None = None
         self.pool: UpstreamPool | None = None
@@ -115,6 +117,7 @@ class Sidecar:
             await self.proxy.start()
         except OSError as e:
             raise StartupError(f"cannot listen on {cfg.listen[0]}:{cfg.listen[1]}: {e.strerror or e}") from None
+        self._start_transparent()
         self.admin = AdminServer(
             AdminApp(m, lambda: self.ready, self._status), *cfg.admin_listen, timeout=max(cfg.header_timeout, 1.0)
         )
@@ -132,9 +135,21 @@ class Sidecar:
             "listening",
             listen=_fmt(self.proxy.address),
             admin=_fmt(self.admin.address),
+            transparent=[_fmt(a) for a in self.transparent.addresses] if self.transparent else [],
             session=policy.name,
             secrets=[s.name for s in policy.session.secrets],
         )
+
+    def _start_transparent(self) -> None:
+        """The transparent listener, on the proxy's loop, when --transparent-listen names addresses."""
+        if not self.cfg.transparent_listen or self.proxy is None:
+            return
+        self.transparent = TransparentListener(self.proxy, self.cfg.transparent_listen)
+        try:
+            self.transparent.start()
+        except OSError as e:
+            addrs = ", ".join(_fmt(a) for a in self.cfg.transparent_listen)
+            raise StartupError(f"cannot listen on --transparent-listen {addrs}: {e.strerror or e}") from None
 
     def _poll_ca(self) -> None:
         """Pick up a rotated CA (same Secret volume as the session file); keep the old one if unusable."""
@@ -163,6 +178,8 @@ class Sidecar:
         self.ready = False
         if self.watcher is not None:
             await self.watcher.stop()
+        if self.transparent is not None:
+            self.transparent.stop()
         if self.proxy is not None:
             await self.proxy.stop(self.cfg.drain_timeout)
         if self.admin is not None:

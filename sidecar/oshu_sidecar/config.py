@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from oshu_contract.hosts import normalize_host
 
 ENV_PREFIX = "OSHU_"
+#: The transparent listener's port (the redirect rules send agent TCP there); mirrored by the
+#: operator's names.SIDECAR_TRANSPARENT_PORT.
+TRANSPARENT_PORT = 15001
 
 
 class ConfigError(ValueError):
@@ -59,6 +62,7 @@ class Config:
     max_header_size: int = 65536
     reload_interval: float = 0.5
     drain_timeout: float = 5.0
+    transparent_listen: tuple[tuple[str, int], ...] = ()  # empty: no transparent listener
 
 
 def parse_addr(value: str, what: str) -> tuple[str, int]:
@@ -156,6 +160,13 @@ def _add_endpoints(p: argparse.ArgumentParser) -> None:
         help="like curl: reach HOST:PORT at CONNECT_HOST:CONNECT_PORT (repeatable)",
     )
     p.add_argument(
+        "--transparent-listen",
+        metavar="HOST:PORT",
+        action="append",
+        help=f"also accept connections redirected by the pod's nftables rules here, e.g. 127.0.0.1:{TRANSPARENT_PORT} "
+        f"and [::1]:{TRANSPARENT_PORT} (repeatable; default none)",
+    )
+    p.add_argument(
         "--admin-listen",
         metavar="HOST:PORT",
         help="admin address for /metrics, /healthz, /readyz (default 127.0.0.1:15090)",
@@ -204,7 +215,7 @@ def _add_limits(p: argparse.ArgumentParser) -> None:
     )
 
 
-_LIST_SPLIT = {"upstream_ca_file": os.pathsep, "resolve": None, "connect_to": None}
+_LIST_SPLIT = {"upstream_ca_file": os.pathsep, "resolve": None, "connect_to": None, "transparent_listen": None}
 
 
 def _env(dest: str, environ: Mapping[str, str]) -> str | None:
@@ -265,4 +276,5 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
         upstream_timeout=num("upstream_timeout", 600.0),
         max_header_size=int(num("max_header_size", 65536, int)),
         reload_interval=num("reload_interval", 0.5),
+        transparent_listen=tuple(parse_addr(v, "--transparent-listen") for v in values.get("transparent_listen") or ()),
     )

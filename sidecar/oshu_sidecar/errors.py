@@ -29,6 +29,9 @@ CODES: dict[str, int] = {
     "assertion_expired": 403,  # ... or is outside its validity window
     "request_timeout": 408,
     "host_mismatch": 421,
+    "not_redirected": 421,  # transparent listener dialled directly, not reached through a redirect rule
+    "client_hello_invalid": 400,  # transparent listener: a malformed or oversized TLS ClientHello (reset)
+    "unsupported_protocol": 400,  # transparent listener: neither TLS nor HTTP to a host that is intercepted
     "headers_too_large": 431,
     "not_implemented": 501,
     "upstream_unreachable": 502,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from time import perf_counter
 from typing import Any
 
@@ -62,7 +62,7 @@ class ClientConn(Channel):
         proxy.metrics.opened("client")
         proxy.deadlines.channels.add(self)
         proxy.clients.add(self)
-        self.task = proxy.loop.create_task(proxy.serve(self))
+        self.task = proxy.loop.create_task(self.run())
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
@@ -73,6 +73,10 @@ class ClientConn(Channel):
         up = self.upstream
         if up is not None and up.peer is None:
             up.abort()  # the client is gone: stop whatever the upstream is still sending
+
+    def run(self) -> Coroutine[Any, Any, None]:
+        """The coroutine that serves this connection (the transparent listener's connections differ)."""
+        return self.proxy.serve(self)
 
 
 class Proxy:
@@ -145,9 +149,9 @@ class Proxy:
         self.pool.close()
 
     # -- connection -------------------------------------------------------------------
-    async def serve(self, conn: ClientConn) -> None:
+    async def serve(self, conn: ClientConn, facts: Facts = _PLAIN) -> None:
         try:
-            await self._requests(conn, _PLAIN)
+            await self._requests(conn, facts)
         except (ChannelClosed, ConnectionError):
             conn.abort()
         except Exception:
@@ -169,7 +173,7 @@ class Proxy:
                         return
                     await conn.drain()
                     continue
-            if req.method == b"CONNECT" and not facts.tls:
+            if req.method == b"CONNECT" and not facts.tls and not facts.port:
                 await self._connect(conn, req, t0)
                 return
             if not await Exchange(self, conn, req, facts, t0).run():
