@@ -138,6 +138,10 @@ class Admission:
                 session=session,
                 injected_volumes=injection.volumes(n.session_secret_name(name)),
                 old=old,
+                # The pod's own rules decide (the session's enforcement may have changed since).
+                enforcement=n.ENFORCEMENT_REDIRECT
+                if any(c.get("name") == n.NETRULES_CONTAINER for c in spec.get("initContainers") or [])
+                else n.ENFORCEMENT_PROXY,
             )
             findings = rules.ephemeral_findings(subject, added)
         if findings:

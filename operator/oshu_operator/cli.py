@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from .config import OperatorConfig, SidecarConfig, revocation_grace_problem
 from .flags import build_parser
+from .names import SIDECAR_TRANSPARENT_PORT
 
 __all__ = ["build_parser", "config_from_args", "main", "run"]
 
@@ -46,6 +47,20 @@ def _upstream_ca(path: str | None) -> bytes:
         raise SystemExit(f"oshu-operator: --sidecar-upstream-ca-file: {e}") from None
 
 
+def _check_sidecar_ports(args: argparse.Namespace) -> None:
+    """The injected sidecar's listeners need distinct ports (the transparent one is fixed)."""
+    if args.sidecar_proxy_port == args.sidecar_admin_port:
+        raise SystemExit(
+            f"oshu-operator: --sidecar-proxy-port and --sidecar-admin-port are both "
+            f"{args.sidecar_proxy_port}; give them different ports"
+        )
+    if SIDECAR_TRANSPARENT_PORT in (args.sidecar_proxy_port, args.sidecar_admin_port):
+        raise SystemExit(
+            f"oshu-operator: port {SIDECAR_TRANSPARENT_PORT} is the sidecar's transparent listener "
+            "(enforcement: redirect); give the proxy and admin ports others"
+        )
+
+
 def config_from_args(args: argparse.Namespace) -> OperatorConfig:
     _check_env_choices(args)
     if args.dev_webhook and (args.webhook_cert_file or args.webhook_tls_secret):
@@ -54,11 +69,7 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
         raise SystemExit("oshu-operator: --webhook-cert-file and --webhook-key-file go together")
     if args.all_namespaces and args.namespaces:
         raise SystemExit("oshu-operator: --all-namespaces and --namespace exclude each other")
-    if args.sidecar_proxy_port == args.sidecar_admin_port:
-        raise SystemExit(
-            f"oshu-operator: --sidecar-proxy-port and --sidecar-admin-port are both "
-            f"{args.sidecar_proxy_port}; give them different ports"
-        )
+    _check_sidecar_ports(args)
     no_proxy = [x.strip() for x in args.no_proxy.split(",") if x.strip()]
     api_host = os.environ.get("KUBERNETES_SERVICE_HOST")
     if api_host and api_host not in no_proxy:
@@ -95,6 +106,7 @@ def config_from_args(args: argparse.Namespace) -> OperatorConfig:
             upstream_ca_pem=_upstream_ca(args.sidecar_upstream_ca_file),
         ),
         no_proxy=tuple(no_proxy),
+        default_enforcement=args.default_enforcement,
         revocation_grace=args.revocation_grace,
         ca_validity=args.ca_validity,
         resync_interval=args.resync_interval,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from .names import SIDECAR_ADMIN_PORT, SIDECAR_PROXY_PORT
+from .names import ENFORCEMENT_PROXY, SIDECAR_ADMIN_PORT, SIDECAR_PROXY_PORT
 
 #: Loopback, cluster-internal names and the API server's in-cluster names: traffic that must
 #: never go through the proxy (it would gain nothing and could break cluster access).
@@ -95,6 +95,8 @@ class OperatorConfig:
     metrics_port: int = 8080
     sidecar: SidecarConfig = field(default_factory=SidecarConfig)
     no_proxy: tuple[str, ...] = DEFAULT_NO_PROXY
+    #: Enforcement of sessions that do not set spec.enforcement (names.ENFORCEMENTS).
+    default_enforcement: str = ENFORCEMENT_PROXY
     #: Keep a revoked session Secret this long before deleting it, so kubelets sync the
     #: revoked file into running pods (a deleted Secret stays mounted with its last content).
     #: Twice KUBELET_SECRET_SYNC_BOUND: see revocation_grace_problem.

@@ -14,7 +14,7 @@ from typing import overload
 
 from .config import DEFAULT_NO_PROXY, SidecarConfig
 from .duration import DurationError, parse_duration
-from .names import SIDECAR_LOG_LEVELS, SIDECAR_PORT_RANGE
+from .names import ENFORCEMENT_PROXY, ENFORCEMENTS, SIDECAR_LOG_LEVELS, SIDECAR_PORT_RANGE, SIDECAR_TRANSPARENT_PORT
 
 EPILOG = """\
 examples:
@@ -218,6 +218,15 @@ def _injected_sidecar(p: argparse.ArgumentParser) -> None:
         help="PEM CA certificate(s) the injected sidecars trust for upstream APIs on top of the system roots "
         "(a private API's CA); read at startup, copied into each session Secret (sidecar only) and "
         "passed as the sidecar's --upstream-ca-file",
+    )
+    g.add_argument(
+        "--default-enforcement",
+        choices=ENFORCEMENTS,
+        default=_env("default_enforcement", ENFORCEMENT_PROXY),
+        help="enforcement of sessions that do not set spec.enforcement: proxy (the proxy variables only; "
+        "default) or redirect (also an init container with NET_ADMIN installing redirect rules to the "
+        f"sidecar's transparent port {SIDECAR_TRANSPARENT_PORT}; not allowed under the restricted Pod "
+        "Security Standard)",
     )
     g.add_argument(
         "--no-proxy",

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import names as n
-from . import rules
+from . import redirect, rules
 from .config import OperatorConfig, SidecarConfig
 from .rules import NotReady, Refused, SessionView
 
@@ -67,7 +67,7 @@ def _probe(port: int, period: int, failures: int) -> dict[str, Any]:
     }
 
 
-def sidecar_args(cfg: SidecarConfig) -> list[str]:
+def sidecar_args(cfg: SidecarConfig, redirected: bool = False) -> list[str]:
     """The injected sidecar's command line: every path is in the session volume (sidecar only)."""
     args = [
         "--listen",
@@ -85,16 +85,18 @@ def sidecar_args(cfg: SidecarConfig) -> list[str]:
     ]
     if cfg.upstream_ca_pem:  # the reconciler writes it into the session Secret (KEY_UPSTREAM_CA)
         args += ["--upstream-ca-file", n.SESSION_UPSTREAM_CA_PATH]
+    if redirected:
+        args += redirect.transparent_args()
     return args
 
 
-def sidecar_container(cfg: SidecarConfig) -> dict[str, Any]:
+def sidecar_container(cfg: SidecarConfig, redirected: bool = False) -> dict[str, Any]:
     return {
         "name": n.SIDECAR_CONTAINER,
         "image": cfg.image,
         "imagePullPolicy": cfg.pull_policy,
         "restartPolicy": "Always",  # native sidecar: starts before, outlives the app containers
-        "args": sidecar_args(cfg),
+        "args": sidecar_args(cfg, redirected),
         "ports": [{"name": n.SIDECAR_ADMIN_PORT_NAME, "containerPort": cfg.admin_port, "protocol": "TCP"}],
         "startupProbe": _probe(cfg.admin_port, period=1, failures=120),
         "readinessProbe": _probe(cfg.admin_port, period=5, failures=3),
@@ -168,11 +170,13 @@ class Plan:
     mounts: dict[str, bool]  # container name -> needs the CA mount
     warnings: list[str] = field(default_factory=list)
     record: dict[str, Any] = field(default_factory=dict)
+    netrules: dict[str, Any] | None = None  # enforcement: redirect: the rules' init container, first
 
     def apply(self, pod: dict[str, Any]) -> None:
         spec = pod.setdefault("spec", {})
-        inits = [c for c in spec.get("initContainers") or [] if c.get("name") != n.SIDECAR_CONTAINER]
-        spec["initContainers"] = [self.sidecar, *inits]
+        ours = (n.SIDECAR_CONTAINER, n.NETRULES_CONTAINER)
+        inits = [c for c in spec.get("initContainers") or [] if c.get("name") not in ours]
+        spec["initContainers"] = [*([self.netrules] if self.netrules else []), self.sidecar, *inits]
         vols = spec.setdefault("volumes", [])
         for vol in self.volumes:
             idx = next((i for i, v in enumerate(vols) if v.get("name") == vol["name"]), None)
@@ -195,7 +199,7 @@ class Plan:
 def _containers(spec: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
     for key in ("initContainers", "containers"):
         for c in spec.get(key) or []:
-            if c.get("name") != n.SIDECAR_CONTAINER:
+            if c.get("name") not in (n.SIDECAR_CONTAINER, n.NETRULES_CONTAINER):
                 yield c
 
 
@@ -203,7 +207,7 @@ def _env_value(entry: Mapping[str, Any]) -> str | None:
     return None if entry.get("valueFrom") is not None else entry.get("value", "")
 
 
-def subject(pod: Mapping[str, Any], session: SessionView) -> rules.Subject:
+def subject(pod: Mapping[str, Any], session: SessionView, enforcement: str = n.ENFORCEMENT_PROXY) -> rules.Subject:
     """What the admission rules check for this pod and session."""
     return rules.Subject(
         pod=pod,
@@ -211,6 +215,7 @@ def subject(pod: Mapping[str, Any], session: SessionView) -> rules.Subject:
         session_name=session.name,
         session=session,
         injected_volumes=volumes(session.session_secret),
+        enforcement=enforcement,
     )
 
 
@@ -220,7 +225,9 @@ def plan(pod: Mapping[str, Any], session: SessionView, cfg: OperatorConfig) -> P
     The rules run on the pod as submitted and again on the pod as the plan leaves it: a mount
     that names a volume only the injection adds is seen for what it becomes.
     """
-    rules.check_spec(subject(pod, session))
+    enforcement = redirect.enforcement_of(session.enforcement, cfg)
+    redirected = enforcement == n.ENFORCEMENT_REDIRECT
+    rules.check_spec(subject(pod, session, enforcement))
     spec = pod.get("spec") or {}
     where = f"VaultSession {session.namespace}/{session.name}"
     targets, _ = rules.injection_targets(pod)
@@ -253,16 +260,19 @@ def plan(pod: Mapping[str, Any], session: SessionView, cfg: OperatorConfig) -> P
         )
     result = Plan(
         session=session,
-        sidecar=sidecar_container(cfg.sidecar),
+        sidecar=sidecar_container(cfg.sidecar, redirected),
         volumes=volumes(session.session_secret),
         env=env_plan,
         mounts=mounts,
         warnings=warnings,
         record=_record(session, cfg, env_plan, kept),
+        netrules=redirect.netrules_container(cfg.sidecar, session.redirect) if redirected else None,
     )
+    if redirected:
+        result.record["enforcement"] = enforcement
     after = copy.deepcopy(dict(pod))
     result.apply(after)
-    rules.check_spec(subject(after, session))
+    rules.check_spec(subject(after, session, enforcement))
     return result
 
 

@@ -98,6 +98,22 @@ SIDECAR_ADMIN_PORT_NAME = "oshu-admin"
 SIDECAR_READY_PATH = "/readyz"
 #: Non-root UID/GID the sidecar runs as (distroless "nonroot"); the image uses the same.
 SIDECAR_UID = 65532
+
+# --- Enforcement: how agent traffic reaches the proxy (VaultSession spec.enforcement) -------------
+#: `proxy`: through the injected proxy variables only. `redirect`: also by redirect rules in the
+#: pod's network namespace, so a client that ignores the variables cannot go around the proxy.
+ENFORCEMENT_PROXY = "proxy"
+ENFORCEMENT_REDIRECT = "redirect"
+ENFORCEMENTS = (ENFORCEMENT_PROXY, ENFORCEMENT_REDIRECT)
+#: Loopback port of the sidecar's transparent listener (redirected connections arrive here).
+#: Mirrors oshu_sidecar.config.TRANSPARENT_PORT (a test ties them).
+SIDECAR_TRANSPARENT_PORT = 15001
+#: Init container installing the redirect rules; runs first, as root with NET_ADMIN and NET_RAW only.
+NETRULES_CONTAINER = "oshu-vault-netrules"
+#: Its command, a console script of the sidecar image.
+NETRULES_COMMAND = "oshu-vault-netrules"
+#: Capabilities no other container may add under redirect: they could change or bypass the rules.
+REDIRECT_FORBIDDEN_CAPABILITIES = ("ALL", "NET_ADMIN", "NET_RAW", "SYS_ADMIN")
 SESSION_FILE_PATH = f"{SESSION_MOUNT_DIR}/{KEY_SESSION_FILE}"
 SESSION_CA_CERT_PATH = f"{SESSION_MOUNT_DIR}/{KEY_CA_CERT}"
 SESSION_CA_KEY_PATH = f"{SESSION_MOUNT_DIR}/{KEY_CA_KEY}"
@@ -145,3 +161,27 @@ RESERVED_ENV_NAMES = (
 )
 #: Type of the session Secret: tells it apart from user Secrets at a glance.
 SESSION_SECRET_TYPE = f"{GROUP}/session"
+
+# --- Credential kinds (spec.secrets[].kind): what the agent gets ------------------------------
+#: aws: the keys of the referenced Secret (secretRef), and the variables the agent gets (sealed).
+AWS_ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
+AWS_SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"
+AWS_SESSION_TOKEN = "AWS_SESSION_TOKEN"
+#: oauth2: the keys of the referenced Secret (secretRef); client_secret and refresh_token optional.
+OAUTH2_CLIENT_ID_KEY = "client_id"
+OAUTH2_CLIENT_SECRET_KEY = "client_secret"
+OAUTH2_REFRESH_TOKEN_KEY = "refresh_token"
+#: gcpServiceAccount: google-auth's variable naming the service-account file.
+ENV_GOOGLE_CREDENTIALS = "GOOGLE_APPLICATION_CREDENTIALS"
+#: gcpServiceAccount: the session Secret key of the agent's service-account JSON (throwaway key,
+#: sealed key id), projected into the app containers' CA volume next to ca.crt.
+AGENT_FILE_PREFIX = "agent-"
+
+
+def agent_file_key(secret: str) -> str:
+    """The session Secret key (and file name in the CA volume) of a gcpServiceAccount entry's JSON."""
+    return f"{AGENT_FILE_PREFIX}{secret}.json"
+
+
+def agent_file_path(secret: str) -> str:
+    return f"{CA_MOUNT_DIR}/{agent_file_key(secret)}"

@@ -37,6 +37,15 @@ class Container:
         """The injected sidecar (an init container of the reserved name; apply() replaces any other)."""
         return self.kind == KIND_INIT and self.name == n.SIDECAR_CONTAINER
 
+    @property
+    def is_netrules(self) -> bool:
+        """The injected redirect-rules init container (enforcement: redirect; apply() replaces any other)."""
+        return self.kind == KIND_INIT and self.name == n.NETRULES_CONTAINER
+
+    @property
+    def security(self) -> Mapping[str, Any]:
+        return self.body.get("securityContext") or {}
+
 
 @dataclass(frozen=True, slots=True)
 class SecretRef:
@@ -135,7 +144,8 @@ def injection_targets(pod: Mapping[str, Any]) -> tuple[list[str], list[str] | No
     """(containers to inject, names the containers annotation gives that match none; None without it)."""
     spec = pod.get("spec") or {}
     app = [str(c.get("name")) for c in spec.get(KIND_APP) or []]
-    init = [str(c.get("name")) for c in spec.get(KIND_INIT) or [] if c.get("name") != n.SIDECAR_CONTAINER]
+    ours = (n.SIDECAR_CONTAINER, n.NETRULES_CONTAINER)
+    init = [str(c.get("name")) for c in spec.get(KIND_INIT) or [] if c.get("name") not in ours]
     raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(n.ANNOTATION_CONTAINERS)
     if raw is None:
         return app, None

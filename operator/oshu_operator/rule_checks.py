@@ -14,6 +14,7 @@ from . import names as n
 from .podspec import (
     KIND_EPHEMERAL,
     KIND_INIT,
+    Container,
     Hit,
     containers,
     injection_targets,
@@ -90,9 +91,13 @@ def flag(key: str) -> Callable[[Subject], Iterator[Hit]]:
 
 
 def reserved_container_name(s: Subject) -> Iterator[Hit]:
+    """The injection's names: as an app or debug container always; the rules' init container
+    without redirect (with it, the injection replaces that container by its own)."""
     for c in containers(s.spec):
-        if c.name == n.SIDECAR_CONTAINER and c.kind != KIND_INIT:
+        if c.name in (n.SIDECAR_CONTAINER, n.NETRULES_CONTAINER) and c.kind != KIND_INIT:
             yield Hit(c.label, c)
+        elif c.is_netrules and s.enforcement != n.ENFORCEMENT_REDIRECT:
+            yield Hit(f"{c.label} (the session's enforcement is not {n.ENFORCEMENT_REDIRECT})", c)
 
 
 def reserved_volume_name(s: Subject) -> Iterator[Hit]:
@@ -175,18 +180,76 @@ def session_env_set(s: Subject) -> Iterator[Hit]:
 
 
 def proxy_container_changed(s: Subject) -> Iterator[Hit]:
-    """An update may change container images: the proxy's would run any image with the session mounted."""
+    """An update may change container images: the proxy's would run any image with the session mounted,
+    the rules' init container any image as root with NET_ADMIN (it runs again if the pod sandbox is recreated)."""
     if s.old is None:
         return
-    before = next((c for c in containers(s.old.get("spec") or {}) if c.is_proxy), None)
-    after = next((c for c in containers(s.spec) if c.is_proxy), None)
-    if before is not None and (after is None or after.body != before.body):
-        changed = sorted(
-            k
-            for k in {*before.body, *(after.body if after else {})}
-            if (after.body if after else {}).get(k) != before.body.get(k)
-        )
-        yield Hit(f"an update changes the {n.SIDECAR_CONTAINER} init container ({', '.join(changed)})", after or before)
+    for name in (n.SIDECAR_CONTAINER, n.NETRULES_CONTAINER):
+        before = next((c for c in containers(s.old.get("spec") or {}) if c.kind == KIND_INIT and c.name == name), None)
+        after = next((c for c in containers(s.spec) if c.kind == KIND_INIT and c.name == name), None)
+        if before is not None and (after is None or after.body != before.body):
+            changed = sorted(
+                k
+                for k in {*before.body, *(after.body if after else {})}
+                if (after.body if after else {}).get(k) != before.body.get(k)
+            )
+            yield Hit(f"an update changes the {name} init container ({', '.join(changed)})", after or before)
+
+
+# --- enforcement: redirect -------------------------------------------------------------------------
+# The redirect rules send every TCP connection to the proxy except those of the proxy's own uid;
+# a container that can change the rules (NET_ADMIN, SYS_ADMIN), send raw packets (NET_RAW), run
+# privileged, or run as that uid (directly, or by switching to it) would go around them.
+
+
+def _redirected(s: Subject) -> Iterator[Container]:
+    """Every container the redirect rules hold (all but the two the injection owns), under redirect."""
+    if s.enforcement != n.ENFORCEMENT_REDIRECT:
+        return
+    for c in containers(s.spec):
+        if not (c.is_proxy or c.is_netrules):
+            yield c
+
+
+def _caps(c: Container, key: str) -> set[str]:
+    return {str(x).upper().removeprefix("CAP_") for x in (c.security.get("capabilities") or {}).get(key) or []}
+
+
+def _run_as_user(s: Subject, c: Container) -> object:
+    own = c.security.get("runAsUser")
+    return own if own is not None else (s.spec.get("securityContext") or {}).get("runAsUser")
+
+
+def redirect_capabilities(s: Subject) -> Iterator[Hit]:
+    for c in _redirected(s):
+        bad = sorted(_caps(c, "add") & set(n.REDIRECT_FORBIDDEN_CAPABILITIES))
+        if bad:
+            yield Hit(f"{c.label} adds capabilities {', '.join(bad)}", c)
+
+
+def redirect_privileged(s: Subject) -> Iterator[Hit]:
+    for c in _redirected(s):
+        if c.security.get("privileged"):
+            yield Hit(f"{c.label} is privileged", c)
+
+
+def redirect_run_as_user(s: Subject) -> Iterator[Hit]:
+    for c in _redirected(s):
+        uid = _run_as_user(s, c)
+        if uid is None:
+            yield Hit(f"{c.label} sets no runAsUser (nor does the pod), so its image picks the uid", c)
+        elif uid == n.SIDECAR_UID:
+            yield Hit(f"{c.label} runs as uid {uid}", c)
+
+
+def redirect_uid_switch(s: Subject) -> Iterator[Hit]:
+    """A setuid binary (allowPrivilegeEscalation not false) or CAP_SETUID (root keeps it unless dropped)
+    could switch a process to the proxy's uid after it started."""
+    for c in _redirected(s):
+        if c.security.get("allowPrivilegeEscalation") is not False:
+            yield Hit(f"{c.label} does not set allowPrivilegeEscalation: false", c)
+        elif "SETUID" in _caps(c, "add") or (_run_as_user(s, c) == 0 and not _caps(c, "drop") & {"ALL", "SETUID"}):
+            yield Hit(f"{c.label} keeps the SETUID capability", c)
 
 
 def ephemeral_targets_proxy(s: Subject) -> Iterator[Hit]:

@@ -26,6 +26,7 @@ from typing import Any
 from . import names as n
 from . import rule_checks as checks
 from .podspec import KIND_EPHEMERAL, Hit, injection_targets
+from .spec import RedirectSpec, SpecError, parse_enforcement
 
 __all__ = [
     "BY_ID",
@@ -66,6 +67,8 @@ class SessionView:
     phase: str | None = None
     message: str | None = None
     deleting: bool = False
+    enforcement: str | None = None  # spec.enforcement; None: the operator's default
+    redirect: RedirectSpec = field(default_factory=RedirectSpec)
 
     @property
     def session_secret(self) -> str:
@@ -85,6 +88,11 @@ class SessionView:
         cond: Mapping[str, Any] = next(
             (c for c in status.get("conditions") or [] if c.get("type") == n.CONDITION_READY), {}
         )
+        phase, message = status.get("phase"), cond.get("message")
+        try:
+            enforcement, redirect = parse_enforcement(spec)
+        except SpecError as e:  # the CRD prevents it; if not, refuse as the reconciler would
+            enforcement, redirect, phase, message = None, RedirectSpec(), n.PHASE_INVALID, str(e)
         return cls(
             namespace=meta.get("namespace", ""),
             name=meta.get("name", ""),
@@ -92,9 +100,11 @@ class SessionView:
             env_names=tuple(s["name"] for s in entries),
             tokens=dict(status.get("tokens") or {}),
             source_secrets=sources,
-            phase=status.get("phase"),
-            message=cond.get("message"),
+            phase=phase,
+            message=message,
             deleting=bool(meta.get("deletionTimestamp")),
+            enforcement=enforcement,
+            redirect=redirect,
         )
 
     def check_usable(self) -> None:
@@ -115,6 +125,7 @@ class Subject:
     session: SessionView | None  # None: unknown (e.g. deleted); every Secret then counts as a real key's
     injected_volumes: Sequence[Mapping[str, Any]] = ()  # what the reserved volume names must hold
     old: Mapping[str, Any] | None = None  # the pod before an update (None at creation)
+    enforcement: str = n.ENFORCEMENT_PROXY  # redirect: the rules that keep agents inside the redirect apply
 
     @property
     def spec(self) -> Mapping[str, Any]:
@@ -241,8 +252,9 @@ SPEC_RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "reserved-container-name",
-        f"an app or ephemeral container named `{n.SIDECAR_CONTAINER}`",
-        f"uses the name {n.SIDECAR_CONTAINER}, which is reserved for the oshu-vault proxy; rename it",
+        f"an app or ephemeral container named `{n.SIDECAR_CONTAINER}` or `{n.NETRULES_CONTAINER}`, or an init "
+        f"container named `{n.NETRULES_CONTAINER}` without `enforcement: redirect`",
+        "uses a name reserved for the oshu-vault injection; rename it",
         checks.reserved_container_name,
     ),
     Rule(
@@ -294,9 +306,10 @@ SPEC_RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "proxy-container-changed",
-        f"an update of an injected pod changing the `{n.SIDECAR_CONTAINER}` container "
-        "(e.g. its image: it runs with the session mounted)",
-        "; the proxy runs with the session's real keys mounted, so it stays as injected. Recreate the pod instead",
+        f"an update of an injected pod changing the `{n.SIDECAR_CONTAINER}` or `{n.NETRULES_CONTAINER}` container "
+        "(e.g. its image: one runs with the session mounted, the other as root with NET_ADMIN)",
+        "; the injected containers hold the real keys or set the redirect rules, so they stay as injected. "
+        "Recreate the pod instead",
         checks.proxy_container_changed,
     ),
     Rule(
@@ -304,6 +317,34 @@ SPEC_RULES: tuple[Rule, ...] = (
         f"an ephemeral (debug) container targeting `{n.SIDECAR_CONTAINER}`",
         ", whose memory holds the real keys; debug an app container instead",
         checks.ephemeral_targets_proxy,
+    ),
+    # enforcement: redirect (any container kind but the two injected ones)
+    Rule(
+        "redirect-capabilities",
+        "under `enforcement: redirect`, a container adding `NET_ADMIN`, `NET_RAW`, `SYS_ADMIN` or `ALL`",
+        "; with them it could change or go around the redirect rules. Remove them",
+        checks.redirect_capabilities,
+    ),
+    Rule(
+        "redirect-privileged",
+        "under `enforcement: redirect`, a privileged container",
+        "; a privileged container could change the redirect rules. Remove privileged: true",
+        checks.redirect_privileged,
+    ),
+    Rule(
+        "redirect-run-as-user",
+        f"under `enforcement: redirect`, a container whose effective `runAsUser` is unset or {n.SIDECAR_UID}",
+        f"; the redirect rules let uid {n.SIDECAR_UID} (the proxy's) out directly. Set runAsUser (pod or "
+        "container) to another uid",
+        checks.redirect_run_as_user,
+    ),
+    Rule(
+        "redirect-uid-switch",
+        "under `enforcement: redirect`, a container without `allowPrivilegeEscalation: false`, or one keeping "
+        "`SETUID` (added, or root without dropping it)",
+        f"; it could switch to uid {n.SIDECAR_UID}, which the redirect rules let out directly. Set "
+        "allowPrivilegeEscalation: false and drop ALL capabilities",
+        checks.redirect_uid_switch,
     ),
 )
 

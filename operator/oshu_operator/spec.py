@@ -8,7 +8,7 @@ Messages name fields, never values.
 
 from __future__ import annotations
 
-import re
+import ipaddress
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,20 +16,28 @@ from datetime import timedelta
 from typing import Any
 
 from oshu_contract.hosts import HostPattern
+from oshu_contract.kinds import Kind
 from oshu_contract.session import (
     DEFAULT_LOCATIONS,
     SessionError,
     check_entry,
     check_hosts,
+    check_kind,
     check_locations,
     optional_hosts,
 )
 
+from .credspec import (
+    CredentialSpecError,
+    OAuth2Spec,
+    check_env_collisions,
+    check_locations_apply,
+    parse_oauth2,
+    parse_reference,
+)
 from .duration import DurationError, parse_duration
-from .names import RESERVED_ENV_NAMES
+from .names import ENFORCEMENTS, RESERVED_ENV_NAMES
 
-_DNS_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_SECRET_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")
 MAX_SESSION_NAME = 63
 
 
@@ -43,9 +51,20 @@ class SecretSpec:
 
     name: str
     secret_name: str
-    key: str
+    key: str  # "" for the kinds that read several keys of one Secret (secretRef: aws, oauth2)
     hosts: tuple[HostPattern, ...]
     locations: frozenset[str] = DEFAULT_LOCATIONS
+    kind: Kind = Kind.STATIC
+    oauth2: OAuth2Spec | None = None  # kind oauth2 only
+
+
+@dataclass(frozen=True, slots=True)
+class RedirectSpec:
+    """`spec.redirect`: what the redirect rules leave alone (enforcement: redirect only)."""
+
+    exclude_cidrs: tuple[str, ...] = ()
+    exclude_ports: tuple[int, ...] = ()
+    allow_metadata: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +72,9 @@ class SessionSpec:
     secrets: tuple[SecretSpec, ...]
     ttl: timedelta | None = None
     egress: tuple[HostPattern, ...] | None = None
+    #: `spec.enforcement`; None = the operator's --default-enforcement.
+    enforcement: str | None = None
+    redirect: RedirectSpec = RedirectSpec()
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -73,7 +95,7 @@ def _as_spec_error() -> Iterator[None]:
     """The contract's checks, with their messages, reported as the spec's errors."""
     try:
         yield
-    except SessionError as e:
+    except (SessionError, CredentialSpecError) as e:
         raise SpecError(str(e)) from None
 
 
@@ -83,18 +105,16 @@ def _parse_secret(raw: object, index: int) -> SecretSpec:
         entry, name = check_entry(raw, where)
     if name in RESERVED_ENV_NAMES:
         raise SpecError(f"{where}.name {name} is set by the injection itself (proxy/CA variable)")
-    ref = entry.get("secretKeyRef")
-    if not isinstance(ref, Mapping):
-        raise SpecError(f"{where}.secretKeyRef must name a Secret and a key")
-    secret_name, key = ref.get("name"), ref.get("key")
-    if not isinstance(secret_name, str) or len(secret_name) > 253 or not _DNS_SUBDOMAIN_RE.match(secret_name):
-        raise SpecError(f"{where}.secretKeyRef.name must be a Secret name (DNS subdomain)")
-    if not isinstance(key, str) or len(key) > 253 or not _SECRET_KEY_RE.match(key):
-        raise SpecError(f"{where}.secretKeyRef.key must be a Secret key ([-._a-zA-Z0-9]+)")
-    with _as_spec_error():
+    with _as_spec_error():  # the kind decides the reference (secretKeyRef or secretRef) and the extras
+        kind = check_kind(entry.get("kind"), f"{where}.kind")
+        secret_name, key = parse_reference(entry, kind, where)
+        oauth2 = parse_oauth2(entry, kind, where)
+        check_locations_apply(entry, kind, where)
         hosts = check_hosts(entry.get("hosts"), f"{where}.hosts")
         locations = check_locations(entry.get("locations"), f"{where}.")
-    return SecretSpec(name=name, secret_name=secret_name, key=key, hosts=hosts, locations=locations)
+    return SecretSpec(
+        name=name, secret_name=secret_name, key=key, hosts=hosts, locations=locations, kind=kind, oauth2=oauth2
+    )
 
 
 def parse_spec(spec: Mapping[str, Any] | None) -> SessionSpec:
@@ -109,6 +129,8 @@ def parse_spec(spec: Mapping[str, Any] | None) -> SessionSpec:
         if s.name in seen:
             raise SpecError(f"spec.secrets: name {s.name} appears more than once")
         seen.add(s.name)
+    with _as_spec_error():
+        check_env_collisions((s.name, s.kind) for s in secrets)
     ttl = None
     if spec.get("ttl") is not None:
         try:
@@ -119,7 +141,39 @@ def parse_spec(spec: Mapping[str, Any] | None) -> SessionSpec:
             raise SpecError("spec.ttl must be at least 1s")
     with _as_spec_error():
         egress = optional_hosts(spec.get("egress"), "spec.egress")
-    return SessionSpec(secrets=secrets, ttl=ttl, egress=egress)
+    enforcement, redirect = parse_enforcement(spec)
+    return SessionSpec(secrets=secrets, ttl=ttl, egress=egress, enforcement=enforcement, redirect=redirect)
+
+
+def parse_enforcement(spec: Mapping[str, Any]) -> tuple[str | None, RedirectSpec]:
+    """`spec.enforcement` (None when absent: the operator's default applies) and `spec.redirect`.
+
+    Shared by the reconciler (an Invalid session) and admission (what to inject), so both read
+    the same thing. The CIDRs are normalised (`10.1.2.3/8` is refused: host bits set).
+    """
+    enforcement = spec.get("enforcement")
+    if enforcement is not None and enforcement not in ENFORCEMENTS:
+        raise SpecError(f"spec.enforcement must be one of {', '.join(ENFORCEMENTS)}")
+    raw = spec.get("redirect")
+    if raw is None:
+        return enforcement, RedirectSpec()
+    if not isinstance(raw, Mapping):
+        raise SpecError("spec.redirect must be an object")
+    cidrs = raw.get("excludeCIDRs") or []
+    ports = raw.get("excludePorts") or []
+    allow = raw.get("allowMetadata", False)
+    if not isinstance(cidrs, list) or not isinstance(ports, list) or not isinstance(allow, bool):
+        raise SpecError("spec.redirect: excludeCIDRs and excludePorts are lists, allowMetadata a boolean")
+    nets: list[str] = []
+    for i, cidr in enumerate(cidrs):
+        try:
+            nets.append(str(ipaddress.ip_network(str(cidr), strict=True)))
+        except ValueError:
+            raise SpecError(f"spec.redirect.excludeCIDRs[{i}] must be a CIDR such as 10.0.0.0/8") from None
+    for i, port in enumerate(ports):
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise SpecError(f"spec.redirect.excludePorts[{i}] must be a port from 1 to 65535")
+    return enforcement, RedirectSpec(tuple(dict.fromkeys(nets)), tuple(dict.fromkeys(ports)), allow)
 
 
 def check_session_name(name: str) -> None:

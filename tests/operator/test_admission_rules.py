@@ -397,6 +397,11 @@ ONE_PER_RULE: dict[str, Callable[[], dict[str, Any]] | None] = {
     "session-env-set": lambda: _container(env=[{"name": "ANTHROPIC_API_KEY", "value": "sk-literal"}]),
     "proxy-container-changed": None,  # updates only: test_an_update_may_not_change_the_proxy
     "ephemeral-targets-proxy": None,  # ephemeral containers only: test_debug_container_targets
+    # enforcement: redirect only: tests/operator/test_redirect_rules.py (one case per rule there)
+    "redirect-capabilities": None,
+    "redirect-privileged": None,
+    "redirect-run-as-user": None,
+    "redirect-uid-switch": None,
 }
 ONE_SESSION_PER_RULE = {
     "session-missing": None,
