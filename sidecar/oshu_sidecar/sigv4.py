@@ -111,6 +111,8 @@ def parse_signature(headers: list[tuple[str, str]], query: str) -> Signature | N
             raise invalid("both an Authorization header and a presigned query")
         return _presigned(pairs)
     if auth is None:
+        if "AWSAccessKeyId" in names and "Signature" in names:
+            raise invalid("signature version 2 presigned URLs are not accepted; presign with SigV4 (s3v4)")
         return None
     if not auth.startswith(ALGORITHM + " "):
         if auth[:4].upper() == "AWS " or auth.upper().startswith("AWS4-"):

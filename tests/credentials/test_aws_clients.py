@@ -1,0 +1,111 @@
+"""Real AWS clients (boto3, the AWS CLI, the Anthropic SDK's Bedrock client) through a real sidecar
+holding only SEALED AWS credentials; the stand-in checks every signature with the real key."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from oshu_contract.session import SecretBinding
+from oshu_testkit.aws_standin import AwsStandIn
+from oshu_testkit.sidecar_process import SidecarProcess
+
+from .conftest import agent_env
+
+CLIENT = Path(__file__).with_name("aws_client.py")
+
+
+def run_client(env: dict[str, str], *args: str) -> dict[str, Any]:
+    p = subprocess.run([sys.executable, str(CLIENT), *args], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out: dict[str, Any] = json.loads(p.stdout)
+    out["_raw"] = p.stdout + p.stderr
+    return out
+
+
+def test_boto3_put_small_and_get(
+    sidecar: SidecarProcess, aws: AwsStandIn, binding: SecretBinding, tmp_path: Path
+) -> None:
+    env = agent_env(sidecar, binding, tmp_path)
+    put = run_client(env, "put", "small.txt", "hello ", "100", "bytes")
+    assert aws.requests and aws.requests[-1].method == "PUT"
+    got = run_client(env, "get", "small.txt")
+    assert got["sha256"] == put["sha256"] and got["len"] == 100
+
+
+def test_boto3_large_streaming_upload(
+    sidecar: SidecarProcess, aws: AwsStandIn, binding: SecretBinding, tmp_path: Path
+) -> None:
+    env = agent_env(sidecar, binding, tmp_path)
+    size = 6 << 20
+    put = run_client(env, "put", "large.bin", "0123456789abcdef", str(size), "stream")
+    seen = aws.requests[-1]
+    assert seen.method == "PUT" and len(seen.decoded) == size
+    assert next(v for k, v in seen.headers if k.lower() == "x-amz-content-sha256").startswith("STREAMING-")
+    got = run_client(env, "get", "large.bin")
+    assert got["sha256"] == put["sha256"]
+
+
+def test_boto3_presigned_url_fetched_by_requests(
+    sidecar: SidecarProcess, aws: AwsStandIn, binding: SecretBinding, tmp_path: Path
+) -> None:
+    env = agent_env(sidecar, binding, tmp_path)
+    run_client(env, "put", "shared.txt", "shared ", "50", "bytes")
+    url = run_client(env, "presign", "shared.txt")["url"]
+    assert binding.sealed in url and "X-Amz-Signature=" in url
+    for _ in range(2):  # a presigned URL may be fetched again until it expires
+        r = requests.get(url, proxies={"https": sidecar.proxy_url}, verify=str(sidecar.ca_cert_file), timeout=30)
+        assert r.status_code == 200 and r.content == (b"shared " * 8)[:50]
+        assert aws.requests[-1].kind == "presigned"
+    v2 = run_client(env, "presign-v2", "shared.txt")["url"]
+    r = requests.get(v2, proxies={"https": sidecar.proxy_url}, verify=str(sidecar.ca_cert_file), timeout=30)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "signature_invalid"
+    assert aws.requests[-1].kind == "presigned"  # (the refused one never arrived)
+    p = subprocess.run(
+        ["curl", "-sS", "--proxy", sidecar.proxy_url, "--cacert", str(sidecar.ca_cert_file), url],
+        capture_output=True,
+        timeout=60,
+    )
+    assert p.stdout == (b"shared " * 8)[:50], p.stderr
+
+
+def test_boto3_bedrock_invoke_model(
+    sidecar: SidecarProcess, aws: AwsStandIn, binding: SecretBinding, tmp_path: Path
+) -> None:
+    out = run_client(agent_env(sidecar, binding, tmp_path), "bedrock")
+    assert out["content"][0]["text"].startswith("stand-in reply")
+    assert aws.requests[-1].host == "bedrock-runtime.us-east-1.amazonaws.com"
+
+
+def test_anthropic_bedrock_messages(
+    sidecar: SidecarProcess, aws: AwsStandIn, binding: SecretBinding, tmp_path: Path
+) -> None:
+    out = run_client(agent_env(sidecar, binding, tmp_path), "anthropic")
+    assert out["text"] == "stand-in reply to 1 message(s)"
+    assert aws.requests[-1].target.startswith("/model/")
+
+
+def test_aws_cli_cp_and_list(sidecar: SidecarProcess, aws: AwsStandIn, binding: SecretBinding, tmp_path: Path) -> None:
+    env = agent_env(sidecar, binding, tmp_path)
+    src = tmp_path / "cli.txt"
+    src.write_bytes(b"from the AWS CLI\n" * 10)
+    aws_cli = str(Path(sys.executable).with_name("aws"))
+    p = subprocess.run(
+        [aws_cli, "s3", "cp", str(src), "s3://bucket/cli.txt"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert p.returncode == 0, p.stderr
+    assert aws.objects["cli.txt"] == src.read_bytes()
+    p = subprocess.run(
+        [aws_cli, "s3api", "list-objects-v2", "--bucket", "bucket"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stderr
+    assert "cli.txt" in [c["Key"] for c in json.loads(p.stdout)["Contents"]]
