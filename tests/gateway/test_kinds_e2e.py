@@ -12,6 +12,7 @@ The AWS client is tests/credentials/aws_client.py (the same one the sidecar's te
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -106,6 +107,25 @@ def test_boto3_through_the_gateway_is_resigned_with_the_real_key(
     assert _ok(_run(env, "get", "kinds/obj.bin"))["sha256"] == put["sha256"]
     url = _ok(_run(env, "presign", "kinds/obj.bin"))["url"]
     assert "SEALED_" in url and key.access_key_id not in url
+    got = subprocess.run(  # the presigned URL, fetched through the gateway: re-signed in the query string
+        [
+            "curl",
+            "-sf",
+            "--proxy",
+            env["HTTPS_PROXY"],
+            "--proxy-cacert",
+            env["AWS_CA_BUNDLE"],
+            "--cacert",
+            env["AWS_CA_BUNDLE"],
+            url,
+        ],
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert got.returncode == 0 and hashlib.sha256(got.stdout).hexdigest() == put["sha256"], got.stderr[-2000:]
+    assert any(x.kind == "presigned" for x in aws.requests[before:])
     seen = aws.requests[before:]
     assert {s.host for s in seen} >= {BEDROCK, S3} and len(seen) >= 3
     texts: dict[str, str | bytes] = {"gateway log": gw.log_text(), "client": json.dumps([reply, put, url])}
