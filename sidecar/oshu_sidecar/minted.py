@@ -16,11 +16,13 @@ import json
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode
 
 from oshu_contract.tokens import new_sealed_token
+
+from .scrub import Scrubber
 
 #: Fields of a token response that carry tokens (RFC 6749 5.1, OpenID Connect Core 3.1.3.3).
 TOKEN_FIELDS = ("access_token", "refresh_token", "id_token")
@@ -171,3 +173,21 @@ def _ttl(expires_in: object) -> float:
     if isinstance(expires_in, int | float) and not isinstance(expires_in, bool) and expires_in > 0:
         return float(expires_in)
     return DEFAULT_TTL
+
+
+class ScrubberWith(Scrubber):
+    """A session's scrubber followed by extra values of one exchange (the minted tokens and the
+    proxy's own access token of the binding a handler used), for the response the agent gets."""
+
+    __slots__ = ("base",)
+
+    def __init__(self, base: Scrubber, extra: Iterable[tuple[bytes, bytes, str]]) -> None:
+        super().__init__(extra)
+        self.base = base
+        self.active = self.active or base.active
+
+    def scrub(self, data: bytes, names: list[str]) -> bytes:
+        return super().scrub(self.base.scrub(data, names), names)
+
+    def holdback(self, data: bytes) -> int:
+        return max(self.base.holdback(data), super().holdback(data))

@@ -7,7 +7,8 @@ import json
 from urllib.parse import parse_qsl
 
 from oshu_contract.tokens import is_sealed_token, new_sealed_token
-from oshu_sidecar.minted import DEFAULT_TTL, MAX_TTL, MintedTokens
+from oshu_sidecar.minted import DEFAULT_TTL, MAX_TTL, MintedTokens, ScrubberWith
+from oshu_sidecar.scrub import Scrubber
 
 
 class Clock:
@@ -112,3 +113,16 @@ def test_the_map_is_bounded_oldest_first() -> None:
 def test_oversized_bodies_are_left_alone() -> None:
     minted = MintedTokens(Clock())
     assert minted.seal_token_response(b'{"access_token":"' + b"a" * (1 << 20) + b'"}', "B") is None
+
+
+def test_scrubber_with_finds_the_sessions_values_and_the_extra_ones_also_split_across_pieces() -> None:
+    base = Scrubber([(b"sk-session-value-123", b"SEALED_" + b"s" * 40, "STATIC")])
+    extra = ScrubberWith(base, [(b"ya29.real-access-token", b"SEALED_" + b"m" * 40, "SA")])
+    names: list[str] = []
+    text = b'{"a":"sk-session-value-123","b":"ya29.real-access-token"}'
+    out = extra.scrub(text, names)
+    assert b"sk-session" not in out and b"ya29" not in out and names == ["STATIC", "SA"]
+    stream = extra.stream()
+    pieces = [stream.feed(text[:40]), stream.feed(text[40:]), stream.flush()]
+    assert b"".join(pieces) == out
+    assert ScrubberWith(Scrubber([]), []).active is False
