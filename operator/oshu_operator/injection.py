@@ -123,7 +123,9 @@ def sidecar_container(cfg: SidecarConfig, redirected: bool = False) -> dict[str,
     }
 
 
-def volumes(session_secret: str) -> list[dict[str, Any]]:
+def volumes(session_secret: str, agent_files: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """The injected volumes; `agent_files` (session Secret keys of gcp service-account JSONs: a
+    throwaway key and a sealed key id, nothing real) join the CA certificate in the app containers'."""
     return [
         # Sidecar only: the session file (real values) and the CA key.
         {"name": n.VOLUME_SESSION, "secret": {"secretName": session_secret, "defaultMode": 0o444}},
@@ -136,6 +138,7 @@ def volumes(session_secret: str) -> list[dict[str, Any]]:
                 "items": [
                     {"key": n.KEY_CA_CERT, "path": n.KEY_CA_CERT},
                     {"key": n.KEY_CA_BUNDLE, "path": n.KEY_CA_BUNDLE},
+                    *({"key": key, "path": key} for key in agent_files),
                 ],
             },
         },
@@ -214,7 +217,7 @@ def subject(pod: Mapping[str, Any], session: SessionView, enforcement: str = n.E
         namespace=session.namespace,
         session_name=session.name,
         session=session,
-        injected_volumes=volumes(session.session_secret),
+        injected_volumes=volumes(session.session_secret, session.agent_files),
         enforcement=enforcement,
     )
 
@@ -236,14 +239,12 @@ def plan(pod: Mapping[str, Any], session: SessionView, cfg: OperatorConfig) -> P
     mounts: dict[str, bool] = {}
     kept: dict[str, list[str]] = {}
     warnings: list[str] = []
-    wanted_env = [(name, session.tokens[name]) for name in session.env_names] + infra_env(
-        cfg.no_proxy, cfg.sidecar.proxy_url
-    )
+    wanted_env = list(session.env.items()) + infra_env(cfg.no_proxy, cfg.sidecar.proxy_url)
     for c in _containers(spec):
         cname = c.get("name")
         if cname not in targets:
             continue
-        add, own = _container_env(c, wanted_env, session.tokens)
+        add, own = _container_env(c, wanted_env, session.env)
         if own:
             kept.setdefault(cname, []).extend(own)
         if kept.get(cname):
@@ -261,7 +262,7 @@ def plan(pod: Mapping[str, Any], session: SessionView, cfg: OperatorConfig) -> P
     result = Plan(
         session=session,
         sidecar=sidecar_container(cfg.sidecar, redirected),
-        volumes=volumes(session.session_secret),
+        volumes=volumes(session.session_secret, session.agent_files),
         env=env_plan,
         mounts=mounts,
         warnings=warnings,
@@ -277,7 +278,7 @@ def plan(pod: Mapping[str, Any], session: SessionView, cfg: OperatorConfig) -> P
 
 
 def _container_env(
-    container: Mapping[str, Any], wanted: list[tuple[str, str]], tokens: Mapping[str, str]
+    container: Mapping[str, Any], wanted: list[tuple[str, str]], session_env: Mapping[str, str]
 ) -> tuple[list[dict[str, str]], list[str]]:
     """One container's env: the entries to add, and the wanted variables it already sets otherwise
     (kept as they are)."""
@@ -288,7 +289,7 @@ def _container_env(
         entry = existing.get(var)
         if entry is None:
             add.append({"name": var, "value": value})
-        elif _env_value(entry) == value or var in tokens:
+        elif _env_value(entry) == value or var in session_env:
             continue  # already injected (a different value is refused by the rules)
         else:
             kept.append(var)

@@ -166,12 +166,20 @@ def _ca_bundle_b64(ca_cert_pem: bytes) -> str:
 # --- the Secret's data --------------------------------------------------------------------
 
 
-def secret_data(session_file: bytes, ca: KeyPair, upstream_ca: bytes = b"") -> dict[str, str]:
+def secret_data(
+    session_file: bytes, ca: KeyPair, upstream_ca: bytes = b"", files: Mapping[str, bytes] | None = None
+) -> dict[str, str]:
     """The `data` map of the session Secret (base64, as the API wants it); `upstream_ca` (the
-    operator's --sidecar-upstream-ca-file) rides along for the sidecar only, when given."""
+    operator's --sidecar-upstream-ca-file) rides along for the sidecar only, when given; `files`
+    are the agents' files (gcp service-account JSONs: throwaway key, sealed key id; projected
+    into the app containers' CA volume)."""
     raw = {KEY_SESSION_FILE: session_file, KEY_CA_CERT: ca.cert_pem, KEY_CA_KEY: ca.key_pem}
     if upstream_ca:
         raw[KEY_UPSTREAM_CA] = upstream_ca
+    for key, content in (files or {}).items():
+        if key in raw or key == KEY_CA_BUNDLE:
+            raise ValueError(f"agent file {key} would replace a session Secret key")
+        raw[key] = content
     data = {k: base64.b64encode(v).decode("ascii") for k, v in raw.items()}
     data[KEY_CA_BUNDLE] = _ca_bundle_b64(ca.cert_pem)
     return data

@@ -11,19 +11,16 @@ new key pair), so it happens here too. Messages name secrets and keys, never val
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from oshu_contract.hosts import HostPattern
+from oshu_contract.kinds import Kind
 from oshu_contract.session import (
-    SecretBinding,
     Session,
-    SessionError,
     format_time,
-    new_binding,
     new_session,
     parse_time,
     recorded_tokens,
@@ -32,6 +29,7 @@ from oshu_contract.session import (
 from . import material
 from . import names as n
 from .config import OperatorConfig, revocation_grace_problem
+from .resolve import Resolved, resolve, token_names
 from .spec import SessionSpec, SpecError, check_session_name, parse_spec
 from .status import Outcome, ready_condition
 
@@ -40,14 +38,6 @@ EXPIRY_MARGIN = 0.05
 
 Obj = Mapping[str, Any]
 WriteAction = Literal["create", "replace"]
-
-
-@dataclass(frozen=True, slots=True)
-class Resolved:
-    """The referenced values that made a session-file entry, and why the others did not."""
-
-    bindings: list[SecretBinding]
-    problems: list[tuple[str, str]]  # (reason, message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,35 +114,6 @@ def secrets_to_read(body: Obj, now: datetime) -> list[str]:
     return list(dict.fromkeys(s.secret_name for s in spec.secrets))
 
 
-def resolve(spec: SessionSpec, secrets: Mapping[str, Obj | None], tokens: Mapping[str, str]) -> Resolved:
-    """Each referenced key as a session-file entry; missing or unusable ones become problems."""
-    bindings: list[SecretBinding] = []
-    problems: list[tuple[str, str]] = []
-    for s in spec.secrets:
-        secret = secrets.get(s.secret_name)
-        if secret is None:
-            problems.append(("SecretNotFound", f"Secret {s.secret_name} (for {s.name}) not found"))
-            continue
-        raw = (secret.get("data") or {}).get(s.key)
-        if raw is None:
-            problems.append(("SecretKeyNotFound", f"Secret {s.secret_name} has no key {s.key} (for {s.name})"))
-            continue
-        try:
-            value = base64.b64decode(raw, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            problems.append(
-                ("SecretValueInvalid", f"Secret {s.secret_name} key {s.key} (for {s.name}) is not UTF-8 text")
-            )
-            continue
-        # `kubectl create secret --from-file` keeps the file's final newline; it is never part of a key.
-        value = value.removesuffix("\n").removesuffix("\r")
-        try:  # the session file's own checks, through the contract's constructor
-            bindings.append(new_binding(s.name, tokens[s.name], value, s.hosts, s.locations))
-        except SessionError as e:
-            problems.append(("SecretValueInvalid", f"Secret {s.secret_name} key {s.key}: {e}"))
-    return Resolved(bindings, problems)
-
-
 # --- the plan ---------------------------------------------------------------------------------
 
 
@@ -196,9 +157,14 @@ def desired_secret(body: Obj, data: dict[str, str]) -> dict[str, Any]:
 
 
 def _secret(
-    inp: _Inputs, session: Session, hosts: tuple[HostPattern, ...], expires_at: datetime | None
+    inp: _Inputs,
+    session: Session,
+    hosts: tuple[HostPattern, ...],
+    expires_at: datetime | None,
+    files: Mapping[str, bytes] | None = None,
 ) -> tuple[dict[str, Any], material.CAState]:
-    """The desired Secret around `session`, with the stored CA kept or a new one minted."""
+    """The desired Secret around `session` (and the agent `files`), with the stored CA kept or a new
+    one minted."""
     ca = material.choose_ca(
         material.stored_ca((inp.existing or {}).get("data")),
         common_name=f"oshu-vault session {inp.namespace}/{inp.name}",
@@ -207,7 +173,7 @@ def _secret(
         now=inp.now,
         default_validity=inp.config.ca_validity,
     )
-    data = material.secret_data(session.to_json(), ca.pair, inp.config.sidecar.upstream_ca_pem)
+    data = material.secret_data(session.to_json(), ca.pair, inp.config.sidecar.upstream_ca_pem, files)
     return desired_secret(inp.body, data), ca
 
 
@@ -248,13 +214,20 @@ def _expired(inp: _Inputs, spec: SessionSpec, tokens: dict[str, str], expires_at
     return Plan(outcome, secret, ca.minted, expires_at, schedule=False)
 
 
+def _ca_hosts(spec: SessionSpec, session: Session) -> tuple[HostPattern, ...]:
+    """What the session CA must sign for: every entry's hosts, and a gcp entry's token endpoint
+    (the sidecar intercepts the agent's JWT exchange there)."""
+    extra = {b.token_endpoint for b in session.of_kind(Kind.GCP)} - {None}
+    return tuple(sorted({*spec.intercepted_hosts, *(h for h in extra if h is not None)}, key=str))
+
+
 def _active(inp: _Inputs, spec: SessionSpec, tokens: dict[str, str], resolved: Resolved) -> Plan:
     """Ready when every reference resolved, else Pending naming the first problem's reason."""
     expires_at = _expiry(inp.body, spec)
     session = new_session(
         session_id(inp.namespace, inp.name), resolved.bindings, expires_at=expires_at, egress=spec.egress
     )
-    secret, ca = _secret(inp, session, spec.intercepted_hosts, expires_at)
+    secret, ca = _secret(inp, session, _ca_hosts(spec, session), expires_at, resolved.files)
     secret_name = n.session_secret_name(inp.name)
     if resolved.problems:
         phase, reason = n.PHASE_PENDING, resolved.problems[0][0]
@@ -291,11 +264,13 @@ def plan(
     if isinstance(spec, SpecError):
         return _invalid(inp, spec)
     old_file = material.decode_data((inp.existing or {}).get("data"), n.KEY_SESSION_FILE)
-    tokens = material.stable_tokens(spec.names, inp.status.get("tokens"), recorded_tokens(old_file))
+    names = token_names(spec, referenced, inp.status.get("tokens"))
+    tokens = material.stable_tokens(names, inp.status.get("tokens"), recorded_tokens(old_file))
     expires_at = _expiry(body, spec)
     if expires_at is not None and now >= expires_at:
         return _expired(inp, spec, tokens, expires_at)
-    return _active(inp, spec, tokens, resolve(spec, referenced, tokens))
+    previous = (inp.existing or {}).get("data")
+    return _active(inp, spec, tokens, resolve(spec, referenced, tokens, previous))
 
 
 # --- writes, events, wake-ups ------------------------------------------------------------------

@@ -61,7 +61,7 @@ def session_invalid(s: Subject) -> Iterator[Hit]:
 def session_not_ready(s: Subject) -> Iterator[Hit]:
     if s.session is None or s.session.deleting or s.session.phase in (n.PHASE_EXPIRED, n.PHASE_INVALID):
         return
-    missing = [name for name in s.session.env_names if name not in s.session.tokens]
+    missing = s.session.missing_tokens
     if missing:
         yield Hit(f"{s.where} has no sealed token yet for {', '.join(missing)}")
 
@@ -173,9 +173,10 @@ def session_env_set(s: Subject) -> Iterator[Hit]:
     for c in containers(s.spec):
         if c.kind == KIND_EPHEMERAL or c.is_proxy or c.name not in targets:
             continue
+        env = s.session.env
         for e in c.body.get("env") or []:
             var = e.get("name")
-            if var in s.session.tokens and (e.get("valueFrom") is not None or e.get("value") != s.session.tokens[var]):
+            if var in env and (e.get("valueFrom") is not None or e.get("value") != env[var]):
                 yield Hit(f"{c.label} sets {var} itself, but {s.where} provides it as a sealed token", c)
 
 

@@ -23,6 +23,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from oshu_contract.kinds import Kind
+
+from . import credspec
 from . import names as n
 from . import rule_checks as checks
 from .podspec import KIND_EPHEMERAL, Hit, injection_targets
@@ -69,10 +72,38 @@ class SessionView:
     deleting: bool = False
     enforcement: str | None = None  # spec.enforcement; None: the operator's default
     redirect: RedirectSpec = field(default_factory=RedirectSpec)
+    kinds: Mapping[str, Kind] = field(default_factory=dict)  # secret name -> its kind (absent: static)
 
     @property
     def session_secret(self) -> str:
         return n.session_secret_name(self.name)
+
+    def kind(self, name: str) -> Kind:
+        return self.kinds.get(name, Kind.STATIC)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Variable -> value the injection sets for the session's secrets (sealed tokens, the path of
+        a gcp entry's service-account file), per kind (credspec.agent_env)."""
+        return {
+            var: value
+            for name in self.env_names
+            for var, value in credspec.agent_env(name, self.kind(name), self.tokens)
+        }
+
+    @property
+    def missing_tokens(self) -> list[str]:
+        """Secrets whose status tokens the injection needs but the reconciler has not minted yet."""
+        return [
+            name
+            for name in self.env_names
+            if any(t not in self.tokens for t in credspec.required_tokens(name, self.kind(name)))
+        ]
+
+    @property
+    def agent_files(self) -> tuple[str, ...]:
+        """Session Secret keys of the agents' files (gcp service-account JSONs), for the CA volume."""
+        return tuple(n.agent_file_key(name) for name in self.env_names if self.kind(name) is Kind.GCP)
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> SessionView:
@@ -82,9 +113,9 @@ class SessionView:
         entries = [s for s in spec.get("secrets") or [] if isinstance(s, Mapping) and isinstance(s.get("name"), str)]
         sources: dict[str, str] = {}
         for s in entries:
-            ref = s.get("secretKeyRef") or {}
-            if isinstance(ref.get("name"), str):
-                sources.setdefault(ref["name"], s["name"])
+            ref = credspec.reference_of(s)  # secretKeyRef or secretRef, whichever the kind uses
+            if ref is not None:
+                sources.setdefault(ref, s["name"])
         cond: Mapping[str, Any] = next(
             (c for c in status.get("conditions") or [] if c.get("type") == n.CONDITION_READY), {}
         )
@@ -105,6 +136,7 @@ class SessionView:
             deleting=bool(meta.get("deletionTimestamp")),
             enforcement=enforcement,
             redirect=redirect,
+            kinds={s["name"]: credspec.kind_of(s) for s in entries},
         )
 
     def check_usable(self) -> None:
