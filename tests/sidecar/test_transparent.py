@@ -11,15 +11,21 @@ with no proxy variable at all: they dial addresses of the namespace with the rea
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import ctypes
+import json
 import os
 import queue
 import secrets
 import shutil
 import socket
+import ssl
 import subprocess
+import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,8 +33,9 @@ from typing import Any, TypeVar
 import pytest
 
 from oshu_contract.session import SecretBinding
-from oshu_sidecar.config import TRANSPARENT_PORT
-from oshu_sidecar.transparent import decode_original_dst
+from oshu_sidecar.clienthello import MAX_PEEK
+from oshu_sidecar.config import TRANSPARENT_PORT, ConfigError, load_config
+from oshu_sidecar.transparent import CANARY_BANNER, decode_original_dst
 from oshu_testkit.clientenv import without_proxy_env
 from oshu_testkit.leaks import scan_sidecar
 from oshu_testkit.sessions import new_secret, new_session
@@ -41,6 +48,8 @@ PORT = TRANSPARENT_PORT
 HOST = "api.oshu.test"  # API_KEY is substituted here
 TUNNEL = "tunnel.oshu.test"  # egress-allowed, no secret: blind tunnel
 DENIED = "denied.oshu.test"  # neither
+CLOSED = "closed.oshu.test"  # egress-allowed, but nothing listens where it leads
+IP_HOST = "10.250.0.50"  # a secret names this address itself
 V4 = "10.250.0.2"  # nothing listens there: only the redirect makes a connection succeed
 V6 = "fd00:250::2"
 _CLONE_NEWNET = 0x40000000
@@ -132,10 +141,35 @@ class NetnsSidecar(SidecarProcess):
         uid = str(PROXY_UID)
         prefix = ["ip", "netns", "exec", ns.name, "setpriv", "--reuid", uid, "--regid", uid, "--clear-groups"]
         self.args = prefix + self.args
+        self.coverage_dir = self.directory / "coverage"
+        self.coverage_dir.mkdir()
+        self.coverage_home = _redirect_coverage(self.env, self.coverage_dir)
         run("chown", "-R", f"{uid}:{uid}", str(self.directory))
 
     def admin_get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
         return self.ns.call(lambda: SidecarProcess.admin_get(self, path, timeout), timeout + 5)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        code = super().stop(timeout)
+        if self.coverage_home is not None:  # hand the measurements of uid 65532 to the run's combine
+            for f in self.coverage_dir.glob(".coverage.*"):
+                shutil.move(f, self.coverage_home / f.name)
+        return code
+
+
+def _redirect_coverage(env: dict[str, str], directory: Path) -> Path | None:
+    """Under `pytest --cov` (subprocesses measured), let the child write its data where uid 65532 can.
+
+    Returns the directory the run combines from, or None when coverage is not measuring.
+    """
+    raw = env.get("COVERAGE_PROCESS_CONFIG")
+    if not raw:
+        return None
+    config = json.loads(base64.b64decode(raw))
+    home = Path(config["data_file"]).parent
+    config["data_file"] = str(directory / ".coverage")
+    env["COVERAGE_PROCESS_CONFIG"] = base64.b64encode(json.dumps(config).encode()).decode()
+    return home
 
 
 @pytest.fixture(scope="module")
@@ -180,12 +214,12 @@ def key() -> SecretBinding:
 
 @pytest.fixture(scope="module")
 def sidecar(ns: Netns, upstream: Upstream, key: SecretBinding, base_dir: Path) -> Iterator[NetnsSidecar]:
-    session = new_session(key, egress=[TUNNEL, f"{HOST}:80"])
+    session = new_session(key, new_secret("IP_KEY", [IP_HOST]), egress=[TUNNEL, CLOSED, f"{HOST}:80"])
     sc = NetnsSidecar(
         ns,
         session,
         upstream=upstream,
-        hosts=[HOST, TUNNEL, DENIED],
+        hosts=[HOST, TUNNEL, DENIED, IP_HOST],
         directory=base_dir / "sidecar",
         extra_args=[
             "--transparent-listen",
@@ -241,3 +275,312 @@ def test_intercepted_with_the_key_swapped(sidecar: NetnsSidecar, upstream: Upstr
     assert rec.header("x-api-key") == key.value
     assert key.value not in p.stdout
     assert sidecar.metric("oshu_tunnels_total", mode="transparent_intercept") is not None
+
+
+def tls_request(ns: Netns, addr: str, name: str | None, cafile: Path, head: str, port: int = 443) -> tuple[int, bytes]:
+    """A Python client with no proxy: TLS to addr:port with SNI `name`, one request; (status, whole response)."""
+
+    def go() -> tuple[int, bytes]:
+        ctx = ssl.create_default_context(cafile=str(cafile))
+        if name is None:
+            ctx.check_hostname = False
+        with socket.create_connection((addr, port), timeout=10) as raw, ctx.wrap_socket(raw, server_hostname=name) as s:
+            s.sendall(head.encode())
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        return int(data.split(b" ", 2)[1]), data
+
+    return ns.call(go)
+
+
+def raw_exchange(ns: Netns, addr: str, port: int, send: bytes, *more: bytes) -> bytes | str:
+    """What a raw TCP client gets back (until the peer closes), or the name of the error it sees.
+
+    `more`: further pieces, each sent a moment after the last (so they arrive as separate segments).
+    """
+
+    def go() -> bytes | str:
+        try:
+            with socket.create_connection((addr, port), timeout=10) as s:
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                for i, piece in enumerate((send, *more)):
+                    if i:
+                        time.sleep(0.05)
+                    if piece:
+                        s.sendall(piece)
+                data = b""
+                while chunk := s.recv(65536):
+                    data += chunk
+                return data
+        except OSError as e:
+            return e.__class__.__name__
+
+    return ns.call(go)
+
+
+def tls_handshake_error(ns: Netns, addr: str, name: str | None, port: int = 443) -> str:
+    def go() -> str:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        try:
+            with socket.create_connection((addr, port), timeout=10) as raw, ctx.wrap_socket(raw, server_hostname=name):
+                return "handshake completed"
+        except OSError as e:
+            return e.__class__.__name__
+
+    return ns.call(go)
+
+
+def refusal(sc: SidecarProcess, host: str) -> dict[str, Any]:
+    return sc.wait_for_log(lambda r: r.get("method") == "TRANSPARENT" and r.get("host") == host, timeout=10)
+
+
+def test_python_client_any_address_intercepted(sidecar: NetnsSidecar, upstream: Upstream, key: SecretBinding) -> None:
+    head = f"GET /echo HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {key.sealed}\r\nConnection: close\r\n\r\n"
+    status, data = tls_request(sidecar.ns, "10.250.0.77", HOST, sidecar.ca_cert_file, head)
+    assert status == 200, data
+    assert upstream.requests[-1].header("authorization") == f"Bearer {key.value}"
+    assert key.value.encode() not in data
+
+
+def test_host_header_must_agree_with_the_sni(sidecar: NetnsSidecar, upstream: Upstream, key: SecretBinding) -> None:
+    head = f"GET /echo HTTP/1.1\r\nHost: {TUNNEL}\r\nx-api-key: {key.sealed}\r\nConnection: close\r\n\r\n"
+    status, data = tls_request(sidecar.ns, V4, HOST, sidecar.ca_cert_file, head)
+    assert status == 421 and b"host_mismatch" in data
+    assert upstream.requests == []
+
+
+def test_ipv6_intercepted(sidecar: NetnsSidecar, upstream: Upstream, key: SecretBinding) -> None:
+    p = curl(
+        sidecar.ns,
+        "--cacert",
+        str(sidecar.ca_cert_file),
+        "--resolve",
+        f"{HOST}:443:[{V6}]",
+        "-H",
+        f"x-api-key: {key.sealed}",
+        f"https://{HOST}/echo",
+    )
+    assert p.returncode == 0, p.stderr + sidecar.log_text()[-2000:]
+    assert upstream.requests[-1].header("x-api-key") == key.value
+
+
+def test_egress_allowed_name_is_tunnelled_blind_by_name(
+    sidecar: NetnsSidecar, upstream: Upstream, key: SecretBinding
+) -> None:
+    # Trusting only the upstream's own CA: the client must see the real server's certificate.
+    p = curl(
+        sidecar.ns,
+        "--cacert",
+        str(upstream.ca_file),
+        "--resolve",
+        f"{TUNNEL}:443:10.250.0.99",
+        "-H",
+        f"x-api-key: {key.sealed}",
+        f"https://{TUNNEL}/echo",
+    )
+    assert p.returncode == 0, p.stderr + sidecar.log_text()[-2000:]
+    assert upstream.requests[-1].header("x-api-key") == key.sealed  # never substituted outside its hosts
+    assert (sidecar.metric("oshu_tunnels_total", mode="transparent_blind") or 0) >= 1
+
+
+def test_denied_name_is_reset_and_audited(sidecar: NetnsSidecar, upstream: Upstream) -> None:
+    assert tls_handshake_error(sidecar.ns, V4, DENIED) == "ConnectionResetError"
+    p = curl(sidecar.ns, "--insecure", "--resolve", f"{DENIED}:443:{V4}", f"https://{DENIED}/echo")
+    assert p.returncode != 0
+    rec = refusal(sidecar, DENIED)
+    assert rec["outcome"] == "egress_denied" and rec["status"] == 403 and rec["scheme"] == "https"
+    assert upstream.requests == []
+
+
+def test_tls_without_sni_is_decided_by_the_original_address(sidecar: NetnsSidecar) -> None:
+    assert tls_handshake_error(sidecar.ns, "10.250.0.31", None) == "ConnectionResetError"
+    assert refusal(sidecar, "10.250.0.31")["outcome"] == "egress_denied"
+
+
+def test_malformed_client_hello_is_reset(sidecar: NetnsSidecar) -> None:
+    hello = b"\x16\x03\x01\x00\x08\x01\x00\x00\x04\x03\x03\x00\x00"  # a ClientHello cut short inside
+    assert raw_exchange(sidecar.ns, "10.250.0.32", 443, hello) == "ConnectionResetError"
+    assert refusal(sidecar, "10.250.0.32:443")["outcome"] == "client_hello_invalid"
+
+
+def test_plain_http_by_host(sidecar: NetnsSidecar, upstream: Upstream, key: SecretBinding) -> None:
+    p = curl(sidecar.ns, "--resolve", f"{HOST}:80:{V4}", f"http://{HOST}/echo?x=1")
+    assert p.returncode == 0, p.stderr
+    rec = upstream.requests[-1]
+    assert rec.scheme == "http" and rec.header("host") == HOST and rec.query_string == "x=1"
+    # A sealed token never goes over plain HTTP, redirected or not; a host outside the allowlist is refused.
+    p = curl(sidecar.ns, "-i", "--resolve", f"{HOST}:80:{V4}", "-H", f"x-api-key: {key.sealed}", f"http://{HOST}/echo")
+    assert " 403 " in p.stdout.splitlines()[0] and "plaintext_secret" in p.stdout
+    p = curl(sidecar.ns, "-i", "--resolve", f"{DENIED}:80:{V4}", f"http://{DENIED}/echo")
+    assert " 403 " in p.stdout.splitlines()[0] and "egress_denied" in p.stdout
+    assert len(upstream.requests) == 1
+
+
+def test_plain_http_host_port_must_be_the_original_port(sidecar: NetnsSidecar, upstream: Upstream) -> None:
+    got = raw_exchange(sidecar.ns, V4, 80, f"GET /echo HTTP/1.1\r\nHost: {HOST}:8080\r\n\r\n".encode())
+    assert isinstance(got, bytes) and got.startswith(b"HTTP/1.1 421 ") and b"host_mismatch" in got
+    got = raw_exchange(sidecar.ns, V4, 80, f"CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\n\r\n".encode())
+    assert isinstance(got, bytes) and got.startswith(b"HTTP/1.1 400 ")
+    assert upstream.requests == []
+
+
+def test_other_protocol_to_an_unlisted_port_is_reset(sidecar: NetnsSidecar) -> None:
+    ssl_request = b"\x00\x00\x00\x08\x04\xd2\x16\x2f"  # PostgreSQL's first message
+    assert raw_exchange(sidecar.ns, "10.250.0.5", 5432, ssl_request) == "ConnectionResetError"
+    rec = refusal(sidecar, "10.250.0.5:5432")
+    assert rec["outcome"] == "egress_denied" and rec["scheme"] == "tcp"
+
+
+def test_silent_client_is_dropped_after_the_header_timeout(sidecar: NetnsSidecar) -> None:
+    assert raw_exchange(sidecar.ns, "10.250.0.6", 22, b"") == b""
+
+
+def test_direct_connection_to_the_listener_is_refused(sidecar: NetnsSidecar) -> None:
+    got = raw_exchange(sidecar.ns, "127.0.0.1", PORT, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert got == "ConnectionResetError"
+    assert refusal(sidecar, f"127.0.0.1:{PORT}")["outcome"] == "not_redirected"
+
+
+def test_canary_banner_for_every_uid(sidecar: NetnsSidecar) -> None:
+    assert raw_exchange(sidecar.ns, "192.0.2.1", 9, b"") == CANARY_BANNER
+    uid = str(PROXY_UID)
+    script = (
+        "import socket; s = socket.create_connection(('192.0.2.1', 9), timeout=10); "
+        "import sys; sys.stdout.write(s.recv(100).decode())"
+    )
+    p = sidecar.ns.exec("setpriv", "--reuid", uid, "--regid", uid, "--clear-groups", sys.executable, "-c", script)
+    assert p.stdout.encode() == CANARY_BANNER, p.stderr
+
+
+def test_transparent_listen_flag_and_environment() -> None:
+    base = ["--session-file", "s", "--ca-cert", "c", "--ca-key", "k"]
+    cfg = load_config([*base, "--transparent-listen", f"127.0.0.1:{PORT}", "--transparent-listen", f"[::1]:{PORT}"], {})
+    assert cfg.transparent_listen == (("127.0.0.1", PORT), ("::1", PORT))
+    cfg = load_config(base, {"OSHU_TRANSPARENT_LISTEN": f"127.0.0.1:{PORT} [::1]:{PORT}"})
+    assert cfg.transparent_listen == (("127.0.0.1", PORT), ("::1", PORT))
+    assert load_config(base, {}).transparent_listen == ()
+    with pytest.raises(ConfigError, match="--transparent-listen"):
+        load_config([*base, "--transparent-listen", "localhost"], {})
+
+
+def split_hello_request(ns: Netns, addr: str, cafile: Path, head: str) -> bytes:
+    """TLS driven through a MemoryBIO so the ClientHello goes out in three pieces (the listener must
+    wait for the rest without consuming any of it); then one request; the whole response."""
+
+    def go() -> bytes:
+        ctx = ssl.create_default_context(cafile=str(cafile))
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = ctx.wrap_bio(incoming, outgoing, server_hostname=HOST)
+        with socket.create_connection((addr, 443), timeout=10) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with contextlib.suppress(ssl.SSLWantReadError):
+                obj.do_handshake()
+            hello = outgoing.read()
+            for piece in (hello[:3], hello[3:60], hello[60:]):
+                s.sendall(piece)
+                time.sleep(0.05)
+            for _ in range(100):
+                try:
+                    obj.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    if pending := outgoing.read():
+                        s.sendall(pending)
+                    data = s.recv(65536)
+                    if not data:
+                        raise ConnectionError("closed during the handshake") from None
+                    incoming.write(data)
+            obj.write(head.encode())
+            s.sendall(outgoing.read())
+            response = b""
+            for _ in range(1000):
+                try:
+                    response += obj.read(65536)
+                except ssl.SSLWantReadError:
+                    data = s.recv(65536)
+                    if not data:
+                        break
+                    incoming.write(data)
+                except ssl.SSLZeroReturnError:
+                    break
+            return response
+
+    return ns.call(go)
+
+
+def test_client_hello_in_pieces(sidecar: NetnsSidecar, upstream: Upstream, key: SecretBinding) -> None:
+    head = f"GET /echo HTTP/1.1\r\nHost: {HOST}\r\nx-api-key: {key.sealed}\r\nConnection: close\r\n\r\n"
+    response = split_hello_request(sidecar.ns, "10.250.0.40", sidecar.ca_cert_file, head)
+    assert response.startswith(b"HTTP/1.1 200 "), response[:300]
+    assert upstream.requests[-1].header("x-api-key") == key.value
+
+
+def test_request_line_in_pieces(sidecar: NetnsSidecar, upstream: Upstream) -> None:
+    rest = f"T /echo HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode()
+    got = raw_exchange(sidecar.ns, "10.250.0.41", 80, b"GE", rest[:8], rest[8:])
+    assert isinstance(got, bytes) and got.startswith(b"HTTP/1.1 200 "), got
+    assert upstream.requests[-1].header("host") == HOST
+
+
+def half_closed_exchange(ns: Netns, addr: str, port: int, send: bytes) -> bytes | str:
+    """Send, then end the sending side: what comes back, or the name of the error."""
+
+    def go() -> bytes | str:
+        try:
+            with socket.create_connection((addr, port), timeout=10) as s:
+                s.sendall(send)
+                s.shutdown(socket.SHUT_WR)
+                return s.recv(65536)
+        except OSError as e:
+            return e.__class__.__name__
+
+    return ns.call(go)
+
+
+def test_stream_ending_before_it_says_what_it_is_is_dropped(sidecar: NetnsSidecar) -> None:
+    # Closed with the peeked bytes unread, which the kernel answers with a reset; nothing is audited.
+    assert half_closed_exchange(sidecar.ns, "10.250.0.42", 443, b"\x16\x03\x01") == "ConnectionResetError"
+    assert half_closed_exchange(sidecar.ns, "10.250.0.42", 80, b"GET /") == "ConnectionResetError"
+    assert not [r for r in sidecar.audit_records() if r.get("host", "").startswith("10.250.0.42")]
+
+
+def test_request_line_beyond_the_peek_bound_is_reset(sidecar: NetnsSidecar) -> None:
+    got = raw_exchange(sidecar.ns, "10.250.0.43", 80, b"GET /" + b"a" * (MAX_PEEK + 100))
+    assert got in ("ConnectionResetError", "BrokenPipeError")
+    assert refusal(sidecar, "10.250.0.43:80")["outcome"] == "headers_too_large"
+
+
+def test_address_named_by_a_secret_intercepted_without_sni(sidecar: NetnsSidecar) -> None:
+    def go() -> bytes:
+        ctx = ssl.create_default_context(cafile=str(sidecar.ca_cert_file))
+        ctx.check_hostname = False  # (verified against the session CA all the same)
+        with socket.create_connection((IP_HOST, 443), timeout=10) as raw, ctx.wrap_socket(raw) as s:
+            cert = s.getpeercert()
+            assert cert is not None and ("IP Address", IP_HOST) in cert.get("subjectAltName", ())
+            s.sendall(f"GET /echo HTTP/1.1\r\nHost: {IP_HOST}\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+            return data
+
+    data = sidecar.ns.call(go)
+    # The proxy answered inside the TLS it terminated; the upstream's certificate does not name the IP.
+    assert data.startswith(b"HTTP/1.1 502 ") and b"upstream_tls_error" in data
+    # A stream that is not TLS cannot be intercepted: reset.
+    assert raw_exchange(sidecar.ns, IP_HOST, 443, b"\x00\x01\x02\x03") == "ConnectionResetError"
+    assert refusal(sidecar, IP_HOST)["outcome"] == "unsupported_protocol"
+
+
+def test_unreachable_tunnel_target_is_reset(sidecar: NetnsSidecar) -> None:
+    assert tls_handshake_error(sidecar.ns, V4, CLOSED) == "ConnectionResetError"
+    assert refusal(sidecar, CLOSED)["outcome"] == "upstream_unreachable"
+
+
+def test_client_that_does_not_trust_the_session_ca(sidecar: NetnsSidecar, upstream: Upstream) -> None:
+    p = curl(sidecar.ns, "--resolve", f"{HOST}:443:{V4}", f"https://{HOST}/echo")
+    assert p.returncode == 60, p.stderr  # curl: peer certificate cannot be authenticated
+    sidecar.wait_for_log(lambda r: r.get("msg") == "client TLS handshake failed" and r.get("host") == HOST)
+    assert upstream.requests == []
