@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
 from oshu_contract.session import SecretBinding
@@ -20,16 +22,26 @@ from .conftest import agent_env
 CLIENT = Path(__file__).with_name("aws_client.py")
 
 
-def run_client(env: dict[str, str], *args: str) -> dict[str, Any]:
-    p = subprocess.run([sys.executable, str(CLIENT), *args], env=env, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stderr[-3000:]
-    out: dict[str, Any] = json.loads(p.stdout)
-    out["_raw"] = p.stdout + p.stderr
-    return out
+@pytest.fixture
+def run_client(agent_saw: dict[str, bytes]) -> Callable[..., dict[str, Any]]:
+    """Run aws_client.py as the agent would; what it printed joins the leak scan."""
+
+    def run(env: dict[str, str], *args: str) -> dict[str, Any]:
+        p = subprocess.run([sys.executable, str(CLIENT), *args], env=env, capture_output=True, timeout=120)
+        agent_saw[f"client {' '.join(args)} #{len(agent_saw)}"] = p.stdout + p.stderr
+        assert p.returncode == 0, p.stderr[-3000:]
+        out: dict[str, Any] = json.loads(p.stdout)
+        return out
+
+    return run
 
 
 def test_boto3_put_small_and_get(
-    sidecar: SidecarProcess, aws: AwsStandIn, binding: SecretBinding, tmp_path: Path
+    run_client: Callable[..., dict[str, Any]],
+    sidecar: SidecarProcess,
+    aws: AwsStandIn,
+    binding: SecretBinding,
+    tmp_path: Path,
 ) -> None:
     env = agent_env(sidecar, binding, tmp_path)
     put = run_client(env, "put", "small.txt", "hello ", "100", "bytes")
@@ -39,7 +51,11 @@ def test_boto3_put_small_and_get(
 
 
 def test_boto3_large_streaming_upload(
-    sidecar: SidecarProcess, aws: AwsStandIn, binding: SecretBinding, tmp_path: Path
+    run_client: Callable[..., dict[str, Any]],
+    sidecar: SidecarProcess,
+    aws: AwsStandIn,
+    binding: SecretBinding,
+    tmp_path: Path,
 ) -> None:
     env = agent_env(sidecar, binding, tmp_path)
     size = 6 << 20
@@ -52,7 +68,12 @@ def test_boto3_large_streaming_upload(
 
 
 def test_boto3_presigned_url_fetched_by_requests(
-    sidecar: SidecarProcess, aws: AwsStandIn, binding: SecretBinding, tmp_path: Path
+    run_client: Callable[..., dict[str, Any]],
+    agent_saw: dict[str, bytes],
+    sidecar: SidecarProcess,
+    aws: AwsStandIn,
+    binding: SecretBinding,
+    tmp_path: Path,
 ) -> None:
     env = agent_env(sidecar, binding, tmp_path)
     run_client(env, "put", "shared.txt", "shared ", "50", "bytes")
@@ -60,10 +81,12 @@ def test_boto3_presigned_url_fetched_by_requests(
     assert binding.sealed in url and "X-Amz-Signature=" in url
     for _ in range(2):  # a presigned URL may be fetched again until it expires
         r = requests.get(url, proxies={"https": sidecar.proxy_url}, verify=str(sidecar.ca_cert_file), timeout=30)
+        agent_saw[f"presigned GET #{len(agent_saw)}"] = repr(r.headers).encode() + r.content
         assert r.status_code == 200 and r.content == (b"shared " * 8)[:50]
         assert aws.requests[-1].kind == "presigned"
     v2 = run_client(env, "presign-v2", "shared.txt")["url"]
     r = requests.get(v2, proxies={"https": sidecar.proxy_url}, verify=str(sidecar.ca_cert_file), timeout=30)
+    agent_saw["presigned v2"] = repr(r.headers).encode() + r.content
     assert r.status_code == 403 and r.json()["error"]["code"] == "signature_invalid"
     assert aws.requests[-1].kind == "presigned"  # (the refused one never arrived)
     p = subprocess.run(
@@ -71,11 +94,16 @@ def test_boto3_presigned_url_fetched_by_requests(
         capture_output=True,
         timeout=60,
     )
+    agent_saw["curl presigned"] = p.stdout + p.stderr
     assert p.stdout == (b"shared " * 8)[:50], p.stderr
 
 
 def test_boto3_bedrock_invoke_model(
-    sidecar: SidecarProcess, aws: AwsStandIn, binding: SecretBinding, tmp_path: Path
+    run_client: Callable[..., dict[str, Any]],
+    sidecar: SidecarProcess,
+    aws: AwsStandIn,
+    binding: SecretBinding,
+    tmp_path: Path,
 ) -> None:
     out = run_client(agent_env(sidecar, binding, tmp_path), "bedrock")
     assert out["content"][0]["text"].startswith("stand-in reply")
@@ -83,14 +111,20 @@ def test_boto3_bedrock_invoke_model(
 
 
 def test_anthropic_bedrock_messages(
-    sidecar: SidecarProcess, aws: AwsStandIn, binding: SecretBinding, tmp_path: Path
+    run_client: Callable[..., dict[str, Any]],
+    sidecar: SidecarProcess,
+    aws: AwsStandIn,
+    binding: SecretBinding,
+    tmp_path: Path,
 ) -> None:
     out = run_client(agent_env(sidecar, binding, tmp_path), "anthropic")
     assert out["text"] == "stand-in reply to 1 message(s)"
     assert aws.requests[-1].target.startswith("/model/")
 
 
-def test_aws_cli_cp_and_list(sidecar: SidecarProcess, aws: AwsStandIn, binding: SecretBinding, tmp_path: Path) -> None:
+def test_aws_cli_cp_and_list(
+    agent_saw: dict[str, bytes], sidecar: SidecarProcess, aws: AwsStandIn, binding: SecretBinding, tmp_path: Path
+) -> None:
     env = agent_env(sidecar, binding, tmp_path)
     src = tmp_path / "cli.txt"
     src.write_bytes(b"from the AWS CLI\n" * 10)
@@ -107,5 +141,6 @@ def test_aws_cli_cp_and_list(sidecar: SidecarProcess, aws: AwsStandIn, binding: 
         text=True,
         timeout=120,
     )
+    agent_saw["aws s3api list-objects-v2"] = (p.stdout + p.stderr).encode()
     assert p.returncode == 0, p.stderr
     assert "cli.txt" in [c["Key"] for c in json.loads(p.stdout)["Contents"]]
