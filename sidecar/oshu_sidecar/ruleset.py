@@ -24,6 +24,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 TABLE = "oshu_vault"
 FAMILY = "inet"
@@ -91,30 +92,39 @@ def _networks(values: Iterable[str]) -> tuple[IPNetwork, ...]:
     return (*v4, *v6)
 
 
-def options(
-    *,
-    proxy_uid: int | str = DEFAULT_PROXY_UID,
-    transparent_port: int | str = DEFAULT_TRANSPARENT_PORT,
-    dns_servers: Iterable[str] = (),
-    exclude_cidrs: Iterable[str] = (),
-    exclude_ports: Iterable[int | str] = (),
-    allow_metadata: bool = False,
-    canary: str = f"{DEFAULT_CANARY[0]}:{DEFAULT_CANARY[1]}",
-) -> RuleOptions:
+@dataclass(frozen=True, slots=True)
+class RuleInput:
+    """The options as given (flags, strings); `parse` checks and normalizes them."""
+
+    proxy_uid: int | str = DEFAULT_PROXY_UID
+    transparent_port: int | str = DEFAULT_TRANSPARENT_PORT
+    dns_servers: Iterable[str] = ()
+    exclude_cidrs: Iterable[str] = ()
+    exclude_ports: Iterable[int | str] = ()
+    allow_metadata: bool = False
+    canary: str = f"{DEFAULT_CANARY[0]}:{DEFAULT_CANARY[1]}"
+
+
+def parse(given: RuleInput) -> RuleOptions:
     """Checked, normalized options: sorted and de-duplicated, CIDRs collapsed (nft merges them too)."""
-    uid_text = str(proxy_uid).strip()
+    uid_text = str(given.proxy_uid).strip()
     if not uid_text.isdigit() or int(uid_text) == 0 or int(uid_text) >= 2**32 - 1:
-        raise RulesError(f"--proxy-uid: not a non-root uid: {proxy_uid!r}")
-    dns = sorted({_address(s, "--dns-server") for s in dns_servers}, key=lambda a: (a.version, int(a)))
+        raise RulesError(f"--proxy-uid: not a non-root uid: {given.proxy_uid!r}")
+    dns = sorted({_address(s, "--dns-server") for s in given.dns_servers}, key=lambda a: (a.version, int(a)))
     return RuleOptions(
         proxy_uid=int(uid_text),
-        transparent_port=_port(transparent_port, "--transparent-port"),
+        transparent_port=_port(given.transparent_port, "--transparent-port"),
         dns_servers=tuple(dns),
-        exclude_cidrs=_networks(exclude_cidrs),
-        exclude_ports=tuple(sorted({_port(p, "--exclude-port") for p in exclude_ports})),
-        allow_metadata=allow_metadata,
-        canary=parse_canary(canary),
+        exclude_cidrs=_networks(given.exclude_cidrs),
+        exclude_ports=tuple(sorted({_port(p, "--exclude-port") for p in given.exclude_ports})),
+        allow_metadata=given.allow_metadata,
+        canary=parse_canary(given.canary),
     )
+
+
+def options(**given: Any) -> RuleOptions:
+    """`parse(RuleInput(**given))`: the keyword form tests and callers use."""
+    return parse(RuleInput(**given))
 
 
 # -- rendering -------------------------------------------------------------------------------------

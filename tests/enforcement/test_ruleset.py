@@ -122,7 +122,7 @@ def test_allow_metadata_drops_the_reject_and_lets_the_proxy_decide() -> None:
 )
 def test_bad_options_are_refused(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(RulesError, match=message):
-        options(**kwargs)  # type: ignore[arg-type]
+        options(**kwargs)
 
 
 def test_parse_canary() -> None:
