@@ -19,18 +19,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from typing import cast
 
 from .errors import ProxyError
 from .http1 import parse_request_head
 from .metrics import Metrics
+from .transparent import CANARY_BANNER
 
 MAX_HEAD = 8192
 #: Unserved (pipelined) input held per connection; reading pauses beyond it.
 MAX_INPUT = 2 * MAX_HEAD
 #: Prometheus text exposition format, as prometheus-client serves it.
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: What the transparent listener answers a redirected canary connection with.
+REDIRECT_BANNER = CANARY_BANNER
 
 
 def _response(status: int, reason: str, body: bytes, content_type: str) -> bytes:
@@ -43,10 +47,17 @@ def _response(status: int, reason: str, body: bytes, content_type: str) -> bytes
 class AdminApp:
     """Routes for the admin listener; each handler returns a complete response."""
 
-    def __init__(self, metrics: Metrics, ready: Callable[[], bool], status: Callable[[], dict[str, object]]) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        ready: Callable[[], bool],
+        status: Callable[[], dict[str, object]],
+        redirect: RedirectCheck | None = None,
+    ) -> None:
         self.metrics = metrics
         self.ready = ready
         self.status = status
+        self.redirect = redirect
 
     def handle(self, method: bytes, path: bytes) -> bytes:
         path = path.split(b"?", 1)[0]
@@ -57,11 +68,70 @@ class AdminApp:
         if path == b"/healthz":
             return _response(200, "OK", b'{"status":"ok"}\n', "application/json")
         if path == b"/readyz":
+            if self.ready() and self.redirect is not None and not self.redirect.ok():
+                body = b'{"status":"redirect_missing"}\n'  # --require-redirect: the pod's rules are not there
+                return _response(503, "Service Unavailable", body, "application/json")
             if self.ready():
                 body = json.dumps({"status": "ready", **self.status()}).encode() + b"\n"
                 return _response(200, "OK", body, "application/json")
             return _response(503, "Service Unavailable", b'{"status":"starting"}\n', "application/json")
         return ProxyError("not_found", "admin endpoints: /metrics, /healthz, /readyz").response()
+
+
+class RedirectCheck:
+    """Readiness under `--require-redirect`: are the pod's redirect rules in place?
+
+    The rules send connections to the canary address from every uid, the sidecar's included,
+    to the transparent listener, which answers with `REDIRECT_BANNER`; without them the connect
+    fails or times out. /readyz must not block the event loop, so `ok()` answers from the last
+    probe and starts a new one (bounded by `timeout`) when that result is older than `ttl`
+    (`retry` after a failure, so readiness follows the rules' arrival quickly).
+    """
+
+    def __init__(self, canary: tuple[str, int], timeout: float = 1.0, ttl: float = 5.0, retry: float = 0.5) -> None:
+        self.canary = canary
+        self.timeout = timeout
+        self.ttl = ttl
+        self.retry = retry
+        self.result = False
+        self.checked_at = -float("inf")
+        self.probes = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def ok(self) -> bool:
+        age = time.monotonic() - self.checked_at
+        if age >= (self.ttl if self.result else self.retry):
+            self.start()
+        return self.result
+
+    def start(self) -> None:
+        """Start a probe unless one is running (needs a running loop)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._refresh())
+
+    async def _refresh(self) -> None:
+        self.result = await probe_canary(self.canary, self.timeout)
+        self.checked_at = time.monotonic()
+        self.probes += 1
+
+    async def stop(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+
+async def probe_canary(canary: tuple[str, int], timeout: float) -> bool:
+    """Connect to the canary and read the banner, all within `timeout` seconds."""
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(*canary)
+            data = await reader.readexactly(len(REDIRECT_BANNER))
+    except (OSError, TimeoutError, asyncio.IncompleteReadError):
+        return False
+    finally:
+        if writer is not None:
+            writer.close()
+    return data == REDIRECT_BANNER
 
 
 class _AdminProtocol(asyncio.Protocol):
@@ -201,6 +271,8 @@ class AdminServer:
         self.address = self.server.sockets[0].getsockname()[:2]
 
     async def stop(self) -> None:
+        if self.app.redirect is not None:
+            await self.app.redirect.stop()
         if self.server is not None:
             self.server.close()
         for conn in list(self.connections):

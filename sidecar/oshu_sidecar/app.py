@@ -13,7 +13,7 @@ from pathlib import Path
 
 from oshu_contract.session import SessionError
 
-from .admin import AdminApp, AdminServer
+from .admin import AdminApp, AdminServer, RedirectCheck
 from .certs import LeafCache
 from .config import Config
 from .logs import log, sink
@@ -118,8 +118,11 @@ class Sidecar:
         except OSError as e:
             raise StartupError(f"cannot listen on {cfg.listen[0]}:{cfg.listen[1]}: {e.strerror or e}") from None
         self._start_transparent()
+        redirect = RedirectCheck(cfg.redirect_canary) if cfg.require_redirect else None
         self.admin = AdminServer(
-            AdminApp(m, lambda: self.ready, self._status), *cfg.admin_listen, timeout=max(cfg.header_timeout, 1.0)
+            AdminApp(m, lambda: self.ready, self._status, redirect),
+            *cfg.admin_listen,
+            timeout=max(cfg.header_timeout, 1.0),
         )
         try:
             await self.admin.start()
@@ -129,6 +132,8 @@ class Sidecar:
             ) from None
         self.watcher.start()
         self.ready = True
+        if redirect is not None:
+            redirect.start()  # the first probe now, so /readyz has an answer at once
         assert self.proxy.address and self.admin.address
         log(
             logging.INFO,
@@ -144,7 +149,7 @@ class Sidecar:
         """The transparent listener, on the proxy's loop, when --transparent-listen names addresses."""
         if not self.cfg.transparent_listen or self.proxy is None:
             return
-        self.transparent = TransparentListener(self.proxy, self.cfg.transparent_listen)
+        self.transparent = TransparentListener(self.proxy, self.cfg.transparent_listen, self.cfg.redirect_canary)
         try:
             self.transparent.start()
         except OSError as e:

@@ -62,6 +62,9 @@ class Config:
     max_header_size: int = 65536
     reload_interval: float = 0.5
     drain_timeout: float = 5.0
+    #: /readyz fails unless a connection to `redirect_canary` is redirected to the transparent listener.
+    require_redirect: bool = False
+    redirect_canary: tuple[str, int] = ("192.0.2.1", 9)
     transparent_listen: tuple[tuple[str, int], ...] = ()  # empty: no transparent listener
 
 
@@ -135,7 +138,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_endpoints(p)
     _add_limits(p)
+    _add_enforcement(p)
     return p
+
+
+def _add_enforcement(p: argparse.ArgumentParser) -> None:
+    """Readiness under the pod's redirect rules (oshu-vault-netrules, docs/enforcement.md)."""
+    p.add_argument(
+        "--require-redirect",
+        action="store_true",
+        default=None,
+        help="/readyz fails unless the redirect canary reaches the transparent listener (the rules are in place)",
+    )
+    p.add_argument(
+        "--redirect-canary",
+        metavar="ADDR:PORT",
+        help="address the rules redirect for every uid, answered by the transparent listener (default 192.0.2.1:9)",
+    )
+
+
+def _truthy(value: object) -> bool:
+    """A flag (True) or its environment variable (1/true/yes/on)."""
+    return value is True or str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
 def _add_endpoints(p: argparse.ArgumentParser) -> None:
@@ -276,5 +300,7 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
         upstream_timeout=num("upstream_timeout", 600.0),
         max_header_size=int(num("max_header_size", 65536, int)),
         reload_interval=num("reload_interval", 0.5),
+        require_redirect=_truthy(values.get("require_redirect")),
+        redirect_canary=parse_addr(values.get("redirect_canary") or "192.0.2.1:9", "--redirect-canary"),
         transparent_listen=tuple(parse_addr(v, "--transparent-listen") for v in values.get("transparent_listen") or ()),
     )
