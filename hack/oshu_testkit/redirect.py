@@ -6,16 +6,22 @@ Used by tests/enforcement and bench/redirect_bench.py; see oshu_testkit.netns fo
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import socket
 import struct
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
+from oshu_e2e.paths import REPO_ROOT
 from oshu_sidecar import netrules
 
-from .netns import RESOLVER, Topology, entered, run_in
+from .netns import RESOLVER, Topology, as_user, entered, run_in
+from .sidecar_process import SidecarProcess
 
 PROBE = Path(__file__).with_name("netprobe.py")
 #: The agent's Python: the system one (stdlib only), as an unprivileged uid can execute it from any
@@ -107,3 +113,81 @@ class StandIn:
             s.close()
         for t in self._threads:
             t.join(2)
+
+
+# -- the real sidecar in the agent namespace, and clients with no proxy variable -------------------
+
+GO = "/usr/local/go/bin/go"
+GO_CLIENT_SRC = REPO_ROOT / "tests" / "enforcement" / "goclient"
+#: World-readable, so the agent's uid can run the binary (root's caches are not).
+GO_CLIENT_CACHE = Path("/var/tmp/oshu-vault-goclient")
+
+
+def go_client() -> Path:
+    """tests/enforcement/goclient built once per source hash (no dependencies: offline)."""
+    digest = hashlib.sha256()
+    for f in sorted(GO_CLIENT_SRC.iterdir()):
+        if f.suffix in (".go", ".mod"):
+            digest.update(f.name.encode() + b"\0" + f.read_bytes())
+    out_dir = GO_CLIENT_CACHE / digest.hexdigest()[:16]
+    binary = out_dir / "goclient"
+    if binary.is_file():
+        return binary
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for d in (GO_CLIENT_CACHE, out_dir):
+        d.chmod(0o755)
+    tmp = out_dir / f"goclient.{os.getpid()}.tmp"
+    env = {**os.environ, "CGO_ENABLED": "0", "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod"}
+    p = subprocess.run(
+        [GO, "build", "-trimpath", "-o", str(tmp), "."],
+        cwd=GO_CLIENT_SRC,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if p.returncode != 0:
+        raise RuntimeError(f"go build of the Go client failed: {p.stderr[-2000:]}")
+    tmp.chmod(0o755)
+    tmp.replace(binary)
+    return binary
+
+
+def client_ca_dir(pems: list[bytes]) -> Path:
+    """A world-readable directory with `ca.pem` (what an agent container's CA mount shows)."""
+    d = Path(tempfile.mkdtemp(prefix="oshu-agent-ca-"))
+    d.chmod(0o755)
+    (d / "ca.pem").write_bytes(b"".join(pems))
+    (d / "ca.pem").chmod(0o644)
+    return d
+
+
+def agent_env(ca_file: Path) -> dict[str, str]:
+    """The agent's whole environment: CA variables for each client, and NO proxy variable at all."""
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": "/tmp",
+        "SSL_CERT_FILE": str(ca_file),
+        "CURL_CA_BUNDLE": str(ca_file),
+        "REQUESTS_CA_BUNDLE": str(ca_file),
+        "NODE_EXTRA_CA_CERTS": str(ca_file),
+    }
+
+
+class NetnsSidecar(SidecarProcess):
+    """The real sidecar in the agent namespace as the proxy uid; its admin port is reached from inside.
+
+    Its directory is made the proxy uid's (0700): the agent's uid cannot read the session file.
+    """
+
+    def __init__(self, netns: str, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.netns = netns
+        self.args = ["ip", "netns", "exec", netns, *as_user(PROXY_UID, []), *self.args]
+        subprocess.run(["chown", "-R", f"{PROXY_UID}:{PROXY_UID}", str(self.directory)], check=True, timeout=30)
+        self.directory.chmod(0o700)
+
+    def admin_get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+        with entered(self.netns):
+            return super().admin_get(path, timeout)

@@ -24,14 +24,14 @@ from oshu_testkit.netns import (
 from oshu_testkit.redirect import StandIn
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _root() -> None:
+@pytest.fixture(scope="session")
+def root() -> None:
     if os.geteuid() != 0:
         pytest.fail("the enforcement tests create network namespaces and need root")
 
 
 @pytest.fixture(scope="module")
-def topo() -> Iterator[Topology]:
+def topo(root: None) -> Iterator[Topology]:
     with Topology(prefix="oshu-t2", hosts=["api.oshu.test", "other.oshu.test", "tunnel.oshu.test"]) as t:
         yield t
 

@@ -1,0 +1,3 @@
+module oshu.dev/enforcement/goclient
+
+go 1.22
