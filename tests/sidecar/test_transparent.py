@@ -35,6 +35,9 @@ import pytest
 from oshu_contract.session import SecretBinding
 from oshu_sidecar.clienthello import MAX_PEEK
 from oshu_sidecar.config import TRANSPARENT_PORT, ConfigError, load_config
+from oshu_sidecar.decide import Decision, Facts, decide
+from oshu_sidecar.http1 import edit_head, parse_request_head
+from oshu_sidecar.policy import Policy
 from oshu_sidecar.transparent import CANARY_BANNER, decode_original_dst
 from oshu_testkit.clientenv import without_proxy_env
 from oshu_testkit.leaks import scan_sidecar
@@ -256,6 +259,63 @@ def test_decode_original_dst() -> None:
         + bytes(4)
     )
     assert decode_original_dst(v6, socket.AF_INET6) == ("fd00::1", 8443)
+
+
+POLICY = Policy(new_session(new_secret("API_KEY", [HOST]), egress=[f"{HOST}:80", f"{HOST}:8080"]))
+
+
+def plain(raw: bytes, port: int = 80) -> Decision:
+    """The decision for plain HTTP the redirect brought in on original port `port`."""
+    return decide(parse_request_head(raw), POLICY, Facts(False, "", port))
+
+
+def upstream_head(raw: bytes, d: Decision) -> bytes:
+    req = parse_request_head(raw)
+    return edit_head(req.raw, d.edits, d.extra + d.extra_tail)
+
+
+@pytest.mark.parametrize(
+    ("raw", "port", "host", "path"),
+    [
+        (b"GET /a?b=1 HTTP/1.1\r\nHost: API.oshu.test\r\n\r\n", 80, HOST, b"/a?b=1"),
+        (b"GET /a HTTP/1.1\r\nHost: api.oshu.test:8080\r\n\r\n", 8080, HOST, b"/a"),
+        (b"GET /a HTTP/1.1\r\nHost: api.oshu.test\r\n\r\n", 8080, HOST, b"/a"),  # the original port
+        (b"GET http://api.oshu.test/x HTTP/1.1\r\nHost: api.oshu.test\r\n\r\n", 80, HOST, b"/x"),
+        (b"OPTIONS * HTTP/1.1\r\nHost: api.oshu.test\r\n\r\n", 80, HOST, b"*"),
+    ],
+)
+def test_plain_redirected_request_routed_by_host_and_original_port(
+    raw: bytes, port: int, host: str, path: bytes
+) -> None:
+    d = plain(raw, port)
+    assert d.refusal is None and (d.host, d.port, d.path) == (host, port, path)
+    out = upstream_head(raw, d)
+    assert out.split(b"\r\n", 1)[0] == d.path.join([parse_request_head(raw).method + b" ", b" HTTP/1.1"])
+    want = b"Host: api.oshu.test\r\n" if port == 80 else b"Host: api.oshu.test:8080\r\n"
+    assert want in out and out.count(b"Host:") == 1
+
+
+@pytest.mark.parametrize(
+    ("raw", "port", "code", "routed"),
+    [
+        (b"GET /a HTTP/1.1\r\nHost: api.oshu.test:8080\r\n\r\n", 80, "host_mismatch", True),
+        (b"GET http://other.oshu.test/ HTTP/1.1\r\nHost: api.oshu.test\r\n\r\n", 80, "host_mismatch", False),
+        (b"GET https://api.oshu.test/ HTTP/1.1\r\nHost: api.oshu.test\r\n\r\n", 80, "bad_request", False),
+        (b"GET /a HTTP/1.1\r\n\r\n", 80, "bad_request", False),
+        (b"GET /a HTTP/1.1\r\nHost: a@b\r\n\r\n", 80, "bad_request", False),
+        (b"CONNECT api.oshu.test:443 HTTP/1.1\r\nHost: api.oshu.test:443\r\n\r\n", 80, "bad_request", False),
+        (b"GET /a HTTP/1.1\r\nHost: denied.oshu.test\r\n\r\n", 80, "egress_denied", True),
+    ],
+)
+def test_plain_redirected_request_refusals(raw: bytes, port: int, code: str, routed: bool) -> None:
+    d = plain(raw, port)
+    assert d.refusal is not None and d.refusal.code == code
+    assert d.routed is routed
+
+
+def test_explicit_proxy_port_still_requires_absolute_form() -> None:
+    d = decide(parse_request_head(b"GET /a HTTP/1.1\r\nHost: api.oshu.test\r\n\r\n"), POLICY, Facts(False))
+    assert d.refusal is not None and d.refusal.code == "not_a_proxy_request"
 
 
 # -- end to end -----------------------------------------------------------------------------
