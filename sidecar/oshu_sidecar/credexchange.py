@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .upstream import UpstreamConn
 
 _CONN_CLOSE = b"Connection: close\r\n"
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 async def prepare(ex: Exchange, c: Claim) -> ProxyError | None:
@@ -48,9 +49,11 @@ async def prepare(ex: Exchange, c: Claim) -> ProxyError | None:
 async def read_request_body(ex: Exchange) -> bytes:
     """The whole request body, at most BODY_LIMIT bytes (ProxyError payload_too_large beyond)."""
     req = ex.req
+    if req.framing == LENGTH and req.content_length > BODY_LIMIT:
+        raise _too_large()
+    if req.expect_continue:  # the client waits for a go-ahead before its body: the proxy gives it
+        ex.conn.write(_CONTINUE)
     if req.framing == LENGTH:
-        if req.content_length > BODY_LIMIT:
-            raise _too_large()
         return await ex.conn.read_exactly(req.content_length)
     reader = BodyReader(ex.conn, req.framing, req.content_length)
     parts: list[bytes] = []

@@ -17,9 +17,13 @@ BUCKET = "bucket"
 def main(op: str, *args: str) -> dict[str, object]:
     cfg = Config(region_name="us-east-1", s3={"addressing_style": "virtual"}, retries={"max_attempts": 1})
     if op == "put":
-        s3 = boto3.client("s3", config=cfg)
+        # "signed": the payload hash is signed too (a file body then also sends Expect: 100-continue)
+        signed = Config(
+            s3={"addressing_style": "virtual", "payload_signing_enabled": True}, request_checksum_calculation="when_required"
+        )
+        s3 = boto3.client("s3", config=cfg.merge(signed) if args[3].startswith("signed") else cfg)
         body = (args[1] * (int(args[2]) // len(args[1]) + 1))[: int(args[2])].encode()
-        stream = io.BytesIO(body) if args[3] == "stream" else body
+        stream = io.BytesIO(body) if args[3] in ("stream", "signed-stream") else body
         r = s3.put_object(Bucket=BUCKET, Key=args[0], Body=stream)
         return {"etag": r["ETag"], "sha256": hashlib.sha256(body).hexdigest()}
     if op == "get":

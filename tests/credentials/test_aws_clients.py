@@ -67,6 +67,24 @@ def test_boto3_large_streaming_upload(
     assert got["sha256"] == put["sha256"]
 
 
+def test_boto3_signed_payload_file_upload_with_expect_continue(
+    run_client: Callable[..., dict[str, Any]],
+    sidecar: SidecarProcess,
+    aws: AwsStandIn,
+    binding: SecretBinding,
+    tmp_path: Path,
+) -> None:
+    """Payload signing on: the body is hashed (the proxy buffers and checks it); a file body also
+    brings Expect: 100-continue, which the proxy answers itself before reading the body."""
+    env = agent_env(sidecar, binding, tmp_path)
+    put = run_client(env, "put", "signed.bin", "signed payload ", str(3 << 20), "signed-stream")
+    seen = aws.requests[-1]
+    declared = next(v for k, v in seen.headers if k.lower() == "x-amz-content-sha256")
+    assert len(declared) == 64 and declared == put["sha256"]
+    assert any(k.lower() == "expect" for k, _ in seen.headers)
+    assert run_client(env, "get", "signed.bin")["sha256"] == put["sha256"]
+
+
 def test_boto3_presigned_url_fetched_by_requests(
     run_client: Callable[..., dict[str, Any]],
     agent_saw: dict[str, bytes],
