@@ -2,7 +2,7 @@
 what the agent gets for each kind (environment variables, the Google service-account file).
 
 Pure functions shared by the spec parser (spec.py), the reconciler (resolve.py) and admission
-(rules.SessionView, injection.py), so the env the webhook injects and the tokens the reconciler
+(session_view.SessionView, injection.py), so the env the webhook injects and the tokens the reconciler
 mints are decided from one table. Messages name fields, never values.
 """
 

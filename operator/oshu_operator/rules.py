@@ -13,8 +13,9 @@ Rule ids are stable: they label `oshu_vault_admission_refusals_total`, end every
 message (`[rule-id]`), and docs/operator.md lists them (a test compares that table with
 `RULES`).
 
-Here: the session and the pod as the rules see them, the registry and its evaluation. The
-pod walkers are in podspec.py, one check function per rule in rule_checks.py.
+Here: the pod as the rules see it, the registry and its evaluation. The session as admission
+sees it is in session_view.py, the pod walkers in podspec.py, one check function per rule in
+rule_checks.py.
 """
 
 from __future__ import annotations
@@ -23,13 +24,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from oshu_contract.kinds import Kind
-
-from . import credspec
 from . import names as n
 from . import rule_checks as checks
 from .podspec import KIND_EPHEMERAL, Hit, injection_targets
-from .spec import RedirectSpec, SpecError, parse_enforcement
+from .session_view import SessionView
 
 __all__ = [
     "BY_ID",
@@ -52,96 +50,6 @@ __all__ = [
     "injection_targets",
     "update_findings",
 ]
-
-
-# --- the session, as admission sees it -----------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SessionView:
-    """What admission needs from a VaultSession: tokens and names, no real values."""
-
-    namespace: str
-    name: str
-    uid: str
-    env_names: tuple[str, ...]
-    tokens: Mapping[str, str]
-    source_secrets: Mapping[str, str]  # real Secret name -> one env name it backs
-    phase: str | None = None
-    message: str | None = None
-    deleting: bool = False
-    enforcement: str | None = None  # spec.enforcement; None: the operator's default
-    redirect: RedirectSpec = field(default_factory=RedirectSpec)
-    kinds: Mapping[str, Kind] = field(default_factory=dict)  # secret name -> its kind (absent: static)
-
-    @property
-    def session_secret(self) -> str:
-        return n.session_secret_name(self.name)
-
-    def kind(self, name: str) -> Kind:
-        return self.kinds.get(name, Kind.STATIC)
-
-    @property
-    def env(self) -> dict[str, str]:
-        """Variable -> value the injection sets for the session's secrets (sealed tokens, the path of
-        a gcp entry's service-account file), per kind (credspec.agent_env)."""
-        return {
-            var: value
-            for name in self.env_names
-            for var, value in credspec.agent_env(name, self.kind(name), self.tokens)
-        }
-
-    @property
-    def missing_tokens(self) -> list[str]:
-        """Secrets whose status tokens the injection needs but the reconciler has not minted yet."""
-        return [
-            name
-            for name in self.env_names
-            if any(t not in self.tokens for t in credspec.required_tokens(name, self.kind(name)))
-        ]
-
-    @property
-    def agent_files(self) -> tuple[str, ...]:
-        """Session Secret keys of the agents' files (gcp service-account JSONs), for the CA volume."""
-        return tuple(n.agent_file_key(name) for name in self.env_names if self.kind(name) is Kind.GCP)
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> SessionView:
-        meta = body.get("metadata") or {}
-        spec = body.get("spec") or {}
-        status = body.get("status") or {}
-        entries = [s for s in spec.get("secrets") or [] if isinstance(s, Mapping) and isinstance(s.get("name"), str)]
-        sources: dict[str, str] = {}
-        for s in entries:
-            ref = credspec.reference_of(s)  # secretKeyRef or secretRef, whichever the kind uses
-            if ref is not None:
-                sources.setdefault(ref, s["name"])
-        cond: Mapping[str, Any] = next(
-            (c for c in status.get("conditions") or [] if c.get("type") == n.CONDITION_READY), {}
-        )
-        phase, message = status.get("phase"), cond.get("message")
-        try:
-            enforcement, redirect = parse_enforcement(spec)
-        except SpecError as e:  # the CRD prevents it; if not, refuse as the reconciler would
-            enforcement, redirect, phase, message = None, RedirectSpec(), n.PHASE_INVALID, str(e)
-        return cls(
-            namespace=meta.get("namespace", ""),
-            name=meta.get("name", ""),
-            uid=meta.get("uid", ""),
-            env_names=tuple(s["name"] for s in entries),
-            tokens=dict(status.get("tokens") or {}),
-            source_secrets=sources,
-            phase=phase,
-            message=message,
-            deleting=bool(meta.get("deletionTimestamp")),
-            enforcement=enforcement,
-            redirect=redirect,
-            kinds={s["name"]: credspec.kind_of(s) for s in entries},
-        )
-
-    def check_usable(self) -> None:
-        """Raise Refused (deleted, expired, invalid) or NotReady (tokens not minted yet)."""
-        check_session(self.namespace, self.name, self)
 
 
 # --- what the rules look at ----------------------------------------------------------------
