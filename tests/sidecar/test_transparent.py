@@ -231,6 +231,7 @@ def sidecar(ns: Netns, upstream: Upstream, key: SecretBinding, base_dir: Path) -
             f"[::1]:{PORT}",
             "--header-timeout",
             "1",
+            "--require-redirect",  # ready only once the canary is redirected here: the fixture proves it
         ],
     )
     with sc:
