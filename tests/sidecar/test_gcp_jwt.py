@@ -188,3 +188,15 @@ def test_bad_key_material_fails_at_load(keys: dict[str, rsa.RSAPrivateKey]) -> N
         ServiceAccountSigner("GCP", SEALED_KID, {**fields, "privateKey": "not a key"})
     with pytest.raises(ValueError, match="sessionPublicKey"):
         ServiceAccountSigner("GCP", SEALED_KID, {**fields, "sessionPublicKey": "not a key"})
+
+
+def test_a_reused_self_signed_jwt_is_resigned_once_and_still_expires(
+    keys: dict[str, rsa.RSAPrivateKey], signer: ServiceAccountSigner
+) -> None:
+    agent = _agent_jwt(keys["session"], aud="https://aiplatform.googleapis.com/", scope=None)
+    now = time.time()
+    first = signer.bearer(agent, now)
+    assert first is not None and signer.bearer(agent, now + 60) is first  # the cached re-signature
+    with pytest.raises(ProxyError) as e:
+        signer.bearer(agent, now + MAX_LIFETIME + 600)
+    assert e.value.code == "assertion_expired"
