@@ -7,11 +7,12 @@ and embedders can run several operators in one process.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import kopf
 
+from . import credspec
 from . import names as n
 from .injection import SessionView
 from .reconciler import RetryLater
@@ -72,7 +73,8 @@ def _sessions(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
 
     @kopf.index(*SESSIONS, id="sessions_by_secret", registry=registry)
     async def sessions_by_secret(spec: kopf.Spec, namespace: str | None, name: str, **_: Any) -> dict[Key, str]:
-        refs = {(s.get("secretKeyRef") or {}).get("name") for s in spec.get("secrets") or []}
+        # secretKeyRef or secretRef, whichever the entry's kind uses
+        refs = {credspec.reference_of(s) for s in spec.get("secrets") or [] if isinstance(s, Mapping)}
         return {(namespace, ref): name for ref in refs if isinstance(ref, str)}
 
     @kopf.on.resume(*SESSIONS, id="reconcile", registry=registry)

@@ -16,7 +16,7 @@ from oshu_contract.pki import rsa_public_pem
 from oshu_contract.session import loads_session
 from oshu_operator import names as n
 from oshu_testkit.credential_material import AwsKey, GoogleServiceAccount, OAuth2Client, leak_forms
-from oshu_testkit.kube import pod
+from oshu_testkit.kube import pod, wait_for
 
 AWS_HOST = "bedrock-runtime.us-east-1.amazonaws.com"
 
@@ -146,6 +146,23 @@ def test_operator_and_webhook_serve_every_kind(kube, ns) -> None:
     assert env[n.ENV_GOOGLE_CREDENTIALS] == path and env["GOOGLE_SA"] == path
     ca = next(v for v in made.obj["spec"]["volumes"] if v["name"] == n.VOLUME_CA)
     assert n.agent_file_key("GOOGLE_SA") in [i["key"] for i in ca["secret"]["items"]]
+
+    # rotation: a session token added to the aws Secret (a secretRef) reaches the session at once
+    kube.secret(
+        ns,
+        "aws",
+        {
+            "AWS_ACCESS_KEY_ID": key.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": key.secret_access_key,
+            "AWS_SESSION_TOKEN": key.session_token,
+        },
+    )
+    status = wait_for(
+        lambda: (s := kube.status(ns, "kinds")).get("tokens", {}).get("AWS.sessionToken") and s,
+        timeout=20,  # well under the resync interval: the Secret's event triggered it
+        what="AWS.sessionToken in status",
+    )
+    assert {k: status["tokens"][k] for k in tokens} == tokens  # the earlier tokens stay
 
     visible = json.dumps(made.obj) + json.dumps(kube.status(ns, "kinds")) + json.dumps(kube.events(ns))
     visible += (
