@@ -645,3 +645,63 @@ def test_client_that_does_not_trust_the_session_ca(sidecar: NetnsSidecar, upstre
     assert p.returncode == 60, p.stderr  # curl: peer certificate cannot be authenticated
     sidecar.wait_for_log(lambda r: r.get("msg") == "client TLS handshake failed" and r.get("host") == HOST)
     assert upstream.requests == []
+
+
+def status_of(s: socket.socket) -> str:
+    """The status code of the response coming in on `s` (read up to the end of the status line)."""
+    data = b""
+    for _ in range(50):
+        if b"\r\n" in data:
+            break
+        chunk = s.recv(100)
+        if not chunk:
+            break
+        data += chunk
+    return data.split(b" ", 2)[1].decode()
+
+
+def test_many_connections_at_once_each_decided_on_its_own(
+    sidecar: NetnsSidecar, upstream: Upstream, key: SecretBinding
+) -> None:
+    """Intercepted, tunnelled, refused and plain connections interleaved (descriptors are reused fast)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def intercepted(i: int) -> str:
+        ctx = ssl.create_default_context(cafile=str(sidecar.ca_cert_file))
+        addr = (f"10.250.0.{100 + i}", 443)
+        with socket.create_connection(addr, timeout=15) as raw, ctx.wrap_socket(raw, server_hostname=HOST) as s:
+            s.sendall(f"GET /echo?i={i} HTTP/1.1\r\nHost: {HOST}\r\nx-api-key: {key.sealed}\r\n\r\n".encode())
+            return status_of(s)
+
+    def tunnelled(i: int) -> str:
+        ctx = ssl.create_default_context(cafile=str(upstream.ca_file))
+        addr = (f"10.250.0.{100 + i}", 443)
+        with socket.create_connection(addr, timeout=15) as raw, ctx.wrap_socket(raw, server_hostname=TUNNEL) as s:
+            s.sendall(f"GET /echo?i={i} HTTP/1.1\r\nHost: {TUNNEL}\r\n\r\n".encode())
+            return status_of(s)
+
+    def refused(i: int) -> str:
+        ctx = ssl.create_default_context()
+        try:
+            with socket.create_connection((f"10.250.0.{100 + i}", 443), timeout=15) as raw:
+                ctx.wrap_socket(raw, server_hostname=DENIED)
+        except ConnectionResetError:
+            return "reset"
+        return "not reset"
+
+    def plain_http(i: int) -> str:
+        with socket.create_connection((f"10.250.0.{100 + i}", 80), timeout=15) as s:
+            s.sendall(f"GET /echo?i={i} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+            return status_of(s)
+
+    kinds = [(intercepted, "200"), (tunnelled, "200"), (refused, "reset"), (plain_http, "200")]
+
+    def run_all() -> list[tuple[str, str]]:
+        with ThreadPoolExecutor(16) as pool:  # threads started in the namespace stay in it
+            futures = [(pool.submit(kinds[i % 4][0], i), kinds[i % 4][1]) for i in range(80)]
+            return [(f.result(timeout=30), want) for f, want in futures]
+
+    results = sidecar.ns.call(run_all, timeout=60)
+    assert all(got == want for got, want in results), results
+    swapped = [r for r in upstream.requests if r.header("x-api-key") == key.value]
+    assert len(swapped) == 20 and len(upstream.requests) == 60
