@@ -237,3 +237,21 @@ def test_entered_threads_see_the_namespace(topo: Topology) -> None:
     with entered(topo.agent):
         p = subprocess.run(["ip", "-4", "-o", "addr", "show", "eth0"], capture_output=True, text=True, timeout=10)
     assert "10.231.0.2" in p.stdout
+
+
+def test_net_admin_and_net_raw_are_all_it_needs(topo: Topology) -> None:
+    """As the init container runs: root with every capability dropped but NET_ADMIN and NET_RAW."""
+    cmd = [sys.executable, "-m", "oshu_sidecar.netrules", "--dns-server", RESOLVER]
+
+    def with_caps(caps: str) -> subprocess.CompletedProcess[str]:
+        argv = ["setpriv", f"--bounding-set=-all,{caps}", "--inh-caps=-all", *cmd]
+        return subprocess.run(topo.cmd(argv), capture_output=True, text=True, timeout=60, check=False)
+
+    try:
+        only_raw = with_caps("+net_raw")
+        assert only_raw.returncode == 3 and "Operation not permitted" in only_raw.stderr
+        p = with_caps("+net_admin,+net_raw")
+        assert p.returncode == 0, p.stderr
+        assert install(topo, "--check") == 0
+    finally:
+        remove_rules(topo)
