@@ -259,6 +259,8 @@ class TransparentListener:
             kwargs = {"ssl": ctx, "ssl_handshake_timeout": self.proxy.cfg.header_timeout}
         try:
             await self.loop.connect_accepted_socket(lambda: conn, sock, **kwargs)
+        except asyncio.CancelledError:  # stopping mid-handshake: the loop closes what it took over
+            pass
         except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as e:
             self.proxy.metrics.refused("client_tls_failed")
             log(logging.INFO, "client TLS handshake failed", host=conn.facts.host, error=e.__class__.__name__)
