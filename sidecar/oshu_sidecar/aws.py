@@ -11,6 +11,7 @@ Requests carrying no SigV4 signature at all pass through untouched.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from oshu_contract.session import SecretBinding
@@ -52,7 +53,9 @@ def real_credentials(binding: SecretBinding) -> Credentials:
     return Credentials(f["accessKeyId"], f["secretAccessKey"], f.get("sessionToken") or None)
 
 
+@functools.lru_cache(maxsize=64)
 def _signature(req: HookRequest) -> tuple[Wire, Signature] | None:
+    """The parsed request and its signature (cached: claim and rewrite both ask; not mutated)."""
     wire = Wire.of(req.method, req.target, list(req.headers))
     sig = parse_signature(wire.headers, wire.query)
     return None if sig is None else (wire, sig)

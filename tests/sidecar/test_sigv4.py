@@ -192,3 +192,16 @@ def test_requests_without_sigv4_are_not_claimed() -> None:
 
 def test_secret_never_in_repr() -> None:
     assert REAL.secret not in repr(REAL) and (REAL.token or "") not in repr(REAL)
+
+
+@pytest.mark.parametrize(
+    "stamp", ["20261330T000000Z", "20261130T250000Z", "20261130T236000Z", "2026-11-30T00:00:00Z", ""]
+)
+def test_bad_dates_are_invalid(stamp: str) -> None:
+    with pytest.raises(ProxyError) as e:
+        sigv4.parse_amz_date(stamp)
+    assert e.value.code == "signature_invalid"
+
+
+def test_dates_parse_to_epoch_seconds() -> None:
+    assert sigv4.parse_amz_date("20261130T023005Z") == NOW
