@@ -705,3 +705,51 @@ def test_many_connections_at_once_each_decided_on_its_own(
     assert all(got == want for got, want in results), results
     swapped = [r for r in upstream.requests if r.header("x-api-key") == key.value]
     assert len(swapped) == 20 and len(upstream.requests) == 60
+
+
+def test_in_process_lifecycle(tmp_path: Path) -> None:
+    """The listener inside a Sidecar started in this process (host namespace, no redirect rules):
+    every dial is direct and reset; an address already in use is a start-up error naming the flag."""
+    import asyncio
+
+    from oshu_contract.pki import new_ca
+    from oshu_sidecar.app import Sidecar, StartupError
+    from oshu_testkit.sessions import session_bytes, write_k8s_secret_dir
+
+    ca = new_ca("t1 in-process CA")
+    (tmp_path / "ca.crt").write_bytes(ca.cert_pem)
+    (tmp_path / "ca.key").write_bytes(ca.key_pem)
+    write_k8s_secret_dir(tmp_path / "s", {"session.json": session_bytes(new_session(new_secret("K", [HOST])))})
+    argv = ["--session-file", str(tmp_path / "s" / "session.json"), "--ca-cert", str(tmp_path / "ca.crt")]
+    argv += ["--ca-key", str(tmp_path / "ca.key"), "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]
+
+    async def exchange(addr: tuple[str, int], data: bytes) -> bytes | str:
+        reader, writer = await asyncio.open_connection(*addr)
+        writer.write(data)
+        try:
+            return await asyncio.wait_for(reader.read(), 10)
+        except ConnectionResetError:
+            return "reset"
+        finally:
+            writer.close()
+
+    async def scenario() -> tuple[list[bytes | str], str, int]:
+        sc = Sidecar(load_config([*argv, "--transparent-listen", "127.0.0.1:0"], {}))
+        await sc.start()
+        assert sc.transparent is not None
+        addr = sc.transparent.addresses[0]
+        got = [await exchange(addr, b"GET / HTTP/1.1\r\n\r\n"), await exchange(addr, b"")]
+        clash = Sidecar(load_config([*argv, "--transparent-listen", f"127.0.0.1:{addr[1]}"], {}))
+        try:
+            await clash.start()
+            error = "started"
+        except StartupError as e:
+            error = str(e)
+        await clash.stop()
+        refused = sc.metrics.refusals.get("not_redirected", 0)
+        await sc.stop()
+        return got, error, refused
+
+    got, error, refused = asyncio.run(scenario())
+    assert got == ["reset", "reset"] and refused == 2
+    assert "--transparent-listen" in error
