@@ -12,7 +12,8 @@ background thread that answers by Host header:
   the REAL service-account public key (google-auth's own verifier) and carry the real key id;
   the throwaway key the agent holds is refused.
 - any other host (`api.oshu.test`, `us-east5-aiplatform.googleapis.com`...): an API that accepts
-  only a live access token (or a self-signed JWT of the real key): `/v1/whoami` answers 200,
+  only a live access token (Bearer header, `access_token` form field or query parameter; or a
+  self-signed JWT of the real key): `/v1/whoami` answers 200,
   `/v1/echo-token` echoes the token it got back (an upstream that leaks it), a Vertex
   `...:rawPredict` path answers an Anthropic Messages response.
 
@@ -33,6 +34,7 @@ import threading
 import time
 from collections.abc import Awaitable, Sequence
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 from aiohttp import web
 from google.auth import jwt as gjwt
@@ -218,6 +220,9 @@ class TokenServer:
     # -- the API ------------------------------------------------------------------------
     def _api(self, request: web.Request, body: bytes) -> web.Response:
         token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if not token:  # RFC 6750 2.2 / 2.3: the form body or the query string
+            form = dict(parse_qsl(body.decode("latin-1"))) if body else {}
+            token = form.get("access_token") or request.query.get("access_token", "")
         if not (self.is_live(token) or self._real_self_signed(token)):
             self.api_refused += 1
             return web.json_response({"error": {"message": "invalid or expired token"}}, status=401)

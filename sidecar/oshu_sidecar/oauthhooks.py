@@ -12,8 +12,9 @@ keys, minted tokens) lives in the hook context's `state`.
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
+from oshu_contract.locations import Location
 from oshu_contract.session import SecretBinding
 
 from .credentials import BodyNeed, HookContext, HookRequest, ResponseTransform, Rewrite
@@ -131,29 +132,69 @@ def _carries_sealed(req: HookRequest) -> bool:
 
 
 class OAuth2Handler:
-    """credentials.Handler for Kind.OAUTH2."""
+    """credentials.Handler for Kind.OAUTH2. The sealed bearer is swapped where the binding's
+    `locations` allow (headers by default; the query string; the body, buffered up to
+    credentials.BODY_LIMIT: an access token and its sealed stand-in differ in length)."""
 
     def claim(self, binding: SecretBinding, req: HookRequest) -> BodyNeed | None:
         if _at(req, binding.fields.get("tokenUrl", "")):
             return BodyNeed.BUFFER  # the agent's own token request: minted tokens in, tokens sealed out
-        return BodyNeed.NONE if _carries_sealed(req) else None
+        if Location.BODY in binding.locations and req.has_body:
+            return BodyNeed.BUFFER
+        if _carries_sealed(req) or (Location.QUERY in binding.locations and binding.sealed in req.target):
+            return BodyNeed.NONE
+        return None
 
     async def rewrite(self, binding: SecretBinding, req: HookRequest, body: bytes | None, ctx: HookContext) -> Rewrite:
         state = oauth_state(ctx)
         source = state.source(binding, ctx)
-        pairs: list[tuple[bytes, bytes]] = []
-        used: list[str] = []
-        if any(binding.sealed in v for _, v in req.headers):
-            pairs.append((binding.sealed.encode(), (await source.token()).encode()))
-            used.append(binding.name)
-        pairs += _minted_pairs(state, binding, req, used)
-        rw = Rewrite(head=(lambda head: swap_fields(head, pairs)) if pairs else None, secrets=tuple(used))
+        where = _sealed_places(binding, req, body)
+        rw = Rewrite()
+        used: list[str] = [binding.name] if where else []
+        pairs = _minted_pairs(state, binding, req, used)
+        query: tuple[bytes, bytes] | None = None
+        if where:
+            token = await source.token()
+            sealed = binding.sealed.encode()
+            if Location.HEADERS in where:
+                pairs.append((sealed, token.encode()))
+            if Location.QUERY in where:
+                query = (sealed, quote(token, safe="").encode())
+            if Location.BODY in where and body is not None:
+                rw.body = body.replace(sealed, token.encode())
+        if pairs or query:
+            rw.head = lambda head: swap_query(swap_fields(head, pairs), query)
+        rw.secrets = tuple(used)
         if _at(req, binding.fields.get("tokenUrl", "")):
             if body:
-                rw.body, _ = state.minted.swap(body, {binding.sealed})
+                rw.body, _ = state.minted.swap(rw.body if rw.body is not None else body, {binding.sealed})
             current = source.current()
             rw.response = state.seal_response(binding, (current,) if current else ())
         return rw
+
+
+def _sealed_places(binding: SecretBinding, req: HookRequest, body: bytes | None) -> set[Location]:
+    """Where this request carries the binding's sealed token in a location the binding allows."""
+    places: set[Location] = set()
+    if Location.HEADERS in binding.locations and any(binding.sealed in v for _, v in req.headers):
+        places.add(Location.HEADERS)
+    if Location.QUERY in binding.locations and binding.sealed in req.target.partition("?")[2]:
+        places.add(Location.QUERY)
+    if Location.BODY in binding.locations and body is not None and binding.sealed.encode() in body:
+        places.add(Location.BODY)
+    return places
+
+
+def swap_query(head: bytes, pair: tuple[bytes, bytes] | None) -> bytes:
+    """`head` with `pair` replaced in the request line's query string only."""
+    if pair is None:
+        return head
+    line_end = head.find(b"\r\n")
+    line = head[:line_end]
+    q = line.find(b"?")
+    if q < 0:
+        return head
+    return line[:q] + line[q:].replace(*pair) + head[line_end:]
 
 
 def _minted_pairs(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from threading import Barrier
 
@@ -15,6 +16,7 @@ import requests
 
 from oshu_contract.hosts import HostPattern
 from oshu_contract.kinds import Kind
+from oshu_contract.locations import Location
 from oshu_contract.session import SecretBinding, new_kind_binding, new_sealed_token
 from oshu_testkit.leaks import assert_no_secret, scan_sidecar
 from oshu_testkit.oauth_standins import API_HOST, AUTH_HOST, TOKEN_EXCHANGE, TokenServer
@@ -153,3 +155,27 @@ def test_the_token_endpoint_must_present_a_certificate_the_proxy_trusts(server: 
         assert r.status_code == 502 and r.headers["X-Oshu-Error"] == "token_unavailable"
         assert "upstream_tls_error" in r.json()["error"]["message"]
         assert server.token_requests == 0  # the client secret never left the proxy
+
+
+def test_locations_query_and_body(server: TokenServer, tmp_path: Path) -> None:
+    """RFC 6750's other two ways to send a bearer token, where the binding's `locations` allow them."""
+    binding = replace(
+        _binding(server, [API_HOST]), locations=frozenset({Location.HEADERS, Location.QUERY, Location.BODY})
+    )
+    headers_only = _binding(server, [OTHER_HOST])  # default locations: headers only
+    session = new_session(binding, replace(headers_only, name="OTHER_TOKEN", sealed=new_sealed_token()))
+    with (
+        SidecarProcess(
+            session, directory=tmp_path / "sc", connect_to=server.connect_to(), upstream_ca_files=[server.ca_file]
+        ) as sc,
+        _client(sc) as s,
+    ):
+        q = s.get(f"https://{API_HOST}/v1/whoami", params={"access_token": binding.sealed}, timeout=30)
+        assert q.status_code == 200, q.text
+        b = s.post(f"https://{API_HOST}/v1/whoami", data={"access_token": binding.sealed, "x": "y" * 100}, timeout=30)
+        assert b.status_code == 200, b.text
+        assert server.api_tokens == [server.issued[0]] * 2 and server.token_requests == 1
+        other = session.secrets[1].sealed
+        n = s.get(f"https://{OTHER_HOST}/v1/whoami", params={"access_token": other}, timeout=30)
+        assert n.status_code == 401  # query not allowed for that binding: the sealed token went as it was
+        _leak_scan(sc, server, [q.content, b.content, n.content])
