@@ -188,15 +188,20 @@ class TokenSource:
         now = self._clock()
         token = self._token
         if token is not None and now < self._usable_until:
-            if now >= self._refresh_at and self._inflight is None:
+            if now >= self._refresh_at and self._inflight is None and not self._held(now):
                 self._start()  # ahead of expiry: refresh in the background, keep serving this one
             return token
         if self._inflight is None:
-            if self._failure is not None and now < self._failure_until:
+            if self._held(now):
+                assert self._failure is not None
                 raise self._failure
             self._start()
         assert self._inflight is not None
         return await asyncio.shield(self._inflight)
+
+    def _held(self, now: float) -> bool:
+        """A request failed moments ago: no new one yet (a failing endpoint is not hammered)."""
+        return self._failure is not None and now < self._failure_until
 
     def _start(self) -> None:
         task = asyncio.get_running_loop().create_task(self._refresh())

@@ -234,3 +234,20 @@ async def test_pool_fetcher_posts_over_verified_tls(tmp_path: Path) -> None:
         pool.close()
     finally:
         await runner.cleanup()
+
+
+async def test_a_failed_background_refresh_is_not_retried_on_every_request() -> None:
+    clock, endpoint = Clock(), Endpoint(lifetime=100)
+    source = TokenSource(OAuth2Client.from_fields("OA", FIELDS), endpoint, clock)
+    assert await source.token() == "at-1"
+    clock.now += 80  # past the refresh point
+    endpoint.status = 500
+    assert await source.token() == "at-1"  # background refresh started (and fails)
+    await asyncio.sleep(0.01)
+    assert [await source.token() for _ in range(5)] == ["at-1"] * 5
+    assert len(endpoint.requests) == 2  # held after the failure: the token still serves
+    clock.now += FAILURE_HOLD + 0.5
+    endpoint.status = 200
+    assert await source.token() == "at-1"
+    await asyncio.sleep(0.01)
+    assert await source.token() == "at-3" and len(endpoint.requests) == 3
