@@ -184,3 +184,18 @@ def test_another_sessions_credentials_get_nothing_resigned(
         # not intercepted for the other session: a blind tunnel to the stand-in, whose certificate the
         # sandbox does not trust; no request arrives, let alone one re-signed with the real key
         assert len(aws.requests) == before
+
+
+def test_an_aws_session_survives_kill_9(aws: AwsStandIn, key: AwsKey, tmp_path: Path) -> None:
+    pins = ["--connect-to", f"{BEDROCK}:443:127.0.0.1:{aws.port}"]
+    with GatewayProcess(None, directory=tmp_path, extra_args=["--upstream-ca-file", str(aws.ca_file), *pins]) as g:
+        c = SecretsProxyClient(g.base_url, g.api_key, ca_file=str(g.ca_file))
+        s = c.create_session(
+            {"AWS": aws_secret(key.access_key_id, key.secret_access_key, [BEDROCK], key.session_token)}
+        )
+        g.kill9()
+        g.start()
+        env = _sandbox(g, s, tmp_path)
+        for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):  # port 0: a new one after restart
+            env[name] = g.proxy_url({"session_id": s.session_id, "token": s.token})
+        assert _ok(_run(env, "bedrock"))["content"][0]["text"].startswith("stand-in reply")
