@@ -2,6 +2,7 @@
 
     netprobe.py tcp HOST PORT [SEND]   connect, send SEND (optional), read until close (bounded)
     netprobe.py udp HOST PORT          send one datagram, wait for an answer (bounded)
+    netprobe.py icmp HOST 0            one echo request on a raw socket (root only), wait for the reply
 
 Exit 0 with {"ok": true, "data": ...} when the other end answered, else {"ok": false, "error": ...}.
 No proxy variable is read: this is a raw socket.
@@ -38,10 +39,39 @@ def udp(host: str, port: int) -> bytes:
         return s.recv(2048)
 
 
+def _checksum(data: bytes) -> int:
+    data += b"\0" * (len(data) % 2)
+    total = sum(int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
+
+def icmp(host: str) -> bytes:
+    """An echo request; the kernel fills in the ICMPv6 checksum, ICMPv4's is ours."""
+    v6 = ":" in host
+    family, proto = (socket.AF_INET6, socket.IPPROTO_ICMPV6) if v6 else (socket.AF_INET, socket.IPPROTO_ICMP)
+    request_type, reply_type = (128, 129) if v6 else (8, 0)
+    body = b"\x4f\x53\x00\x01oshu-probe"  # id, sequence, payload
+    header = bytes([request_type, 0, 0, 0])
+    packet = bytes([request_type, 0]) + (0 if v6 else _checksum(header + body)).to_bytes(2, "big") + body
+    with socket.socket(family, socket.SOCK_RAW, proto) as s:
+        s.settimeout(TIMEOUT)
+        s.sendto(packet, (host, 0))
+        while True:
+            data = s.recv(2048)
+            msg = data if v6 else data[(data[0] & 0x0F) * 4 :]  # IPv4 raw sockets include the IP header
+            if msg[0] == reply_type and msg[4:6] == body[:2]:
+                return b"echo reply"
+
+
 def main() -> int:
     kind, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
     try:
-        data = tcp(host, port, sys.argv[4].encode() if len(sys.argv) > 4 else b"") if kind == "tcp" else udp(host, port)
+        if kind == "tcp":
+            data = tcp(host, port, sys.argv[4].encode() if len(sys.argv) > 4 else b"")
+        else:
+            data = udp(host, port) if kind == "udp" else icmp(host)
     except OSError as e:
         print(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"}))
         return 1

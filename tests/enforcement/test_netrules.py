@@ -145,6 +145,8 @@ def test_without_rules_everything_goes_straight_out(topo: Topology, recorder: Re
     for host, port in [(OUTSIDE_V4, 443), (OUTSIDE_V6, 443), (RESOLVER, 53), (OTHER_RESOLVER, 53)]:
         assert probe(topo, "udp", host, port)["ok"], (host, port)
     assert not probe(topo, "tcp", *CANARY)["ok"]  # unreachable outside: readiness fails without rules
+    for host in (OUTSIDE_V4, OUTSIDE_V6):
+        assert probe(topo, "icmp", host, 0, uid=0)["data"] == "echo reply", host
     assert standin.seen == []
 
 
@@ -175,6 +177,15 @@ def test_udp_quic_metadata_and_other_resolvers_fail(topo: Topology, recorder: Re
     assert probe(topo, "udp", RESOLVER, 53)["data"] == "REACHED:probe"
     assert probe(topo, "tcp", RESOLVER, 53)["data"] == "REACHED\n"
     assert probe(topo, "tcp", OTHER_RESOLVER, 53)["data"] == f"ORIG {OTHER_RESOLVER} 53\n"
+
+
+@pytest.mark.usefixtures("rules")
+def test_other_protocols_fail_for_every_uid_root_included(topo: Topology) -> None:
+    """ICMP echo on a raw socket as root (who has CAP_NET_RAW in the namespace; the rules exempt no uid but
+    the proxy's, and that only for TCP) is rejected: the control above shows it answered without rules."""
+    for host in (OUTSIDE_V4, OUTSIDE_V6):
+        got = probe(topo, "icmp", host, 0, uid=0)
+        assert got["ok"] is False and "Errno" in str(got["error"]), (host, got)
 
 
 @pytest.mark.usefixtures("rules")
