@@ -139,15 +139,8 @@ def parse_signature(headers: list[tuple[str, str]], query: str) -> Signature | N
     amz_date = header(idx, "x-amz-date")
     if amz_date is None:
         raise invalid("X-Amz-Date header missing (a Date header alone is not accepted)")
-    return _signature(
-        False,
-        parts["Credential"],
-        parts["SignedHeaders"],
-        parts["Signature"],
-        amz_date,
-        0,
-        header(idx, "x-amz-security-token"),
-    )
+    auth_parts = (parts["Credential"], parts["SignedHeaders"], parts["Signature"])
+    return _signature(False, auth_parts, amz_date, 0, header(idx, "x-amz-security-token"))
 
 
 def _presigned(pairs: list[tuple[str, str]]) -> Signature:
@@ -165,20 +158,15 @@ def _presigned(pairs: list[tuple[str, str]]) -> Signature:
     expires_text = q.get("X-Amz-Expires", "")
     if not expires_text.isdigit() or not 1 <= int(expires_text) <= MAX_EXPIRES:
         raise invalid("presigned URL needs X-Amz-Expires between 1 and 604800")
-    return _signature(
-        True,
-        q["X-Amz-Credential"],
-        q["X-Amz-SignedHeaders"],
-        q["X-Amz-Signature"],
-        q["X-Amz-Date"],
-        int(expires_text),
-        q.get("X-Amz-Security-Token"),
-    )
+    auth_parts = (q["X-Amz-Credential"], q["X-Amz-SignedHeaders"], q["X-Amz-Signature"])
+    return _signature(True, auth_parts, q["X-Amz-Date"], int(expires_text), q.get("X-Amz-Security-Token"))
 
 
 def _signature(
-    presigned: bool, credential: str, signed: str, signature: str, amz_date: str, expires: int, token: str | None
+    presigned: bool, auth_parts: tuple[str, str, str], amz_date: str, expires: int, token: str | None
 ) -> Signature:
+    """The checked signature from (Credential, SignedHeaders, Signature) and the date fields."""
+    credential, signed, signature = auth_parts
     scope = credential.split("/")
     if len(scope) != 5 or scope[4] != "aws4_request" or not all(scope):
         raise invalid("credential must be ACCESS_KEY_ID/YYYYMMDD/region/service/aws4_request")
