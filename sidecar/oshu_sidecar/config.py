@@ -162,6 +162,12 @@ def _truthy(value: object) -> bool:
     return value is True or str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
+def _check_enforcement(values: Mapping[str, object]) -> None:
+    """A sidecar that requires the redirect must answer the canary itself, or it is never ready."""
+    if _truthy(values.get("require_redirect")) and not values.get("transparent_listen"):
+        raise ConfigError("--require-redirect needs --transparent-listen (its listener answers the redirect canary)")
+
+
 def _add_endpoints(p: argparse.ArgumentParser) -> None:
     """Where the proxy listens and logs, what it reads (session, CA), how it reaches and trusts upstreams."""
     p.add_argument("--listen", metavar="HOST:PORT", help="proxy address (default 127.0.0.1:15080; port 0 picks one)")
@@ -284,6 +290,7 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
     log_level = (values.get("log_level") or "info").lower()
     if log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"--log-level: unknown level {log_level!r}")
+    _check_enforcement(values)
     return Config(
         listen=parse_addr(values.get("listen") or "127.0.0.1:15080", "--listen"),
         admin_listen=parse_addr(values.get("admin_listen") or "127.0.0.1:15090", "--admin-listen"),

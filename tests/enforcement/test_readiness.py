@@ -14,6 +14,7 @@ from oshu_sidecar.metrics import Metrics
 from oshu_sidecar.transparent import CANARY_BANNER
 
 REQUIRED = ["--session-file", "s.json", "--ca-cert", "c.pem", "--ca-key", "k.pem"]
+TRANSPARENT = ["--transparent-listen", "127.0.0.1:15001"]
 
 
 def test_the_banner_is_the_transparent_listeners() -> None:
@@ -23,11 +24,15 @@ def test_the_banner_is_the_transparent_listeners() -> None:
 def test_flags_and_environment() -> None:
     cfg = load_config(REQUIRED, environ={})
     assert (cfg.require_redirect, cfg.redirect_canary) == (False, ("192.0.2.1", 9))
-    cfg = load_config([*REQUIRED, "--require-redirect", "--redirect-canary", "[2001:db8::9]:19"], environ={})
+    cfg = load_config(
+        [*REQUIRED, *TRANSPARENT, "--require-redirect", "--redirect-canary", "[2001:db8::9]:19"], environ={}
+    )
     assert (cfg.require_redirect, cfg.redirect_canary) == (True, ("2001:db8::9", 19))
     env = {"OSHU_REQUIRE_REDIRECT": "true", "OSHU_REDIRECT_CANARY": "192.0.2.7:7"}
-    cfg = load_config(REQUIRED, environ=env)
+    cfg = load_config([*REQUIRED, *TRANSPARENT], environ=env)
     assert (cfg.require_redirect, cfg.redirect_canary) == (True, ("192.0.2.7", 7))
+    with pytest.raises(ConfigError, match="--require-redirect needs --transparent-listen"):
+        load_config(REQUIRED, environ=env)
     assert load_config(REQUIRED, environ={"OSHU_REQUIRE_REDIRECT": "0"}).require_redirect is False
     with pytest.raises(ConfigError, match="--redirect-canary"):
         load_config([*REQUIRED, "--redirect-canary", "192.0.2.1"], environ={})
