@@ -8,34 +8,14 @@ The CLI is installed once into ~/.cache/oshu-vault (npm registry) and reused.
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
-
-import pytest
 
 from oshu_testkit.anthropic_standin import REPLY, AnthropicStandin
 from oshu_testkit.gateway_process import GatewayProcess
 from oshu_testkit.leaks import assert_no_secret
 
-VERSION = "2.1.332"
 REAL_KEY = "sk-ant-api03-gateway-test-0123456789abcdef"
-
-
-@pytest.fixture(scope="module")
-def claude() -> Path:
-    home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "oshu-vault" / f"claude-code-{VERSION}"
-    binary = home / "node_modules" / ".bin" / "claude"
-    if not binary.exists():
-        home.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            ["npm", "install", "--no-audit", "--no-fund", f"@anthropic-ai/claude-code@{VERSION}"],
-            cwd=home,
-            check=True,
-            capture_output=True,
-            timeout=600,
-        )
-    return binary
 
 
 def test_claude_code_cli_holds_only_the_sealed_key(claude: Path, tmp_path: Path) -> None:
