@@ -129,6 +129,7 @@ def test_boto3_through_the_gateway_is_resigned_with_the_real_key(
     seen = aws.requests[before:]
     assert {s.host for s in seen} >= {BEDROCK, S3} and len(seen) >= 3
     texts: dict[str, str | bytes] = {"gateway log": gw.log_text(), "client": json.dumps([reply, put, url])}
+    texts["metrics"] = gw.request("GET", "/metrics", api_key="")[2]
     assert_no_secret(texts, key.values())
 
 
