@@ -156,3 +156,36 @@ def test_a_google_key_file_signed_by_another_key_gets_no_token(
         )
         assert r.returncode != 0 and "assertion_invalid" in r.stderr, r.stderr[-2000:]
         assert tokens.google_requests == before  # refused by the gateway: nothing forwarded
+
+
+def test_a_sealed_access_token_of_one_session_is_worthless_in_another(
+    gw: GatewayProcess, tokens: TokenServer, client: SecretsProxyClient, tmp_path: Path
+) -> None:
+    """One real key behind two sessions (two sandboxes): the access token A's exchange minted is
+    sealed for A only; B's proxy credentials with it get nothing swapped in."""
+    sa = GoogleServiceAccount()
+    with _google_session(client, tokens, sa) as a, _google_session(client, tokens, sa) as b:
+        creds = tmp_path / "a"
+        for path, content in a.sandbox_files(str(creds)).items():
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(content)
+        env = a.sandbox_env(ca_path=str(gw.ca_file), credentials_dir=str(creds))
+        env |= {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "GOOGLE_CLOUD_PROJECT": "oshu-test"}
+        r = subprocess.run(
+            [sys.executable, "-c", GOOGLE_AGENT, f"https://{VERTEX_HOST}{PREDICT}"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+        sealed_a = json.loads(r.stdout.strip().splitlines()[-1])["token"]
+        accepted, refused = len(tokens.api_tokens), tokens.api_refused
+        with _http(gw, a) as ha, _http(gw, b) as hb:
+            url = f"https://{VERTEX_HOST}{PREDICT}"
+            assert ha.post(url, json={}, headers={"Authorization": f"Bearer {sealed_a}"}, timeout=30).status_code == 200
+            crossed = hb.post(url, json={}, headers={"Authorization": f"Bearer {sealed_a}"}, timeout=30)
+        assert crossed.status_code in (401, 403), crossed.text
+        assert len(tokens.api_tokens) == accepted + 1  # only A's own request reached the API with a real token
+        assert tokens.api_refused == refused + (crossed.status_code == 401)
