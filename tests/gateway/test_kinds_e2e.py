@@ -16,6 +16,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,16 @@ def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(AWS_CLIENT), *args], env=env, capture_output=True, text=True, timeout=120, check=False
     )
+
+
+def _audit(gw: GatewayProcess, session_id: str, outcome: str) -> dict[str, Any]:
+    """The session's audit line for BEDROCK with `outcome` (written in batches: waited for, 10 s at most)."""
+    for _ in range(100):
+        for x in gw.log_records():
+            if x.get("session") == session_id and x.get("host") == BEDROCK and x.get("outcome") == outcome:
+                return x
+        time.sleep(0.1)
+    raise AssertionError(f"no {outcome} audit line for {session_id}")
 
 
 def _ok(r: subprocess.CompletedProcess[str]) -> dict[str, Any]:
@@ -168,8 +179,7 @@ def test_a_signature_not_made_with_the_sealed_secret_is_refused(
     r = _run(env, "bedrock")
     assert r.returncode != 0 and "(403)" in r.stderr, r.stderr[-2000:]
     assert len(aws.requests) == before  # nothing forwarded
-    audit = [x for x in gw.log_records() if x.get("session") == session.session_id and x.get("host") == BEDROCK]
-    assert audit and audit[-1]["status"] == 403 and audit[-1]["outcome"] == "signature_invalid", audit[-1:]
+    assert _audit(gw, session.session_id, "signature_invalid")["status"] == 403
 
 
 def test_another_sessions_credentials_get_nothing_resigned(
@@ -200,3 +210,40 @@ def test_an_aws_session_survives_kill_9(aws: AwsStandIn, key: AwsKey, tmp_path: 
         for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):  # port 0: a new one after restart
             env[name] = g.proxy_url({"session_id": s.session_id, "token": s.token})
         assert _ok(_run(env, "bedrock"))["content"][0]["text"].startswith("stand-in reply")
+
+
+def test_deleting_the_session_stops_resigning_on_an_open_connection(
+    gw: GatewayProcess, aws: AwsStandIn, client: SecretsProxyClient, key: AwsKey
+) -> None:
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+
+    s = client.create_session(
+        {"AWS": aws_secret(key.access_key_id, key.secret_access_key, [BEDROCK], key.session_token)}
+    )
+    env = s.sandbox_env(ca_path=str(gw.ca_file))
+    cfg = Config(
+        region_name="us-east-1",
+        retries={"max_attempts": 1},
+        proxies={"https": s.proxy_url},
+        proxies_config={"proxy_ca_bundle": str(gw.ca_file)},
+    )
+    br = boto3.client(
+        "bedrock-runtime",
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        aws_session_token=env["AWS_SESSION_TOKEN"],
+        config=cfg,
+        verify=str(gw.ca_file),
+    )
+    body = json.dumps({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 5, "messages": []})
+    first = br.invoke_model(modelId="m", body=body)
+    assert first["body"].read() and first["ResponseMetadata"]["HTTPStatusCode"] == 200  # read: the tunnel is pooled
+    s.delete()
+    before = len(aws.requests)
+    with pytest.raises(ClientError) as refused:  # the same pooled tunnel, opened while the session lived
+        br.invoke_model(modelId="m", body=body)
+    assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert len(aws.requests) == before
+    assert _audit(gw, s.session_id, "session_revoked")["status"] == 403
