@@ -13,8 +13,12 @@ import secrets
 SEALED_PREFIX = "SEALED_"
 #: Random bytes behind each minted token (160 bits, hex-encoded).
 SEALED_RANDOM_BYTES = 20
-#: What the session file accepts: the prefix and 22-128 URL-safe characters (minted ones are 40 hex).
-SEALED_RE = re.compile(r"^SEALED_[A-Za-z0-9_-]{22,128}$")
+#: A sealed token's shape, unanchored: the prefix and 22-128 URL-safe characters (minted ones are 40 hex).
+SEALED_PATTERN = SEALED_PREFIX + r"[A-Za-z0-9_-]{22,128}"
+#: What the session file accepts: exactly one token.
+SEALED_RE = re.compile(f"^{SEALED_PATTERN}$")
+#: Finds sealed tokens inside bytes (a header, a body): the proxy's view of a request or response.
+SEALED_IN_BYTES_RE = re.compile(SEALED_PATTERN.encode())
 
 
 def new_sealed_token() -> str:

@@ -47,6 +47,15 @@ def test_minimal_form_from_the_issue_parses():
     assert s.secrets == () and s.expires_at is None and s.egress is None and not s.revoked
 
 
+def test_sealed_tokens_are_found_in_bytes_with_the_one_definition():
+    from oshu_contract.tokens import SEALED_IN_BYTES_RE, SEALED_RE
+
+    token = new_sealed_token()
+    found = SEALED_IN_BYTES_RE.findall(b"Authorization: Bearer " + token.encode() + b"\r\nX: SEALED_short\r\n")
+    assert found == [token.encode()] and SEALED_RE.match(token)
+    assert SEALED_IN_BYTES_RE.pattern.decode() == SEALED_RE.pattern.strip("^$")
+
+
 def test_sealed_tokens_are_unique_and_long():
     tokens = {new_sealed_token() for _ in range(200)}
     assert len(tokens) == 200
