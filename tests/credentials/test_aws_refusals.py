@@ -180,20 +180,23 @@ def _chunked(creds: Credentials, key: str, data: bytes, size: int, tamper: bool 
     return req, body
 
 
+@pytest.mark.parametrize(("size", "chunk"), [(1 << 20, 65536), (300, 128)], ids=["streamed-1MiB", "whole-300B"])
 def test_signed_chunked_upload_resigned_per_chunk(
-    sidecar: SidecarProcess, aws: AwsStandIn, binding: SecretBinding, agent_saw: dict[str, bytes]
+    size: int, chunk: int, sidecar: SidecarProcess, aws: AwsStandIn, binding: SecretBinding, agent_saw: dict[str, bytes]
 ) -> None:
-    data = bytes(range(256)) * 4096  # 1 MiB in 64 KiB chunks
-    req, body = _chunked(sealed(binding), "signed-chunks.bin", data, 65536)
+    """Streamed as it arrives (1 MiB) or arrived whole with its head (300 bytes): re-signed either way."""
+    data = (bytes(range(256)) * (size // 256 + 1))[:size]
+    req, body = _chunked(sealed(binding), f"signed-{size}.bin", data, chunk)
     r = send(sidecar, agent_saw, req, body=body)
     assert r.status_code == 200, r.text
-    assert aws.objects["signed-chunks.bin"] == data
+    assert aws.objects[f"signed-{size}.bin"] == data
 
 
+@pytest.mark.parametrize(("size", "chunk"), [(300_000, 65536), (300, 128)], ids=["streamed", "whole"])
 def test_tampered_chunk_stops_the_upload(
-    sidecar: SidecarProcess, aws: AwsStandIn, binding: SecretBinding, agent_saw: dict[str, bytes]
+    size: int, chunk: int, sidecar: SidecarProcess, aws: AwsStandIn, binding: SecretBinding, agent_saw: dict[str, bytes]
 ) -> None:
     # the last data chunk is altered: the client has sent its whole body when the proxy answers
-    req, body = _chunked(sealed(binding), "bad-chunks.bin", b"z" * 300_000, 65536, tamper=True)
+    req, body = _chunked(sealed(binding), "bad-chunks.bin", b"z" * size, chunk, tamper=True)
     refused(send(sidecar, agent_saw, req, body=body), 403, "signature_invalid")
     assert "bad-chunks.bin" not in aws.objects

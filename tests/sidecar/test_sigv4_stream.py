@@ -121,3 +121,34 @@ def test_replay_cache_remembers_until_expiry_and_stays_bounded() -> None:
     for k in "bcde":
         assert not cache.seen(k, 500.0, 102.0)
     assert len(cache.entries) == 3 and "a" not in cache.entries
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b"1" * 300, "chunk header too long"),
+        (b"8000001;chunk-signature=" + b"a" * 64 + b"\r\n", "chunk over"),
+        (b"1;chunk-signature=" + b"a" * 64 + b"\r\nxyz", "not followed by CRLF"),
+        (b"zz;chunk-signature=" + b"a" * 64 + b"\r\n", "malformed aws-chunked chunk header"),
+    ],
+)
+def test_malformed_frames_are_refused(body: bytes, why: str) -> None:
+    r = _resigner(DOC, _doc_signature())
+    with pytest.raises(ProxyError) as e:
+        r.feed(body)
+    assert why in e.value.message
+
+
+def test_a_complete_stream_takes_nothing_more() -> None:
+    r = _resigner(DOC, _doc_signature())
+    r.feed(_body(CHUNK_SIGS))
+    assert r.feed(b"") == b""
+    with pytest.raises(ProxyError):
+        r.feed(b"more")
+
+
+def test_chunks_before_the_head_is_signed_again_are_an_internal_error() -> None:
+    r = ChunkResigner(_doc_signature(), DOC, REAL)  # real_prev not set: the head rewrite has not run
+    with pytest.raises(ProxyError) as e:
+        r.feed(_body(CHUNK_SIGS))
+    assert e.value.code == "internal_error"
