@@ -141,6 +141,10 @@ class TokenServer:
         self.issued.append(token)
         return token
 
+    def issue(self, prefix: str = "st-") -> str:
+        """A live token made outside any grant (e.g. a static secret's real value the API accepts)."""
+        return self._issue(prefix)
+
     def is_live(self, token: str) -> bool:
         return self.live.get(token, 0.0) > time.monotonic()
 
