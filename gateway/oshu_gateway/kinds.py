@@ -102,4 +102,4 @@ def _issue_gcp(name: str, doc: Mapping[str, Any], hosts: tuple[HostPattern, ...]
     sealed = new_sealed_token()
     binding = _binding(name, Kind.GCP, sealed, hosts, fields, {})
     agent = agent_service_account(doc, sealed, private_pem)
-    return Issued(binding, {}, agent, (GOOGLE_CREDENTIALS_ENV, name))
+    return Issued(binding, {}, agent, tuple(dict.fromkeys((GOOGLE_CREDENTIALS_ENV, name))))

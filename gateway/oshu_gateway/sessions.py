@@ -115,6 +115,7 @@ def build_session(
         )
     except SessionError as e:
         raise invalid(str(e)) from None
+    _check_env(issued)
     return NewSession(session, token, ttl, idle, issued)
 
 
@@ -162,3 +163,14 @@ def _static(name: str, value: object, hosts: tuple[HostPattern, ...] | None, loc
         return static_issued(new_binding(name, new_sealed_token(), value, hosts, locations))
     except SessionError as e:
         raise invalid(str(e)) from None
+
+
+def _check_env(issued: tuple[Issued, ...]) -> None:
+    """Refuse two secrets setting one sandbox variable (a static AWS_ACCESS_KEY_ID beside an aws secret, a
+    static GOOGLE_APPLICATION_CREDENTIALS beside a gcpServiceAccount one), as the operator refuses them."""
+    owner: dict[str, str] = {}
+    for i in issued:
+        for var in (*i.env, *i.agent_json_env):
+            if var in owner:
+                raise invalid(f"secrets.{owner[var]} and secrets.{i.binding.name} would both set {var} in the sandbox")
+            owner[var] = i.binding.name

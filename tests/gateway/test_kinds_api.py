@@ -220,3 +220,51 @@ def test_openapi_fields_are_the_contracts() -> None:
     for kind, name in ((Kind.AWS, "AwsSecretSpec"), (Kind.OAUTH2, "OAuth2SecretSpec")):
         fields = schemas[name]["properties"]["fields"]
         assert set(fields["properties"]) == FIELDS[kind] and fields["required"] == list(REQUIRED_FIELDS[kind])
+
+
+@pytest.mark.parametrize(
+    ("static_name", "kind_spec"),
+    [
+        ("AWS_SECRET_ACCESS_KEY", {"kind": "aws", "fields": AwsKey().fields(), "hosts": BEDROCK}),
+        (
+            "GOOGLE_APPLICATION_CREDENTIALS",
+            {"kind": "gcpServiceAccount", "fields": GoogleServiceAccount().key_file(), "hosts": VERTEX},
+        ),
+    ],
+)
+def test_two_secrets_setting_one_sandbox_variable_are_refused(
+    gateway: GatewayProcess, static_name: str, kind_spec: dict[str, Any]
+) -> None:
+    doc = {"secrets": {static_name: {"value": STATIC, "hosts": ["api.oshu.test"]}, "CRED": kind_spec}}
+    status, e, raw = _post(gateway, doc)
+    assert status == 400 and static_name in e["error"]["message"] and "both set" in e["error"]["message"], raw
+    assert_no_secret({"error": raw}, [STATIC])
+
+
+def test_a_google_secret_named_like_its_variable_sets_it_once(gateway: GatewayProcess) -> None:
+    spec = {"kind": "gcpServiceAccount", "fields": GoogleServiceAccount().key_file(), "hosts": VERTEX}
+    status, s, raw = _post(gateway, {"secrets": {"GOOGLE_APPLICATION_CREDENTIALS": spec}})
+    assert status == 201, raw
+    assert s["secrets"]["GOOGLE_APPLICATION_CREDENTIALS"]["agent_json_env"] == ["GOOGLE_APPLICATION_CREDENTIALS"]
+
+
+@pytest.mark.parametrize("kind", ["static", "aws", "oauth2", "gcpServiceAccount"])
+def test_the_sandbox_variables_are_the_webhooks(
+    gateway: GatewayProcess, material: tuple[AwsKey, OAuth2Client, GoogleServiceAccount], kind: str
+) -> None:
+    """A sandbox gets the same variables in both modes: the gateway's answer against the operator's
+    injected_env_names for each kind."""
+    from oshu_contract.kinds import Kind
+    from oshu_operator.credspec import injected_env_names
+
+    spec: Any = _all_kinds(*material)["secrets"][
+        {"static": "ANTHROPIC_API_KEY", "aws": "AWS", "oauth2": "IDP_TOKEN", "gcpServiceAccount": "GOOGLE_SA"}[kind]
+    ]
+    status, s, raw = _post(
+        gateway, {"secrets": {"MY_CRED": spec if kind != "static" else {"value": STATIC, "hosts": ["api.oshu.test"]}}}
+    )
+    assert status == 201, raw
+    answer = s["secrets"]["MY_CRED"]
+    assert sorted([*answer["env"], *answer.get("agent_json_env", [])]) == sorted(
+        injected_env_names("MY_CRED", Kind(kind))
+    )
