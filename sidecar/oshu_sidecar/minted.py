@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode
 
-from oshu_contract.tokens import new_sealed_token
+from oshu_contract.tokens import SEALED_IN_BYTES_RE, SEALED_PREFIX, new_sealed_token
 
 from .scrub import Scrubber
 
@@ -36,7 +36,7 @@ MAX_ENTRIES = 4096
 MIN_TOKEN = 8
 #: Largest token response body parsed (token responses are a few KiB at most).
 MAX_RESPONSE = 1 << 20
-_SEALED_IN_TEXT = re.compile(rb"SEALED_[A-Za-z0-9_-]{22,128}")
+SEALED_MARK = SEALED_PREFIX.encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +93,7 @@ class MintedTokens:
     def swap(self, data: bytes, bindings: Collection[str]) -> tuple[bytes, list[str]]:
         """`data` (a header value, a form body) with each live minted sealed token of `bindings`
         replaced by its real token; also the binding names used. Other sealed tokens stay as they are."""
-        if not self._by_sealed or b"SEALED_" not in data:
+        if not self._by_sealed or SEALED_MARK not in data:
             return data, []
         used: list[str] = []
 
@@ -107,7 +107,7 @@ class MintedTokens:
                 used.append(binding)
             return value.encode()
 
-        return _SEALED_IN_TEXT.sub(real, data), used
+        return SEALED_IN_BYTES_RE.sub(real, data), used
 
     def secret_values(self) -> tuple[tuple[str, str, str], ...]:
         """(real, sealed, binding) of every live entry, for scrubbing responses."""
@@ -148,7 +148,7 @@ class MintedTokens:
         changed = False
         for name in TOKEN_FIELDS:
             value = doc.get(name)
-            if isinstance(value, str) and len(value) >= MIN_TOKEN and not value.startswith("SEALED_"):
+            if isinstance(value, str) and len(value) >= MIN_TOKEN and not value.startswith(SEALED_PREFIX):
                 # A refresh token outlives the access token it came with: keep it for the cap.
                 doc[name] = self.seal(value, binding, MAX_TTL if name == "refresh_token" else ttl)
                 changed = True

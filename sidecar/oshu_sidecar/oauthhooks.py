@@ -16,6 +16,7 @@ from urllib.parse import quote, urlsplit
 
 from oshu_contract.locations import Location
 from oshu_contract.session import SecretBinding
+from oshu_contract.tokens import SEALED_PREFIX
 
 from .credentials import BodyNeed, HookContext, HookRequest, ResponseTransform, Rewrite
 from .errors import ProxyError
@@ -27,7 +28,7 @@ from .scrub import Scrubber
 _STATE_KEY = "oauth"
 #: Token sources and parsed keys kept per proxy (a session reload with new material adds one).
 _MAX_CACHED = 256
-_SEALED = "SEALED_"
+_SEALED = SEALED_PREFIX
 
 
 class OAuthState:
