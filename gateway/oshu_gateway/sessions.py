@@ -4,6 +4,7 @@ Every refusal is an `ApiError` naming the field and the rule, never a value. Hos
 secret come from, in order: its own `hosts`, the request's `secret_hosts` (plain-string
 secrets only, as in the seed), the catalog of well-known names (oshu_contract.catalog).
 A secret with none of these is refused: a secret is never sent to a host nobody named.
+Secrets of the other kinds (aws, oauth2, gcpServiceAccount; kinds.py) name their own hosts.
 """
 
 from __future__ import annotations

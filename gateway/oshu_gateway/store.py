@@ -1,7 +1,7 @@
 """Session storage behind one small interface (`SessionStore`); the embedded default is SQLite.
 
 Real values and sealed tokens live only inside `StoredSession.document` (the session
-document of the contract, as JSON), which the SQLite store encrypts with AES-GCM
+document of the contract, as JSON, with the Google agents' key files beside it), which the SQLite store encrypts with AES-GCM
 (the session id as associated data, so a row cannot be moved to another id). Client
 tokens are stored as SHA-256 hashes: they are 256-bit random strings, so a plain hash is
 as good as a slow one, and the proxy only ever needs to compare.
