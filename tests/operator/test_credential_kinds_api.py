@@ -116,8 +116,9 @@ def test_cel_accepts_each_kind_and_defaults_static(kube, ns) -> None:
     assert made.ok, made.error  # without those kinds the names are the user's
 
 
-def test_operator_and_webhook_serve_every_kind(kube, ns) -> None:
+def test_operator_and_webhook_serve_every_kind(kube, ns, operator, real_values: set[str]) -> None:
     key, client, sa = AwsKey(), OAuth2Client(), GoogleServiceAccount()
+    real_values.update(key.values() + client.values() + sa.values())  # the final leak scan looks for them too
     kube.secret(ns, "aws", {"AWS_ACCESS_KEY_ID": key.access_key_id, "AWS_SECRET_ACCESS_KEY": key.secret_access_key})
     kube.secret(ns, "oauth", {"client_id": client.client_id, "client_secret": client.client_secret})
     kube.secret(ns, "google", {"key.json": json.dumps(sa.key_file())})
@@ -165,6 +166,7 @@ def test_operator_and_webhook_serve_every_kind(kube, ns) -> None:
     assert {k: status["tokens"][k] for k in tokens} == tokens  # the earlier tokens stay
 
     visible = json.dumps(made.obj) + json.dumps(kube.status(ns, "kinds")) + json.dumps(kube.events(ns))
+    visible += operator.log_text() + operator.metrics_text()
     visible += (
         base64.b64encode(data[n.agent_file_key("GOOGLE_SA")]).decode() + data[n.agent_file_key("GOOGLE_SA")].decode()
     )
