@@ -53,6 +53,11 @@ if mode == "exchange":
                                                     "messages": [{"role": "user", "content": "hi"}]})
     out["status"], out["body"] = r.status_code, r.text
     out["vertex_with_token_elsewhere"] = None
+elif mode == "echo":
+    creds = service_account.Credentials.from_service_account_file(
+        path, scopes=["https://www.googleapis.com/auth/cloud-platform"])
+    r = tr.AuthorizedSession(creds).get(url)
+    out["status"], out["body"], out["token"] = r.status_code, r.text, creds.token
 elif mode == "self-signed":
     creds = service_account.Credentials.from_service_account_file(
         path, scopes=["https://www.googleapis.com/auth/cloud-platform"], always_use_jwt_access=True)
@@ -202,3 +207,15 @@ def test_the_real_key_signing_directly_is_refused_too(server: TokenServer, tmp_p
         out = _run_agent(sc, json.dumps(leaked).encode(), "exchange", tmp_path)
         assert "assertion_invalid" in str(out.get("refresh_error")), out
         assert server.google_requests == 0
+
+
+@pytest.mark.xfail(strict=True, reason="awaits Rewrite.scrub in the exchange's relay (design.md, O1 interface)")
+def test_an_api_that_echoes_the_real_token_shows_the_agent_only_the_sealed_one(
+    server: TokenServer, tmp_path: Path
+) -> None:
+    account = make_account([VERTEX_HOST])
+    with _sidecar(server, account, tmp_path) as sc:
+        out = _run_agent(sc, account.agent_json, "echo", tmp_path, f"https://{VERTEX_HOST}/v1/echo-token")
+        assert out["status"] == 200 and server.api_tokens == server.issued[-1:]
+        assert json.loads(str(out["body"]))["you_sent"] == out["token"]
+        _scan(sc, server, account, [out])

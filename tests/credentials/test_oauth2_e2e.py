@@ -179,3 +179,17 @@ def test_locations_query_and_body(server: TokenServer, tmp_path: Path) -> None:
         n = s.get(f"https://{OTHER_HOST}/v1/whoami", params={"access_token": other}, timeout=30)
         assert n.status_code == 401  # query not allowed for that binding: the sealed token went as it was
         _leak_scan(sc, server, [q.content, b.content, n.content])
+
+
+@pytest.mark.xfail(strict=True, reason="awaits Rewrite.scrub in the exchange's relay (design.md, O1 interface)")
+def test_an_api_that_echoes_the_access_token_shows_the_agent_only_the_sealed_one(
+    server: TokenServer, tmp_path: Path
+) -> None:
+    binding = _binding(server, [API_HOST])
+    with _sidecar(server, binding, tmp_path) as sc, _client(sc) as s:
+        r = s.get(
+            f"https://{API_HOST}/v1/echo-token", headers={"Authorization": f"Bearer {binding.sealed}"}, timeout=30
+        )
+        assert r.status_code == 200 and server.api_tokens == server.issued[-1:]
+        assert r.json()["you_sent"] == binding.sealed
+        _leak_scan(sc, server, [r.content])
