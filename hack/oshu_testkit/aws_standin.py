@@ -191,9 +191,7 @@ class AwsStandIn:
             return "SignatureDoesNotMatch (real key)"
         _ = region
         if headers.get("content-encoding", "").startswith("aws-chunked"):
-            decoded = _decode_chunked(
-                seen.body, headers.get("x-amz-content-sha256") == STREAMING_SIGNED, real, cred, stamp, given
-            )
+            decoded = _decode_chunked(seen.body, headers.get("x-amz-content-sha256", ""), real, cred, stamp, given)
             if isinstance(decoded, str):
                 return decoded
             seen.decoded = decoded
@@ -254,10 +252,10 @@ def _bedrock(request: web.Request, body: bytes) -> web.Response:
     )
 
 
-def _decode_chunked(
-    body: bytes, signed: bool, real: Credentials, cred: list[str], stamp: str, seed: str
-) -> bytes | str:
-    """The payload of an aws-chunked body; with signed chunks, each signature checked in the real chain."""
+def _decode_chunked(body: bytes, mode: str, real: Credentials, cred: list[str], stamp: str, seed: str) -> bytes | str:
+    """The payload of an aws-chunked body. With signed chunks (`mode` STREAMING-AWS4-HMAC-SHA256-PAYLOAD
+    [-TRAILER]) each chunk signature, and the trailer signature, is checked in the real chain."""
+    signed = mode.startswith(STREAMING_SIGNED)
     out = bytearray()
     pos, prev = 0, seed
     key = b"AWS4" + real.secret_key.encode()
@@ -268,8 +266,7 @@ def _decode_chunked(
         eol = body.find(b"\r\n", pos)
         if eol < 0:
             return "aws-chunked: truncated"
-        line = body[pos:eol].decode()
-        size_text, _, ext = line.partition(";")
+        size_text, _, ext = body[pos:eol].decode().partition(";")
         size = int(size_text, 16)
         data = body[eol + 2 : eol + 2 + size]
         if signed:
@@ -281,8 +278,16 @@ def _decode_chunked(
         out += data
         pos = eol + 2 + size
         if size == 0:
-            return bytes(out)
+            break
         pos += 2
+    if mode == STREAMING_SIGNED + "-TRAILER":
+        lines = body[eol + 2 :].split(b"\r\n")
+        fields, sig_line = lines[:-3], lines[-3]
+        canonical = b"".join(f.split(b":", 1)[0].lower() + b":" + f.split(b":", 1)[1].strip() + b"\n" for f in fields)
+        sts = "\n".join(("AWS4-HMAC-SHA256-TRAILER", stamp, scope, prev, hashlib.sha256(canonical).hexdigest()))
+        if sig_line != b"x-amz-trailer-signature:" + hmac.new(key, sts.encode(), hashlib.sha256).hexdigest().encode():
+            return "aws-chunked: trailer signature does not match (real key)"
+    return bytes(out)
 
 
 def now_stamp() -> str:

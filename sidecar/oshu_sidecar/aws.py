@@ -17,7 +17,6 @@ import hashlib
 from oshu_contract.session import SecretBinding
 
 from .credentials import BodyNeed, HookContext, HookRequest, Rewrite
-from .errors import ProxyError
 from .replay import ReplayCache
 from .sigv4 import (
     DATE_WINDOW,
@@ -70,10 +69,6 @@ class AwsHandler:
             return None
         wire, sig = found
         declared = declared_payload(wire, sig)
-        if declared == STREAMING_SIGNED_TRAILER:
-            raise ProxyError(
-                "not_implemented", "AWS SigV4: STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER is not re-signed"
-            )
         if declared in STREAMING_PAYLOADS:
             return BodyNeed.STREAM
         if declared in UNHASHED_PAYLOADS:
@@ -99,7 +94,9 @@ class AwsHandler:
                 cache = ctx.state[_REPLAY_KEY] = ReplayCache()
             if cache.seen(sig.signature, parse_amz_date(sig.amz_date) + DATE_WINDOW, ctx.now):
                 raise sigv4_error("signature_replayed", "this exact signed request was already sent; sign it anew")
-        stream = ChunkResigner(sig, sealed, real) if declared in STREAMING_PAYLOADS else None
+        stream = None
+        if declared in STREAMING_PAYLOADS:
+            stream = ChunkResigner(sig, sealed, real, trailer=declared == STREAMING_SIGNED_TRAILER)
         return Rewrite(head=_Resign(sig, real, payload, stream), stream=stream, secrets=(binding.name,))
 
 

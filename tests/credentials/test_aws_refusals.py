@@ -142,51 +142,81 @@ def test_tampered_body_refused(
     assert len(aws.requests) == before and "tamper.txt" not in aws.objects
 
 
-def _chunked(creds: Credentials, key: str, data: bytes, size: int, tamper: bool = False) -> tuple[AWSRequest, bytes]:
-    """A STREAMING-AWS4-HMAC-SHA256-PAYLOAD upload: head signed by botocore, chunks chained here."""
+def _chain(creds: Credentials, stamp: str, seed: str, pieces: list[bytes], trailer: bytes | None) -> list[str]:
+    """The chunk signatures (and the trailer's, last) of an aws-chunked body, chained from `seed`."""
+    k = hmac.new(("AWS4" + creds.secret_key).encode(), stamp[:8].encode(), hashlib.sha256).digest()
+    for part in ("us-east-1", "s3", "aws4_request"):
+        k = hmac.new(k, part.encode(), hashlib.sha256).digest()
+    scope, prev, out = f"{stamp[:8]}/us-east-1/s3/aws4_request", seed, []
+    for p in pieces:
+        sts = "\n".join(("AWS4-HMAC-SHA256-PAYLOAD", stamp, scope, prev, EMPTY, hashlib.sha256(p).hexdigest()))
+        prev = hmac.new(k, sts.encode(), hashlib.sha256).hexdigest()
+        out.append(prev)
+    if trailer is not None:
+        name, value = trailer.split(b":", 1)
+        canonical = hashlib.sha256(name.lower() + b":" + value.strip() + b"\n").hexdigest()
+        sts = "\n".join(("AWS4-HMAC-SHA256-TRAILER", stamp, scope, prev, canonical))
+        out.append(hmac.new(k, sts.encode(), hashlib.sha256).hexdigest())
+    return out
+
+
+def _frame(pieces: list[bytes], sigs: list[str], trailer: bytes | None, tamper: bool) -> bytes:
+    body = b""
+    for i, p in enumerate(pieces):
+        sent = p if not (tamper and i == len(pieces) - 2) else bytes([p[0] ^ 1]) + p[1:]
+        body += f"{len(p):x};chunk-signature={sigs[i]}\r\n".encode() + sent
+        body += b"\r\n" if (p or trailer is None) else b""
+    if trailer is not None:
+        body += trailer + b"\r\nx-amz-trailer-signature:" + sigs[-1].encode() + b"\r\n\r\n"
+    return body
+
+
+def _chunked(
+    creds: Credentials, key: str, data: bytes, size: int, tamper: bool = False, trailer: bytes | None = None
+) -> tuple[AWSRequest, bytes]:
+    """A STREAMING-AWS4-HMAC-SHA256-PAYLOAD[-TRAILER] upload: head signed by botocore, chunks chained here."""
     pieces = [data[i : i + size] for i in range(0, len(data), size)] + [b""]
-    length = sum(len(f"{len(p):x};chunk-signature=") + 64 + 4 + len(p) for p in pieces)
+    length = len(_frame(pieces, ["0" * 64] * (len(pieces) + 1), trailer, False))
     headers = {
         "Content-Encoding": "aws-chunked",
-        "X-Amz-Content-SHA256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+        "X-Amz-Content-SHA256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD" + ("-TRAILER" if trailer else ""),
         "X-Amz-Decoded-Content-Length": str(len(data)),
         "Content-Length": str(length),
     }
+    if trailer is not None:
+        headers["X-Amz-Trailer"] = trailer.split(b":", 1)[0].decode()
     req = AWSRequest(method="PUT", url=f"{S3}/{key}", headers=headers)
     now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
     with mock.patch("botocore.auth.get_current_datetime", return_value=now):
         SigV4Auth(creds, "s3", "us-east-1").add_auth(req)
-    stamp = req.headers["X-Amz-Date"]
-    prev = req.headers["Authorization"].rsplit("Signature=", 1)[1]
-    k = hmac.new(("AWS4" + creds.secret_key).encode(), stamp[:8].encode(), hashlib.sha256).digest()
-    for part in ("us-east-1", "s3", "aws4_request"):
-        k = hmac.new(k, part.encode(), hashlib.sha256).digest()
-    body = b""
-    for i, p in enumerate(pieces):
-        sts = "\n".join(
-            (
-                "AWS4-HMAC-SHA256-PAYLOAD",
-                stamp,
-                f"{stamp[:8]}/us-east-1/s3/aws4_request",
-                prev,
-                EMPTY,
-                hashlib.sha256(p).hexdigest(),
-            )
-        )
-        prev = hmac.new(k, sts.encode(), hashlib.sha256).hexdigest()
-        sent = p if not (tamper and i == len(pieces) - 2) else bytes([p[0] ^ 1]) + p[1:]
-        body += f"{len(p):x};chunk-signature={prev}\r\n".encode() + sent + b"\r\n"
+    seed = req.headers["Authorization"].rsplit("Signature=", 1)[1]
+    body = _frame(pieces, _chain(creds, req.headers["X-Amz-Date"], seed, pieces, trailer), trailer, tamper)
     assert len(body) == length
     return req, body
 
 
-@pytest.mark.parametrize(("size", "chunk"), [(1 << 20, 65536), (300, 128)], ids=["streamed-1MiB", "whole-300B"])
+@pytest.mark.parametrize(
+    ("size", "chunk", "trailer"),
+    [
+        (1 << 20, 65536, None),
+        (300, 128, None),
+        (1 << 20, 65536, b"x-amz-checksum-crc32:AAAAAA=="),
+        (300, 128, b"x-amz-checksum-crc32:BBBBBB=="),
+    ],
+    ids=["streamed-1MiB", "whole-300B", "streamed-1MiB-trailer", "whole-300B-trailer"],
+)
 def test_signed_chunked_upload_resigned_per_chunk(
-    size: int, chunk: int, sidecar: SidecarProcess, aws: AwsStandIn, binding: SecretBinding, agent_saw: dict[str, bytes]
+    size: int,
+    chunk: int,
+    trailer: bytes | None,
+    sidecar: SidecarProcess,
+    aws: AwsStandIn,
+    binding: SecretBinding,
+    agent_saw: dict[str, bytes],
 ) -> None:
     """Streamed as it arrives (1 MiB) or arrived whole with its head (300 bytes): re-signed either way."""
     data = (bytes(range(256)) * (size // 256 + 1))[:size]
-    req, body = _chunked(sealed(binding), f"signed-{size}.bin", data, chunk)
+    req, body = _chunked(sealed(binding), f"signed-{size}.bin", data, chunk, trailer=trailer)
     r = send(sidecar, agent_saw, req, body=body)
     assert r.status_code == 200, r.text
     assert aws.objects[f"signed-{size}.bin"] == data

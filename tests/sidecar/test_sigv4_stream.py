@@ -3,6 +3,7 @@ Calculations for the Authorization Header: Transferring Payload in Multiple Chun
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -152,3 +153,72 @@ def test_chunks_before_the_head_is_signed_again_are_an_internal_error() -> None:
     with pytest.raises(ProxyError) as e:
         r.feed(_body(CHUNK_SIGS))
     assert e.value.code == "internal_error"
+
+
+# The trailer example of the S3 API reference ("Signature calculation: Including trailing headers"):
+# same key, date and chunks; the seed is the head signature of the -TRAILER request.
+T_SEED = "106e2a8a18243abcf37539882f36619c00e2dfc72633413f02d3b74544bfeb8e"
+T_CHUNK_SIGS = (
+    "b474d8862b1487a5145d686f57f013e54db672cee1c953b3010fb58501ef5aa2",
+    "1c1344b170168f8e65b41376b44b20fe354e373826ccbbe2c1d40a8cae51e5c7",
+    "2ca2aba2005185cf7159c6277faf83795951dd77a3a99e6e65d5c9f85863f992",
+)
+T_TRAILER = b"x-amz-checksum-crc32c:sOO8/Q=="
+T_TRAILER_SIG = "d81f82fc3505edab99d459891051a732e8730629a2e4a59689829ca17fe2e435"
+
+
+def _trailer_body(chunk_sigs: tuple[str, ...], trailer: bytes, trailer_sig: str) -> bytes:
+    body = _body(chunk_sigs)[:-2]  # the last chunk is not followed by CRLF: the trailers are
+    return body + trailer + b"\r\nx-amz-trailer-signature:" + trailer_sig.encode() + b"\r\n\r\n"
+
+
+def _trailer_resigner(sealed: Credentials = DOC, seed: str = T_SEED, real_seed: str = "0" * 64) -> ChunkResigner:
+    r = ChunkResigner(dataclasses.replace(_doc_signature(), signature=seed), sealed, REAL, trailer=True)
+    r.real_prev = real_seed
+    return r
+
+
+def test_published_trailer_example_verifies_and_resigns() -> None:
+    body = _trailer_body(T_CHUNK_SIGS, T_TRAILER, T_TRAILER_SIG)
+    rng = random.Random(9)
+    outs = []
+    for _ in range(10):
+        r, pieces, pos = _trailer_resigner(), [], 0
+        while pos < len(body):
+            step = rng.choice([1, 3, 50, 4096, 70000])
+            pieces.append(r.feed(body[pos : pos + step]))
+            pos += step
+        outs.append(b"".join(pieces) + r.flush())
+    out = outs[0]
+    assert all(o == out for o in outs) and len(out) == len(body)
+    assert T_TRAILER_SIG.encode() not in out and T_TRAILER in out
+    check = _trailer_resigner(REAL, seed="0" * 64, real_seed="1" * 64)  # a valid chain under the real key
+    check.feed(out)
+    check.flush()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _trailer_body(T_CHUNK_SIGS, b"x-amz-checksum-crc32c:AAAAAA==", T_TRAILER_SIG),  # trailer value altered
+        _trailer_body(T_CHUNK_SIGS, T_TRAILER, T_CHUNK_SIGS[2]),  # another signature
+        _trailer_body(T_CHUNK_SIGS, T_TRAILER, T_TRAILER_SIG).replace(
+            b"x-amz-trailer-signature:", b"x-amz-trailer-sig:"
+        ),
+        _trailer_body(T_CHUNK_SIGS, b"bad field", T_TRAILER_SIG),
+        _trailer_body(T_CHUNK_SIGS, T_TRAILER, T_TRAILER_SIG) + b"x",
+    ],
+    ids=["altered", "wrong-signature", "no-signature-line", "malformed-field", "trailing-data"],
+)
+def test_tampered_trailers_are_refused(body: bytes) -> None:
+    r = _trailer_resigner()
+    with pytest.raises(ProxyError) as e:
+        r.feed(body)
+        r.flush()
+    assert e.value.code == "signature_invalid"
+
+
+def test_an_endless_trailer_section_is_refused() -> None:
+    r = _trailer_resigner()
+    with pytest.raises(ProxyError):
+        r.feed(_body(T_CHUNK_SIGS)[:-2] + b"x-amz-meta: " + b"v" * 9000)
