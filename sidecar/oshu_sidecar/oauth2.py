@@ -28,7 +28,7 @@ from .body import BodyReader
 from .channel import ChannelClosed, DeadlineExpired, HeadTooLarge
 from .errors import ProxyError
 from .http1 import LENGTH, NO_BODY, parse_response_head
-from .upstream import UpstreamPool
+from .upstream import UpstreamConn, UpstreamPool
 
 #: Lifetime assumed when the token endpoint does not say (`expires_in` is only RECOMMENDED).
 DEFAULT_LIFETIME = 3600.0
@@ -253,16 +253,33 @@ def pool_fetcher(pool: UpstreamPool, timeout: float = REQUEST_TIMEOUT) -> Fetch:
     return fetch
 
 
+class _Stale(Exception):
+    """A reused connection the upstream had closed before answering (nothing was read)."""
+
+
 async def post(pool: UpstreamPool, target: tuple[str, int], request: bytes, timeout: float) -> tuple[int, bytes]:
-    """Send one complete request over a pooled TLS connection; (status, body up to MAX_RESPONSE)."""
+    """Send one complete request over a pooled TLS connection; (status, body up to MAX_RESPONSE).
+    A pooled connection the endpoint had already closed is retried once on a fresh one."""
     host, port = target
-    up, _ = await pool.acquire(True, host, port)
+    up, reused = await pool.acquire(True, host, port)
+    try:
+        return await _exchange(pool, up, host, request, timeout, reused)
+    except _Stale:
+        up = await pool.connect((True, host, port))
+        return await _exchange(pool, up, host, request, timeout, False)
+
+
+async def _exchange(
+    pool: UpstreamPool, up: UpstreamConn, host: str, request: bytes, timeout: float, reused: bool
+) -> tuple[int, bytes]:
     done = False
     try:
         async with asyncio.timeout(timeout):
             up.write(request)
             raw = await up.read_head(MAX_RESPONSE, timeout, timeout)
-            if raw is None:
+            if raw is None:  # closed before a single byte of an answer: safe to send again
+                if reused:
+                    raise _Stale()
                 raise ProxyError("upstream_protocol_error", f"{host} closed the connection before answering")
             resp = parse_response_head(raw, b"POST")
             if resp.framing == LENGTH and resp.content_length > MAX_RESPONSE:

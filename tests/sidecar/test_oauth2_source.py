@@ -251,3 +251,44 @@ async def test_a_failed_background_refresh_is_not_retried_on_every_request() -> 
     assert await source.token() == "at-1"
     await asyncio.sleep(0.01)
     assert await source.token() == "at-3" and len(endpoint.requests) == 3
+
+
+async def test_a_pooled_connection_closed_by_the_endpoint_is_retried_once_on_a_fresh_one(tmp_path: Path) -> None:
+    """The endpoint answers the first request of each connection and closes on the second without a
+    byte (what an expired keep-alive looks like when the close races the reuse)."""
+    ca = TestCA.new().write(tmp_path)
+    leaf = ca.issue(["auth.oshu.test"])
+    (tmp_path / "leaf.pem").write_bytes(leaf.cert_pem + leaf.key_pem)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(tmp_path / "leaf.pem")
+    connections = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        body = b'{"access_token":"at-%d","expires_in":60}' % connections
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+        )
+        await writer.drain()
+        await reader.readuntil(b"\r\n\r\n")  # the second request: closed unanswered
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    router = Router(connect_to=(ConnectTo("auth.oshu.test", 443, "127.0.0.1", port),))
+    pool = UpstreamPool(loop, client_context((str(ca.cert_path),)), router)
+    fetch = pool_fetcher(pool, timeout=10)
+    client = OAuth2Client.from_fields("OA", FIELDS)
+    try:
+        assert json.loads((await fetch(client, None))[1])["access_token"] == "at-1"
+        assert json.loads((await fetch(client, None))[1])["access_token"] == "at-2"  # retried on connection 2
+        assert connections == 2
+    finally:
+        pool.close()
+        server.close()
+        await server.wait_closed()
