@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -28,6 +29,7 @@ from .body import BodyReader
 from .channel import ChannelClosed, DeadlineExpired, HeadTooLarge
 from .errors import ProxyError
 from .http1 import LENGTH, NO_BODY, parse_response_head
+from .logs import log
 from .upstream import UpstreamConn, UpstreamPool
 
 #: Lifetime assumed when the token endpoint does not say (`expires_in` is only RECOMMENDED).
@@ -219,6 +221,7 @@ class TokenSource:
             grant = parse_token_response(name, status, body)
         except ProxyError as e:
             self._failure, self._failure_until = e, self._clock() + FAILURE_HOLD
+            log(logging.WARNING, "oauth2 token request failed", secret=name, error=e.message)
             raise
         finally:
             self._inflight = None
@@ -229,6 +232,13 @@ class TokenSource:
             self._refresh_token = grant.refresh_token  # rotated: the old one may no longer work
         self._usable_until = now + grant.lifetime - min(EXPIRY_MARGIN, grant.lifetime / 10)
         self._refresh_at = now + grant.lifetime - min(REFRESH_AHEAD, grant.lifetime / 4)
+        log(
+            logging.INFO,
+            "oauth2 access token obtained",
+            secret=name,
+            expires_in=grant.lifetime,
+            rotated=bool(grant.refresh_token),
+        )
         return grant.access_token
 
 

@@ -4,6 +4,7 @@ sealed bearer token."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -91,6 +92,8 @@ def test_32_concurrent_clients_one_token_request_per_expiry_period(server: Token
         time.sleep(LIFETIME + 0.5)  # the token has expired: the next round must wait for one new one
         assert one_round() == [200] * 32
         assert server.token_requests == 2 and server.max_in_flight == 1
+        obtained = [r for r in sc.log_records() if r.get("msg") == "oauth2 access token obtained"]
+        assert len(obtained) == 2
         assert server.api_refused == 0
         assert set(server.api_tokens) == {first, server.issued[-1]} and server.issued[-1] != first
         assert server.api_tokens[:32] == [first] * 32  # every request of a round carried that round's token
@@ -142,6 +145,8 @@ def test_token_endpoint_failures_are_json_errors_without_values(server: TokenSer
         assert server.api_tokens == []  # nothing reached the API
         _leak_scan(sc, server, [r.content])
         assert "cs-wrong-" not in sc.log_text()
+        failed = sc.wait_for_log(lambda rec: rec.get("msg") == "oauth2 token request failed")
+        assert "401 (invalid_client)" in json.dumps(failed)
 
 
 def test_the_token_endpoint_must_present_a_certificate_the_proxy_trusts(server: TokenServer, tmp_path: Path) -> None:
