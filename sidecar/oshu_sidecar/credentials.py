@@ -83,7 +83,8 @@ class Rewrite:
     head: Callable[[bytes], bytes] | None = None
     #: The buffered body to send instead (BodyNeed.BUFFER); Content-Length is fixed up.
     body: bytes | None = None
-    #: Body transform for BodyNeed.STREAM (also applied to a body that arrived whole).
+    #: Body transform for BodyNeed.STREAM (also applied to a body that arrived whole), run after `head`.
+    #: It must keep a Content-Length body's length (the head has gone out, or is built, before).
     stream: StreamTransform | None = None
     #: Buffered response transform (a token endpoint's JSON), bodies up to RESPONSE_LIMIT.
     response: ResponseTransform | None = None

@@ -104,13 +104,17 @@ class Exchange:
             if refusal is not None:
                 return self.refuse(refusal)
         if self.req.framing != NO_BODY and (claim is None or claim.body != BodyNeed.BUFFER):
-            refusal = await self._prepare_body() or transform_whole(self)
+            refusal = await self._prepare_body()
             if refusal is not None:
                 return self.refuse(refusal)
         try:
             head = self._upstream_head()
         except ProxyError as e:  # a credential handler's head rewrite refused
             return self.refuse(e)
+        if claim is not None:  # (after the head: a chunk re-signer chains from the re-signed head)
+            refusal = transform_whole(self)
+            if refusal is not None:
+                return self.refuse(refusal)
         try:
             up, reused = await self.proxy.pool.acquire(self.facts.tls, d.host, d.port)
         except ProxyError as e:

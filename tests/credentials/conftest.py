@@ -112,6 +112,7 @@ def sidecar(
         directory=tmp_path_factory.mktemp("sidecar"),
         connect_to=[f"{h}:443:127.0.0.1:{aws.port}" for h in AWS_HOSTS],
         upstream_ca_files=[aws.ca_file],
+        extra_args=["--log-level", "debug"],  # the most the sidecar ever logs: all of it is scanned
     )
     with sc:
         yield sc
