@@ -287,3 +287,32 @@ def test_pods_without_enforcement_are_unchanged(pods_env: Any, agents: Agents) -
     result = pods.exec_in(pods_env.kube, agents.namespace, "proxied", command)
     assert result.stdout.strip() == "200", result
     assert [standin.credential(r) for r in _by_client(pods_env, f"curl-{tag}")] == [agents.proxy.real_key]
+
+
+def test_kubectl_debug_containers_are_held_by_the_rules(pods_env: Any, agents: Agents) -> None:
+    """`kubectl debug --profile=restricted` passes admission (the pod-level uid covers it) and its
+    direct connections are redirected like the agent's; the legacy profile is refused."""
+    kube, ns = pods_env.kube, agents.namespace
+    host, port, sni = _targets(pods_env)["other Service"]
+    tag = f"debug-{secrets.token_hex(4)}"
+    image = f"--image={pods_env.images.agent}"
+    refused = kube.kubectl(
+        "-n", ns, "debug", "redirected", "--profile=legacy", image, "--container=legacy", "--", "true", check=False
+    )
+    assert refused.returncode != 0 and "[redirect-uid-switch]" in refused.stderr, refused.stderr
+    kube.kubectl(
+        "-n", ns, "debug", "redirected", "--profile=restricted", image, "--container=dbg", "--",
+        "python3", "-c", DIRECT_TLS, host, str(port), sni, tag,
+    )  # fmt: skip
+
+    def finished() -> dict[str, Any] | None:
+        pod = pods.get_json(kube, "pod", "redirected", "-n", ns)
+        terminated: dict[str, Any] | None = (
+            _statuses(pod, "ephemeralContainerStatuses").get("dbg", {}).get("state", {}).get("terminated")
+        )
+        return terminated
+
+    wait_for(finished, timeout=120, what="debug container dbg finished", interval=1)
+    out = _json(kube.kubectl("-n", ns, "logs", "redirected", "-c", "dbg"))
+    time.sleep(1)
+    assert out["ok"] is False and not _by_client(pods_env, tag), out
