@@ -133,6 +133,8 @@ class AwsStandIn:
             )
         if host.startswith("bedrock-runtime."):
             return _bedrock(request, body)
+        if host.startswith("sts."):
+            return _sts(self.key.access_key_id)
         return self._s3(request, seen)
 
     def check(self, seen: Seen) -> str | None:
@@ -232,6 +234,17 @@ class AwsStandIn:
             )
             return web.Response(status=200, text=xml, content_type="application/xml")
         return web.Response(status=400, text="<Error><Code>NotImplemented</Code></Error>")
+
+
+def _sts(access_key_id: str) -> web.Response:
+    """GetCallerIdentity (the only STS call the proxy signs with the real key)."""
+    xml = (
+        '<GetCallerIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><GetCallerIdentityResult>'
+        "<Arn>arn:aws:iam::123456789012:user/oshu-test</Arn><UserId>AIDAOSHUTEST</UserId>"
+        "<Account>123456789012</Account></GetCallerIdentityResult>"
+        "<ResponseMetadata><RequestId>standin</RequestId></ResponseMetadata></GetCallerIdentityResponse>"
+    )
+    return web.Response(status=200, text=xml, content_type="text/xml")
 
 
 def _bedrock(request: web.Request, body: bytes) -> web.Response:

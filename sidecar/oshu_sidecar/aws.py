@@ -17,6 +17,7 @@ import hashlib
 from oshu_contract.session import SecretBinding
 
 from .credentials import BodyNeed, HookContext, HookRequest, Rewrite
+from .errors import ProxyError
 from .replay import ReplayCache
 from .sigv4 import (
     DATE_WINDOW,
@@ -29,7 +30,9 @@ from .sigv4 import (
     Wire,
     check_date,
     declared_payload,
+    header,
     parse_amz_date,
+    parse_query,
     parse_signature,
     resign_headers,
     resign_query,
@@ -39,6 +42,29 @@ from .sigv4 import (
 from .sigv4_stream import ChunkResigner
 
 _REPLAY_KEY = "aws.replay"
+#: Services whose answers are (or can be) new credentials of the account -- temporary keys, access
+#: keys, login profiles. Signed with the real key, their responses would give the agent real
+#: credentials the proxy does not know and cannot scrub, usable without it: refused, except the
+#: read-only identity check SDKs and CLIs use.
+MINTING_SERVICES = frozenset({"sts", "iam", "sso", "sso-oauth", "cognito-identity", "signin"})
+_READ_ONLY = frozenset({("sts", "GetCallerIdentity")})
+
+
+def minting_refusal(sig: Signature, wire: Wire, body: bytes | None) -> ProxyError | None:
+    """Why a request to a credential-minting service is not signed with the real key, else None."""
+    if sig.service not in MINTING_SERVICES:
+        return None
+    pairs = parse_query(wire.query)
+    if body is not None and "x-www-form-urlencoded" in (header(wire.headers, "content-type") or ""):
+        pairs += parse_query(body.decode("latin-1").replace("+", " "))
+    actions = {v for n, v in pairs if n == "Action"}
+    if len(actions) == 1 and (sig.service, *actions) in _READ_ONLY:
+        return None
+    what = f"{sig.service} {', '.join(sorted(actions))}" if actions else f"{sig.service} requests"
+    return ProxyError(
+        "credential_denied",
+        f"AWS SigV4: {what} would hand the agent new real credentials; not signed with the session's key",
+    )
 
 
 def sealed_credentials(binding: SecretBinding) -> Credentials:
@@ -88,6 +114,9 @@ class AwsHandler:
         hashed = declared is not None and declared not in UNHASHED_PAYLOADS and declared not in STREAMING_PAYLOADS
         if hashed and declared != actual:
             raise sigv4_error("payload_hash_mismatch", "x-amz-content-sha256 is not the SHA-256 of the body")
+        refusal = minting_refusal(sig, wire, body)
+        if refusal is not None:
+            raise refusal
         if not sig.presigned:  # a presigned URL is meant to be fetched again until it expires
             cache = ctx.state.get(_REPLAY_KEY)
             if not isinstance(cache, ReplayCache):

@@ -115,8 +115,35 @@ class Handler(Protocol):
         ...
 
 
-#: Kind -> handler. Handlers register here (one line each), below: `_register()`.
-HANDLERS: dict[Kind, Handler] = {}
+class Registry:
+    """Kind -> handler, filled by `_register()` on first use: the handler modules import this one,
+    so registering while it is still being imported would fail for whichever is imported first."""
+
+    __slots__ = ("_filled", "_handlers")
+
+    def __init__(self) -> None:
+        self._handlers: dict[Kind, Handler] = {}
+        self._filled = False
+
+    def _fill(self) -> None:
+        if not self._filled:
+            self._filled = True
+            _register()
+
+    def get(self, kind: Kind) -> Handler | None:
+        self._fill()
+        return self._handlers.get(kind)
+
+    def __getitem__(self, kind: Kind) -> Handler:
+        self._fill()
+        return self._handlers[kind]
+
+    def __setitem__(self, kind: Kind, handler: Handler) -> None:
+        self._handlers[kind] = handler
+
+
+#: Kind -> handler. Handlers register in `_register()` below (one line each).
+HANDLERS = Registry()
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,12 +201,9 @@ def context(proxy: Proxy) -> HookContext:
 
 
 def _register() -> None:
-    from .aws import AwsHandler  # (the handlers import this module: registered once it is complete)
+    from .aws import AwsHandler  # (imported here: the handler modules import this one)
 
     HANDLERS[Kind.AWS] = AwsHandler()
     from .oauthhooks import GcpHandler, OAuth2Handler
 
     HANDLERS[Kind.OAUTH2], HANDLERS[Kind.GCP] = OAuth2Handler(), GcpHandler()
-
-
-_register()

@@ -25,6 +25,7 @@ CODES: dict[str, int] = {
     "signature_replayed": 403,  # AWS SigV4: the same signature seen before inside the window
     "payload_hash_mismatch": 400,  # AWS SigV4: x-amz-content-sha256 is not the body's hash
     "payload_too_large": 413,  # a body a credential handler must buffer exceeds its limit
+    "credential_denied": 403,  # AWS SigV4: a call that would hand the agent new real credentials (STS, IAM...)
     "assertion_invalid": 403,  # a service-account JWT that does not verify with the session key (gcp.py)
     "assertion_expired": 403,  # ... or is outside its validity window
     "request_timeout": 408,

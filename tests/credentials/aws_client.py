@@ -19,7 +19,8 @@ def main(op: str, *args: str) -> dict[str, object]:
     if op == "put":
         # "signed": the payload hash is signed too (a file body then also sends Expect: 100-continue)
         signed = Config(
-            s3={"addressing_style": "virtual", "payload_signing_enabled": True}, request_checksum_calculation="when_required"
+            s3={"addressing_style": "virtual", "payload_signing_enabled": True},
+            request_checksum_calculation="when_required",
         )
         s3 = boto3.client("s3", config=cfg.merge(signed) if args[3].startswith("signed") else cfg)
         body = (args[1] * (int(args[2]) // len(args[1]) + 1))[: int(args[2])].encode()
@@ -36,6 +37,8 @@ def main(op: str, *args: str) -> dict[str, object]:
         return {
             "url": s3.generate_presigned_url("get_object", Params={"Bucket": BUCKET, "Key": args[0]}, ExpiresIn=600)
         }
+    if op == "whoami":
+        return dict(boto3.client("sts", config=cfg).get_caller_identity())
     if op == "bedrock":
         br = boto3.client("bedrock-runtime", config=cfg)
         r = br.invoke_model(

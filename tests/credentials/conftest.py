@@ -23,7 +23,8 @@ from oshu_testkit.sidecar_process import SidecarProcess
 
 S3_HOSTS = ("bucket.s3.amazonaws.com", "bucket.s3.us-east-1.amazonaws.com")
 BEDROCK = "bedrock-runtime.us-east-1.amazonaws.com"
-AWS_HOSTS = (*S3_HOSTS, BEDROCK)
+STS_HOSTS = ("sts.amazonaws.com", "sts.us-east-1.amazonaws.com")
+AWS_HOSTS = (*S3_HOSTS, BEDROCK, *STS_HOSTS)
 
 
 def aws_binding(key: AwsKey, with_token: bool = True) -> SecretBinding:
@@ -34,7 +35,7 @@ def aws_binding(key: AwsKey, with_token: bool = True) -> SecretBinding:
         "AWS",
         Kind.AWS,
         new_sealed_token(),
-        [HostPattern.parse(h) for h in ("*.s3.amazonaws.com", "*.s3.us-east-1.amazonaws.com", BEDROCK)],
+        [HostPattern.parse(h) for h in ("*.s3.amazonaws.com", "*.s3.us-east-1.amazonaws.com", BEDROCK, *STS_HOSTS)],
         key.fields(with_token),
         sealed_fields,
     )

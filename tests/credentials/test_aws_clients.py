@@ -162,3 +162,16 @@ def test_aws_cli_cp_and_list(
     agent_saw["aws s3api list-objects-v2"] = (p.stdout + p.stderr).encode()
     assert p.returncode == 0, p.stderr
     assert "cli.txt" in [c["Key"] for c in json.loads(p.stdout)["Contents"]]
+
+
+def test_boto3_sts_get_caller_identity(
+    run_client: Callable[..., dict[str, Any]],
+    sidecar: SidecarProcess,
+    aws: AwsStandIn,
+    binding: SecretBinding,
+    tmp_path: Path,
+) -> None:
+    """The read-only identity check is signed with the real key (other STS calls are refused)."""
+    out = run_client(agent_env(sidecar, binding, tmp_path), "whoami")
+    assert out["Account"] == "123456789012"
+    assert aws.requests[-1].host.startswith("sts.")

@@ -230,3 +230,23 @@ def test_tampered_chunk_stops_the_upload(
     req, body = _chunked(sealed(binding), "bad-chunks.bin", b"z" * size, chunk, tamper=True)
     refused(send(sidecar, agent_saw, req, body=body), 403, "signature_invalid")
     assert "bad-chunks.bin" not in aws.objects
+
+
+@pytest.mark.parametrize("action", ["GetSessionToken", "AssumeRole", "GetFederationToken"], ids=lambda a: a)
+def test_sts_calls_that_mint_credentials_are_refused(
+    action: str, sidecar: SidecarProcess, aws: AwsStandIn, binding: SecretBinding, agent_saw: dict[str, bytes]
+) -> None:
+    body = f"Action={action}&Version=2011-06-15&RoleArn=arn%3Aaws%3Aiam%3A%3A1%3Arole%2Fx&RoleSessionName=s".encode()
+    req = AWSRequest(
+        method="POST",
+        url="https://sts.us-east-1.amazonaws.com/",
+        data=body,
+        headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"},
+    )
+    with mock.patch(
+        "botocore.auth.get_current_datetime", return_value=datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+    ):
+        SigV4Auth(sealed(binding), "sts", "us-east-1").add_auth(req)
+    before = len(aws.requests)
+    refused(send(sidecar, agent_saw, req), 403, "credential_denied")
+    assert len(aws.requests) == before

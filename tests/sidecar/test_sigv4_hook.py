@@ -14,6 +14,8 @@ from botocore.credentials import Credentials
 from oshu_contract.hosts import HostPattern
 from oshu_contract.kinds import Kind
 from oshu_contract.session import SecretBinding, new_kind_binding, new_sealed_token
+from oshu_sidecar import sigv4
+from oshu_sidecar.aws import minting_refusal
 from oshu_sidecar.credentials import BODY_LIMIT, BodyNeed, HookRequest
 from oshu_sidecar.decide import Facts, decide
 from oshu_sidecar.http1 import parse_request_head
@@ -150,3 +152,33 @@ def test_withdrawn_when_the_binding_leaves_or_changes() -> None:
 def test_hook_request_header_lookup() -> None:
     req = HookRequest("h", 443, "GET", "/", (("X-A", "1"), ("x-a", "2")), None, False)
     assert req.header("x-A") == "1" and req.header("nope") is None
+
+
+def _sig(service: str) -> sigv4.Signature:
+    return sigv4.Signature(False, "A", "20261130", "us-east-1", service, "20261130T020000Z", ("host",), "0" * 64)
+
+
+FORM = [("Host", "sts.amazonaws.com"), ("Content-Type", "application/x-www-form-urlencoded; charset=utf-8")]
+
+
+@pytest.mark.parametrize(
+    ("service", "query", "headers", "body", "refused"),
+    [
+        ("bedrock", "", [("Host", "h")], b"{}", False),
+        ("s3", "Action=AssumeRole", [("Host", "h")], None, False),  # (S3 has no such action: not a minting service)
+        ("sts", "Action=GetCallerIdentity&Version=2011-06-15", [("Host", "h")], None, False),
+        ("sts", "", FORM, b"Action=GetCallerIdentity&Version=2011-06-15", False),
+        ("sts", "", FORM, b"Action=AssumeRole&RoleArn=x", True),
+        ("sts", "Action=GetCallerIdentity", FORM, b"Action=GetSessionToken", True),  # two actions
+        ("sts", "", [("Host", "h")], b"Action=GetCallerIdentity", True),  # not a form: the action is not known
+        ("iam", "Action=ListUsers", [("Host", "h")], None, True),
+        ("sso", "", [("Host", "h")], None, True),
+    ],
+)
+def test_credential_minting_services_are_refused(
+    service: str, query: str, headers: list[tuple[str, str]], body: bytes | None, refused: bool
+) -> None:
+    refusal = minting_refusal(_sig(service), sigv4.Wire("POST", "/", query, headers), body)
+    assert (refusal is not None) == refused
+    if refusal is not None:
+        assert refusal.code == "credential_denied" and refusal.status == 403
