@@ -167,9 +167,12 @@ def parse_enforcement(spec: Mapping[str, Any]) -> tuple[str | None, RedirectSpec
     nets: list[str] = []
     for i, cidr in enumerate(cidrs):
         try:
-            nets.append(str(ipaddress.ip_network(str(cidr), strict=True)))
+            net = ipaddress.ip_network(str(cidr), strict=True)
         except ValueError:
-            raise SpecError(f"spec.redirect.excludeCIDRs[{i}] must be a CIDR such as 10.0.0.0/8") from None
+            net = None
+        if net is None or net.prefixlen == 0:  # /0 would switch enforcement off (the rules command refuses it)
+            raise SpecError(f"spec.redirect.excludeCIDRs[{i}] must be a CIDR such as 10.0.0.0/8, not /0")
+        nets.append(str(net))
     for i, port in enumerate(ports):
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
             raise SpecError(f"spec.redirect.excludePorts[{i}] must be a port from 1 to 65535")

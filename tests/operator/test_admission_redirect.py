@@ -50,6 +50,7 @@ def test_the_crd_validates_enforcement_and_redirect(kube: Any, ns: str) -> None:
         ({"enforcement": "iptables"}, "spec.enforcement"),
         ({"redirect": {"excludeCIDRs": ["10.1.2.3/8"]}}, "spec.redirect.excludeCIDRs[0]"),
         ({"redirect": {"excludeCIDRs": ["not-a-cidr"]}}, "spec.redirect.excludeCIDRs[0]"),
+        ({"redirect": {"excludeCIDRs": ["10.0.0.0/8", "0.0.0.0/0"]}}, "spec.redirect.excludeCIDRs[1]"),
         ({"redirect": {"excludePorts": [0]}}, "spec.redirect.excludePorts[0]"),
     ):
         body = {

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -105,6 +107,8 @@ def test_spec_enforcement_and_redirect_are_parsed_and_normalised() -> None:
         {"redirect": []},
         {"redirect": {"excludeCIDRs": ["10.1.2.3/8"]}},  # host bits set: the user meant something else
         {"redirect": {"excludeCIDRs": ["example.com"]}},
+        {"redirect": {"excludeCIDRs": ["0.0.0.0/0"]}},  # the rules command refuses it: enforcement off
+        {"redirect": {"excludeCIDRs": ["::/0"]}},
         {"redirect": {"excludePorts": [0]}},
         {"redirect": {"excludePorts": [65536]}},
         {"redirect": {"excludePorts": [True]}},
@@ -344,3 +348,25 @@ def test_an_update_may_not_change_the_rules_container(change: Change, refused: b
     change(new["spec"])
     subj = rules.Subject(new, "agents", "claude", None, old=old)
     assert [f.rule.id for f in rules.update_findings(subj)] == (["proxy-container-changed"] if refused else [])
+
+
+def test_the_commands_accept_what_the_operator_injects() -> None:
+    """The interfaces between the operator and the sidecar image: the rules command renders a ruleset
+    from the init container's args, the sidecar's parser takes the redirect flags."""
+    from oshu_sidecar.config import load_config
+
+    out = injected(good_pod(), session(redirect=RedirectSpec(("10.0.0.0/8",), (5432,), True)))
+    netrules_c, sidecar = out["spec"]["initContainers"][:2]
+    argv = [*netrules_c["args"], "--dns-server", "10.96.0.10", "--dry-run"]
+    dry = subprocess.run(
+        [sys.executable, "-m", "oshu_sidecar.netrules", *argv], capture_output=True, text=True, timeout=60
+    )
+    assert dry.returncode == 0, dry.stderr
+    script = dry.stdout
+    for expected in ("skuid 65532", f"redirect to :{n.SIDECAR_TRANSPARENT_PORT}", "10.0.0.0/8", "5432"):
+        assert expected in script, expected
+    assert "169.254.169.254" not in script  # --allow-metadata reached it
+    parsed = load_config(sidecar["args"], environ={})
+    port = n.SIDECAR_TRANSPARENT_PORT
+    assert set(parsed.transparent_listen) == {("127.0.0.1", port), ("::1", port)}
+    assert parsed.require_redirect is True
