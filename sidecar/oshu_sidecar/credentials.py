@@ -90,6 +90,8 @@ class Rewrite:
     response: ResponseTransform | None = None
     #: Names of the bindings used (audit line and metrics `secrets`).
     secrets: tuple[str, ...] = ()
+    #: Extra (real value, sealed stand-in, name) scrubbed from this exchange's response (minted tokens).
+    scrub: tuple[tuple[bytes, bytes, str], ...] = ()
 
 
 @dataclass(slots=True)

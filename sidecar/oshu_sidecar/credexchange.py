@@ -14,6 +14,7 @@ from .channel import ChannelClosed
 from .credentials import BODY_LIMIT, RESPONSE_LIMIT, BodyNeed, Claim, ResponseTransform, context
 from .errors import ProxyError
 from .http1 import LENGTH, NO_BODY, UNTIL_CLOSE, ResponseHead
+from .minted import ScrubberWith
 from .response import relay, response_out
 
 if TYPE_CHECKING:
@@ -38,6 +39,8 @@ async def prepare(ex: Exchange, c: Claim) -> ProxyError | None:
     except ProxyError as e:
         return e
     ex.rewrite = rw
+    if rw.scrub:
+        ex.scrubber = ScrubberWith(ex.policy.scrubber, rw.scrub)
     ex.secrets.extend(n for n in rw.secrets if n not in ex.secrets)
     if body is not None:
         out = rw.body if rw.body is not None else body
@@ -93,7 +96,7 @@ async def relay_transformed(
             raise ProxyError("upstream_protocol_error", "token endpoint response too large to transform")
         parts.append(data)
     body = await transform(resp.status, b"".join(parts))
-    scrubber, names = ex.policy.scrubber, ex.scrubbed
+    scrubber, names = ex.scrubber, ex.scrubbed
     if scrubber.active:
         body = scrubber.scrub(body, names)
     ex.bytes_out = len(body)

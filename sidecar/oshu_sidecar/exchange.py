@@ -23,6 +23,7 @@ from .http1 import CHUNKED, LENGTH, NO_BODY, RequestHead, edit_head
 from .logs import AuditEntry
 from .policy import Policy, withdrawn
 from .response import read_response_head, relay, switch_protocols
+from .scrub import Scrubber
 from .substitute import StreamReplacer, redact_query, replace_all
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ class Exchange:
         "req",
         "rewrite",
         "scrubbed",
+        "scrubber",
         "secrets",
         "status",
         "stream_body",
@@ -86,6 +88,8 @@ class Exchange:
         self.stream_body = False
         self.replacer: StreamReplacer | None = None
         self.rewrite: Rewrite | None = None  # a credential handler's (credentials.py), if one took the request
+        #: What the response is scrubbed with: the session's scrubber, plus a rewrite's extra values.
+        self.scrubber: Scrubber = self.policy.scrubber
         self.up: UpstreamConn | None = None
         self.upload: asyncio.Task[None] | None = None
 

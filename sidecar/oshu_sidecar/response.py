@@ -39,7 +39,7 @@ async def read_response_head(ex: Exchange, up: UpstreamConn) -> ResponseHead:
             raise ChannelClosed("upstream closed")
         resp = parse_response_head(raw, ex.req.method)
         if 100 <= resp.status < 200 and resp.status != 101:
-            ex.conn.write(response_out(resp, ex.proxy.resolve_policy(ex.conn).scrubber, []))
+            ex.conn.write(response_out(resp, _interim_scrubber(ex), []))
             continue
         return resp
 
@@ -49,7 +49,7 @@ async def relay(ex: Exchange, up: UpstreamConn, resp: ResponseHead) -> tuple[boo
 
     Raises ChannelClosed/ConnectionError when either side goes away, ProxyError on a malformed body.
     """
-    conn, scrubber, names = ex.conn, ex.policy.scrubber, ex.scrubbed
+    conn, scrubber, names = ex.conn, ex.scrubber, ex.scrubbed
     keep_client = ex.req.keep_alive
     close_hdr = b"" if keep_client else _CONN_CLOSE
     # A Content-Encoding label does not switch scrubbing off: an upstream may label plain bytes as
@@ -81,7 +81,7 @@ async def relay(ex: Exchange, up: UpstreamConn, resp: ResponseHead) -> tuple[boo
 
 async def _restream(ex: Exchange, up: UpstreamConn, resp: ResponseHead, close_hdr: bytes) -> tuple[bool, bool]:
     """Streaming with re-framing: chunked to HTTP/1.1 clients, close-delimited to HTTP/1.0 ones."""
-    conn, scrubber, names = ex.conn, ex.policy.scrubber, ex.scrubbed
+    conn, scrubber, names = ex.conn, ex.scrubber, ex.scrubbed
     keep_client, up_ok = ex.req.keep_alive, resp.keep_alive and resp.framing != UNTIL_CLOSE
     http10 = ex.req.version == b"HTTP/1.0"
     if http10:
@@ -131,11 +131,19 @@ async def switch_protocols(ex: Exchange, up: UpstreamConn, resp: ResponseHead) -
         return ex.refuse(
             ProxyError("upstream_protocol_error", "upstream switched protocols without a WebSocket request"), True
         )
-    ex.conn.write(response_out(resp, ex.policy.scrubber, ex.scrubbed, keep=_KEEP_101))
+    ex.conn.write(response_out(resp, ex.scrubber, ex.scrubbed, keep=_KEEP_101))
     ex.finish()
     ex.conn.upstream = None
     await link(ex.conn, up)
     return False
+
+
+def _interim_scrubber(ex: Exchange) -> Scrubber:
+    """For 1xx responses: the session's current scrubber (a reload may have added values); for a
+    credential exchange with extra values (minted tokens), its own scrubber."""
+    if ex.scrubber is not ex.policy.scrubber:
+        return ex.scrubber
+    return ex.proxy.resolve_policy(ex.conn).scrubber
 
 
 def response_out(
