@@ -3,10 +3,6 @@ a real sidecar whose session holds an aws binding, and the agent's environment (
 
 from __future__ import annotations
 
-import base64
-import datetime
-import hashlib
-import hmac
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,9 +11,9 @@ import pytest
 from oshu_contract.hosts import HostPattern
 from oshu_contract.kinds import Kind
 from oshu_contract.session import SecretBinding, new_kind_binding, new_sealed_token
+from oshu_testkit.aws_leaks import assert_no_aws_leak
 from oshu_testkit.aws_standin import AwsStandIn
 from oshu_testkit.credential_material import AwsKey
-from oshu_testkit.leaks import assert_no_secret
 from oshu_testkit.sessions import new_session
 from oshu_testkit.sidecar_process import SidecarProcess
 
@@ -67,31 +63,6 @@ def _no_signature_failures(request: pytest.FixtureRequest) -> Iterator[None]:
     standin.failures.clear()
     yield
     assert not standin.failures, standin.failures
-
-
-def derived_keys(key: AwsKey) -> list[bytes]:
-    """kDate, kRegion, kService, kSigning of the real secret for the days around now, S3 and Bedrock."""
-    today = datetime.datetime.now(datetime.UTC).date()
-    out = []
-    for day in (today - datetime.timedelta(days=1), today, today + datetime.timedelta(days=1)):
-        for service in ("s3", "bedrock"):
-            k = hmac.new(
-                ("AWS4" + key.secret_access_key).encode(), day.strftime("%Y%m%d").encode(), hashlib.sha256
-            ).digest()
-            out.append(k)
-            for part in ("us-east-1", service, "aws4_request"):
-                k = hmac.new(k, part.encode(), hashlib.sha256).digest()
-                out.append(k)
-    return out
-
-
-def assert_no_aws_leak(texts: dict[str, bytes], key: AwsKey) -> None:
-    """No real value (raw, percent-encoded) and no derived signing key (raw, hex, base64) in any text."""
-    assert_no_secret(dict(texts), key.values())
-    for where, text in texts.items():
-        for k in derived_keys(key):
-            for form in (k, k.hex().encode(), base64.b64encode(k), base64.urlsafe_b64encode(k).rstrip(b"=")):
-                assert form not in text, f"a derived signing key of the real secret appears in {where}"
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,8 @@ from urllib.parse import quote
 
 import pytest
 
+from oshu_testkit.aws_leaks import assert_no_aws_leak, derived_keys
 from oshu_testkit.credential_material import AwsKey
-
-from .conftest import assert_no_aws_leak, derived_keys
 
 KEY = AwsKey()
 
