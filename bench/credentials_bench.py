@@ -10,7 +10,8 @@ upstream side is the same for every case). Requests are signed in advance by bot
 the SEALED credentials (each one unique: the replay cache must let them through), then sent
 sequentially on one keep-alive TLS connection through the proxy. The number is the sidecar
 process's CPU time (utime + stime from /proc, 10 ms ticks) divided by the request count, so
-it includes TLS, parsing, relaying -- everything a request costs the proxy, not only signing.
+it includes TLS, parsing, relaying -- everything a request costs the proxy, not only signing;
+the median of `--rounds` rounds (every case once per round, interleaved).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import http.client
 import json
 import os
 import ssl
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
@@ -175,6 +177,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=2000, help="requests per small case")
     ap.add_argument("--n-large", type=int, default=200, help="requests per 1 MiB case")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds over every case; the median is reported")
     args = ap.parse_args()
     key = AwsKey()
     binding = new_kind_binding(
@@ -186,7 +189,7 @@ def main() -> None:
         {"secretAccessKey": new_sealed_token(), "sessionToken": new_sealed_token()},
     )
     static = new_secret("API_KEY", [STATIC])
-    results: dict[str, float] = {}
+    samples: dict[str, list[float]] = {}
     with AwsStandIn(key, verify=False) as aws:
         hosts = (S3, BEDROCK, STATIC)
         sc = SidecarProcess(
@@ -195,10 +198,12 @@ def main() -> None:
             upstream_ca_files=[aws.ca_file],
         )
         with sc:
-            for name, make in cases(binding, static, args.n, args.n_large).items():
-                n = args.n_large if "1 MiB" in name else args.n
-                reqs = [make(i) for i in range(n)]
-                results[name] = run_case(sc, reqs[0][1], reqs)
+            for r in range(args.rounds):
+                for name, make in cases(binding, static, args.n, args.n_large).items():
+                    n = args.n_large if "1 MiB" in name else args.n
+                    reqs = [make(r * n + i) for i in range(n)]  # unique per round: no replays
+                    samples.setdefault(name, []).append(run_case(sc, reqs[0][1], reqs))
+    results = {name: statistics.median(v) for name, v in samples.items()}
     base_small = results["static header swap, PUT 1 KiB"]
     base_large = results["static header swap, PUT 1 MiB"]
     print(f"{'case':48} {'CPU/request':>12} {'vs swap':>8}")
@@ -208,7 +213,8 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "cpu_us_per_request": {k: round(v * 1e6, 1) for k, v in results.items()},
+                "cpu_us_per_request_median": {k: round(v * 1e6, 1) for k, v in results.items()},
+                "rounds_us": {k: [round(x * 1e6) for x in v] for k, v in samples.items()},
                 "n": args.n,
                 "n_large": args.n_large,
             }
