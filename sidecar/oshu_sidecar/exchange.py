@@ -281,6 +281,7 @@ class Exchange:
                     self._check_live()
                     data = replacer.feed(data)
                 if stream is not None:
+                    self._check_live(False)  # each piece is signed anew with the real key
                     data = _transformed(stream.feed, data)
                 if data:
                     up.write(chunk(data) if rechunk else data)
@@ -303,10 +304,11 @@ class Exchange:
         names = None if body_only else self.secrets
         return withdrawn(self.proxy.resolve_policy(self.conn), self.d.plan, names, body_only)
 
-    def _check_live(self) -> None:
+    def _check_live(self, body_only: bool = True) -> None:
         """Raise SubstitutionStopped once the session is revoked or expired or no longer allows the
-        substitution for this host (checked per streamed piece)."""
-        refusal = self._withdrawn(True)
+        substitution (`body_only`: body substitution; else also the head's, and the credential a
+        handler uses) for this host (checked per streamed piece)."""
+        refusal = self._withdrawn(body_only)
         if refusal is not None:
             raise SubstitutionStopped(refusal)
 
