@@ -58,6 +58,7 @@ class MintedTokens:
         self._by_real: dict[tuple[str, str], str] = {}
         #: Bumped on every change, so a caller can cache what it derives (a scrubber) until the next one.
         self.generation = 0
+        self._per_binding: dict[str, tuple[int, tuple[tuple[str, str], ...]]] = {}
 
     def __len__(self) -> int:
         return len(self._by_sealed)
@@ -110,8 +111,20 @@ class MintedTokens:
         return SEALED_IN_BYTES_RE.sub(real, data), used
 
     def secret_values(self) -> tuple[tuple[str, str, str], ...]:
-        """(real, sealed, binding) of every live entry, for scrubbing responses."""
+        """(real, sealed, binding) of every entry kept, for scrubbing responses."""
         return tuple((m.real, sealed, m.binding) for sealed, m in self._by_sealed.items())
+
+    def of_binding(self, binding: str) -> tuple[tuple[str, str], ...]:
+        """(real, sealed) of every entry kept for `binding` (cached until the next change: it is
+        asked on every request the binding's handler rewrites)."""
+        hit = self._per_binding.get(binding)
+        if hit is not None and hit[0] == self.generation:
+            return hit[1]
+        found = tuple((m.real, sealed) for sealed, m in self._by_sealed.items() if m.binding == binding)
+        if len(self._per_binding) >= 1024:
+            self._per_binding.clear()
+        self._per_binding[binding] = (self.generation, found)
+        return found
 
     def _expire(self, now: float) -> None:
         for sealed in [s for s, m in self._by_sealed.items() if m.expires_at <= now]:
@@ -187,7 +200,9 @@ class ScrubberWith(Scrubber):
         self.active = self.active or base.active
 
     def scrub(self, data: bytes, names: list[str]) -> bytes:
-        return super().scrub(self.base.scrub(data, names), names)
+        # The extra values first: a JWT the real key signed carries the real key id in its base64url
+        # header, which the session's scrubber would rewrite and so hide the JWT from its own needle.
+        return self.base.scrub(super().scrub(data, names), names)
 
     def holdback(self, data: bytes) -> int:
         return max(self.base.holdback(data), super().holdback(data))

@@ -12,7 +12,7 @@ keys, minted tokens) lives in the hook context's `state`.
 
 from __future__ import annotations
 
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 from oshu_contract.locations import Location
 from oshu_contract.session import SecretBinding
@@ -68,15 +68,20 @@ class OAuthState:
             self._signers[key] = signer
         return signer
 
-    def scrubber(self, binding: SecretBinding, extra: tuple[str, ...] = ()) -> Scrubber:
-        """Finds the binding's minted real tokens (and `extra` real values) for a response the agent gets."""
-        triples = [
-            (r.encode(), s.encode(), binding.name) for r, s, k in self.minted.secret_values() if k == binding.sealed
-        ]
-        triples += [(v.encode(), binding.sealed.encode(), binding.name) for v in extra if v]
-        return Scrubber(triples)
+    def scrub(self, binding: SecretBinding, extra: tuple[str | None, ...] = ()) -> tuple[tuple[bytes, bytes, str], ...]:
+        """(real, sealed, name) for the binding's minted real tokens and the `extra` real values (the
+        proxy's own access token, shown as the binding's sealed token): what a response the agent
+        gets from this binding's exchange must not contain (`Rewrite.scrub`)."""
+        name, sealed = binding.name, binding.sealed.encode()
+        out = [(r.encode(), s.encode(), name) for r, s in self.minted.of_binding(binding.sealed)]
+        out += [(v.encode(), sealed, name) for v in dict.fromkeys(extra) if v]
+        return tuple(out)
 
-    def seal_response(self, binding: SecretBinding, extra: tuple[str, ...] = ()) -> ResponseTransform:
+    def scrubber(self, binding: SecretBinding, extra: tuple[str | None, ...] = ()) -> Scrubber:
+        """The same values as a Scrubber (a token endpoint's answer, before it leaves the handler)."""
+        return Scrubber(self.scrub(binding, extra))
+
+    def seal_response(self, binding: SecretBinding, extra: tuple[str | None, ...] = ()) -> ResponseTransform:
         """The response transform of a token endpoint request: its tokens sealed before the agent sees them."""
 
         async def transform(status: int, body: bytes) -> bytes:
@@ -85,7 +90,9 @@ class OAuthState:
         return transform
 
 
-def seal_token_body(state: OAuthState, binding: SecretBinding, body: bytes, extra: tuple[str, ...] = ()) -> bytes:
+def seal_token_body(
+    state: OAuthState, binding: SecretBinding, body: bytes, extra: tuple[str | None, ...] = ()
+) -> bytes:
     """A token endpoint's body as the agent may see it: tokens sealed, any other real token scrubbed."""
     state.names[binding.sealed] = binding.name
     sealed = state.minted.seal_token_response(body, binding.sealed, "application/x-www-form-urlencoded")
@@ -166,11 +173,12 @@ class OAuth2Handler:
         if pairs or query:
             rw.head = lambda head: swap_query(swap_fields(head, pairs), query)
         rw.secrets = tuple(used)
+        current = source.current()
         if _at(req, binding.fields.get("tokenUrl", "")):
             if body:
                 rw.body, _ = state.minted.swap(rw.body if rw.body is not None else body, {binding.sealed})
-            current = source.current()
-            rw.response = state.seal_response(binding, (current,) if current else ())
+            rw.response = state.seal_response(binding, (current,))
+        rw.scrub = state.scrub(binding, (token if where else None, current))
         return rw
 
 
@@ -232,10 +240,12 @@ class GcpHandler:
         state = oauth_state(ctx)
         signer = state.signer(binding)
         if _at(req, binding.fields.get("tokenUri", "")):
-            rw = Rewrite(response=state.seal_response(binding), secrets=(binding.name,))
-            if body:
-                resigned = signer.exchange_body(body, ctx.now)
-                rw.body = resigned if resigned is not None else body
+            rw = Rewrite(response=state.seal_response(binding), secrets=(binding.name,), scrub=state.scrub(binding))
+            resigned = signer.exchange_body(body, ctx.now) if body else None
+            if body and resigned is not None:
+                rw.body = resigned
+                # An endpoint echoing the assertion it got must not hand the agent one the real key signed.
+                rw.scrub += ((_assertion(resigned), _assertion(body), binding.name),)
             return rw
         used: list[str] = []
         pairs = _minted_pairs(state, binding, req, used)
@@ -245,4 +255,12 @@ class GcpHandler:
             if real is not None:
                 pairs.append((bearer.encode("latin-1"), real))
                 used.append(binding.name)
-        return Rewrite(head=(lambda head: swap_fields(head, pairs)) if pairs else None, secrets=tuple(used))
+        scrub = state.scrub(binding) + tuple((new, old, binding.name) for old, new in pairs)
+        return Rewrite(
+            head=(lambda head: swap_fields(head, pairs)) if pairs else None, secrets=tuple(used), scrub=scrub
+        )
+
+
+def _assertion(form: bytes) -> bytes:
+    """The `assertion` of a form body exchange_body accepted (it checked there is exactly one)."""
+    return dict(parse_qsl(form.decode("ascii")))["assertion"].encode("ascii")

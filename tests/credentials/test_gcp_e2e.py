@@ -209,7 +209,6 @@ def test_the_real_key_signing_directly_is_refused_too(server: TokenServer, tmp_p
         assert server.google_requests == 0
 
 
-@pytest.mark.xfail(strict=True, reason="awaits Rewrite.scrub in the exchange's relay (design.md, O1 interface)")
 def test_an_api_that_echoes_the_real_token_shows_the_agent_only_the_sealed_one(
     server: TokenServer, tmp_path: Path
 ) -> None:
@@ -218,4 +217,16 @@ def test_an_api_that_echoes_the_real_token_shows_the_agent_only_the_sealed_one(
         out = _run_agent(sc, account.agent_json, "echo", tmp_path, f"https://{VERTEX_HOST}/v1/echo-token")
         assert out["status"] == 200 and server.api_tokens == server.issued[-1:]
         assert json.loads(str(out["body"]))["you_sent"] == out["token"]
+        _scan(sc, server, account, [out])
+
+
+def test_an_api_that_echoes_the_resigned_jwt_shows_the_agent_its_own(server: TokenServer, tmp_path: Path) -> None:
+    """A JWT the real key signed is a credential too (for up to an hour): never shown to the agent."""
+    account = make_account([VERTEX_HOST])
+    with _sidecar(server, account, tmp_path) as sc:
+        out = _run_agent(sc, account.agent_json, "self-signed", tmp_path, f"https://{VERTEX_HOST}/v1/echo-token")
+        assert out["status"] == 200
+        real_jwt = server.api_tokens[-1]
+        assert real_jwt != out["token"] and json.loads(str(out["body"]))["you_sent"] == out["token"]
+        assert_no_secret({"agent output": json.dumps(out)}, [real_jwt])
         _scan(sc, server, account, [out])

@@ -186,7 +186,6 @@ def test_locations_query_and_body(server: TokenServer, tmp_path: Path) -> None:
         _leak_scan(sc, server, [q.content, b.content, n.content])
 
 
-@pytest.mark.xfail(strict=True, reason="awaits Rewrite.scrub in the exchange's relay (design.md, O1 interface)")
 def test_an_api_that_echoes_the_access_token_shows_the_agent_only_the_sealed_one(
     server: TokenServer, tmp_path: Path
 ) -> None:

@@ -121,8 +121,15 @@ def test_scrubber_with_finds_the_sessions_values_and_the_extra_ones_also_split_a
     names: list[str] = []
     text = b'{"a":"sk-session-value-123","b":"ya29.real-access-token"}'
     out = extra.scrub(text, names)
-    assert b"sk-session" not in out and b"ya29" not in out and names == ["STATIC", "SA"]
+    assert b"sk-session" not in out and b"ya29" not in out and names == ["SA", "STATIC"]
     stream = extra.stream()
     pieces = [stream.feed(text[:40]), stream.feed(text[40:]), stream.flush()]
     assert b"".join(pieces) == out
     assert ScrubberWith(Scrubber([]), []).active is False
+
+
+def test_scrubber_with_replaces_an_extra_value_that_contains_a_session_value_whole() -> None:
+    base = Scrubber([(b"kid-0123456789abcdef", b"SEALED_" + b"k" * 40, "SA")])
+    jwt = b"header.kid-0123456789abcdef.signature-by-the-real-key"
+    extra = ScrubberWith(base, [(jwt, b"the-agents-own-jwt", "SA")])
+    assert extra.scrub(b'{"you_sent":"' + jwt + b'"}', []) == b'{"you_sent":"the-agents-own-jwt"}'
