@@ -216,6 +216,9 @@ def script(o: RuleOptions) -> str:
 
 
 _SET = re.compile(r"\{ ([^{}]*) \}")
+#: nft lists protocols by name only when /etc/protocols names them (a minbase image has none).
+_L4PROTO = re.compile(r"\bl4proto (\d+)\b")
+_PROTOCOL_NAMES = {"1": "icmp", "6": "tcp", "17": "udp", "58": "ipv6-icmp"}
 
 
 def canonical(text: str) -> list[str]:
@@ -227,6 +230,7 @@ def canonical(text: str) -> list[str]:
     out = []
     for line in text.splitlines():
         line = re.sub(r"\s+# handle \d+$", "", line.strip())
+        line = _L4PROTO.sub(lambda m: "l4proto " + _PROTOCOL_NAMES.get(m.group(1), m.group(1)), line)
         if line:
             out.append(_SET.sub(sort_set, line))
     return out

@@ -143,3 +143,11 @@ def test_canonical_ignores_indentation_handles_and_set_order() -> None:
     rendered = "table inet oshu_vault {\n  chain c {\n    tcp dport { 22, 8443 } accept\n  }\n}"
     assert canonical(listed) == canonical(rendered)
     assert canonical(listed) != canonical(rendered.replace("8443", "8444"))
+
+
+def test_canonical_reads_protocol_numbers_as_names() -> None:
+    """Without /etc/protocols (the minbase sidecar image) nft lists `meta l4proto 6`: still as rendered."""
+    rendered = "meta l4proto tcp redirect to :15001\nmeta skuid 65532 meta l4proto tcp accept\n"
+    listed = "meta l4proto 6 redirect to :15001\nmeta skuid 65532 meta l4proto 6 accept\n"
+    assert canonical(listed) == canonical(rendered)
+    assert canonical(listed.replace(" 6 ", " 17 ", 1)) != canonical(rendered)
