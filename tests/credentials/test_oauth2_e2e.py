@@ -197,3 +197,34 @@ def test_an_api_that_echoes_the_access_token_shows_the_agent_only_the_sealed_one
         assert r.status_code == 200 and server.api_tokens == server.issued[-1:]
         assert r.json()["you_sent"] == binding.sealed
         _leak_scan(sc, server, [r.content])
+
+
+def test_a_rotated_client_secret_is_used_after_a_reload_and_revocation_stops_everything(
+    server: TokenServer, tmp_path: Path
+) -> None:
+    binding = _binding(server, [API_HOST, AUTH_HOST])
+    with _sidecar(server, binding, tmp_path) as sc, _client(sc) as s:
+        auth = {"Authorization": f"Bearer {binding.sealed}"}
+        assert s.get(f"https://{API_HOST}/v1/whoami", headers=auth, timeout=30).status_code == 200
+        old_secret = server.client_secret
+        server.client_secret = "cs-rotated-" + "r" * 24  # the endpoint now knows only the new one
+        server.live.clear()  # and every token it issued is revoked
+        fields = {**binding.fields, "clientSecret": server.client_secret}
+        rotated = replace(binding, fields=fields)
+        sc.write_session(new_session(rotated, new_secret("OTHER_KEY", [OTHER_HOST])))
+        sc.wait_for_log(lambda rec: rec.get("msg") == "session reloaded")
+        r = s.get(f"https://{API_HOST}/v1/whoami", headers=auth, timeout=30)
+        assert r.status_code == 200, r.text  # same sealed token for the agent, a token got with the new secret
+        assert server.token_requests == 2 and server.refused == []
+        minted = s.post(
+            f"https://{AUTH_HOST}/oauth/token", data={"grant_type": TOKEN_EXCHANGE}, headers=auth, timeout=30
+        ).json()["access_token"]
+        sc.write_session(new_session(rotated, new_secret("OTHER_KEY", [OTHER_HOST]), revoked=True))
+        sc.wait_for_log(lambda rec: rec.get("msg") == "session revoked")
+        before = (server.token_requests, len(server.api_tokens))
+        for token in (binding.sealed, minted):
+            r = s.get(f"https://{API_HOST}/v1/whoami", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+            assert r.status_code == 403 and r.headers["X-Oshu-Error"] == "session_revoked"
+        assert (server.token_requests, len(server.api_tokens)) == before
+        _leak_scan(sc, server, [r.content])
+        assert old_secret not in sc.log_text()
