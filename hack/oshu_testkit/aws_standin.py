@@ -58,6 +58,8 @@ class AwsStandIn:
     requests: list[Seen] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     objects: dict[str, bytes] = field(default_factory=dict)
+    #: Multipart uploads in progress: upload id -> part number -> bytes.
+    uploads: dict[str, dict[int, bytes]] = field(default_factory=dict)
     port: int = 0
 
     def __post_init__(self) -> None:
@@ -202,8 +204,32 @@ class AwsStandIn:
         return None
 
     # -- S3 ------------------------------------------------------------------------------------
+    def _multipart(self, request: web.Request, key: str, seen: Seen) -> web.Response | None:
+        """CreateMultipartUpload, UploadPart, CompleteMultipartUpload (parts joined in number order)."""
+        q = request.query
+        if request.method == "POST" and "uploads" in q:
+            upload_id = f"upload-{len(self.uploads) + 1}"
+            self.uploads[upload_id] = {}
+            return _xml(
+                "InitiateMultipartUploadResult",
+                f"<Bucket>bucket</Bucket><Key>{key}</Key><UploadId>{upload_id}</UploadId>",
+            )
+        if request.method == "PUT" and "partNumber" in q and "uploadId" in q:
+            self.uploads[q["uploadId"]][int(q["partNumber"])] = seen.decoded
+            return web.Response(status=200, headers={"ETag": f'"{hashlib.md5(seen.decoded).hexdigest()}"'})
+        if request.method == "POST" and "uploadId" in q:
+            parts = self.uploads.pop(q["uploadId"])
+            self.objects[key] = b"".join(parts[n] for n in sorted(parts))
+            return _xml(
+                "CompleteMultipartUploadResult", f"<Bucket>bucket</Bucket><Key>{key}</Key><ETag>&quot;mp&quot;</ETag>"
+            )
+        return None
+
     def _s3(self, request: web.Request, seen: Seen) -> web.StreamResponse:
         key = request.path.lstrip("/")
+        multipart = self._multipart(request, key, seen)
+        if multipart is not None:
+            return multipart
         if request.method == "PUT":
             self.objects[key] = seen.decoded
             etag = hashlib.md5(seen.decoded).hexdigest()
@@ -234,6 +260,11 @@ class AwsStandIn:
             )
             return web.Response(status=200, text=xml, content_type="application/xml")
         return web.Response(status=400, text="<Error><Code>NotImplemented</Code></Error>")
+
+
+def _xml(root: str, inner: str) -> web.Response:
+    body = f'<?xml version="1.0" encoding="UTF-8"?><{root} xmlns="http://s3.amazonaws.com/doc/2006-03-01/">{inner}</{root}>'
+    return web.Response(status=200, text=body, content_type="application/xml")
 
 
 def _sts(access_key_id: str) -> web.Response:

@@ -175,3 +175,21 @@ def test_boto3_sts_get_caller_identity(
     out = run_client(agent_env(sidecar, binding, tmp_path), "whoami")
     assert out["Account"] == "123456789012"
     assert aws.requests[-1].host.startswith("sts.")
+
+
+def test_aws_cli_multipart_upload_in_parallel(
+    agent_saw: dict[str, bytes], sidecar: SidecarProcess, aws: AwsStandIn, binding: SecretBinding, tmp_path: Path
+) -> None:
+    """20 MiB: the CLI's multipart upload, its parts signed and sent on parallel connections."""
+    env = agent_env(sidecar, binding, tmp_path)
+    src = tmp_path / "big.bin"
+    src.write_bytes(bytes(range(256)) * (20 * 4096))
+    aws_cli = str(Path(sys.executable).with_name("aws"))
+    p = subprocess.run(
+        [aws_cli, "s3", "cp", str(src), "s3://bucket/big.bin"], env=env, capture_output=True, text=True, timeout=300
+    )
+    agent_saw["aws s3 cp multipart"] = (p.stdout + p.stderr).encode()
+    assert p.returncode == 0, p.stderr
+    assert aws.objects["big.bin"] == src.read_bytes()
+    parts = [r for r in aws.requests if "partNumber=" in r.target]
+    assert len(parts) >= 3
