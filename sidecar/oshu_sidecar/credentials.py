@@ -158,20 +158,23 @@ class Claim:
     request: HookRequest
 
 
-def hook_request(head: RequestHead, host: str, port: int) -> HookRequest:
+def hook_request(head: RequestHead, host: str, port: int, target: bytes) -> HookRequest:
+    """`target`: the origin-form path and query (an absolute-form request target is not what was signed)."""
     fields = tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in split_fields(head.raw, head.line_end + 2))
     return HookRequest(
         host=host,
         port=port,
         method=head.method.decode("latin-1"),
-        target=head.target.decode("latin-1"),
+        target=target.decode("latin-1"),
         headers=fields,
         content_length=head.content_length if head.framing == LENGTH else None,
         has_body=head.framing != NO_BODY,
     )
 
 
-def claim(bindings: tuple[SecretBinding, ...], head: RequestHead, host: str, port: int) -> Claim | None:
+def claim(
+    bindings: tuple[SecretBinding, ...], head: RequestHead, host: str, port: int, target: bytes | None = None
+) -> Claim | None:
     """The first binding whose handler takes this request (pure; ProxyError refuses the request)."""
     req: HookRequest | None = None
     for binding in bindings:
@@ -179,7 +182,7 @@ def claim(bindings: tuple[SecretBinding, ...], head: RequestHead, host: str, por
         if handler is None:
             continue
         if req is None:
-            req = hook_request(head, host, port)
+            req = hook_request(head, host, port, head.target if target is None else target)
         need = handler.claim(binding, req)
         if need is not None:
             if need == BodyNeed.BUFFER and req.content_length is not None and req.content_length > BODY_LIMIT:

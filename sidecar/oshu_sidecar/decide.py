@@ -107,7 +107,7 @@ def decide(head: RequestHead, policy: Policy, facts: Facts) -> Decision:
                 d.path = substitute_query(d.path, plan.query_subs, d.secrets)
     if facts.tls and plan.credentials:
         try:
-            d.claim = claim(plan.credentials, head, d.host, d.port)
+            d.claim = claim(plan.credentials, head, d.host, d.port, d.audit_path)
         except ProxyError as e:
             return d.refuse(e)
         if d.claim is not None:

@@ -182,3 +182,10 @@ def test_credential_minting_services_are_refused(
     assert (refusal is not None) == refused
     if refusal is not None:
         assert refusal.code == "credential_denied" and refusal.status == 403
+
+
+def test_an_absolute_form_target_is_claimed_with_its_origin_form() -> None:
+    """What the client signed is the path and query; an absolute-form target must not change that."""
+    raw = signed_head(S3).replace(b"PUT /k HTTP/1.1", f"PUT https://{S3}/k HTTP/1.1".encode())
+    d = decide(parse_request_head(raw), LIVE, Facts(True, S3, 443, True))
+    assert d.refusal is None and d.claim is not None and d.claim.request.target == "/k"
