@@ -2,7 +2,9 @@
 
 It asks `decide()` what to do, reads or streams the body, builds the upstream head,
 sends it over a pooled, verified upstream connection and hands the response to
-response.py. Every refusal goes out as a JSON error (errors.py) through `refuse()`;
+response.py. A request a credential handler claimed (credentials.py) goes through that
+handler first (credexchange.py: its body buffered if asked, its head, body and response
+rewritten). Every refusal goes out as a JSON error (errors.py) through `refuse()`;
 every exchange ends in `finish()` (metrics and the audit line).
 """
 
