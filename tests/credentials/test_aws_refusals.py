@@ -250,3 +250,16 @@ def test_sts_calls_that_mint_credentials_are_refused(
     before = len(aws.requests)
     refused(send(sidecar, agent_saw, req), 403, "credential_denied")
     assert len(aws.requests) == before
+
+
+def test_metrics_count_resigned_requests_and_refusals_by_code(
+    sidecar: SidecarProcess, aws: AwsStandIn, binding: SecretBinding, agent_saw: dict[str, bytes]
+) -> None:
+    """Each re-signed request counts as a use of the secret on its host pattern; refusals by code."""
+    host = "*.s3.us-east-1.amazonaws.com"
+    before = sidecar.metric("oshu_substitutions_total", secret="AWS", host=host) or 0
+    refused_before = sidecar.metric("oshu_refusals_total", reason="signature_invalid") or 0
+    assert send(sidecar, agent_saw, signed_put(sealed(binding), "counted.txt", b"1")).status_code == 200
+    send(sidecar, agent_saw, signed_put(sealed(binding, "SEALED_wrong"), "counted.txt", b"1"))
+    assert sidecar.metric("oshu_substitutions_total", secret="AWS", host=host) == before + 1
+    assert sidecar.metric("oshu_refusals_total", reason="signature_invalid") == refused_before + 1
