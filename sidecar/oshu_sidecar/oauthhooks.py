@@ -36,7 +36,6 @@ class OAuthState:
 
     def __init__(self) -> None:
         self.minted = MintedTokens()
-        self.names: dict[str, str] = {}  # binding key (its sealed token) -> binding name
         self._sources: dict[tuple[str, tuple[tuple[str, str], ...]], TokenSource] = {}
         self._signers: dict[tuple[str, tuple[tuple[str, str], ...]], ServiceAccountSigner] = {}
 
@@ -94,7 +93,6 @@ def seal_token_body(
     state: OAuthState, binding: SecretBinding, body: bytes, extra: tuple[str | None, ...] = ()
 ) -> bytes:
     """A token endpoint's body as the agent may see it: tokens sealed, any other real token scrubbed."""
-    state.names[binding.sealed] = binding.name
     sealed = state.minted.seal_token_response(body, binding.sealed, "application/x-www-form-urlencoded")
     out = sealed if sealed is not None else body
     return state.scrubber(binding, extra).scrub(out, [])
