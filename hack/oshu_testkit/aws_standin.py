@@ -58,6 +58,8 @@ class AwsStandIn:
     requests: list[Seen] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     objects: dict[str, bytes] = field(default_factory=dict)
+    #: Object keys whose next PUT is answered 503 SlowDown (then served): a throttled first attempt.
+    fail_once: set[str] = field(default_factory=set)
     #: Multipart uploads in progress: upload id -> part number -> bytes.
     uploads: dict[str, dict[int, bytes]] = field(default_factory=dict)
     port: int = 0
@@ -230,6 +232,9 @@ class AwsStandIn:
         multipart = self._multipart(request, key, seen)
         if multipart is not None:
             return multipart
+        if request.method == "PUT" and key in self.fail_once:
+            self.fail_once.discard(key)
+            return web.Response(status=503, text="<Error><Code>SlowDown</Code></Error>")
         if request.method == "PUT":
             self.objects[key] = seen.decoded
             etag = hashlib.md5(seen.decoded).hexdigest()

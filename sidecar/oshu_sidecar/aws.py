@@ -117,16 +117,42 @@ class AwsHandler:
         refusal = minting_refusal(sig, wire, body)
         if refusal is not None:
             raise refusal
+        done: _Forget | None = None
         if not sig.presigned:  # a presigned URL is meant to be fetched again until it expires
             cache = ctx.state.get(_REPLAY_KEY)
             if not isinstance(cache, ReplayCache):
                 cache = ctx.state[_REPLAY_KEY] = ReplayCache()
             if cache.seen(sig.signature, parse_amz_date(sig.amz_date) + DATE_WINDOW, ctx.now):
                 raise sigv4_error("signature_replayed", "this exact signed request was already sent; sign it anew")
+            done = _Forget(cache, sig.signature)
         stream = None
         if declared in STREAMING_PAYLOADS:
             stream = ChunkResigner(sig, sealed, real, trailer=declared == STREAMING_SIGNED_TRAILER)
-        return Rewrite(head=_Resign(sig, real, payload, stream), stream=stream, secrets=(binding.name,))
+        return Rewrite(
+            head=_Resign(sig, real, payload, stream),
+            stream=stream,
+            secrets=(binding.name,),
+            done=done,
+        )
+
+
+#: Answers after which an SDK retries: the same request signed again within the same second has
+#: the same signature, and is a retry of a request that was not served, not a replay.
+RETRYABLE = frozenset({0, 408, 429, 500, 502, 503, 504})
+
+
+class _Forget:
+    """Rewrite.done of a header-signed request: a retryable failure takes its signature out of the
+    replay memory again."""
+
+    __slots__ = ("cache", "signature")
+
+    def __init__(self, cache: ReplayCache, signature: str) -> None:
+        self.cache, self.signature = cache, signature
+
+    def __call__(self, status: int) -> None:
+        if status in RETRYABLE:
+            self.cache.forget(self.signature)
 
 
 class _Resign:

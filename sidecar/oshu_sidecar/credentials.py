@@ -92,6 +92,8 @@ class Rewrite:
     secrets: tuple[str, ...] = ()
     #: Extra (real value, sealed stand-in, name) scrubbed from this exchange's response (minted tokens).
     scrub: tuple[tuple[bytes, bytes, str], ...] = ()
+    #: Called once when the exchange ends, with the status the client got (0: none).
+    done: Callable[[int], None] | None = None
 
 
 @dataclass(slots=True)

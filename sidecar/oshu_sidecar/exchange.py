@@ -327,6 +327,8 @@ class Exchange:
 
     def finish(self) -> None:
         proxy, d = self.proxy, self.d
+        if self.rewrite is not None and self.rewrite.done is not None:
+            self.rewrite.done(self.status)
         label = d.plan.label if d.plan is not None else "other"
         m = proxy.metrics
         m.request(label, self.outcome)

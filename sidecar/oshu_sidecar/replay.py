@@ -36,3 +36,7 @@ class ReplayCache:
                 break
             del entries[oldest_key]
         return False
+
+    def forget(self, key: str) -> None:
+        """The request under `key` was not served (a retryable failure): its identical retry is no replay."""
+        self.entries.pop(key, None)

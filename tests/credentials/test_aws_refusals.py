@@ -133,6 +133,19 @@ def test_replay_refused(
     assert len(aws.requests) == before
 
 
+def test_an_identical_retry_after_a_retryable_failure_is_not_a_replay(
+    sidecar: SidecarProcess, aws: AwsStandIn, binding: SecretBinding, agent_saw: dict[str, bytes]
+) -> None:
+    """An SDK retrying a throttled request within the same second signs the very same request:
+    it goes through once more; once served, the same signature is a replay again."""
+    aws.fail_once.add("throttled.txt")
+    req = signed_put(sealed(binding), "throttled.txt", b"again")
+    assert send(sidecar, agent_saw, req).status_code == 503
+    assert send(sidecar, agent_saw, req).status_code == 200
+    assert aws.objects["throttled.txt"] == b"again"
+    refused(send(sidecar, agent_saw, req), 403, "signature_replayed")
+
+
 def test_tampered_body_refused(
     sidecar: SidecarProcess, aws: AwsStandIn, binding: SecretBinding, agent_saw: dict[str, bytes]
 ) -> None:

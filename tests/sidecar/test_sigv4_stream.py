@@ -222,3 +222,11 @@ def test_an_endless_trailer_section_is_refused() -> None:
     r = _trailer_resigner()
     with pytest.raises(ProxyError):
         r.feed(_body(T_CHUNK_SIGS)[:-2] + b"x-amz-meta: " + b"v" * 9000)
+
+
+def test_a_forgotten_signature_is_accepted_once_more() -> None:
+    cache = ReplayCache()
+    assert not cache.seen("s", 100.0, 0.0)
+    cache.forget("s")
+    cache.forget("never-seen")
+    assert not cache.seen("s", 100.0, 1.0) and cache.seen("s", 100.0, 2.0)
