@@ -108,6 +108,10 @@ def make_account(hosts: list[str]) -> Account:
     return Account(real_pem, throwaway, binding, agent_service_account(real_doc, sealed, throwaway.decode()))
 
 
+#: Debug-level logs: every line the sidecar can write is scanned.
+DEBUG = ["--log-level", "debug"]
+
+
 @pytest.fixture
 def server() -> Iterator[TokenServer]:
     with TokenServer(names=(GOOGLE_TOKEN_HOST, VERTEX_HOST, "other.oshu.test")) as ts:
@@ -141,6 +145,7 @@ def _sidecar(ts: TokenServer, account: Account, tmp_path: Path) -> SidecarProces
         directory=tmp_path / "sc",
         connect_to=ts.connect_to(),
         upstream_ca_files=[ts.ca_file],
+        extra_args=DEBUG,
     )
 
 

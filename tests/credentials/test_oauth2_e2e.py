@@ -35,6 +35,10 @@ def _binding(ts: TokenServer, hosts: list[str], **fields: str) -> SecretBinding:
     )
 
 
+#: Debug-level logs: every line the sidecar can write is scanned.
+DEBUG = ["--log-level", "debug"]
+
+
 @pytest.fixture
 def server() -> Iterator[TokenServer]:
     with TokenServer(names=(AUTH_HOST, API_HOST, OTHER_HOST), lifetime=LIFETIME) as ts:
@@ -45,7 +49,7 @@ def _sidecar(ts: TokenServer, binding: SecretBinding, tmp_path: Path) -> Sidecar
     other = new_secret("OTHER_KEY", [OTHER_HOST])  # makes other.oshu.test an intercepted host
     session = new_session(binding, other)
     return SidecarProcess(
-        session, directory=tmp_path / "sc", connect_to=ts.connect_to(), upstream_ca_files=[ts.ca_file]
+        session, directory=tmp_path / "sc", connect_to=ts.connect_to(), upstream_ca_files=[ts.ca_file], extra_args=DEBUG
     )
 
 
@@ -152,7 +156,9 @@ def test_token_endpoint_failures_are_json_errors_without_values(server: TokenSer
 def test_the_token_endpoint_must_present_a_certificate_the_proxy_trusts(server: TokenServer, tmp_path: Path) -> None:
     binding = _binding(server, [API_HOST])
     session = new_session(binding)
-    with SidecarProcess(session, directory=tmp_path / "sc", connect_to=server.connect_to(), upstream_ca_files=[]) as sc:
+    with SidecarProcess(
+        session, directory=tmp_path / "sc", connect_to=server.connect_to(), upstream_ca_files=[], extra_args=DEBUG
+    ) as sc:
         with _client(sc) as s:
             r = s.get(
                 f"https://{API_HOST}/v1/whoami", headers={"Authorization": f"Bearer {binding.sealed}"}, timeout=30
@@ -171,7 +177,11 @@ def test_locations_query_and_body(server: TokenServer, tmp_path: Path) -> None:
     session = new_session(binding, replace(headers_only, name="OTHER_TOKEN", sealed=new_sealed_token()))
     with (
         SidecarProcess(
-            session, directory=tmp_path / "sc", connect_to=server.connect_to(), upstream_ca_files=[server.ca_file]
+            session,
+            directory=tmp_path / "sc",
+            connect_to=server.connect_to(),
+            upstream_ca_files=[server.ca_file],
+            extra_args=DEBUG,
         ) as sc,
         _client(sc) as s,
     ):
