@@ -40,6 +40,8 @@ REFRESH_AHEAD = 60.0
 EXPIRY_MARGIN = 10.0
 #: After a failed request, callers get the same error for this long instead of a new request.
 FAILURE_HOLD = 2.0
+#: After an API rejected the cached token (401), the next rejection is believed only this much later.
+REJECT_HOLD = 30.0
 #: Largest token endpoint response read.
 MAX_RESPONSE = 64 * 1024
 #: Time allowed for one token request (connect, send, answer).
@@ -180,6 +182,19 @@ class TokenSource:
         self._failure_until = 0.0
         #: Token endpoint requests made (for tests and the metrics).
         self.requests = 0
+        self._rejected_at = float("-inf")
+
+    def rejected(self, token: str) -> bool:
+        """An API answered 401 to `token`: if it is still the cached one, stop handing it out (the
+        next caller fetches a new one), at most once per REJECT_HOLD (an API that refuses every
+        token for another reason must not cause a token request per request). True if dropped."""
+        now = self._clock()
+        if token != self._token or now - self._rejected_at < REJECT_HOLD:
+            return False
+        self._rejected_at = now
+        self._usable_until = self._refresh_at = now
+        log(logging.INFO, "oauth2 access token rejected upstream; fetching a new one", secret=self.client.name)
+        return True
 
     def current(self) -> str | None:
         """The access token held now, if any (for scrubbing; it may be stale)."""

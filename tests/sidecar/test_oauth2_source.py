@@ -18,6 +18,7 @@ from oshu_sidecar.errors import ProxyError
 from oshu_sidecar.oauth2 import (
     DEFAULT_LIFETIME,
     FAILURE_HOLD,
+    REJECT_HOLD,
     OAuth2Client,
     TokenSource,
     parse_token_response,
@@ -292,3 +293,17 @@ async def test_a_pooled_connection_closed_by_the_endpoint_is_retried_once_on_a_f
         pool.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_token_the_api_rejects_is_dropped_at_most_once_per_hold() -> None:
+    clock, endpoint = Clock(), Endpoint(lifetime=3600)
+    source = TokenSource(OAuth2Client.from_fields("OA", FIELDS), endpoint, clock)
+    assert await source.token() == "at-1"
+    assert not source.rejected("at-0")  # not the cached token: nothing to do
+    assert source.rejected("at-1")
+    assert await source.token() == "at-2" and len(endpoint.requests) == 2
+    clock.now += 1
+    assert not source.rejected("at-2")  # within the hold: an API refusing everything costs no storm
+    assert await source.token() == "at-2" and len(endpoint.requests) == 2
+    clock.now += REJECT_HOLD
+    assert source.rejected("at-2") and await source.token() == "at-3"
