@@ -12,10 +12,13 @@ Messages response. Served on 127.0.0.1 only; the sidecar reaches it by --connect
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import datetime
 import hashlib
 import hmac
 import json
+import struct
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -135,6 +138,9 @@ class AwsStandIn:
             return web.Response(
                 status=403, text=f"<Error><Code>SignatureDoesNotMatch</Code><Message>{problem}</Message></Error>"
             )
+        if host.startswith("bedrock-runtime.") and request.path.endswith("/invoke-with-response-stream"):
+            model = request.path.split("/")[2]
+            return web.Response(body=bedrock_stream(model), content_type="application/vnd.amazon.eventstream")
         if host.startswith("bedrock-runtime."):
             return _bedrock(request, body)
         if host.startswith("sts."):
@@ -281,6 +287,43 @@ def _sts(access_key_id: str) -> web.Response:
         "<ResponseMetadata><RequestId>standin</RequestId></ResponseMetadata></GetCallerIdentityResponse>"
     )
     return web.Response(status=200, text=xml, content_type="text/xml")
+
+
+#: The text of every Bedrock stand-in answer.
+BEDROCK_REPLY = "stand-in reply"
+
+
+def _event_message(payload: bytes) -> bytes:
+    """One `application/vnd.amazon.eventstream` message: prelude, headers, payload, two CRC32s."""
+    headers = b""
+    for name, value in ((":event-type", "chunk"), (":content-type", "application/json"), (":message-type", "event")):
+        headers += bytes([len(name)]) + name.encode() + b"\x07" + struct.pack(">H", len(value)) + value.encode()
+    total = 12 + len(headers) + len(payload) + 4
+    prelude = struct.pack(">II", total, len(headers))
+    head = prelude + struct.pack(">I", binascii.crc32(prelude)) + headers + payload
+    return head + struct.pack(">I", binascii.crc32(head))
+
+
+def bedrock_stream(model: str) -> bytes:
+    """InvokeModelWithResponseStream's answer: an Anthropic Messages stream, each event base64'd in a chunk."""
+    usage = {"input_tokens": 3, "output_tokens": 1}
+    message = {"id": "msg_standin", "type": "message", "role": "assistant", "model": model, "content": []}
+    events: list[dict[str, object]] = [
+        {"type": "message_start", "message": {**message, "stop_reason": None, "stop_sequence": None, "usage": usage}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": BEDROCK_REPLY}},
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {"output_tokens": 2},
+        },
+        {"type": "message_stop"},
+    ]
+    return b"".join(
+        _event_message(json.dumps({"bytes": base64.b64encode(json.dumps(e).encode()).decode()}).encode())
+        for e in events
+    )
 
 
 def _bedrock(request: web.Request, body: bytes) -> web.Response:
