@@ -35,6 +35,7 @@ DATE_WINDOW = 15 * 60
 #: Longest validity AWS accepts for a presigned URL (7 days).
 MAX_EXPIRES = 7 * 24 * 3600
 _AMZ_DATE_RE = re.compile(r"[0-9]{8}T[0-9]{6}Z")
+_EXPIRES_RE = re.compile(r"[0-9]{1,6}")  # ASCII digits only (str.isdigit takes "²", int() does not)
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -156,7 +157,7 @@ def _presigned(pairs: list[tuple[str, str]]) -> Signature:
     if missing:
         raise invalid(f"presigned URL lacks {', '.join(missing)}")
     expires_text = q.get("X-Amz-Expires", "")
-    if not expires_text.isdigit() or not 1 <= int(expires_text) <= MAX_EXPIRES:
+    if not _EXPIRES_RE.fullmatch(expires_text) or not 1 <= int(expires_text) <= MAX_EXPIRES:
         raise invalid("presigned URL needs X-Amz-Expires between 1 and 604800")
     auth_parts = (q["X-Amz-Credential"], q["X-Amz-SignedHeaders"], q["X-Amz-Signature"])
     return _signature(True, auth_parts, q["X-Amz-Date"], int(expires_text), q.get("X-Amz-Security-Token"))
