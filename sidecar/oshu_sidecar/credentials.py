@@ -13,6 +13,7 @@ the body (whole or piece by piece) and optionally the buffered response.
 
 from __future__ import annotations
 
+import logging
 import time
 import weakref
 from collections.abc import Awaitable, Callable
@@ -29,6 +30,7 @@ from .http1 import LENGTH, NO_BODY, RequestHead, split_fields
 if TYPE_CHECKING:
     from .server import Proxy
 
+_log = logging.getLogger("oshu.sidecar")
 #: Largest request body a handler may ask to have buffered (a larger one is refused: payload_too_large).
 BODY_LIMIT = 16 << 20
 #: Largest response body a response transform is given (a larger one: upstream_protocol_error).
@@ -185,7 +187,12 @@ def claim(
             continue
         if req is None:
             req = hook_request(head, host, port, head.target if target is None else target)
-        need = handler.claim(binding, req)
+        try:
+            need = handler.claim(binding, req)
+        except ProxyError:
+            raise
+        except Exception as e:  # a handler bug: refused (nothing forwarded), logged without its message
+            raise handler_failed(binding, "claim", e) from None
         if need is not None:
             if need == BodyNeed.BUFFER and req.content_length is not None and req.content_length > BODY_LIMIT:
                 raise ProxyError(
@@ -194,6 +201,16 @@ def claim(
                 )
             return Claim(handler, binding, need if req.has_body else BodyNeed.NONE, req)
     return None
+
+
+def handler_failed(binding: SecretBinding, step: str, e: Exception) -> ProxyError:
+    """A handler raised something other than ProxyError: logged by type only (its message could
+    quote real material), answered as internal_error; the request is not forwarded."""
+    _log.error(
+        "credential handler failed",
+        extra={"fields": {"kind": binding.kind.value, "secret": binding.name, "step": step, "error": type(e).__name__}},
+    )
+    return ProxyError("internal_error", f"the {binding.kind.value} credential handler failed; nothing was sent")
 
 
 _STATES: weakref.WeakKeyDictionary[Proxy, dict[str, object]] = weakref.WeakKeyDictionary()

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from .body import LAST_CHUNK, BodyReader, chunk
 from .channel import ChannelClosed
-from .credentials import BODY_LIMIT, RESPONSE_LIMIT, BodyNeed, Claim, ResponseTransform, context
+from .credentials import BODY_LIMIT, RESPONSE_LIMIT, BodyNeed, Claim, ResponseTransform, context, handler_failed
 from .errors import ProxyError
 from .http1 import LENGTH, NO_BODY, UNTIL_CLOSE, ResponseHead
 from .minted import ScrubberWith
@@ -38,6 +38,8 @@ async def prepare(ex: Exchange, c: Claim) -> ProxyError | None:
         rw = await c.handler.rewrite(c.binding, c.request, body, context(ex.proxy))
     except ProxyError as e:
         return e
+    except Exception as e:  # a handler bug: refused, nothing forwarded
+        return handler_failed(c.binding, "rewrite", e)
     ex.rewrite = rw
     if rw.scrub:
         ex.scrubber = ScrubberWith(ex.policy.scrubber, rw.scrub)

@@ -16,7 +16,7 @@ from oshu_contract.kinds import Kind
 from oshu_contract.session import SecretBinding, new_kind_binding, new_sealed_token
 from oshu_sidecar import sigv4
 from oshu_sidecar.aws import minting_refusal
-from oshu_sidecar.credentials import BODY_LIMIT, BodyNeed, HookRequest
+from oshu_sidecar.credentials import BODY_LIMIT, HANDLERS, BodyNeed, HookContext, HookRequest, Rewrite
 from oshu_sidecar.decide import Facts, decide
 from oshu_sidecar.http1 import parse_request_head
 from oshu_sidecar.policy import Policy, withdrawn
@@ -189,3 +189,25 @@ def test_an_absolute_form_target_is_claimed_with_its_origin_form() -> None:
     raw = signed_head(S3).replace(b"PUT /k HTTP/1.1", f"PUT https://{S3}/k HTTP/1.1".encode())
     d = decide(parse_request_head(raw), LIVE, Facts(True, S3, 443, True))
     assert d.refusal is None and d.claim is not None and d.claim.request.target == "/k"
+
+
+class _Broken:
+    """A handler with a bug: its claim raises something other than ProxyError."""
+
+    def claim(self, binding: SecretBinding, req: HookRequest) -> BodyNeed | None:
+        raise ValueError(f"bug quoting {KEY.secret_access_key}")
+
+    async def rewrite(self, binding: SecretBinding, req: HookRequest, body: bytes | None, ctx: HookContext) -> Rewrite:
+        raise AssertionError("not reached")
+
+
+def test_a_handler_bug_refuses_the_request_and_logs_no_message(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert HANDLERS.get(Kind.AWS) is not None  # registered first, so the broken one stays in place
+    monkeypatch.setitem(HANDLERS._handlers, Kind.AWS, _Broken())
+    d = decide(parse_request_head(signed_head(S3)), LIVE, Facts(True, S3, 443, True))
+    assert d.refusal is not None and d.refusal.code == "internal_error" and d.claim is None
+    assert KEY.secret_access_key not in d.refusal.message
+    assert caplog.records and all(KEY.secret_access_key not in r.getMessage() for r in caplog.records)
+    assert caplog.records[-1].__dict__["fields"]["error"] == "ValueError"
