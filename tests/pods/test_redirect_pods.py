@@ -147,6 +147,8 @@ def test_the_rules_run_first_and_the_sidecar_is_ready_only_after_them(pods_env: 
     logs = kube.kubectl("-n", agents.namespace, "logs", "redirected", "-c", n.NETRULES_CONTAINER).stdout
     print(f"\n[pods] {n.NETRULES_CONTAINER} log: {logs.strip()[-600:]}")
     assert logs.strip(), "the rules container logged nothing"
+    installed = [json.loads(line) for line in logs.splitlines() if '"netrules installed"' in line]
+    assert installed and installed[-1]["listed_as_rendered"] is True, logs  # what --check would compare
     # Measured, not asserted (one-second resolution): what the rules cost a pod's start.
     started = statuses[n.NETRULES_CONTAINER]["state"]["terminated"]["startedAt"]
     print(f"[pods] {n.NETRULES_CONTAINER} ran {_seconds(started, done['finishedAt']):.0f}s")
