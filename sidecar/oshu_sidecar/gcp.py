@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -83,7 +84,7 @@ def parse_jwt(token: bytes, what: str) -> Jwt:
         header = json.loads(b64url_decode(parts[0]))
         claims = json.loads(b64url_decode(parts[1]))
         signature = b64url_decode(parts[2])
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError):
         raise _invalid(f"{what} is not a well-formed JWT") from None
     if not isinstance(header, dict) or not isinstance(claims, dict):
         raise _invalid(f"{what} is not a well-formed JWT")
@@ -205,6 +206,8 @@ class ServiceAccountSigner:
         assertions = [v for k, v in form if k == "assertion"]
         if len(assertions) != 1:
             raise _invalid(f"{what}: expected exactly one assertion")
+        if not assertions[0].isascii():
+            raise _invalid(f"{what} is not a compact JWT")
         jwt = parse_jwt(assertions[0].encode("ascii"), what)
         if not self.concerns(jwt):
             return None  # another account's assertion: not ours to re-sign (it is worthless here)
@@ -235,7 +238,10 @@ class ServiceAccountSigner:
 
 
 def _is_number(v: object) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+    """A JSON number usable as a time: not a bool, NaN (it passes every comparison) or an infinity."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return False
+    return math.isfinite(v) if isinstance(v, float) else abs(v) < 1 << 53  # (a larger int overflows float)
 
 
 def _invalid(message: str) -> ProxyError:

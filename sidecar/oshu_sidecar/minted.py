@@ -174,17 +174,17 @@ def _json_object(body: bytes) -> dict[str, object] | None:
         return None
     try:
         doc = json.loads(stripped)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     return doc if isinstance(doc, dict) else None
 
 
 def _ttl(expires_in: object) -> float:
     """`expires_in` as seconds (a number or a numeric string, as some endpoints send), else the default."""
-    if isinstance(expires_in, str) and expires_in.strip().isdigit():
-        expires_in = int(expires_in)
+    if isinstance(expires_in, str) and expires_in.strip().isascii() and expires_in.strip().isdigit():
+        expires_in = int(expires_in)  # (ASCII digits only: "²" is a digit to isdigit() and not to int())
     if isinstance(expires_in, int | float) and not isinstance(expires_in, bool) and expires_in > 0:
-        return float(expires_in)
+        return MAX_TTL if expires_in >= MAX_TTL else float(expires_in)  # (a huge int overflows float)
     return DEFAULT_TTL
 
 

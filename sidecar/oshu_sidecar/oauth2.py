@@ -135,7 +135,7 @@ def parse_token_response(name: str, status: int, body: bytes) -> Grant:
     doc: object = None
     try:
         doc = json.loads(body) if body.strip().startswith(b"{") else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         doc = None
     if not 200 <= status < 300:
         code = doc.get("error") if isinstance(doc, dict) else None
@@ -150,10 +150,10 @@ def parse_token_response(name: str, status: int, body: bytes) -> Grant:
     if not isinstance(kind, str) or kind.lower() != "bearer":
         raise unavailable(name, "the token endpoint issued a token that is not a Bearer token")
     lifetime = doc.get("expires_in")
-    if isinstance(lifetime, str) and lifetime.isdigit():
+    if isinstance(lifetime, str) and lifetime.isascii() and lifetime.isdigit():
         lifetime = int(lifetime)
-    if not isinstance(lifetime, int | float) or isinstance(lifetime, bool) or lifetime <= 0:
-        lifetime = DEFAULT_LIFETIME
+    if not isinstance(lifetime, int | float) or isinstance(lifetime, bool) or not 0 < lifetime < 10**9:
+        lifetime = DEFAULT_LIFETIME  # (absent, nonsense, NaN or an infinity)
     refresh = doc.get("refresh_token")
     return Grant(token, float(lifetime), refresh if isinstance(refresh, str) and refresh else None)
 
