@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,6 +27,7 @@ NAME = "api-standin"
 OTHER = "other-api"
 PORT = 8443
 SERVER_SOURCE = Path(__file__).with_name("standin_server.py")
+CRED_SOURCE = Path(__file__).with_name("standin_cred.py")
 
 
 class Kubectl(Protocol):
@@ -54,13 +56,21 @@ def host(namespace: str, name: str = NAME, domain: str = "cluster.local") -> str
 
 
 def manifests(
-    namespace: str, image: str, pull_policy: str = "IfNotPresent", domain: str = "cluster.local"
+    namespace: str,
+    image: str,
+    pull_policy: str = "IfNotPresent",
+    domain: str = "cluster.local",
+    *,
+    service_names: Sequence[str] = (NAME, OTHER),
+    config: Mapping[str, Any] | None = None,
 ) -> list[Doc]:
-    """TLS Secret, code ConfigMap, the pod and its two Services."""
-    names = [host(namespace, n, domain) for n in (NAME, OTHER)]  # the CA may sign only under cluster.local
+    """TLS Secret, code ConfigMap, the pod and its Services (``service_names``: Services that
+    all lead to the pod, each in its certificate). ``config``: real credentials the stand-in checks
+    (standin_cred.py), in a Secret of their own, never in the ConfigMap."""
+    names = [host(namespace, n, domain) for n in service_names]  # the CA may sign only under cluster.local
     leaf = CertificateAuthority.from_pem(*_ca_pem()).issue_leaf(names, validity=timedelta(days=2))
     labels = {"app.kubernetes.io/name": NAME}
-    pod = {
+    pod: Doc = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": NAME, "namespace": namespace, "labels": labels},
@@ -105,9 +115,26 @@ def manifests(
             "metadata": {"name": n, "namespace": namespace},
             "spec": {"selector": labels, "ports": [{"name": "https", "port": 443, "targetPort": PORT}]},
         }
-        for n in (NAME, OTHER)
+        for n in service_names
+    ]
+    if config is not None:
+        pod["spec"]["containers"][0]["env"].append({"name": "STANDIN_CONFIG", "value": "/config/config.json"})
+        pod["spec"]["containers"][0]["volumeMounts"].append(
+            {"name": "config", "mountPath": "/config", "readOnly": True}
+        )
+        pod["spec"]["volumes"].append(
+            {"name": "config", "secret": {"secretName": f"{NAME}-config", "defaultMode": 0o444}}
+        )
+    extra = [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": f"{NAME}-config", "namespace": namespace},
+            "stringData": {"config.json": json.dumps(config)},
+        }
     ]
     return [
+        *(extra if config is not None else []),
         {
             "apiVersion": "v1",
             "kind": "Secret",
@@ -122,7 +149,7 @@ def manifests(
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": {"name": f"{NAME}-code", "namespace": namespace},
-            "data": {"standin_server.py": SERVER_SOURCE.read_text()},
+            "data": {"standin_server.py": SERVER_SOURCE.read_text(), "standin_cred.py": CRED_SOURCE.read_text()},
         },
         pod,
         *services,

@@ -1,0 +1,453 @@
+"""Issue 11's credential kinds on running pods: the chart's operator and webhook, the built
+images, the real node.
+
+One VaultSession holds the three non-static kinds -- ``aws``, ``gcpServiceAccount`` and
+``oauth2`` -- from Secrets with fake but well-formed real material; one agent pod (the test
+agent image: curl, python3, node) uses only what the webhook injected. The far side is the
+API stand-in (hack/oshu_e2e/standin_server.py) in a namespace of its own, under five Service
+names, configured with the REAL material: it checks SigV4 signatures with its own hmac code
+and the real secret, verifies Google assertions with the real public key (RSA by hand), is
+an OAuth2 client-credentials endpoint, and logs whether a bearer token is one it issued.
+
+The Service names stand for the providers' hosts (``bedrock-runtime.<ns>.svc...`` for
+``bedrock-runtime.us-east-1.amazonaws.com``): the stand-in's CA may sign only under
+cluster.local and the pod resolves names through the cluster's DNS, never the Internet.
+
+Nothing here talks to the pods any other way than a user would: kubectl (exec, logs, get).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from oshu_e2e import pods, standin
+from oshu_testkit.aws_leaks import derived_keys
+from oshu_testkit.credential_material import AwsKey, GoogleServiceAccount, OAuth2Client
+
+pytestmark = pytest.mark.timeout(900)
+
+AWS, GCP, OAUTH = "AWS", "VERTEX_CREDENTIALS", "OAUTH_TOKEN"
+BEDROCK, OAUTH_TOKEN_SVC, OAUTH_API, GCP_TOKEN, GCP_API = (
+    "bedrock-runtime",
+    "oauth2-token",
+    "oauth-api",
+    "gcp-token",
+    "gcp-api",
+)
+SERVICES = (BEDROCK, OAUTH_TOKEN_SVC, OAUTH_API, GCP_TOKEN, GCP_API)
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+
+
+@dataclass
+class Creds:
+    """The stand-in's namespace, the agent's namespace, pod and the real material."""
+
+    kube: Any
+    api_namespace: str
+    namespace: str
+    pod: str
+    hosts: dict[str, str]
+    aws: AwsKey
+    google: GoogleServiceAccount
+    oauth: OAuth2Client
+    tokens: dict[str, str] = field(default_factory=dict)  # the session's status.tokens
+
+    def seen(self) -> list[dict[str, Any]]:
+        return standin.requests_seen(self.kube, self.api_namespace)
+
+    def by_client(self, tag: str) -> list[dict[str, Any]]:
+        return [r for r in self.seen() if pods.client_of(r) == tag]
+
+    def run(self, script: str, timeout: float = 60) -> Any:
+        return pods.exec_in(self.kube, self.namespace, self.pod, script, timeout=timeout)
+
+
+def _standin_config(aws: AwsKey, google: GoogleServiceAccount, oauth: OAuth2Client) -> dict[str, Any]:
+    public = serialization.load_pem_public_key(google.public_pem())
+    assert isinstance(public, rsa.RSAPublicKey)
+    numbers = public.public_numbers()
+    return {
+        "aws": {
+            "access_key_id": aws.access_key_id,
+            "secret_access_key": aws.secret_access_key,
+            "session_token": aws.session_token,
+        },
+        "oauth2": {"client_id": oauth.client_id, "client_secret": oauth.client_secret},
+        "google": {
+            "n": str(numbers.n),
+            "e": str(numbers.e),
+            "kid": google.private_key_id,
+            "client_email": google.client_email,
+            "token_uri": google.token_uri,
+        },
+    }
+
+
+def _session_docs(namespace: str, c: Creds) -> list[dict[str, Any]]:
+    h = c.hosts
+    secret = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque"}
+    return [
+        {
+            **secret,
+            "metadata": {"name": "aws-real", "namespace": namespace},
+            "stringData": {
+                "AWS_ACCESS_KEY_ID": c.aws.access_key_id,
+                "AWS_SECRET_ACCESS_KEY": c.aws.secret_access_key,
+                "AWS_SESSION_TOKEN": c.aws.session_token,
+            },
+        },
+        {
+            **secret,
+            "metadata": {"name": "gcp-real", "namespace": namespace},
+            "stringData": {"key.json": json.dumps(c.google.key_file())},
+        },
+        {
+            **secret,
+            "metadata": {"name": "oauth-real", "namespace": namespace},
+            "stringData": {"client_id": c.oauth.client_id, "client_secret": c.oauth.client_secret},
+        },
+        {
+            "apiVersion": "vault.oshu.dev/v1alpha1",
+            "kind": "VaultSession",
+            "metadata": {"name": "creds", "namespace": namespace},
+            "spec": {
+                "secrets": [
+                    {"name": AWS, "kind": "aws", "secretRef": {"name": "aws-real"}, "hosts": [h[BEDROCK]]},
+                    {
+                        "name": GCP,
+                        "kind": "gcpServiceAccount",
+                        "secretKeyRef": {"name": "gcp-real", "key": "key.json"},
+                        "hosts": [h[GCP_API]],
+                    },
+                    {
+                        "name": OAUTH,
+                        "kind": "oauth2",
+                        "secretRef": {"name": "oauth-real"},
+                        "oauth2": {"tokenUrl": c.oauth.token_url, "scopes": ["read"]},
+                        "hosts": [h[OAUTH_API]],
+                    },
+                ],
+                "ttl": "2h",
+                "egress": [h[BEDROCK], h[GCP_API], h[OAUTH_API]],
+            },
+        },
+    ]
+
+
+@pytest.fixture(scope="module")
+def creds(pods_env: Any) -> Iterator[Creds]:
+    kube, images = pods_env.kube, pods_env.images
+    suffix = secrets.token_hex(3)
+    api_ns, namespace = f"creds-api-{suffix}", f"creds-{suffix}"
+    hosts = {s: standin.host(api_ns, s, domain=pods_env.cluster_domain) for s in SERVICES}
+    aws = AwsKey()
+    google = GoogleServiceAccount(token_uri=f"https://{hosts[GCP_TOKEN]}/token")
+    oauth = OAuth2Client(token_url=f"https://{hosts[OAUTH_TOKEN_SVC]}/token")
+    c = Creds(kube, api_ns, namespace, "agent", hosts, aws, google, oauth)
+    try:
+        kube.kubectl("create", "namespace", api_ns)
+        config = _standin_config(aws, google, oauth)
+        docs = standin.manifests(
+            api_ns, images.agent, images.pull_policy, pods_env.cluster_domain, service_names=SERVICES, config=config
+        )
+        pods.apply(kube, docs)
+        kube.kubectl("create", "namespace", namespace)
+        pods.apply(kube, _session_docs(namespace, c))
+        c.tokens = pods.session_ready(kube, namespace, "creds")["status"]["tokens"]
+        pods.apply(kube, [pods.agent_pod(namespace, c.pod, images.agent, "creds", pull_policy=images.pull_policy)])
+        pods.pod_running(kube, api_ns, standin.NAME)
+        pods.pod_running(kube, namespace, c.pod)
+        yield c
+    finally:
+        for ns in (namespace, api_ns):
+            kube.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found", check=False)
+
+
+def _env(c: Creds) -> dict[str, str]:
+    out = c.run("env").stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def _last_json(result: Any) -> dict[str, Any]:
+    lines = result.stdout.strip().splitlines()
+    assert lines, result
+    parsed: dict[str, Any] = json.loads(lines[-1])
+    return parsed
+
+
+# -- aws -----------------------------------------------------------------------------------------
+
+#: curl signs with SigV4 from the injected variables only; prints the answer, then the status.
+AWS_CURL = (
+    "curl -sS --max-time 20 --aws-sigv4 'aws:amz:us-east-1:bedrock' "
+    '--user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY{tamper}" '
+    '-H "x-amz-security-token: $AWS_SESSION_TOKEN" -H "x-client: {tag}" '
+    "-H 'content-type: application/json' --data '{{\"prompt\": \"hi\"}}' {extra} "
+    "-w '\\n%{{http_code}}' https://{host}/model/anthropic.claude-v2/invoke"
+)
+
+
+def _aws_curl(c: Creds, tag: str, tamper: str = "", extra: str = "") -> tuple[str, str]:
+    result = c.run(AWS_CURL.format(tamper=tamper, tag=tag, extra=extra, host=c.hosts[BEDROCK]))
+    body, _, status = result.stdout.rpartition("\n")
+    return status.strip(), body
+
+
+def test_aws_env_holds_only_sealed_material(creds: Creds) -> None:
+    env = _env(creds)
+    assert env["AWS_ACCESS_KEY_ID"] == creds.tokens[AWS]
+    assert env["AWS_SECRET_ACCESS_KEY"] == creds.tokens[f"{AWS}.secretAccessKey"]
+    assert env["AWS_SESSION_TOKEN"] == creds.tokens[f"{AWS}.sessionToken"]
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        assert env[var].startswith("SEALED_"), var
+    dump = "\n".join(env.values())
+    assert not [v for v in creds.aws.values() if v in dump]
+
+
+def test_aws_sigv4_from_the_pod_arrives_signed_with_the_real_key(creds: Creds) -> None:
+    tag = f"aws-{secrets.token_hex(4)}"
+    status, body = _aws_curl(creds, tag)
+    assert status == "200" and json.loads(body)["verified"] is True, (status, body)
+    (record,) = creds.by_client(tag)
+    assert record["sigv4"] == {"verified": True, "problem": None}
+    assert f"Credential={creds.aws.access_key_id}/" in (standin.header(record, "authorization") or "")
+    assert standin.header(record, "x-amz-security-token") == creds.aws.session_token
+    assert creds.aws.secret_access_key not in body
+
+
+def test_aws_the_standins_check_fails_on_the_agents_own_signature(creds: Creds) -> None:
+    """Control: the same request sent past the proxy (straight to the Service, certificate
+    unchecked) carries only the sealed material, and the stand-in's check says so."""
+    tag = f"aws-direct-{secrets.token_hex(4)}"
+    status, body = _aws_curl(creds, tag, extra="--noproxy '*' --insecure")
+    assert status == "403" and json.loads(body) == {"verified": False, "problem": "access key id is not the real one"}
+    (record,) = creds.by_client(tag)
+    assert f"Credential={creds.tokens[AWS]}/" in (standin.header(record, "authorization") or "")
+
+
+def test_aws_a_wrong_sealed_secret_is_refused_by_the_sidecar(creds: Creds) -> None:
+    tag = f"aws-wrong-{secrets.token_hex(4)}"
+    status, body = _aws_curl(creds, tag, tamper="x")
+    assert status == "403", (status, body)
+    assert json.loads(body)["error"]["code"] == "signature_invalid"
+    assert not creds.by_client(tag), "a request with a wrong signature reached the API"
+
+
+# -- gcpServiceAccount -------------------------------------------------------------------------
+
+#: node (its crypto signs RS256): a JWT from the agent's service-account file (or a fresh key
+#: with ``other``), exchanged at the file's token_uri, then an API call with the answer's token.
+#: Prints JSON: the token answer's status and token, the API's status.
+GCP_NODE = r"""
+const fs = require("fs"), crypto = require("crypto");
+const [api, tag, other] = process.argv.slice(1);
+const sa = JSON.parse(fs.readFileSync(process.env.GOOGLE_APPLICATION_CREDENTIALS, "utf8"));
+const key = other ? crypto.generateKeyPairSync("rsa", {modulusLength: 2048}).privateKey : sa.private_key;
+const b64 = (x) => Buffer.from(x).toString("base64url");
+const now = Math.floor(Date.now() / 1000);
+const head = b64(JSON.stringify({alg: "RS256", typ: "JWT", kid: sa.private_key_id}));
+const claims = b64(JSON.stringify({iss: sa.client_email, scope: "https://www.googleapis.com/auth/cloud-platform",
+                                   aud: sa.token_uri, iat: now, exp: now + 3600}));
+const jwt = head + "." + claims + "." + crypto.sign("sha256", Buffer.from(head + "." + claims), key).toString("base64url");
+(async () => {
+  const out = {};
+  const t = await fetch(sa.token_uri, {method: "POST", headers: {"x-client": tag + "-token",
+    "content-type": "application/x-www-form-urlencoded"},
+    body: new URLSearchParams({grant_type: "urn:ietf:params:oauth:grant-type:jwt-bearer", assertion: jwt})});
+  out.token_status = t.status;
+  out.token_answer = await t.json();
+  if (t.status === 200) {
+    const r = await fetch(api, {headers: {authorization: "Bearer " + out.token_answer.access_token, "x-client": tag}});
+    out.api_status = r.status;
+  }
+  console.log(JSON.stringify(out));
+})().catch((e) => { console.error(String(e.cause || e)); process.exit(1); });
+"""
+
+
+def _gcp_node(c: Creds, tag: str, other: bool = False) -> dict[str, Any]:
+    api = f"https://{c.hosts[GCP_API]}/v1/projects/oshu-test/locations/us-east5/publishers/anthropic/models/claude"
+    args = " ".join([f"'{api}'", tag, *(["other"] if other else [])])
+    return _last_json(c.run(f"node -e '{GCP_NODE.replace(chr(39), chr(34))}' {args}"))
+
+
+def test_gcp_agent_file_has_a_throwaway_key_and_the_sealed_key_id(creds: Creds) -> None:
+    env = _env(creds)
+    path = env["GOOGLE_APPLICATION_CREDENTIALS"]
+    assert env[GCP] == path
+    sa = json.loads(creds.run(f"cat '{path}'").stdout)
+    real = creds.google.key_file()
+    assert sa["private_key_id"] == creds.tokens[GCP] and sa["private_key_id"].startswith("SEALED_")
+    assert sa["private_key"].startswith("-----BEGIN PRIVATE KEY-----") and sa["private_key"] != real["private_key"]
+    assert (sa["client_email"], sa["token_uri"]) == (real["client_email"], real["token_uri"])
+    text = json.dumps(sa)
+    assert not [v for v in creds.google.values() if v in text]
+
+
+def test_gcp_jwt_exchange_from_the_pod_reaches_the_api_with_the_real_token(creds: Creds) -> None:
+    tag = f"gcp-{secrets.token_hex(4)}"
+    out = _gcp_node(creds, tag)
+    assert out["token_status"] == 200 and out["api_status"] == 200, out
+    sealed_access = out["token_answer"]["access_token"]
+    assert sealed_access.startswith("SEALED_"), out
+    (exchange,) = creds.by_client(f"{tag}-token")
+    assert exchange["grant"] == JWT_BEARER and "refused" not in exchange, exchange
+    real_access = exchange["issued"]  # verified with the REAL public key under the real kid
+    (call,) = creds.by_client(tag)
+    assert standin.credential(call) == real_access and call["bearer_issued"] is True
+    assert real_access not in json.dumps(out)
+
+
+def test_gcp_an_assertion_signed_with_another_key_is_refused(creds: Creds) -> None:
+    tag = f"gcp-other-{secrets.token_hex(4)}"
+    out = _gcp_node(creds, tag, other=True)
+    assert out["token_status"] == 403 and out["token_answer"]["error"]["code"] == "assertion_invalid", out
+    assert not creds.by_client(f"{tag}-token") and not creds.by_client(tag)
+
+
+# -- oauth2 ------------------------------------------------------------------------------------
+
+
+def test_oauth2_sealed_bearer_arrives_as_the_real_access_token(creds: Creds) -> None:
+    tag = f"oauth-{secrets.token_hex(4)}"
+    before = {r["issued"] for r in creds.seen() if r.get("grant") == "client_credentials" and "issued" in r}
+    script = (
+        'curl -sS --max-time 20 -o /dev/null -w "%{http_code}" -H "authorization: Bearer $OAUTH_TOKEN" '
+        f"-H 'x-client: {tag}' https://{creds.hosts[OAUTH_API]}/v1/things"
+    )
+    result = creds.run(script)
+    assert result.stdout.strip() == "200", result
+    assert _env(creds)[OAUTH] == creds.tokens[OAUTH] and creds.tokens[OAUTH].startswith("SEALED_")
+    (call,) = creds.by_client(tag)
+    issued = {r["issued"] for r in creds.seen() if r.get("grant") == "client_credentials" and "issued" in r}
+    assert call["bearer_issued"] is True and standin.credential(call) in issued, (call, issued)
+    refused = [r for r in creds.seen() if r.get("grant") == "client_credentials" and "refused" in r]
+    assert not refused and len(issued - before) <= 1  # fetched once (or earlier, cached)
+
+
+# -- what the agent container can read ---------------------------------------------------------
+
+#: Like pods.SCAN_SCRIPT, for many needles (JSON on stdin: [[label, base64 of bytes], ...] and a
+#: control string): every readable file outside /proc, /sys, /dev, and the environ, cmdline and
+#: readable memory of every other process. Prints JSON: counts, [where, label] hits, control seen.
+SCAN = r"""
+import base64, json, os, re, sys
+spec = json.load(sys.stdin)
+needles = [(label, base64.b64decode(b)) for label, b in spec["needles"]]
+control = spec["control"].encode()
+hits, seen, files, procs = set(), set(), 0, 0
+def look(where, data):
+    for label, n in needles:
+        if n in data:
+            hits.add((where, label))
+    if control in data:
+        seen.add(where)
+for top in os.listdir("/"):
+    if top in ("proc", "sys", "dev"):
+        continue
+    for root, dirs, names in os.walk("/" + top):
+        for name in names:
+            path = os.path.join(root, name)
+            try:
+                if not os.path.isfile(path) or os.path.islink(path) or os.path.getsize(path) > 64 << 20:
+                    continue
+                with open(path, "rb") as fh:
+                    look(path, fh.read())
+                files += 1
+            except OSError:
+                pass
+me = str(os.getpid())
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    if pid == me:
+        continue
+    procs += 1
+    for part in ("environ", "cmdline"):
+        try:
+            with open(f"/proc/{pid}/{part}", "rb") as fh:
+                look(f"/proc/{pid}/{part}", fh.read())
+        except OSError:
+            pass
+    try:
+        with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+            for line in maps:
+                m = re.match(r"([0-9a-f]+)-([0-9a-f]+) r", line)
+                if not m or "[vvar]" in line or "[vsyscall]" in line or int(m[2], 16) - int(m[1], 16) > 256 << 20:
+                    continue
+                try:
+                    mem.seek(int(m[1], 16))
+                    look(f"/proc/{pid}/mem", mem.read(int(m[2], 16) - int(m[1], 16)))
+                except (OSError, ValueError, OverflowError):
+                    pass
+    except OSError:
+        pass
+print(json.dumps({"files": files, "processes": procs, "needles": len(needles),
+                  "hits": sorted(hits), "control_seen_in": sorted(seen)}))
+"""
+
+
+def _needles(c: Creds) -> list[tuple[str, bytes]]:
+    """Every real form: the AWS values and their derived signing keys, the Google key (PEM,
+    JSON-escaped, each base64 line, DER) and key id, the OAuth2 client secret, and each access
+    token the stand-in issued (to the sidecar, never to the agent)."""
+    issued = [r["issued"] for r in c.seen() if "issued" in r]
+    assert issued, "no token was issued: run with the exchange tests"
+    values = (
+        [("aws", v) for v in c.aws.values()]
+        + [("google", v) for v in c.google.values()]
+        + [("oauth2", c.oauth.client_secret)]
+        + [("issued", t) for t in issued]
+    )
+    out: list[tuple[str, bytes]] = []
+    for label, v in values:
+        raw = v.encode()
+        out += [
+            (label, raw),
+            (label + "/base64", base64.b64encode(raw)),
+            (label + "/json", json.dumps(v)[1:-1].encode()),
+        ]
+    der = serialization.load_pem_private_key(c.google.private_key_pem.encode(), None).private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    out.append(("google/der", der))
+    for k in derived_keys(c.aws, services=("bedrock",)):
+        out += [("aws-derived", k), ("aws-derived/hex", k.hex().encode()), ("aws-derived/base64", base64.b64encode(k))]
+    return [(label, n) for label, n in out if len(n) >= 12]
+
+
+def test_the_agent_container_holds_no_real_form(creds: Creds) -> None:
+    # Exercise every kind first (a module run in any order still has something to look for).
+    assert _aws_curl(creds, f"aws-scan-{secrets.token_hex(3)}")[0] == "200"
+    assert _gcp_node(creds, f"gcp-scan-{secrets.token_hex(3)}")["api_status"] == 200
+    needles = _needles(creds)
+    spec = {"needles": [[label, base64.b64encode(n).decode()] for label, n in needles], "control": creds.tokens[AWS]}
+    proc = creds.kube.kubectl(
+        "-n",
+        creds.namespace,
+        "exec",
+        "-i",
+        creds.pod,
+        "-c",
+        "agent",
+        "--",
+        "python3",
+        "-c",
+        SCAN,
+        input=json.dumps(spec),
+        check=False,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"\n[pods] credential scan of the agent container: {json.dumps({**report, 'hits': report['hits'][:20]})}")
+    assert report["files"] > 1000 and report["processes"] >= 1 and report["needles"] == len(needles)
+    assert any(w.endswith("/environ") for w in report["control_seen_in"]), report  # it sees what the agent sees
+    assert report["hits"] == [], f"real material readable in the agent container: {report['hits']}"
