@@ -43,7 +43,8 @@ BEDROCK, OAUTH_TOKEN_SVC, OAUTH_API, GCP_TOKEN, GCP_API = (
     "gcp-token",
     "gcp-api",
 )
-SERVICES = (BEDROCK, OAUTH_TOKEN_SVC, OAUTH_API, GCP_TOKEN, GCP_API)
+S3 = "s3"
+SERVICES = (BEDROCK, S3, OAUTH_TOKEN_SVC, OAUTH_API, GCP_TOKEN, GCP_API)
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
 
@@ -121,7 +122,7 @@ def _session_docs(namespace: str, c: Creds) -> list[dict[str, Any]]:
             "metadata": {"name": "creds", "namespace": namespace},
             "spec": {
                 "secrets": [
-                    {"name": AWS, "kind": "aws", "secretRef": {"name": "aws-real"}, "hosts": [h[BEDROCK]]},
+                    {"name": AWS, "kind": "aws", "secretRef": {"name": "aws-real"}, "hosts": [h[BEDROCK], h[S3]]},
                     {
                         "name": GCP,
                         "kind": "gcpServiceAccount",
@@ -137,7 +138,7 @@ def _session_docs(namespace: str, c: Creds) -> list[dict[str, Any]]:
                     },
                 ],
                 "ttl": "2h",
-                "egress": [h[BEDROCK], h[GCP_API], h[OAUTH_API]],
+                "egress": [h[BEDROCK], h[S3], h[GCP_API], h[OAUTH_API]],
             },
         },
     ]
@@ -242,6 +243,43 @@ def test_aws_a_wrong_sealed_secret_is_refused_by_the_sidecar(creds: Creds) -> No
     assert not creds.by_client(tag), "a request with a wrong signature reached the API"
 
 
+#: curl's S3 form: PUT of a 300 kB file with x-amz-content-sha256 given with -H (curl signs that
+#: value as the payload hash).
+S3_CURL = (
+    "head -c 300000 /dev/urandom > /tmp/object && curl -sS --max-time 30 --aws-sigv4 'aws:amz:us-east-1:s3' "
+    '--user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" -H "x-amz-security-token: $AWS_SESSION_TOKEN" '
+    "-H 'x-client: {tag}' {extra} -T /tmp/object -w '\\n%{{http_code}}' https://{host}/bucket/key-{tag}.bin"
+)
+
+
+def _s3_curl(c: Creds, tag: str, extra: str = "") -> tuple[str, str]:
+    result = c.run(S3_CURL.format(tag=tag, extra=extra, host=c.hosts[S3]))
+    body, _, status = result.stdout.rpartition("\n")
+    return status.strip(), body
+
+
+@pytest.mark.parametrize("payload", ["hashed", "UNSIGNED-PAYLOAD"])
+def test_aws_s3_put_from_the_pod_arrives_signed_with_the_real_key(creds: Creds, payload: str) -> None:
+    tag = f"s3-{payload.lower()}-{secrets.token_hex(4)}"
+    # S3 wants the header; curl 7.88 signs the value given (it would hash only a --data body).
+    value = "UNSIGNED-PAYLOAD" if payload != "hashed" else "$(sha256sum /tmp/object | cut -d' ' -f1)"
+    extra = f'-H "x-amz-content-sha256: {value}"'
+    status, body = _s3_curl(creds, tag, extra)
+    assert status == "200" and json.loads(body)["verified"] is True, (status, body)
+    (record,) = creds.by_client(tag)
+    assert record["sigv4"]["verified"] is True and record["body_bytes"] == 300000
+    declared = standin.header(record, "x-amz-content-sha256")
+    assert declared == "UNSIGNED-PAYLOAD" if payload != "hashed" else len(declared or "") == 64, declared
+
+
+def test_aws_a_payload_that_does_not_match_its_signed_hash_is_refused(creds: Creds) -> None:
+    tag = f"s3-mismatch-{secrets.token_hex(4)}"
+    other = "0" * 64  # the agent signs this hash but sends other bytes
+    status, body = _s3_curl(creds, tag, f"-H 'x-amz-content-sha256: {other}'")
+    assert status == "400" and json.loads(body)["error"]["code"] == "payload_hash_mismatch", (status, body)
+    assert not creds.by_client(tag)
+
+
 # -- gcpServiceAccount -------------------------------------------------------------------------
 
 #: node (its crypto signs RS256): a JWT from the agent's service-account file (or a fresh key
@@ -305,6 +343,15 @@ def test_gcp_jwt_exchange_from_the_pod_reaches_the_api_with_the_real_token(creds
     (call,) = creds.by_client(tag)
     assert standin.credential(call) == real_access and call["bearer_issued"] is True
     assert real_access not in json.dumps(out)
+    # The minted sealed token is swapped on the binding's hosts only: elsewhere it stays itself.
+    elsewhere = f"{tag}-elsewhere"
+    script = (
+        f'curl -sS --max-time 20 -o /dev/null -w "%{{http_code}}" -H "authorization: Bearer {sealed_access}" '
+        f"-H 'x-client: {elsewhere}' https://{creds.hosts[OAUTH_API]}/v1/things"
+    )
+    assert creds.run(script).stdout.strip() == "200"
+    (other,) = creds.by_client(elsewhere)
+    assert standin.credential(other) == sealed_access and other["bearer_issued"] is False
 
 
 def test_gcp_an_assertion_signed_with_another_key_is_refused(creds: Creds) -> None:
