@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from oshu_e2e import pods, standin
+from oshu_operator import names as n
 from oshu_testkit.aws_leaks import derived_keys
 from oshu_testkit.credential_material import AwsKey, GoogleServiceAccount, OAuth2Client
 
@@ -56,6 +57,7 @@ class Creds:
     api_namespace: str
     namespace: str
     pod: str
+    images: Any
     hosts: dict[str, str]
     aws: AwsKey
     google: GoogleServiceAccount
@@ -68,8 +70,8 @@ class Creds:
     def by_client(self, tag: str) -> list[dict[str, Any]]:
         return [r for r in self.seen() if pods.client_of(r) == tag]
 
-    def run(self, script: str, timeout: float = 60) -> Any:
-        return pods.exec_in(self.kube, self.namespace, self.pod, script, timeout=timeout)
+    def run(self, script: str, timeout: float = 60, pod: str | None = None) -> Any:
+        return pods.exec_in(self.kube, self.namespace, pod or self.pod, script, timeout=timeout)
 
 
 def _standin_config(aws: AwsKey, google: GoogleServiceAccount, oauth: OAuth2Client) -> dict[str, Any]:
@@ -153,7 +155,7 @@ def creds(pods_env: Any) -> Iterator[Creds]:
     aws = AwsKey()
     google = GoogleServiceAccount(token_uri=f"https://{hosts[GCP_TOKEN]}/token")
     oauth = OAuth2Client(token_url=f"https://{hosts[OAUTH_TOKEN_SVC]}/token")
-    c = Creds(kube, api_ns, namespace, "agent", hosts, aws, google, oauth)
+    c = Creds(kube, api_ns, namespace, "agent", images, hosts, aws, google, oauth)
     try:
         kube.kubectl("create", "namespace", api_ns)
         config = _standin_config(aws, google, oauth)
@@ -173,8 +175,8 @@ def creds(pods_env: Any) -> Iterator[Creds]:
             kube.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found", check=False)
 
 
-def _env(c: Creds) -> dict[str, str]:
-    out = c.run("env").stdout
+def _env(c: Creds, pod: str | None = None, prefix: str = "") -> dict[str, str]:
+    out = c.run(prefix + "env", pod=pod).stdout
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
@@ -197,8 +199,10 @@ AWS_CURL = (
 )
 
 
-def _aws_curl(c: Creds, tag: str, tamper: str = "", extra: str = "") -> tuple[str, str]:
-    result = c.run(AWS_CURL.format(tamper=tamper, tag=tag, extra=extra, host=c.hosts[BEDROCK]))
+def _aws_curl(
+    c: Creds, tag: str, tamper: str = "", extra: str = "", pod: str | None = None, prefix: str = ""
+) -> tuple[str, str]:
+    result = c.run(prefix + AWS_CURL.format(tamper=tamper, tag=tag, extra=extra, host=c.hosts[BEDROCK]), pod=pod)
     body, _, status = result.stdout.rpartition("\n")
     return status.strip(), body
 
@@ -312,10 +316,10 @@ const jwt = head + "." + claims + "." + crypto.sign("sha256", Buffer.from(head +
 """
 
 
-def _gcp_node(c: Creds, tag: str, other: bool = False) -> dict[str, Any]:
+def _gcp_node(c: Creds, tag: str, other: bool = False, pod: str | None = None, prefix: str = "") -> dict[str, Any]:
     api = f"https://{c.hosts[GCP_API]}/v1/projects/oshu-test/locations/us-east5/publishers/anthropic/models/claude"
     args = " ".join([f"'{api}'", tag, *(["other"] if other else [])])
-    return _last_json(c.run(f"node -e '{GCP_NODE.replace(chr(39), chr(34))}' {args}"))
+    return _last_json(c.run(f"{prefix}node -e '{GCP_NODE.replace(chr(39), chr(34))}' {args}", pod=pod))
 
 
 def test_gcp_agent_file_has_a_throwaway_key_and_the_sealed_key_id(creds: Creds) -> None:
@@ -379,6 +383,64 @@ def test_oauth2_sealed_bearer_arrives_as_the_real_access_token(creds: Creds) -> 
     assert call["bearer_issued"] is True and standin.credential(call) in issued, (call, issued)
     refused = [r for r in creds.seen() if r.get("grant") == "client_credentials" and "refused" in r]
     assert not refused and len(issued - before) <= 1  # fetched once (or earlier, cached)
+
+
+# -- enforcement: redirect --------------------------------------------------------------------
+
+#: Every variable that could point a client at the proxy: the commands below run without any.
+UNSET = "unset " + " ".join((*n.ENV_PROXY_VARS, *n.ENV_NO_PROXY_VARS, n.ENV_NODE_USE_ENV_PROXY)) + "; "
+REDIRECTED = "redirected"
+
+
+@pytest.fixture(scope="module")
+def redirected(creds: Creds) -> Iterator[dict[str, str]]:
+    """A second session in the same namespace, ``enforcement: redirect``, with the aws and the
+    Google secret, and its pod: clients that ignore the proxy still go through the sidecar."""
+    docs = _session_docs(creds.namespace, creds)
+    session = docs[-1]
+    session["metadata"]["name"] = "creds-redirect"
+    session["spec"]["enforcement"] = "redirect"
+    session["spec"]["secrets"] = [s for s in session["spec"]["secrets"] if s["kind"] != "oauth2"]
+    pods.apply(creds.kube, [session])
+    tokens: dict[str, str] = pods.session_ready(creds.kube, creds.namespace, "creds-redirect")["status"]["tokens"]
+    image = creds.images.agent
+    pod = pods.agent_pod(creds.namespace, REDIRECTED, image, "creds-redirect", pull_policy=creds.images.pull_policy)
+    pods.apply(creds.kube, [pod])
+    pods.pod_running(creds.kube, creds.namespace, REDIRECTED)
+    yield tokens
+
+
+def test_redirect_aws_without_proxy_variables_is_signed_again_by_the_sidecar(
+    creds: Creds, redirected: dict[str, str]
+) -> None:
+    """With no proxy variable, and even with curl told to go direct and trust anything, the
+    connection lands on the sidecar's transparent listener: the stand-in sees the real key."""
+    for extra in ("", "--noproxy '*' --insecure"):
+        tag = f"aws-redirect-{secrets.token_hex(4)}"
+        status, body = _aws_curl(creds, tag, extra=extra, pod=REDIRECTED, prefix=UNSET)
+        assert status == "200" and json.loads(body)["verified"] is True, (extra, status, body)
+        (record,) = creds.by_client(tag)
+        assert record["sigv4"]["verified"] is True
+        assert f"Credential={creds.aws.access_key_id}/" in (standin.header(record, "authorization") or "")
+    env = _env(creds, REDIRECTED)
+    assert (
+        env["AWS_SECRET_ACCESS_KEY"] == redirected[f"{AWS}.secretAccessKey"] != creds.tokens[f"{AWS}.secretAccessKey"]
+    )
+    assert not [v for v in ("HTTPS_PROXY", "https_proxy") if v in _env(creds, REDIRECTED, UNSET)]
+    tag = f"aws-redirect-wrong-{secrets.token_hex(4)}"
+    status, body = _aws_curl(creds, tag, tamper="x", pod=REDIRECTED, prefix=UNSET)
+    assert status == "403" and json.loads(body)["error"]["code"] == "signature_invalid", (status, body)
+    assert not creds.by_client(tag)
+
+
+def test_redirect_gcp_exchange_without_proxy_variables(creds: Creds, redirected: dict[str, str]) -> None:
+    tag = f"gcp-redirect-{secrets.token_hex(4)}"
+    out = _gcp_node(creds, tag, pod=REDIRECTED, prefix=UNSET)
+    assert out["token_status"] == 200 and out["api_status"] == 200, out
+    assert out["token_answer"]["access_token"].startswith("SEALED_")
+    (exchange,) = creds.by_client(f"{tag}-token")
+    (call,) = creds.by_client(tag)
+    assert standin.credential(call) == exchange["issued"] and call["bearer_issued"] is True
 
 
 # -- what the agent container can read ---------------------------------------------------------
@@ -467,21 +529,28 @@ def _needles(c: Creds) -> list[tuple[str, bytes]]:
     out.append(("google/der", der))
     for k in derived_keys(c.aws, services=("bedrock",)):
         out += [("aws-derived", k), ("aws-derived/hex", k.hex().encode()), ("aws-derived/base64", base64.b64encode(k))]
-    return [(label, n) for label, n in out if len(n) >= 12]
+    return [(label, b) for label, b in out if len(b) >= 12]
 
 
-def test_the_agent_container_holds_no_real_form(creds: Creds) -> None:
+@pytest.mark.parametrize("pod", ["agent", REDIRECTED])
+def test_the_agent_container_holds_no_real_form(creds: Creds, pod: str, request: pytest.FixtureRequest) -> None:
+    tokens = creds.tokens if pod == creds.pod else request.getfixturevalue("redirected")
+    prefix = "" if pod == creds.pod else UNSET
     # Exercise every kind first (a module run in any order still has something to look for).
-    assert _aws_curl(creds, f"aws-scan-{secrets.token_hex(3)}")[0] == "200"
-    assert _gcp_node(creds, f"gcp-scan-{secrets.token_hex(3)}")["api_status"] == 200
-    needles = _needles(creds)
-    spec = {"needles": [[label, base64.b64encode(n).decode()] for label, n in needles], "control": creds.tokens[AWS]}
+    assert _aws_curl(creds, f"aws-scan-{secrets.token_hex(3)}", pod=pod, prefix=prefix)[0] == "200"
+    assert _gcp_node(creds, f"gcp-scan-{secrets.token_hex(3)}", pod=pod, prefix=prefix)["api_status"] == 200
+    # A planted value shows the needles are searched as they should be (a binary one, as a derived key).
+    planted = secrets.token_bytes(32)
+    octal = "".join(f"\\{b:03o}" for b in planted)
+    creds.run(f"printf '{octal}' > /tmp/planted", pod=pod)
+    needles = [*_needles(creds), ("planted", planted)]
+    spec = {"needles": [[label, base64.b64encode(b).decode()] for label, b in needles], "control": tokens[AWS]}
     proc = creds.kube.kubectl(
         "-n",
         creds.namespace,
         "exec",
         "-i",
-        creds.pod,
+        pod,
         "-c",
         "agent",
         "--",
@@ -494,7 +563,11 @@ def test_the_agent_container_holds_no_real_form(creds: Creds) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"\n[pods] credential scan of the agent container: {json.dumps({**report, 'hits': report['hits'][:20]})}")
+    print(
+        f"\n[pods] credential scan of the agent container of {pod}: {json.dumps({**report, 'hits': report['hits'][:20]})}"
+    )
     assert report["files"] > 1000 and report["processes"] >= 1 and report["needles"] == len(needles)
     assert any(w.endswith("/environ") for w in report["control_seen_in"]), report  # it sees what the agent sees
-    assert report["hits"] == [], f"real material readable in the agent container: {report['hits']}"
+    assert ["/tmp/planted", "planted"] in report["hits"], report
+    hits = [h for h in report["hits"] if h != ["/tmp/planted", "planted"]]
+    assert hits == [], f"real material readable in the agent container: {hits}"
