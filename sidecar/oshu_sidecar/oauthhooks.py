@@ -12,6 +12,7 @@ keys, minted tokens) lives in the hook context's `state`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from urllib.parse import parse_qsl, quote, urlsplit
 
 from oshu_contract.locations import Location
@@ -168,6 +169,7 @@ class OAuth2Handler:
                 query = (sealed, quote(token, safe="").encode())
             if Location.BODY in where and body is not None:
                 rw.body = body.replace(sealed, token.encode())
+            rw.done = _on_status(source, token)
         if pairs or query:
             rw.head = lambda head: swap_query(swap_fields(head, pairs), query)
         rw.secrets = tuple(used)
@@ -178,6 +180,17 @@ class OAuth2Handler:
             rw.response = state.seal_response(binding, (current,))
         rw.scrub = state.scrub(binding, (token if where else None, current))
         return rw
+
+
+def _on_status(source: TokenSource, token: str) -> Callable[[int], None]:
+    """Rewrite.done: a 401 to the access token the proxy injected drops it (revoked early upstream),
+    so the next request gets a fresh one (TokenSource.rejected rations this)."""
+
+    def done(status: int) -> None:
+        if status == 401:
+            source.rejected(token)
+
+    return done
 
 
 def _sealed_places(binding: SecretBinding, req: HookRequest, body: bytes | None) -> set[Location]:

@@ -238,3 +238,23 @@ def test_a_rotated_client_secret_is_used_after_a_reload_and_revocation_stops_eve
         assert (server.token_requests, len(server.api_tokens)) == before
         _leak_scan(sc, server, [r.content])
         assert old_secret not in sc.log_text()
+
+
+def test_a_token_the_api_rejects_early_is_replaced_once(server: TokenServer, tmp_path: Path) -> None:
+    """The IdP revokes the access token before its expires_in: the API's 401 reaches the agent, the
+    proxy drops the token, the next request gets a new one; a second revocation within 30 s is not
+    believed (an API refusing every token must not cause a token request per request)."""
+    binding = _binding(server, [API_HOST])
+    with _sidecar(server, binding, tmp_path) as sc, _client(sc) as s:
+        auth = {"Authorization": f"Bearer {binding.sealed}"}
+        url = f"https://{API_HOST}/v1/whoami"
+        assert s.get(url, headers=auth, timeout=30).status_code == 200
+        server.live.clear()  # revoked at the IdP
+        assert s.get(url, headers=auth, timeout=30).status_code == 401
+        assert s.get(url, headers=auth, timeout=30).status_code == 200
+        assert server.token_requests == 2
+        server.live.clear()
+        assert [s.get(url, headers=auth, timeout=30).status_code for _ in range(3)] == [401] * 3
+        assert server.token_requests == 2
+        sc.wait_for_log(lambda rec: rec.get("msg", "").startswith("oauth2 access token rejected upstream"))
+        _leak_scan(sc, server, [])
