@@ -5,7 +5,8 @@ Independent of the product on purpose: SigV4 is checked by this file's own hmac/
 (not sidecar/oshu_sidecar/sigv4.py), RS256 by modular exponentiation with the REAL public key's
 numbers. The config (``$STANDIN_CONFIG``, JSON) holds the real material the far side knows:
 
-- ``aws``: ``{"access_key_id", "secret_access_key", "session_token"?}``
+- ``aws``: ``{"access_key_id", "secret_access_key", "session_token"?}``, or a list of them (the
+  one whose access key id the request names is checked: a rotation's keys)
 - ``oauth2``: ``{"client_id", "client_secret"}`` (a client-credentials token endpoint)
 - ``google``: ``{"n", "e" (decimal strings), "kid", "client_email", "token_uri"}`` (jwt-bearer)
 
@@ -36,7 +37,10 @@ Answer = tuple[int, dict[str, Any], dict[str, Any]]
 def answer(cfg: Mapping[str, Any], method: str, target: str, headers: Any, body: bytes) -> Answer | None:
     auth = headers.get("authorization") or ""
     if "aws" in cfg and auth.startswith("AWS4-HMAC-SHA256 "):
-        problem = sigv4_problem(cfg["aws"], method, target, headers, body)
+        keys = cfg["aws"] if isinstance(cfg["aws"], list) else [cfg["aws"]]
+        akid = _auth_fields(auth).get("Credential", "").split("/")[0]
+        key = next((k for k in keys if k["access_key_id"] == akid), keys[0])
+        problem = sigv4_problem(key, method, target, headers, body)
         verdict = {"verified": problem is None, "problem": problem}
         return (200 if problem is None else 403), verdict, {"sigv4": verdict}
     if method == "POST" and target.split("?")[0] == "/token" and ("oauth2" in cfg or "google" in cfg):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +64,7 @@ class Creds:
     google: GoogleServiceAccount
     oauth: OAuth2Client
     tokens: dict[str, str] = field(default_factory=dict)  # the session's status.tokens
+    rotation: tuple[AwsKey, AwsKey] = field(default_factory=lambda: (AwsKey(), AwsKey()))
 
     def seen(self) -> list[dict[str, Any]]:
         return standin.requests_seen(self.kube, self.api_namespace)
@@ -74,16 +76,20 @@ class Creds:
         return pods.exec_in(self.kube, self.namespace, pod or self.pod, script, timeout=timeout)
 
 
-def _standin_config(aws: AwsKey, google: GoogleServiceAccount, oauth: OAuth2Client) -> dict[str, Any]:
+def _standin_config(c: Creds) -> dict[str, Any]:
+    aws, google, oauth = c.aws, c.google, c.oauth
     public = serialization.load_pem_public_key(google.public_pem())
     assert isinstance(public, rsa.RSAPublicKey)
     numbers = public.public_numbers()
     return {
-        "aws": {
-            "access_key_id": aws.access_key_id,
-            "secret_access_key": aws.secret_access_key,
-            "session_token": aws.session_token,
-        },
+        "aws": [
+            {
+                "access_key_id": k.access_key_id,
+                "secret_access_key": k.secret_access_key,
+                "session_token": k.session_token,
+            }
+            for k in (aws, *c.rotation)
+        ],
         "oauth2": {"client_id": oauth.client_id, "client_secret": oauth.client_secret},
         "google": {
             "n": str(numbers.n),
@@ -158,7 +164,7 @@ def creds(pods_env: Any) -> Iterator[Creds]:
     c = Creds(kube, api_ns, namespace, "agent", images, hosts, aws, google, oauth)
     try:
         kube.kubectl("create", "namespace", api_ns)
-        config = _standin_config(aws, google, oauth)
+        config = _standin_config(c)
         docs = standin.manifests(
             api_ns, images.agent, images.pull_policy, pods_env.cluster_domain, service_names=SERVICES, config=config
         )
@@ -282,6 +288,62 @@ def test_aws_a_payload_that_does_not_match_its_signed_hash_is_refused(creds: Cre
     status, body = _s3_curl(creds, tag, f"-H 'x-amz-content-sha256: {other}'")
     assert status == "400" and json.loads(body)["error"]["code"] == "payload_hash_mismatch", (status, body)
     assert not creds.by_client(tag)
+
+
+def _aws_secret(namespace: str, name: str, key: AwsKey) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "type": "Opaque",
+        "stringData": {
+            "AWS_ACCESS_KEY_ID": key.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": key.secret_access_key,
+            "AWS_SESSION_TOKEN": key.session_token,
+        },
+    }
+
+
+def test_aws_rotation_reaches_the_running_sidecar(creds: Creds) -> None:
+    """A session of its own (Secret aws-rotating, pod "rotating"): the Secret patched with a new
+    key id, secret and session token; the agent keeps signing with the same sealed material and
+    the API soon sees the new real key. Every request on the way verifies with one of the two."""
+    first, second = creds.rotation
+    session = _session_docs(creds.namespace, creds)[-1]
+    session["metadata"]["name"] = "creds-rotate"
+    session["spec"]["secrets"] = [
+        {"name": AWS, "kind": "aws", "secretRef": {"name": "aws-rotating"}, "hosts": [creds.hosts[BEDROCK]]}
+    ]
+    pods.apply(creds.kube, [_aws_secret(creds.namespace, "aws-rotating", first), session])
+    tokens = pods.session_ready(creds.kube, creds.namespace, "creds-rotate")["status"]["tokens"]
+    image, policy = creds.images.agent, creds.images.pull_policy
+    pods.apply(creds.kube, [pods.agent_pod(creds.namespace, "rotating", image, "creds-rotate", pull_policy=policy)])
+    pods.pod_running(creds.kube, creds.namespace, "rotating")
+
+    def key_seen(tag: str) -> str:
+        status, body = _aws_curl(creds, tag, pod="rotating")
+        assert status == "200" and json.loads(body)["verified"] is True, (status, body)
+        (record,) = creds.by_client(tag)
+        return (standin.header(record, "authorization") or "").split("Credential=")[1].split("/")[0]
+
+    assert key_seen(f"rotate-before-{secrets.token_hex(3)}") == first.access_key_id
+    started = time.monotonic()
+    pods.apply(creds.kube, [_aws_secret(creds.namespace, "aws-rotating", second)])
+    for attempt in range(300):
+        seen = key_seen(f"rotate-{attempt}-{secrets.token_hex(3)}")
+        assert seen in (first.access_key_id, second.access_key_id), seen
+        if seen == second.access_key_id:
+            break
+        time.sleep(1)
+    else:
+        raise AssertionError("the sidecar still signs with the old key")
+    print(
+        f"\n[pods] aws rotation: {time.monotonic() - started:.0f}s from the Secret update to the new key ({attempt + 1} requests)"
+    )
+    after = pods.get_json(creds.kube, "vaultsession", "creds-rotate", "-n", creds.namespace)["status"]["tokens"]
+    assert after == tokens  # the agent's sealed material did not change
+    env = _env(creds, "rotating")
+    assert env["AWS_SECRET_ACCESS_KEY"] == tokens[f"{AWS}.secretAccessKey"]
 
 
 # -- gcpServiceAccount -------------------------------------------------------------------------
@@ -510,7 +572,7 @@ def _needles(c: Creds) -> list[tuple[str, bytes]]:
     issued = [r["issued"] for r in c.seen() if "issued" in r]
     assert issued, "no token was issued: run with the exchange tests"
     values = (
-        [("aws", v) for v in c.aws.values()]
+        [("aws", v) for k in (c.aws, *c.rotation) for v in k.values()]
         + [("google", v) for v in c.google.values()]
         + [("oauth2", c.oauth.client_secret)]
         + [("issued", t) for t in issued]
@@ -527,7 +589,7 @@ def _needles(c: Creds) -> list[tuple[str, bytes]]:
         serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     out.append(("google/der", der))
-    for k in derived_keys(c.aws, services=("bedrock",)):
+    for k in (d for key in (c.aws, *c.rotation) for d in derived_keys(key, services=("bedrock", "s3"))):
         out += [("aws-derived", k), ("aws-derived/hex", k.hex().encode()), ("aws-derived/base64", base64.b64encode(k))]
     return [(label, b) for label, b in out if len(b) >= 12]
 
@@ -571,3 +633,21 @@ def test_the_agent_container_holds_no_real_form(creds: Creds, pod: str, request:
     assert ["/tmp/planted", "planted"] in report["hits"], report
     hits = [h for h in report["hits"] if h != ["/tmp/planted", "planted"]]
     assert hits == [], f"real material readable in the agent container: {hits}"
+
+
+def test_no_real_form_in_sidecar_logs_session_status_or_events(creds: Creds) -> None:
+    """What the operator and the sidecars write where users and agents' operators look: every
+    container log of every pod of the namespace (sidecars, rules containers), the VaultSessions
+    (status included) and the namespace's events."""
+    kube, ns = creds.kube, creds.namespace
+    texts: dict[str, bytes] = {}
+    for pod in pods.get_json(kube, "pods", "-n", ns)["items"]:
+        name = pod["metadata"]["name"]
+        logs = kube.kubectl("-n", ns, "logs", name, "--all-containers", "--prefix", check=False).stdout
+        texts[f"logs of {name}"] = logs.encode()
+    texts["vaultsessions"] = kube.kubectl("-n", ns, "get", "vaultsessions", "-o", "json").stdout.encode()
+    texts["events"] = kube.kubectl("-n", ns, "get", "events", "-o", "json").stdout.encode()
+    sidecar_logs = [t for w, t in texts.items() if w.startswith("logs of ")]
+    assert any(b"signature_invalid" in t for t in sidecar_logs), "the sidecars' logs were not read"
+    hits = sorted({(where, label) for where, text in texts.items() for label, b in _needles(creds) if b in text})
+    assert hits == [], f"real material in logs, status or events: {hits}"
