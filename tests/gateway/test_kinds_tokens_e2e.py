@@ -189,3 +189,16 @@ def test_a_sealed_access_token_of_one_session_is_worthless_in_another(
         assert crossed.status_code in (401, 403), crossed.text
         assert len(tokens.api_tokens) == accepted + 1  # only A's own request reached the API with a real token
         assert tokens.api_refused == refused + (crossed.status_code == 401)
+
+
+def test_an_upstream_echoing_the_access_token_hands_the_sandbox_no_real_token(
+    gw: GatewayProcess, tokens: TokenServer, client: SecretsProxyClient
+) -> None:
+    secret = oauth2_secret(
+        f"https://{AUTH_HOST}/oauth/token", tokens.client_id, [API_HOST], client_secret=tokens.client_secret
+    )
+    with client.create_session({"API_TOKEN": secret}) as s, _http(gw, s) as h:
+        sealed = s.sandbox_env()["API_TOKEN"]
+        echoed = h.get(f"https://{API_HOST}/v1/echo-token", headers={"Authorization": f"Bearer {sealed}"}, timeout=30)
+        assert echoed.status_code == 200 and tokens.api_tokens[-1] in tokens.issued
+        assert tokens.api_tokens[-1] not in echoed.text  # scrubbed on the way back
