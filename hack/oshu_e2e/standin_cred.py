@@ -182,8 +182,13 @@ def token_endpoint(cfg: Mapping[str, Any], headers: Any, body: bytes) -> Answer:
         problem = assertion_problem(cfg["google"], form.get("assertion", ""))
     else:
         problem = "unsupported grant"
+    scope = form.get("scope")
     if problem is not None:
-        return 400, {"error": "invalid_grant"}, {"grant": grant, "refused": problem}
+        return 400, {"error": "invalid_grant"}, {"grant": grant, "scope": scope, "refused": problem}
     token = "at-real-" + secrets.token_urlsafe(24)
     ISSUED.add(token)
-    return 200, {"access_token": token, "token_type": "Bearer", "expires_in": 3600}, {"grant": grant, "issued": token}
+    return (
+        200,
+        {"access_token": token, "token_type": "Bearer", "expires_in": 3600},
+        {"grant": grant, "scope": scope, "issued": token},
+    )

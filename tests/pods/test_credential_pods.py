@@ -447,6 +447,55 @@ def test_oauth2_sealed_bearer_arrives_as_the_real_access_token(creds: Creds) -> 
     assert not refused and len(issued - before) <= 1  # fetched once (or earlier, cached)
 
 
+def test_oauth2_concurrent_requests_share_one_token_and_revocation_stops_them(creds: Creds) -> None:
+    """A session of its own (scope unique to it, so its token requests can be counted): 32
+    concurrent curls from the pod with the sealed bearer, one token request between them; then
+    the VaultSession is deleted and the sidecar refuses the sealed bearer, nothing forwarded."""
+    scope, tag = f"burst-{secrets.token_hex(4)}", f"burst-{secrets.token_hex(3)}"
+    session = _session_docs(creds.namespace, creds)[-1]
+    session["metadata"]["name"] = "creds-oauth"
+    (entry,) = [e for e in session["spec"]["secrets"] if e["kind"] == "oauth2"]
+    entry["oauth2"]["scopes"] = [scope]
+    session["spec"]["secrets"], session["spec"]["egress"] = [entry], [creds.hosts[OAUTH_API]]
+    pods.apply(creds.kube, [session])
+    pods.session_ready(creds.kube, creds.namespace, "creds-oauth")
+    image, policy = creds.images.agent, creds.images.pull_policy
+    pods.apply(creds.kube, [pods.agent_pod(creds.namespace, "oauth", image, "creds-oauth", pull_policy=policy)])
+    pods.pod_running(creds.kube, creds.namespace, "oauth")
+    curl = (
+        'curl -sS --max-time 30 -o /dev/null -w "%{{http_code}}\\n" -H "authorization: Bearer $OAUTH_TOKEN" '
+        f"-H 'x-client: {tag}-{{i}}' https://{creds.hosts[OAUTH_API]}/v1/things"
+    )
+    burst = "for i in $(seq 32); do " + curl.format(i="$i") + " & done; wait"
+    result = creds.run(burst, timeout=120, pod="oauth")
+    assert result.stdout.split() == ["200"] * 32, result
+    calls = [r for r in creds.seen() if (pods.client_of(r) or "").startswith(f"{tag}-")]
+    assert len(calls) == 32 and all(r["bearer_issued"] is True for r in calls)
+    assert len({standin.credential(r) for r in calls}) == 1
+    fetched = [r for r in creds.seen() if r.get("scope") == scope]
+    assert len(fetched) == 1 and "issued" in fetched[0], fetched  # single flight: one token request
+    creds.kube.kubectl("-n", creds.namespace, "delete", "vaultsession", "creds-oauth", "--wait=false")
+    started, answered = time.monotonic(), []
+    for attempt in range(300):
+        one = curl.replace('-o /dev/null -w "%{{http_code}}\\n"', '-w "\\n%{{http_code}}"').format(i=f"r{attempt}")
+        last = creds.run(one, pod="oauth")
+        body, _, status = last.stdout.rpartition("\n")
+        if status.strip() != "200":
+            break
+        answered.append(f"{tag}-r{attempt}")
+        time.sleep(1)
+    else:
+        raise AssertionError("the sidecar still sends the token after the session was deleted")
+    # The sidecar answers session_revoked, or -- when the kubelet has already removed the deleted
+    # session's CA from the agent's bundle -- the agent no longer trusts the interception (curl 60).
+    outcome = json.loads(body)["error"]["code"] if body.strip() else f"curl exit {last.returncode}"
+    print(f"\n[pods] oauth2 revocation: refused {time.monotonic() - started:.0f}s after the delete: {outcome}")
+    assert outcome in ("session_revoked", "session_expired", "curl exit 60"), last
+    time.sleep(1)
+    late = [r for r in creds.seen() if pods.client_of(r) == f"{tag}-r{attempt}"]
+    assert not late and len([r for r in creds.seen() if r.get("scope") == scope]) == 1
+
+
 # -- enforcement: redirect --------------------------------------------------------------------
 
 #: Every variable that could point a client at the proxy: the commands below run without any.
