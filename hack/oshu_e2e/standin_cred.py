@@ -48,10 +48,16 @@ def answer(cfg: Mapping[str, Any], method: str, target: str, headers: Any, body:
     return None
 
 
-def bearer_note(headers: Any) -> dict[str, Any]:
-    """Log fields for an API request: whether its bearer token is one this stand-in issued."""
+def bearer_note(headers: Any, cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Log fields for an API request: whether its bearer token is one this stand-in issued, and
+    for a JWT (a Google self-signed JWT bearer) what its check with the real key says."""
     scheme, _, token = (headers.get("authorization") or "").partition(" ")
-    return {"bearer_issued": token.strip() in ISSUED} if scheme.lower() == "bearer" else {}
+    if scheme.lower() != "bearer":
+        return {}
+    note: dict[str, Any] = {"bearer_issued": token.strip() in ISSUED}
+    if cfg and "google" in cfg and token.count(".") == 2:
+        note["jwt_problem"] = assertion_problem(cfg["google"], token.strip(), audience=None)
+    return note
 
 
 # -- SigV4 ---------------------------------------------------------------------------------------
@@ -145,7 +151,10 @@ def rs256_valid(n: int, e: int, signing_input: bytes, signature: bytes) -> bool:
     return hmac.compare_digest(em, b"\x00\x01" + b"\xff" * (size - len(t) - 3) + b"\x00" + t)
 
 
-def assertion_problem(google: Mapping[str, str], assertion: str) -> str | None:
+def assertion_problem(google: Mapping[str, str], assertion: str, audience: str | None = "") -> str | None:
+    """None when ``assertion`` is RS256 under the real key id, verifies with the real public key,
+    is the account's and current; its ``aud`` must be ``audience`` ("" = the token endpoint,
+    None = any: a self-signed JWT names the API)."""
     try:
         head_b64, claims_b64, sig_b64 = assertion.split(".")
         head, claims = json.loads(_b64url(head_b64)), json.loads(_b64url(claims_b64))
@@ -156,7 +165,8 @@ def assertion_problem(google: Mapping[str, str], assertion: str) -> str | None:
         return "not RS256 under the real key id"
     if not rs256_valid(int(google["n"]), int(google["e"]), f"{head_b64}.{claims_b64}".encode(), signature):
         return "signature does not verify with the real public key"
-    if claims.get("iss") != google["client_email"] or claims.get("aud") != google["token_uri"]:
+    wanted = google["token_uri"] if audience == "" else audience
+    if claims.get("iss") != google["client_email"] or (wanted is not None and claims.get("aud") != wanted):
         return "wrong issuer or audience"
     if not claims.get("iat", 0) - 300 <= time.time() <= claims.get("exp", 0) + 300:
         return "outside its time window"

@@ -74,7 +74,7 @@ class Handler(BaseHTTPRequestHandler):
                 self._record(body, extra)
                 self._answer(status, json.dumps(payload).encode(), "application/json")
                 return
-            self._record(body, standin_cred.bearer_note(self.headers))
+            self._record(body, standin_cred.bearer_note(self.headers, CONFIG))
             self._answer(200, json.dumps({"ok": True, "path": self.path}).encode(), "application/json")
             return
         self._record(body)

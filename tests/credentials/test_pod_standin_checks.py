@@ -116,3 +116,18 @@ def test_token_endpoint_checks_client_credentials() -> None:
     assert sc.bearer_note(bearer) == {"bearer_issued": True}
     assert sc.token_endpoint(cfg, bad, b"grant_type=client_credentials")[0] == 400
     assert sc.token_endpoint(cfg, good, b"grant_type=password")[0] == 400
+
+
+def test_bearer_note_checks_a_self_signed_jwt_with_the_real_key() -> None:
+    real, other = (rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(2))
+    numbers = real.public_key().public_numbers()
+    cfg = {"google": {"n": str(numbers.n), "e": str(numbers.e), "kid": "k", "client_email": "a@b", "token_uri": "t"}}
+    now = int(time.time())
+    head, claims = (
+        {"alg": "RS256", "kid": "k"},
+        {"iss": "a@b", "aud": "https://api.example/", "iat": now, "exp": now + 60},
+    )
+    for key, verdict in ((real, None), (other, "signature does not verify with the real public key")):
+        headers = email.message.Message()
+        headers["authorization"] = f"Bearer {_jwt(key, head, claims)}"
+        assert sc.bearer_note(headers, cfg) == {"bearer_issued": False, "jwt_problem": verdict}

@@ -427,6 +427,49 @@ def test_gcp_an_assertion_signed_with_another_key_is_refused(creds: Creds) -> No
     assert not creds.by_client(f"{tag}-token") and not creds.by_client(tag)
 
 
+#: node: a self-signed JWT bearer (no token exchange) from the agent's file, sent to the API.
+GCP_SELF_SIGNED = r"""
+const fs = require("fs"), crypto = require("crypto");
+const [api, tag, other] = process.argv.slice(1);
+const sa = JSON.parse(fs.readFileSync(process.env.GOOGLE_APPLICATION_CREDENTIALS, "utf8"));
+const key = other ? crypto.generateKeyPairSync("rsa", {modulusLength: 2048}).privateKey : sa.private_key;
+const b64 = (x) => Buffer.from(x).toString("base64url");
+const now = Math.floor(Date.now() / 1000);
+const head = b64(JSON.stringify({alg: "RS256", typ: "JWT", kid: sa.private_key_id}));
+const claims = b64(JSON.stringify({iss: sa.client_email, sub: sa.client_email, aud: new URL(api).origin + "/",
+                                   iat: now, exp: now + 3600}));
+const jwt = head + "." + claims + "." + crypto.sign("sha256", Buffer.from(head + "." + claims), key).toString("base64url");
+fetch(api, {headers: {authorization: "Bearer " + jwt, "x-client": tag}})
+  .then(async (r) => console.log(JSON.stringify({status: r.status, body: await r.text(), jwt})),
+        (e) => { console.error(String(e.cause || e)); process.exit(1); });
+"""
+
+
+@pytest.mark.parametrize("signer", ["throwaway", "another key"])
+def test_gcp_self_signed_jwt_bearer_from_the_pod(creds: Creds, signer: str) -> None:
+    """google-auth's self-signed JWT form: the API gets the same claims signed with the REAL key
+    under the real key id; a JWT signed with any other key is refused, nothing forwarded."""
+    tag = f"gcp-jwt-{secrets.token_hex(4)}"
+    api = f"https://{creds.hosts[GCP_API]}/v1/projects/oshu-test/locations/us-east5/models"
+    args = " ".join([f"'{api}'", tag, *(["other"] if signer != "throwaway" else [])])
+    out = _last_json(creds.run(f"node -e '{GCP_SELF_SIGNED}' {args}"))
+    if signer != "throwaway":
+        assert out["status"] == 403 and json.loads(out["body"])["error"]["code"] == "assertion_invalid", out
+        assert not creds.by_client(tag)
+        return
+    assert out["status"] == 200, out
+    (call,) = creds.by_client(tag)
+    arrived = standin.credential(call) or ""
+    assert call["jwt_problem"] is None, call  # verified with the real public key, real kid, current
+    assert arrived != out["jwt"] and arrived.split(".")[1] == out["jwt"].split(".")[1]  # same claims, re-signed
+    head = json.loads(base64.urlsafe_b64decode(arrived.split(".")[0] + "=="))
+    assert (
+        head["kid"]
+        == creds.google.private_key_id
+        != json.loads(base64.urlsafe_b64decode(out["jwt"].split(".")[0] + "=="))["kid"]
+    )
+
+
 # -- oauth2 ------------------------------------------------------------------------------------
 
 
