@@ -2,7 +2,7 @@
 # pull in, so a fresh machine needs nothing installed by hand.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml sdk/python/pyproject.toml | cksum | cut -d' ' -f1)
 NODE_STAMP := tests/node/node_modules/.installed
 
 .PHONY: demo test lint setup debian node binaries bench clean
@@ -13,9 +13,10 @@ setup: $(STAMP)
 debian:
 	hack/install-debian-packages
 
-$(STAMP): pyproject.toml
+# The gateway's Python SDK (sdk/python, no dependencies) too: the gateway tests drive it in-process.
+$(STAMP): pyproject.toml sdk/python/pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]' -e sdk/python
 	touch $@
 
 node: $(NODE_STAMP)
