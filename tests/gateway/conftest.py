@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from oshu_testkit.claude_code import claude_binary
 from oshu_testkit.gateway_process import GatewayProcess
 from oshu_testkit.upstreams import Upstream
-
-#: The Claude Code CLI version the tests run (npm, installed once into ~/.cache/oshu-vault).
-CLAUDE_CODE_VERSION = "2.1.332"
 
 
 @pytest.fixture(scope="module")
@@ -30,19 +26,4 @@ def gateway(upstream: Upstream) -> Iterator[GatewayProcess]:
 
 @pytest.fixture(scope="session")
 def claude() -> Path:
-    home = (
-        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-        / "oshu-vault"
-        / f"claude-code-{CLAUDE_CODE_VERSION}"
-    )
-    binary = home / "node_modules" / ".bin" / "claude"
-    if not binary.exists():
-        home.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            ["npm", "install", "--no-audit", "--no-fund", f"@anthropic-ai/claude-code@{CLAUDE_CODE_VERSION}"],
-            cwd=home,
-            check=True,
-            capture_output=True,
-            timeout=600,
-        )
-    return binary
+    return claude_binary()

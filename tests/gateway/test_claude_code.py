@@ -8,10 +8,10 @@ The CLI is installed once into ~/.cache/oshu-vault (npm registry) and reused.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from oshu_testkit.anthropic_standin import REPLY, AnthropicStandin
+from oshu_testkit.claude_code import home_files, run_claude
 from oshu_testkit.gateway_process import GatewayProcess
 from oshu_testkit.leaks import assert_no_secret
 
@@ -36,26 +36,12 @@ def test_claude_code_cli_holds_only_the_sealed_key(claude: Path, tmp_path: Path)
         home = tmp_path / "home"
         home.mkdir()
         env = {
-            "PATH": "/usr/bin:/bin",
-            "HOME": str(home),
             "ANTHROPIC_API_KEY": sealed,
             "HTTPS_PROXY": s["proxy_url"],
             "HTTP_PROXY": s["proxy_url"],
             "NODE_EXTRA_CA_CERTS": str(gw.ca_file),
-            "DISABLE_TELEMETRY": "1",
-            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-            "DISABLE_AUTOUPDATER": "1",
-            "DISABLE_ERROR_REPORTING": "1",
         }
-        r = subprocess.run(
-            [str(claude), "-p", "say hi"],
-            env=env,
-            cwd=home,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
+        r = run_claude(claude, env, home)
         assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
         assert REPLY + sealed in r.stdout  # the stand-in's echo of the real key came back as the sealed token
         messages = [x for x in api.seen if x["path"] == "/v1/messages"]
@@ -63,7 +49,5 @@ def test_claude_code_cli_holds_only_the_sealed_key(claude: Path, tmp_path: Path)
         audit = [x for x in gw.log_records() if x.get("path", "").startswith("/v1/messages")]
         assert audit and all(x["session"] == s["session_id"] for x in audit)
         texts: dict[str, str | bytes] = {"cli stdout": r.stdout, "cli stderr": r.stderr, "gateway log": gw.log_text()}
-        for f in home.rglob("*"):  # whatever the CLI wrote in its home (config, transcripts)
-            if f.is_file():
-                texts[str(f)] = f.read_bytes()
+        texts |= home_files(home)  # whatever the CLI wrote in its home (config, transcripts)
         assert_no_secret(texts, [REAL_KEY])

@@ -13,41 +13,18 @@ gateway, holding only what the SDK's `sandbox_env()` / `sandbox_files()` give a 
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from oshu_vault_sdk import SecretsProxyClient, aws_secret, gcp_service_account_secret
 
 from oshu_testkit.aws_standin import BEDROCK_REPLY, AwsStandIn
+from oshu_testkit.claude_code import home_files, run_claude
 from oshu_testkit.credential_material import AwsKey, GoogleServiceAccount
 from oshu_testkit.gateway_process import GatewayProcess
 from oshu_testkit.leaks import assert_no_secret
 from oshu_testkit.oauth_standins import GOOGLE_TOKEN_HOST, VERTEX_HOST, TokenServer
 
 BEDROCK_HOSTS = ["bedrock-runtime.us-east-1.amazonaws.com", "bedrock.us-east-1.amazonaws.com"]
-QUIET = {
-    "DISABLE_TELEMETRY": "1",
-    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-    "DISABLE_AUTOUPDATER": "1",
-    "DISABLE_ERROR_REPORTING": "1",
-}
-
-
-def _run_claude(claude: Path, env: dict[str, str], home: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(claude), "-p", "say hi"],
-        env=env | QUIET | {"PATH": "/usr/bin:/bin", "HOME": str(home)},
-        cwd=home,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-
-
-def _home_texts(home: Path) -> dict[str, str | bytes]:
-    return {str(f): f.read_bytes() for f in home.rglob("*") if f.is_file()}
 
 
 def test_claude_code_on_bedrock_through_the_gateway(claude: Path, tmp_path: Path) -> None:
@@ -64,7 +41,7 @@ def test_claude_code_on_bedrock_through_the_gateway(claude: Path, tmp_path: Path
                     "CLAUDE_CODE_USE_BEDROCK": "1",
                     "AWS_REGION": "us-east-1",
                 }
-                r = _run_claude(claude, env, home)
+                r = run_claude(claude, env, home)
                 assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
                 assert r.stdout.strip() == BEDROCK_REPLY  # the streamed answer, not the plain invoke's
                 assert not aws.failures, aws.failures  # every request verified with the real key
@@ -72,7 +49,8 @@ def test_claude_code_on_bedrock_through_the_gateway(claude: Path, tmp_path: Path
                 assert streamed and all(q.host == BEDROCK_HOSTS[0] for q in streamed)
                 audit = [x for x in gw.log_records() if x.get("msg") == "request"]
                 assert audit and all(x["session"] == s.session_id and x["status"] < 500 for x in audit)
-                texts = {"cli": r.stdout + r.stderr, "gateway log": gw.log_text(), **_home_texts(home)}
+                texts: dict[str, str | bytes] = {"cli": r.stdout + r.stderr, "gateway log": gw.log_text()}
+                texts |= home_files(home)
                 assert_no_secret(texts, key.values())
 
 
@@ -95,10 +73,11 @@ def test_claude_code_on_vertex_through_the_gateway(claude: Path, tmp_path: Path)
                     "CLOUD_ML_REGION": "us-east5",
                     "ANTHROPIC_VERTEX_PROJECT_ID": "oshu-test",
                 }
-                r = _run_claude(claude, env, home)
+                r = run_claude(claude, env, home)
                 assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
                 assert "hello from the Vertex stand-in" in r.stdout
                 assert ts.google_requests >= 1 and not ts.refused  # every assertion verified with the real key
                 assert ts.api_tokens and set(ts.api_tokens) <= set(ts.issued) and ts.api_refused == 0
-                texts = {"cli": r.stdout + r.stderr, "gateway log": gw.log_text(), **_home_texts(home)}
+                texts: dict[str, str | bytes] = {"cli": r.stdout + r.stderr, "gateway log": gw.log_text()}
+                texts |= home_files(home)
                 assert_no_secret(texts, [*sa.values(), *ts.issued])
