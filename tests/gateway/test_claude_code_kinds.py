@@ -24,6 +24,8 @@ from oshu_testkit.gateway_process import GatewayProcess
 from oshu_testkit.leaks import assert_no_secret
 from oshu_testkit.oauth_standins import GOOGLE_TOKEN_HOST, VERTEX_HOST, TokenServer
 
+from .conftest import write_sandbox_files
+
 BEDROCK_HOSTS = ["bedrock-runtime.us-east-1.amazonaws.com", "bedrock.us-east-1.amazonaws.com"]
 
 
@@ -65,8 +67,7 @@ def test_claude_code_on_vertex_through_the_gateway(claude: Path, tmp_path: Path)
                 home = tmp_path / "home"
                 creds = home / "creds"
                 creds.mkdir(parents=True)
-                for path, content in s.sandbox_files(str(creds)).items():
-                    Path(path).write_text(content)
+                write_sandbox_files(s, creds)
                 env = s.sandbox_env(ca_path=str(gw.ca_file), credentials_dir=str(creds))
                 env |= {
                     "CLAUDE_CODE_USE_VERTEX": "1",

@@ -29,6 +29,8 @@ from oshu_testkit.credential_material import AwsKey
 from oshu_testkit.gateway_process import GatewayProcess
 from oshu_testkit.leaks import assert_no_secret
 
+from .conftest import run_sandboxed
+
 ROOT = Path(__file__).resolve().parents[2]
 AWS_CLIENT = ROOT / "tests" / "credentials" / "aws_client.py"
 BEDROCK = "bedrock-runtime.us-east-1.amazonaws.com"
@@ -84,9 +86,7 @@ def _sandbox(gw: GatewayProcess, s: Session, tmp_path: Path, plain: bool = False
 
 
 def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(AWS_CLIENT), *args], env=env, capture_output=True, text=True, timeout=120, check=False
-    )
+    return run_sandboxed([sys.executable, str(AWS_CLIENT), *args], env)
 
 
 def _audit(gw: GatewayProcess, session_id: str, outcome: str) -> dict[str, Any]:
@@ -154,18 +154,9 @@ def test_the_aws_cli_through_the_gateway(
     cfg = tmp_path / "config"
     cfg.write_text("[default]\ns3 =\n    addressing_style = virtual\n")
     env["AWS_CONFIG_FILE"] = str(cfg)
-    r = subprocess.run(
-        [*cli, "cp", str(src), "s3://bucket/cli/up.txt"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    r = run_sandboxed([*cli, "cp", str(src), "s3://bucket/cli/up.txt"], env)
     assert r.returncode == 0, r.stderr[-3000:]
-    r = subprocess.run(
-        [*cli, "cp", "s3://bucket/cli/up.txt", "-"], env=env, capture_output=True, text=True, timeout=120, check=False
-    )
+    r = run_sandboxed([*cli, "cp", "s3://bucket/cli/up.txt", "-"], env)
     assert r.returncode == 0 and r.stdout == src.read_text(), r.stderr[-3000:]
     assert aws.objects["cli/up.txt"] == src.read_bytes()
     assert_no_secret({"cli": r.stdout + r.stderr, "gateway log": gw.log_text()}, key.values())

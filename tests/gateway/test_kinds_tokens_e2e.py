@@ -22,6 +22,8 @@ from oshu_testkit.gateway_process import GatewayProcess
 from oshu_testkit.leaks import assert_no_secret
 from oshu_testkit.oauth_standins import API_HOST, AUTH_HOST, GOOGLE_TOKEN_HOST, VERTEX_HOST, TokenServer
 
+from .conftest import run_sandboxed, write_sandbox_files
+
 PREDICT = "/v1/projects/oshu-test/locations/us-east5/publishers/anthropic/models/claude:rawPredict"
 
 #: The sandbox's program: google-auth with GOOGLE_APPLICATION_CREDENTIALS, then the Anthropic SDK's Vertex client.
@@ -93,27 +95,25 @@ def _google_session(client: SecretsProxyClient, tokens: TokenServer, sa: GoogleS
     return client.create_session({"GOOGLE_SA": gcp_service_account_secret(sa.key_file(), [VERTEX_HOST])})
 
 
+def _google_sandbox(gw: GatewayProcess, s: Session, creds: Path, home: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """The files (written under `creds`) and the environment a sandbox of `s` gets."""
+    files = write_sandbox_files(s, creds)
+    env = s.sandbox_env(ca_path=str(gw.ca_file), credentials_dir=str(creds))
+    return files, env | {"PATH": "/usr/bin:/bin", "HOME": str(home), "GOOGLE_CLOUD_PROJECT": "oshu-test"}
+
+
+def _google_agent(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return run_sandboxed([sys.executable, "-c", GOOGLE_AGENT, f"https://{VERTEX_HOST}{PREDICT}"], env)
+
+
 def test_google_service_account_through_the_gateway(
     gw: GatewayProcess, tokens: TokenServer, client: SecretsProxyClient, tmp_path: Path
 ) -> None:
     sa = GoogleServiceAccount()
     with _google_session(client, tokens, sa) as s:
-        creds = tmp_path / "creds"
-        files = s.sandbox_files(str(creds))
-        for path, content in files.items():
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(content)
-        env = s.sandbox_env(ca_path=str(gw.ca_file), credentials_dir=str(creds))
-        env |= {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "GOOGLE_CLOUD_PROJECT": "oshu-test"}
+        files, env = _google_sandbox(gw, s, tmp_path / "creds", tmp_path)
         google_before, refused_before = tokens.google_requests, len(tokens.refused)
-        r = subprocess.run(
-            [sys.executable, "-c", GOOGLE_AGENT, f"https://{VERTEX_HOST}{PREDICT}"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        r = _google_agent(env)
         assert r.returncode == 0, r.stderr[-3000:]
         out: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
         assert out["token"].startswith("SEALED_")  # the access token the sandbox got is sealed
@@ -146,14 +146,7 @@ def test_a_google_key_file_signed_by_another_key_gets_no_token(
         env = s.sandbox_env(ca_path=str(gw.ca_file)) | {"GOOGLE_APPLICATION_CREDENTIALS": str(key_file)}
         env |= {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
         before = tokens.google_requests
-        r = subprocess.run(
-            [sys.executable, "-c", GOOGLE_AGENT, f"https://{VERTEX_HOST}{PREDICT}"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        r = _google_agent(env)
         assert r.returncode != 0 and "assertion_invalid" in r.stderr, r.stderr[-2000:]
         assert tokens.google_requests == before  # refused by the gateway: nothing forwarded
 
@@ -165,20 +158,8 @@ def test_a_sealed_access_token_of_one_session_is_worthless_in_another(
     sealed for A only; B's proxy credentials with it get nothing swapped in."""
     sa = GoogleServiceAccount()
     with _google_session(client, tokens, sa) as a, _google_session(client, tokens, sa) as b:
-        creds = tmp_path / "a"
-        for path, content in a.sandbox_files(str(creds)).items():
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(content)
-        env = a.sandbox_env(ca_path=str(gw.ca_file), credentials_dir=str(creds))
-        env |= {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "GOOGLE_CLOUD_PROJECT": "oshu-test"}
-        r = subprocess.run(
-            [sys.executable, "-c", GOOGLE_AGENT, f"https://{VERTEX_HOST}{PREDICT}"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        _, env = _google_sandbox(gw, a, tmp_path / "a", tmp_path)
+        r = _google_agent(env)
         assert r.returncode == 0, r.stderr[-3000:]
         sealed_a = json.loads(r.stdout.strip().splitlines()[-1])["token"]
         accepted, refused = len(tokens.api_tokens), tokens.api_refused
