@@ -8,9 +8,9 @@ machine-wide, which this module installs before anything starts and removes at s
 
 - the node address, a /32 on ``lo`` (the kubelet, the apiserver and CoreDNS bind to it);
 - the pod bridge (its address is the pods' gateway);
-- routes: ``unreachable`` for the whole pod range, the service range, the node address and
-  the redirect canary's range (192.0.2.0/24, TEST-NET-1: a pod whose redirect rules are
-  missing gets "unreachable" for the sidecar's canary, never a packet out), so a packet to any
+- routes: ``unreachable`` for the whole pod range, the service range and the node address
+  (never a range the machine's own interfaces use: the redirect canary is a loopback address,
+  which needs no route), so a packet to any
   of them is delivered locally or dropped, never sent out by the default route; the service
   range also routes onto the pod bridge (more preferred metric), which is
   what lets the host's own connections reach ClusterIPs through kube-proxy's rules;
@@ -109,9 +109,6 @@ class NodeNetwork:
     pod_cidr: str = "10.244.0.0/16"  # the cluster's pod range (unreachable beyond the node's /24)
     node_pod_cidr: str = "10.244.0.0/24"  # this node's pods, on the bridge
     service_cidr: str = "10.96.0.0/16"
-    #: The sidecars' redirect canary (--redirect-canary 192.0.2.1:9) lives here: pods' rules
-    #: redirect it to the sidecar; without them it must not leave the machine.
-    canary_cidr: str = "192.0.2.0/24"
     bridge: str = "oshu-kube0"
     cluster_domain: str = "cluster.local"
     slot: str = field(default_factory=machine_slot)  # the network namespace it lives in
@@ -159,7 +156,6 @@ def route_plan(net: NodeNetwork) -> list[list[str]]:
         ["unreachable", net.pod_cidr, *common],
         ["unreachable", net.service_cidr, *common, "metric", BACKSTOP_METRIC],
         ["unreachable", f"{net.node_ip}/32", *common],
-        ["unreachable", net.canary_cidr, *common],
         [net.service_cidr, "dev", net.bridge, "src", net.bridge_ip, *common],
     ]
 
@@ -876,7 +872,7 @@ def host_leftovers(net: NodeNetwork, state_dir: Path) -> list[str]:
         for info in link.get("addr_info", []):
             if info.get("local") in ours:
                 found.append(f"address {info.get('local')} on {link.get('ifname')}")
-    ranges = [ipaddress.ip_network(c) for c in (net.pod_cidr, net.service_cidr, f"{net.node_ip}/32", net.canary_cidr)]
+    ranges = [ipaddress.ip_network(c) for c in (net.pod_cidr, net.service_cidr, f"{net.node_ip}/32")]
     for route in json.loads(_run(["ip", "-j", "route", "show", "table", "all"]).stdout or "[]"):
         destination = route.get("dst", "")
         with contextlib.suppress(ValueError):

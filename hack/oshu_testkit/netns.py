@@ -6,8 +6,7 @@ only inside them, so nothing a test sends can reach the host's networks:
     agent  eth0 10.231.0.2/24 fd31:7a5b:0:1::2/64  --veth--  outside eth0 10.231.0.1/24 fd31:7a5b:0:1::1/64
 
 The outside namespace also holds, on its loopback: the allowed resolver (10.231.53.1), another
-resolver (10.231.53.2), the metadata addresses (169.254.169.254, fd00:ec2::254), and an
-unreachable route for the redirect canary's 192.0.2.0/24 (as the node does). The agent's default
+resolver (10.231.53.2) and the metadata addresses (169.254.169.254, fd00:ec2::254). The agent's default
 routes point at the outside namespace; its /etc/hosts and /etc/resolv.conf (files under
 /etc/netns/<name>/, which `ip netns exec` mounts over /etc) map the test host names to the outside
 address and name the allowed resolver.
@@ -38,7 +37,6 @@ OUTSIDE_V4, AGENT_V4 = "10.231.0.1", "10.231.0.2"
 OUTSIDE_V6, AGENT_V6 = "fd31:7a5b:0:1::1", "fd31:7a5b:0:1::2"
 RESOLVER, OTHER_RESOLVER = "10.231.53.1", "10.231.53.2"
 METADATA_V4, METADATA_V6 = "169.254.169.254", "fd00:ec2::254"
-CANARY_NET = "192.0.2.0/24"
 _IP_TIMEOUT = 20.0
 
 
@@ -126,7 +124,6 @@ class Topology:
         for addr in (f"{RESOLVER}/32", f"{OTHER_RESOLVER}/32", f"{METADATA_V4}/32"):
             ip("addr", "add", addr, "dev", "lo", ns=self.outside)
         ip("-6", "addr", "add", f"{METADATA_V6}/128", "dev", "lo", "nodad", ns=self.outside)
-        ip("route", "add", "unreachable", CANARY_NET, ns=self.outside)
         etc = ETC_NETNS / self.agent
         etc.mkdir(parents=True, exist_ok=True)
         names = " ".join(self.hosts)

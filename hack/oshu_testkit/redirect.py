@@ -19,6 +19,7 @@ from typing import Any
 
 from oshu_e2e.paths import REPO_ROOT
 from oshu_sidecar import netrules
+from oshu_sidecar.config import REDIRECT_CANARY
 
 from .netns import RESOLVER, Topology, as_user, entered, run_in
 from .sidecar_process import SidecarProcess
@@ -32,7 +33,7 @@ PROXY_UID = 65532
 TRANSPARENT_PORT = 15001
 #: What the stand-in transparent listener answers a redirected canary connection with (T1's CANARY_BANNER).
 BANNER = b"OSHU-VAULT-REDIRECT-OK\n"
-CANARY = ("192.0.2.1", 9)
+CANARY = REDIRECT_CANARY
 
 
 def install(topo: Topology, *args: str) -> int:

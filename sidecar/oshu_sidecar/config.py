@@ -19,6 +19,10 @@ ENV_PREFIX = "OSHU_"
 #: The transparent listener's port (the redirect rules send agent TCP there); mirrored by the
 #: operator's names.SIDECAR_TRANSPARENT_PORT.
 TRANSPARENT_PORT = 15001
+#: The redirect canary: the pod's rules redirect it to the transparent listener for every uid
+#: (readiness). A loopback address nothing listens on: without the rules a connection is refused
+#: at once and, unlike an address of any network, it cannot be anything of the machine's or leave it.
+REDIRECT_CANARY = ("127.86.86.1", 9)
 
 
 class ConfigError(ValueError):
@@ -64,7 +68,7 @@ class Config:
     drain_timeout: float = 5.0
     #: /readyz fails unless a connection to `redirect_canary` is redirected to the transparent listener.
     require_redirect: bool = False
-    redirect_canary: tuple[str, int] = ("192.0.2.1", 9)
+    redirect_canary: tuple[str, int] = REDIRECT_CANARY
     transparent_listen: tuple[tuple[str, int], ...] = ()  # empty: no transparent listener
 
 
@@ -153,7 +157,7 @@ def _add_enforcement(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--redirect-canary",
         metavar="ADDR:PORT",
-        help="address the rules redirect for every uid, answered by the transparent listener (default 192.0.2.1:9)",
+        help="address the rules redirect for every uid, answered by the transparent listener (default 127.86.86.1:9)",
     )
 
 
@@ -308,6 +312,8 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
         max_header_size=int(num("max_header_size", 65536, int)),
         reload_interval=num("reload_interval", 0.5),
         require_redirect=_truthy(values.get("require_redirect")),
-        redirect_canary=parse_addr(values.get("redirect_canary") or "192.0.2.1:9", "--redirect-canary"),
+        redirect_canary=parse_addr(
+            values.get("redirect_canary") or "{}:{}".format(*REDIRECT_CANARY), "--redirect-canary"
+        ),
         transparent_listen=tuple(parse_addr(v, "--transparent-listen") for v in values.get("transparent_listen") or ()),
     )

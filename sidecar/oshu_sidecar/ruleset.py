@@ -26,13 +26,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .config import REDIRECT_CANARY
+
 TABLE = "oshu_vault"
 FAMILY = "inet"
 #: Cloud metadata endpoints (AWS, GCP, Azure share the IPv4 one; AWS's IPv6 one), rejected by default.
 METADATA_ADDRESSES = ("169.254.169.254", "fd00:ec2::254")
 DEFAULT_PROXY_UID = 65532
 DEFAULT_TRANSPARENT_PORT = 15001
-DEFAULT_CANARY = ("192.0.2.1", 9)
+DEFAULT_CANARY = REDIRECT_CANARY
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

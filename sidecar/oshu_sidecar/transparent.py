@@ -35,6 +35,7 @@ from typing import Any
 from .certs import sni_of
 from .channel import Channel, link
 from .clienthello import HTTP, MAX_PEEK, TLS, ClientHello, ClientHelloError, parse_client_hello, sniff
+from .config import REDIRECT_CANARY
 from .decide import Facts, decide_connect, display, sni_matches
 from .errors import ProxyError
 from .logs import AuditEntry, log
@@ -43,7 +44,7 @@ from .server import ClientConn, Proxy
 
 #: What a connection to the redirect canary address gets: proof that the redirect rules are in place.
 CANARY_BANNER = b"OSHU-VAULT-REDIRECT-OK\n"
-DEFAULT_CANARY = ("192.0.2.1", 9)
+DEFAULT_CANARY = REDIRECT_CANARY
 #: getsockopt option of linux/netfilter_ipv4.h (SOL_IP) and of linux/netfilter_ipv6 (IP6T_, SOL_IPV6).
 SO_ORIGINAL_DST = 80
 SOL_IPV6 = 41  # (the socket module exports IPPROTO_IPV6, the same level, but not the name)

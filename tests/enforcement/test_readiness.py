@@ -23,7 +23,7 @@ def test_the_banner_is_the_transparent_listeners() -> None:
 
 def test_flags_and_environment() -> None:
     cfg = load_config(REQUIRED, environ={})
-    assert (cfg.require_redirect, cfg.redirect_canary) == (False, ("192.0.2.1", 9))
+    assert (cfg.require_redirect, cfg.redirect_canary) == (False, ("127.86.86.1", 9))
     cfg = load_config(
         [*REQUIRED, *TRANSPARENT, "--require-redirect", "--redirect-canary", "[2001:db8::9]:19"], environ={}
     )

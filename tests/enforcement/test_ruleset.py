@@ -21,7 +21,7 @@ from oshu_sidecar.ruleset import (
 def test_default_rules_in_order() -> None:
     o = options(dns_servers=["10.96.0.10"])
     assert nat_rules(o) == [
-        "ip daddr 192.0.2.1 tcp dport 9 redirect to :15001",
+        "ip daddr 127.86.86.1 tcp dport 9 redirect to :15001",
         'oifname "lo" accept',
         "meta skuid 65532 accept",
         "ip daddr 10.96.0.10 tcp dport 53 accept",

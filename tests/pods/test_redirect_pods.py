@@ -48,11 +48,11 @@ except Exception as e:
     print(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"[:300]}))
 """
 
-#: A plain TCP connection to the redirect canary (192.0.2.1:9): what it answers, if anything.
+#: A plain TCP connection to the redirect canary (127.86.86.1:9): what it answers, if anything.
 CANARY = r"""
 import json, socket
 try:
-    with socket.create_connection(("192.0.2.1", 9), timeout=5) as s:
+    with socket.create_connection(("127.86.86.1", 9), timeout=5) as s:
         print(json.dumps({"ok": True, "answer": s.recv(64).decode("latin-1")}))
 except Exception as e:
     print(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"[:300]}))
@@ -137,7 +137,7 @@ def test_the_rules_run_first_and_the_sidecar_is_ready_only_after_them(pods_env: 
     first = pods.exec_in(kube, agents.namespace, "redirected", "cat /tmp/sidecar-at-start")
     assert first.stdout.strip() == "200", first
     # What readiness looks at: the canary comes back through the rules for the agent's uid too,
-    # while in the proxy pod (no rules) it is unreachable (the node's route), so it cannot be faked.
+    # while in the proxy pod (no rules) the loopback address refuses it, so it cannot be faked.
     assert _json(_run(pods_env, agents, "redirected", f"python3 -c '{CANARY}'")) == {
         "ok": True,
         "answer": "OSHU-VAULT-REDIRECT-OK\n",

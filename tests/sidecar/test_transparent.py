@@ -88,7 +88,7 @@ class Netns:
         rules = f"""table inet t1 {{
   chain out {{
     type nat hook output priority -100; policy accept;
-    ip daddr 192.0.2.1 tcp dport 9 redirect to :{PORT}
+    ip daddr 127.86.86.1 tcp dport 9 redirect to :{PORT}
     meta skuid {PROXY_UID} accept
     oif lo accept
     meta l4proto tcp redirect to :{PORT}
@@ -506,10 +506,10 @@ def test_direct_connection_to_the_listener_is_refused(sidecar: NetnsSidecar) -> 
 
 
 def test_canary_banner_for_every_uid(sidecar: NetnsSidecar) -> None:
-    assert raw_exchange(sidecar.ns, "192.0.2.1", 9, b"") == CANARY_BANNER
+    assert raw_exchange(sidecar.ns, "127.86.86.1", 9, b"") == CANARY_BANNER
     uid = str(PROXY_UID)
     script = (
-        "import socket; s = socket.create_connection(('192.0.2.1', 9), timeout=10); "
+        "import socket; s = socket.create_connection(('127.86.86.1', 9), timeout=10); "
         "import sys; sys.stdout.write(s.recv(100).decode())"
     )
     p = sidecar.ns.exec("setpriv", "--reuid", uid, "--regid", uid, "--clear-groups", sys.executable, "-c", script)
