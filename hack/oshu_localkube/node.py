@@ -42,7 +42,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -496,9 +496,32 @@ def _sysctl(name: str, value: str) -> None:
     Path("/proc/sys", *name.split(".")).write_text(value)
 
 
+def foreign_routes(net: NodeNetwork, routes: Sequence[Mapping[str, object]]) -> list[str]:
+    """The machine's own routes (`ip -j route show table all`) that overlap a range the node takes.
+
+    The node's ``ip route replace`` would replace such a route (a connected network, the way to
+    the default gateway) and its stop would flush it: the node refuses to start instead. Our own
+    leftovers (our bridge, lo, our protocol) are not foreign.
+    """
+    ranges = [ipaddress.ip_network(c) for c in (net.pod_cidr, net.service_cidr, f"{net.node_ip}/32")]
+    found = []
+    for route in routes:
+        dev, dst = route.get("dev"), str(route.get("dst", ""))
+        if dev in (net.bridge, "lo") or str(route.get("protocol")) == ROUTE_PROTOCOL or dst == "default":
+            continue
+        with contextlib.suppress(ValueError):
+            network = ipaddress.ip_network(dst if "/" in dst else f"{dst}/32", strict=False)
+            if any(network.overlaps(r) for r in ranges):
+                found.append(f"{dst} dev {dev} ({route.get('protocol', '?')})")
+    return found
+
+
 def setup_host(net: NodeNetwork) -> None:
     """Install the machine-wide pieces (idempotent). Runs before any component starts."""
     _run(["ip", "link", "set", "lo", "up"])  # down in a fresh network namespace
+    clash = foreign_routes(net, json.loads(_run(["ip", "-j", "route", "show", "table", "all"]).stdout or "[]"))
+    if clash:
+        raise NodeError(f"the node's address ranges overlap this machine's own routes: {', '.join(clash)}")
     _run(["ip", "link", "add", net.bridge, "type", "bridge"], check=False)
     _run(["ip", "addr", "replace", f"{net.bridge_ip}/{ipaddress.ip_network(net.node_pod_cidr).prefixlen}",
           "dev", net.bridge])  # fmt: skip

@@ -257,3 +257,21 @@ def test_route_plan_covers_every_range() -> None:
     assert unreachable == {"10.50.0.0/16", "10.60.0.0/20", "10.1.2.3/32"}
     assert ["10.60.0.0/20", "dev", net.bridge, "src", "10.50.7.1", "proto", node.ROUTE_PROTOCOL] in plan
     assert all("via" not in route for route in plan)  # nothing ever points at a gateway
+
+
+def test_the_node_refuses_ranges_that_overlap_the_machines_own_routes() -> None:
+    """`ip route replace` would take over a connected network and the stop would flush it (as the
+    redirect canary's 192.0.2.0/24 once did to this machine's eth0): refused before anything."""
+    net = node.NodeNetwork()
+    host = [
+        {"dst": "default", "gateway": "192.0.2.1", "dev": "eth0"},
+        {"dst": "192.0.2.0/24", "dev": "eth0", "protocol": "kernel", "scope": "link"},
+        {"dst": "10.244.0.0/24", "dev": net.bridge, "protocol": "kernel"},  # ours, left by a killed owner
+        {"dst": "10.244.0.0/16", "type": "unreachable", "protocol": node.ROUTE_PROTOCOL},
+        {"dst": net.node_ip, "dev": "lo", "table": "local", "type": "local", "protocol": "kernel"},
+    ]
+    assert node.foreign_routes(net, host) == []
+    clash = [*host, {"dst": "10.96.0.0/12", "dev": "eth1", "protocol": "kernel", "scope": "link"}]
+    assert node.foreign_routes(net, clash) == ["10.96.0.0/12 dev eth1 (kernel)"]
+    other = node.NodeNetwork(pod_cidr="192.0.2.0/24", node_pod_cidr="192.0.2.0/25")
+    assert node.foreign_routes(other, host) == ["192.0.2.0/24 dev eth0 (kernel)"]
