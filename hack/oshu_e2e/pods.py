@@ -15,6 +15,7 @@ The sidecars trust the API stand-in's private CA through the chart's ``sidecar.u
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -414,22 +415,24 @@ def client_of(record: Doc) -> str | None:
 
 # -- what the agent container can read ---------------------------------------------------------
 
-#: Run inside the agent container (its own python3) with the needle on stdin: every file it can
-#: open (outside /proc, /sys, /dev), and the environ, cmdline and readable memory of every
-#: process it can see (but this scanner itself), searched for the needle and its base64.
-#: Prints JSON: what it scanned, where it found the needle, and where it found ``control``
-#: (the sealed token: the scan must see what the agent does see).
+#: Run inside the agent container (its own python3) with JSON on stdin: labelled needles
+#: ([[label, base64 of the bytes], ...]) and a control string. Searches every file it can open
+#: (outside /proc, /sys, /dev), and the environ, cmdline and readable memory of every process it
+#: can see (but this scanner itself). Prints JSON: what it scanned, the [where, label] of each
+#: needle found, and where it found ``control`` (a sealed token: the scan must see what the agent
+#: does see).
 SCAN_SCRIPT = r"""
 import base64, json, os, re, sys
-needle, control = sys.stdin.read().split("\n")[:2]
-needles = [needle.encode(), base64.b64encode(needle.encode())]
-hits, seen, files, procs, unreadable = [], [], 0, 0, 0
+spec = json.load(sys.stdin)
+needles = [(label, base64.b64decode(b)) for label, b in spec["needles"]]
+control = spec["control"].encode()
+hits, seen, files, procs, unreadable = set(), set(), 0, 0, 0
 def look(where, data):
-    for n in needles:
+    for label, n in needles:
         if n in data:
-            hits.append(where)
-    if control.encode() in data:
-        seen.append(where)
+            hits.add((where, label))
+    if control in data:
+        seen.add(where)
 for top in os.listdir("/"):
     if top in ("proc", "sys", "dev"):
         continue
@@ -471,28 +474,27 @@ for pid in filter(str.isdigit, os.listdir("/proc")):
                     pass
     except OSError:
         pass
-print(json.dumps({"files": files, "unreadable": unreadable, "processes": procs,
-                  "hits": sorted(set(hits)), "control_seen_in": sorted(set(seen))}))
+print(json.dumps({"files": files, "unreadable": unreadable, "processes": procs, "needles": len(needles),
+                  "hits": sorted(hits), "control_seen_in": sorted(seen)}))
 """
 
 
-def scan_agent(kube: Kube, namespace: str, pod: str, needle: str, control: str) -> Doc:
+def scan_agent_for(kube: Kube, namespace: str, pod: str, needles: Sequence[tuple[str, bytes]], control: str) -> Doc:
+    """SCAN_SCRIPT in the pod's agent container: where each labelled needle was found."""
+    spec = {"needles": [[label, base64.b64encode(b).decode()] for label, b in needles], "control": control}
     proc = kube.kubectl(
-        "-n",
-        namespace,
-        "exec",
-        "-i",
-        pod,
-        "-c",
-        "agent",
-        "--",
-        "python3",
-        "-c",
-        SCAN_SCRIPT,
-        input=f"{needle}\n{control}\n",
-        check=False,
-        timeout=300,
-    )
+        "-n", namespace, "exec", "-i", pod, "-c", "agent", "--", "python3", "-c", SCAN_SCRIPT,
+        input=json.dumps(spec), check=False, timeout=300,
+    )  # fmt: skip
     if proc.returncode != 0:
         raise RuntimeError(f"scan failed: {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    report: Doc = json.loads(proc.stdout.strip().splitlines()[-1])
+    return report
+
+
+def scan_agent(kube: Kube, namespace: str, pod: str, needle: str, control: str) -> Doc:
+    """One needle, raw and base64: ``hits`` lists where it was found."""
+    raw = needle.encode()
+    report = scan_agent_for(kube, namespace, pod, [("raw", raw), ("base64", base64.b64encode(raw))], control)
+    report["hits"] = sorted({where for where, _ in report["hits"]})
+    return report

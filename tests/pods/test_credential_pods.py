@@ -597,64 +597,7 @@ def test_redirect_gcp_exchange_without_proxy_variables(creds: Creds, redirected:
     assert standin.credential(call) == exchange["issued"] and call["bearer_issued"] is True
 
 
-# -- what the agent container can read ---------------------------------------------------------
-
-#: Like pods.SCAN_SCRIPT, for many needles (JSON on stdin: [[label, base64 of bytes], ...] and a
-#: control string): every readable file outside /proc, /sys, /dev, and the environ, cmdline and
-#: readable memory of every other process. Prints JSON: counts, [where, label] hits, control seen.
-SCAN = r"""
-import base64, json, os, re, sys
-spec = json.load(sys.stdin)
-needles = [(label, base64.b64decode(b)) for label, b in spec["needles"]]
-control = spec["control"].encode()
-hits, seen, files, procs = set(), set(), 0, 0
-def look(where, data):
-    for label, n in needles:
-        if n in data:
-            hits.add((where, label))
-    if control in data:
-        seen.add(where)
-for top in os.listdir("/"):
-    if top in ("proc", "sys", "dev"):
-        continue
-    for root, dirs, names in os.walk("/" + top):
-        for name in names:
-            path = os.path.join(root, name)
-            try:
-                if not os.path.isfile(path) or os.path.islink(path) or os.path.getsize(path) > 64 << 20:
-                    continue
-                with open(path, "rb") as fh:
-                    look(path, fh.read())
-                files += 1
-            except OSError:
-                pass
-me = str(os.getpid())
-for pid in filter(str.isdigit, os.listdir("/proc")):
-    if pid == me:
-        continue
-    procs += 1
-    for part in ("environ", "cmdline"):
-        try:
-            with open(f"/proc/{pid}/{part}", "rb") as fh:
-                look(f"/proc/{pid}/{part}", fh.read())
-        except OSError:
-            pass
-    try:
-        with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
-            for line in maps:
-                m = re.match(r"([0-9a-f]+)-([0-9a-f]+) r", line)
-                if not m or "[vvar]" in line or "[vsyscall]" in line or int(m[2], 16) - int(m[1], 16) > 256 << 20:
-                    continue
-                try:
-                    mem.seek(int(m[1], 16))
-                    look(f"/proc/{pid}/mem", mem.read(int(m[2], 16) - int(m[1], 16)))
-                except (OSError, ValueError, OverflowError):
-                    pass
-    except OSError:
-        pass
-print(json.dumps({"files": files, "processes": procs, "needles": len(needles),
-                  "hits": sorted(hits), "control_seen_in": sorted(seen)}))
-"""
+# -- what the agent container can read (pods.SCAN_SCRIPT) --------------------------------------
 
 
 def _needles(c: Creds) -> list[tuple[str, bytes]]:
@@ -698,25 +641,7 @@ def test_the_agent_container_holds_no_real_form(creds: Creds, pod: str, request:
     octal = "".join(f"\\{b:03o}" for b in planted)
     creds.run(f"printf '{octal}' > /tmp/planted", pod=pod)
     needles = [*_needles(creds), ("planted", planted)]
-    spec = {"needles": [[label, base64.b64encode(b).decode()] for label, b in needles], "control": tokens[AWS]}
-    proc = creds.kube.kubectl(
-        "-n",
-        creds.namespace,
-        "exec",
-        "-i",
-        pod,
-        "-c",
-        "agent",
-        "--",
-        "python3",
-        "-c",
-        SCAN,
-        input=json.dumps(spec),
-        check=False,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report = pods.scan_agent_for(creds.kube, creds.namespace, pod, needles, tokens[AWS])
     print(
         f"\n[pods] credential scan of the agent container of {pod}: {json.dumps({**report, 'hits': report['hits'][:20]})}"
     )
